@@ -6,6 +6,10 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
+# One intra-op thread: on a 2-core machine shared with XLA's thread pool, torch's default spin-
+# waiting pool is 10-100x slower for these tiny models, not faster.
+torch.set_num_threads(1)
+
 BASE = dict(vocab_size=96, hidden_size=32, intermediate_size=56, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
 

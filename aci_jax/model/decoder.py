@@ -1,0 +1,232 @@
+"""The Flax decoder shared by Qwen2 and Llama checkpoints.
+
+Pure at the compiled boundary:
+
+    logits, cache = Decoder(cfg).apply({"params": params}, tokens, positions, cache, valid)
+
+Nothing is stored on the module between calls; the KV cache is an explicit `KVCache` pytree that
+goes in and comes out (donate it to `jit` so XLA updates it in place). Layers are stacked with
+`nn.scan`, so parameters and cache carry a leading layer axis and compile time does not grow with
+depth (a 28-layer 7B model compiles as fast as a 2-layer one).
+
+Parameter tree (L layers; kernels are [in, out], i.e. Hugging Face weights transposed):
+  embed/embedding                     [V, D]
+  layers/attn_norm/scale              [L, D]
+  layers/attn/{q,k,v,o}_proj/kernel   [L, D, H*Dh] / [L, D, K*Dh] / [L, D, K*Dh] / [L, H*Dh, D]
+  layers/attn/{q,k,v}_proj/bias       [L, H*Dh] / [L, K*Dh] (qkv_bias); o_proj/bias [L, D] (o_bias)
+  layers/mlp_norm/scale               [L, D]
+  layers/mlp/{gate,up}_proj/kernel    [L, D, F];  layers/mlp/down_proj/kernel [L, F, D]
+  final_norm/scale                    [D]
+  lm_head/kernel                      [D, V]  (absent when the head is tied to the embedding)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from aci_jax.model.cache import KVCache, scatter_rows, write_slots
+from aci_jax.model.config import ModelConfig
+from aci_jax.model.rope import apply_rope, rope_tables
+
+_INIT = nn.initializers.normal(stddev=0.02)  # the Qwen2/Llama `initializer_range`
+_MASKED = float(jnp.finfo(jnp.float32).min)  # finite, so a fully-masked row gives no NaN
+
+
+class RMSNorm(nn.Module):
+  """x / rms(x) * scale, with the statistics in float32 (as the reference implementations do)."""
+
+  eps: float
+  dtype: jnp.dtype
+  param_dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return scale.astype(self.dtype) * y.astype(self.dtype)
+
+
+def _dense(cfg: ModelConfig, features: int, use_bias: bool, name: str) -> nn.Dense:
+  return nn.Dense(features, use_bias=use_bias, dtype=cfg.compute_dtype,
+                  param_dtype=cfg.weight_dtype, kernel_init=_INIT, name=name)
+
+
+def _norm(cfg: ModelConfig, name: str) -> RMSNorm:
+  return RMSNorm(cfg.rms_norm_eps, cfg.compute_dtype, cfg.weight_dtype, name=name)
+
+
+class Attention(nn.Module):
+  """Grouped-query attention over the cache (or over the chunk itself when there is no cache)."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, sin, cos, mask, slots, kv):
+    """x [B, T, D]; sin/cos [B, T, Dh/2]; mask [B, T, S] bool; slots [B, T] int32;
+    kv: None or (k, v) each [B, S, K, Dh]. Returns ([B, T, D], new kv or None)."""
+    cfg = self.cfg
+    b, t, _ = x.shape
+    h, k_heads, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = _dense(cfg, h * dh, cfg.qkv_bias, "q_proj")(x).reshape(b, t, h, dh)
+    k = _dense(cfg, k_heads * dh, cfg.qkv_bias, "k_proj")(x).reshape(b, t, k_heads, dh)
+    v = _dense(cfg, k_heads * dh, cfg.qkv_bias, "v_proj")(x).reshape(b, t, k_heads, dh)
+    q = apply_rope(q, sin, cos)
+    k = apply_rope(k, sin, cos)
+    if kv is None:
+      keys, values, new_kv = k, v, None
+    else:
+      keys = scatter_rows(kv[0], slots, k)
+      values = scatter_rows(kv[1], slots, v)
+      new_kv = (keys, values)
+    # Query heads are grouped by the kv head they share: [B, T, K, G, Dh] with G = H / K.
+    qg = q.reshape(b, t, k_heads, h // k_heads, dh)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys, preferred_element_type=jnp.float32)
+    scores = scores * (dh ** -0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, values).reshape(b, t, h * dh)
+    return _dense(cfg, cfg.hidden_size, cfg.o_bias, "o_proj")(out), new_kv
+
+
+class MLP(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    gate = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "gate_proj")(x)
+    up = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "up_proj")(x)
+    return _dense(cfg, cfg.hidden_size, cfg.mlp_bias, "down_proj")(nn.silu(gate) * up)
+
+
+class Block(nn.Module):
+  """Pre-norm residual block. Scanned over layers: (x, kv_of_this_layer, shared) -> (x, kv)."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, kv, shared):
+    sin, cos, mask, slots = shared
+    attn_out, new_kv = Attention(self.cfg, name="attn")(
+        _norm(self.cfg, "attn_norm")(x), sin, cos, mask, slots, kv)
+    x = x + attn_out
+    x = x + MLP(self.cfg, name="mlp")(_norm(self.cfg, "mlp_norm")(x))
+    return x, new_kv
+
+
+class LMHead(nn.Module):
+  """Untied output projection, accumulated in float32 so bf16 runs keep precise log-probs."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, hidden):
+    cfg = self.cfg
+    w = self.param("kernel", _INIT, (cfg.hidden_size, cfg.vocab_size), cfg.weight_dtype)
+    return jnp.einsum("...d,dv->...v", hidden, w.astype(cfg.compute_dtype),
+                      preferred_element_type=jnp.float32)
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole block in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Decoder(nn.Module):
+  """Causal LM. See the module docstring for the parameter tree and the calling convention."""
+
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    block = Block
+    if cfg.remat != "none":
+      block = nn.remat(Block, prevent_cse=False, policy=_REMAT_POLICIES[cfg.remat])
+    self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype,
+                          param_dtype=cfg.weight_dtype, embedding_init=_INIT)
+    self.layers = nn.scan(
+        block, variable_axes={"params": 0}, split_rngs={"params": True},
+        in_axes=(0, nn.broadcast), length=cfg.num_layers)(cfg)
+    self.final_norm = _norm(cfg, "final_norm")
+    if not cfg.tie_word_embeddings:
+      self.lm_head = LMHead(cfg)
+
+  def __call__(self, tokens, positions, cache: KVCache | None = None, valid=None,
+               advance=None, *, return_hidden: bool = False):
+    """Runs T new tokens per row.
+
+    Args:
+      tokens: [B, T] int32 token ids.
+      positions: [B, T] int32 RoPE positions (for left padding: the count of real tokens before).
+      cache: None for a plain forward over the chunk, or a KVCache with room for T more slots
+        per row after each row's cursor.
+      valid: [B, T] bool, False for padding; such tokens become holes nobody attends to.
+      advance: [B] int32, how far each row's cursor moves (default T). A right-padded chunk may
+        advance by each row's real length so the padding slots are reused by the next write.
+      return_hidden: return final-norm hidden states [B, T, D] instead of logits (for chunked
+        log-probabilities that never materialise [B, T, V]).
+
+    Returns:
+      (logits [B, T, V] float32 or hidden [B, T, D], new cache or None).
+    """
+    b, t = tokens.shape
+    if valid is None:
+      valid = jnp.ones((b, t), jnp.bool_)
+    x = self.embed(tokens)
+    sin, cos = rope_tables(self.cfg, positions)
+    if cache is None:
+      slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+      key_valid, kv = valid, None
+    else:
+      slots = write_slots(cache.cursor, t)
+      key_valid = scatter_rows(cache.valid, slots, valid)
+      kv = (cache.k, cache.v)
+    key_slot = jnp.arange(key_valid.shape[1], dtype=jnp.int32)
+    mask = key_valid[:, None, :] & (key_slot[None, None, :] <= slots[:, :, None])
+    x, new_kv = self.layers(x, kv, (sin, cos, mask, slots))
+    x = self.final_norm(x)
+    new_cache = None
+    if cache is not None:
+      step = jnp.full((b,), t, jnp.int32) if advance is None else advance.astype(jnp.int32)
+      new_cache = KVCache(k=new_kv[0], v=new_kv[1], valid=key_valid, cursor=cache.cursor + step)
+    if return_hidden:
+      return x, new_cache
+    return self.logits(x), new_cache
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """[..., D] final hidden states -> [..., V] float32 logits (accumulated in float32)."""
+    if self.cfg.tie_word_embeddings:
+      w = self.embed.embedding.astype(self.cfg.compute_dtype)
+      return jnp.einsum("...d,vd->...v", hidden, w, preferred_element_type=jnp.float32)
+    return self.lm_head(hidden)
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:
+  """Random parameters (normal(0.02), norms at 1) — for models trained from scratch and tests."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  return Decoder(cfg).init(rng, tokens, tokens)["params"]
+
+
+def param_shapes(cfg: ModelConfig) -> dict:
+  """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating anything."""
+  return jax.eval_shape(functools.partial(init_params, cfg), jax.random.key(0))
+
+
+def positions_from_valid(valid: jax.Array, start=None) -> jax.Array:
+  """[B, T] RoPE positions for a possibly left-padded chunk: real tokens count 0, 1, 2, ...
+
+  `start` [B] offsets each row (the number of real tokens already in its cache). Padding gets
+  the position of the next real token (any value works: padding is never attended to).
+  """
+  pos = jnp.cumsum(valid.astype(jnp.int32), axis=1) - valid.astype(jnp.int32)
+  if start is not None:
+    pos = pos + start[:, None]
+  return pos

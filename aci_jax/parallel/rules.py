@@ -1,0 +1,125 @@
+"""Sharding rules: parameter path -> logical axis names -> mesh axes -> `NamedSharding`.
+
+Two steps, as in MaxText: every parameter dimension gets a *logical* name ("embed", "heads",
+"mlp", ...) from its path in the tree, and a rule table maps logical names to mesh axes. Changing
+how a model is parallelised is a different rule table, never an edit of the model code.
+
+A dimension whose size does not divide by its mesh axes is replicated instead (for example two
+kv-heads on a four-way tensor axis); `param_shardings` reports each such fallback once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+Rules = Mapping[str, "str | tuple[str, ...] | None"]
+
+# Training: parameters sharded over fsdp along the model dimension, and over tensor along
+# heads/MLP/vocab; batch over (data, fsdp).
+TRAINING_RULES: Rules = {
+    "layers": None,
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "norm": None,
+}
+
+# Sampling: no fsdp (gathering weights every decode step would dominate); weights replicated
+# over data and split over tensor.
+SAMPLING_RULES: Rules = {**TRAINING_RULES, "embed": None}
+
+_LEAF_AXES = {
+    ("embed", "embedding"): ("vocab", "embed"),
+    ("attn", "q_proj", "kernel"): ("embed", "heads"),
+    ("attn", "k_proj", "kernel"): ("embed", "kv_heads"),
+    ("attn", "v_proj", "kernel"): ("embed", "kv_heads"),
+    ("attn", "o_proj", "kernel"): ("heads", "embed"),
+    ("attn", "q_proj", "bias"): ("heads",),
+    ("attn", "k_proj", "bias"): ("kv_heads",),
+    ("attn", "v_proj", "bias"): ("kv_heads",),
+    ("attn", "o_proj", "bias"): ("norm",),
+    ("mlp", "gate_proj", "kernel"): ("embed", "mlp"),
+    ("mlp", "up_proj", "kernel"): ("embed", "mlp"),
+    ("mlp", "down_proj", "kernel"): ("mlp", "embed"),
+    ("mlp", "gate_proj", "bias"): ("mlp",),
+    ("mlp", "up_proj", "bias"): ("mlp",),
+    ("mlp", "down_proj", "bias"): ("norm",),
+    ("attn_norm", "scale"): ("norm",),
+    ("mlp_norm", "scale"): ("norm",),
+    ("final_norm", "scale"): ("norm",),
+    ("lm_head", "kernel"): ("embed", "vocab"),
+}
+
+
+def _path_names(path) -> tuple[str, ...]:
+  return tuple(getattr(k, "key", getattr(k, "name", str(k))) for k in path)
+
+
+def logical_axes(params) -> dict:
+  """A tree like `params` whose leaves are tuples of logical axis names, one per dimension."""
+
+  def leaf_axes(path, leaf):
+    names = _path_names(path)
+    stacked = names[0] == "layers"
+    key = names[1:] if stacked else names
+    if key not in _LEAF_AXES:
+      raise KeyError(f"no sharding rule for parameter {'/'.join(names)}")
+    axes = (("layers",) if stacked else ()) + _LEAF_AXES[key]
+    if len(axes) != len(leaf.shape):
+      raise ValueError(f"{'/'.join(names)} has shape {leaf.shape}, rule gives {axes}")
+    return axes
+
+  return jax.tree_util.tree_map_with_path(leaf_axes, params)
+
+
+def spec_for(shape, axes, mesh: Mesh, rules: Rules, *, name: str = "", warn=None) -> P:
+  """PartitionSpec for one array: logical names mapped through `rules`, mesh axes that are
+  size 1 or do not divide the dimension dropped, and no mesh axis used twice."""
+  used: set[str] = set()
+  out = []
+  for dim, logical in zip(shape, axes):
+    mesh_axes = rules.get(logical)
+    if mesh_axes is None:
+      out.append(None)
+      continue
+    mesh_axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+    mesh_axes = tuple(a for a in mesh_axes if mesh.shape[a] > 1 and a not in used)
+    size = 1
+    for a in mesh_axes:
+      size *= mesh.shape[a]
+    if mesh_axes and dim % size:
+      if warn is not None:
+        warn(f"{name}: dim {dim} ({logical}) not divisible by {mesh_axes}={size}; replicated")
+      mesh_axes = ()
+    used.update(mesh_axes)
+    out.append(None if not mesh_axes else (mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes))
+  return P(*out)
+
+
+def param_shardings(params, mesh: Mesh, rules: Rules = TRAINING_RULES) -> dict:
+  """A tree of `NamedSharding` for `params` (arrays or ShapeDtypeStructs)."""
+  axes = logical_axes(params)
+  warned: set[str] = set()
+
+  def warn(msg):
+    if msg not in warned:
+      warned.add(msg)
+      logging.info("sharding: %s", msg)
+
+  def one(path, leaf, ax):
+    spec = spec_for(leaf.shape, ax, mesh, rules, name="/".join(_path_names(path)), warn=warn)
+    return NamedSharding(mesh, spec)
+
+  # `params` fixes the tree structure; the tuples of `axes` sit at its leaves and pass whole.
+  return jax.tree_util.tree_map_with_path(one, params, axes)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Rows of a [B, ...] batch split over every data-parallel axis (data and fsdp)."""
+  return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
