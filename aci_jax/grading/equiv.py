@@ -1,0 +1,668 @@
+"""In-process answer equivalence (the rules of docs/grading.md).
+
+``compare(gold, pred)`` takes two *extracted* answers and returns ``(equal, status)``. It is meant to
+run inside a killable worker (``aci_jax.grading.pool``): it guards sympy against inputs that would
+take unbounded time (power towers, huge factorials, very long strings), but the process kill is
+the last line of defence.
+
+Pipeline: normalise both strings (``normalize.py``) -> same string? -> parse each into a small
+structure (tuple/interval, unordered list, matrix, equation, inequality, union, atom) -> compare
+structures; atoms compare as choice letters, text, exact numbers, and finally sympy expressions
+(numeric evaluation at 40 digits, random probes for free symbols).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .normalize import balanced, brace_depth, normalize
+
+__all__ = ["compare", "DEFAULT_REL_TOL", "Limits"]
+
+DEFAULT_REL_TOL = 1e-4
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Static guards applied before anything reaches sympy (sizes in characters/digits)."""
+
+    max_len: int = 100_000        # longer answers: string comparison only
+    max_sympy_len: int = 400      # longest atom handed to the LaTeX parser
+    max_brace_depth: int = 24     # deeper nesting is not parsed
+    max_digits: int = 1000        # digit runs longer than this are compared as strings
+    max_pow_log10: float = 1e5    # refuse to evaluate anything whose magnitude may exceed 10^(1e5)
+    max_factorial: int = 2000
+    max_items: int = 5000         # list/matrix entries
+
+
+LIMITS = Limits()
+
+# ----------------------------------------------------------------------------- structures
+_OPEN = {"(": ")", "[": "]", "\\{": "\\}", "\\langle": "\\rangle"}
+_REL_OPS = ("\\leq", "\\geq", "<", ">", "\\le", "\\ge")
+_VAR = re.compile(r"^(?:[a-zA-Z]|\\(?:alpha|beta|gamma|theta|phi|lambda|mu|omega|rho|sigma|tau))(?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-z]\))?$")
+# Text answers: letters, spaces, hyphens, apostrophes, with at least one word of 2+ letters.
+_WORD = re.compile(r"^(?=.*[A-Za-z]{2})[A-Za-z][A-Za-z '\-]*[A-Za-z]$")
+
+
+@dataclass
+class Node:
+    kind: str                 # atom | seq | set | matrix | eq | ineq | union
+    text: str = ""            # atom: the string; eq: lhs
+    items: tuple = ()         # seq/set/union: child nodes; matrix: rows of nodes; eq: (rhs,)
+    brackets: str = ""        # seq: e.g. "()" "[)"; ineq: the chain string
+
+
+def _tokens(s: str):
+    """Yield (start, end, token): backslash commands (``\\frac``, ``\\{``) as one token, else one char."""
+    i, n = 0, len(s)
+    while i < n:
+        if s[i] == "\\":
+            j = i + 1
+            if j < n and s[j].isalpha():
+                while j < n and s[j].isalpha():
+                    j += 1
+            else:
+                j = min(j + 1, n)
+            yield i, j, s[i:j]
+            i = j
+        else:
+            yield i, i + 1, s[i]
+            i += 1
+
+
+_OPENERS = ("(", "[", "{", "\\{", "\\langle")
+_CLOSERS = (")", "]", "}", "\\}", "\\rangle")
+
+
+def _split_top(s: str, seps: tuple[str, ...]) -> list[str]:
+    """Split ``s`` at separator tokens that are outside (), [], {}, \\{ \\} and \\langle \\rangle."""
+    parts, depth, start = [], 0, 0
+    for i, j, tok in _tokens(s):
+        if tok in _OPENERS:
+            depth += 1
+        elif tok in _CLOSERS:
+            depth -= 1
+        elif depth == 0 and tok in seps:
+            parts.append(s[start:i])
+            start = j
+    parts.append(s[start:])
+    return parts
+
+
+def _matching_close(s: str) -> tuple[str, str] | None:
+    """If ``s`` is one bracketed group ``(…)``/``[…)``/``\\{…\\}``/``\\langle…\\rangle``: (open, close)."""
+    depth = 0
+    first = None
+    for i, j, tok in _tokens(s):
+        if first is None:
+            if tok not in ("(", "[", "\\{", "\\langle"):
+                return None
+            first = tok
+        if tok in _OPENERS:
+            depth += 1
+        elif tok in _CLOSERS:
+            depth -= 1
+            if depth == 0:
+                return (first, tok) if j == len(s) else None
+    return None
+
+
+def _parse(s: str, depth: int = 0) -> Node:
+    """Structure of a normalised answer string."""
+    s = s.strip()
+    if depth > 8 or not s:
+        return Node("atom", s)
+    if s.startswith("\\begin{") and ("matrix}" in s[:20] or "array}" in s[:20]):
+        m = _parse_matrix(s, depth)
+        if m is not None:
+            return m
+    union = _split_top(s, ("\\cup",))
+    if len(union) > 1:
+        return Node("union", items=tuple(_parse(u, depth + 1) for u in union))
+    parts = _split_top(s, (",", ";"))
+    if len(parts) > 1:
+        if len(parts) > LIMITS.max_items:
+            return Node("atom", s)
+        return Node("set", items=_flat(_parse(p, depth + 1) for p in parts))
+    grp = _matching_close(s)
+    if grp is not None:
+        op, cl = grp
+        inner = s[len(op): len(s) - len(cl)]
+        inner_parts = _split_top(inner, (",",))
+        if op == "\\{":
+            return Node("set", items=_flat(_parse(p, depth + 1) for p in inner_parts if p.strip()))
+        if len(inner_parts) > 1:
+            if op == "\\langle":
+                op, cl = "(", ")"
+            return Node("seq", items=tuple(_parse(p, depth + 1) for p in inner_parts), brackets=op + cl)
+    # Relations.
+    rel = _split_top(s, ("\\leq", "\\geq", "<", ">", "\\ne"))
+    if len(rel) > 1:
+        return Node("ineq", s)
+    eq = _split_top(s, ("=",))
+    if len(eq) == 2 and eq[0].strip() and eq[1].strip():
+        return Node("eq", eq[0].strip(), items=(_parse(eq[1], depth + 1),))
+    if len(eq) > 2:  # x = y = 3: keep the last value
+        return Node("eq", eq[-2].strip(), items=(_parse(eq[-1], depth + 1),))
+    pm = _split_top(s, ("\\pm",))
+    if len(pm) == 2 and pm[1].strip():
+        a, b = pm
+        return Node("set", items=(Node("atom", f"{a}+{b}".lstrip("+")), Node("atom", f"{a}-({b})" if a else f"-({b})")),
+                    brackets="pm")
+    return Node("atom", s)
+
+
+def _flat(nodes) -> tuple:
+    """List items, with ``a \\pm b`` items expanded in place (``\\{1\\pm\\sqrt5, -2\\}`` has 3 elements)."""
+    out = []
+    for n in nodes:
+        out.extend(n.items if n.kind == "set" and n.brackets == "pm" else (n,))
+    return tuple(out)
+
+
+def _parse_matrix(s: str, depth: int) -> Node | None:
+    m = re.match(r"^\\begin\{([a-zA-Z]*matrix|array)\}", s)
+    if not m:
+        return None
+    env = m.group(1)
+    if env in ("vmatrix", "Vmatrix"):
+        return None  # a determinant, not a matrix
+    end = f"\\end{{{env}}}"
+    if not s.endswith(end):
+        return None
+    body = s[m.end(): len(s) - len(end)]
+    if env == "array" and body.startswith("{"):
+        close = body.find("}")
+        body = body[close + 1:]
+    rows = [r for r in body.split("\\\\")]
+    while rows and not rows[-1].strip():
+        rows.pop()
+    if not rows or sum(r.count("&") + 1 for r in rows) > LIMITS.max_items:
+        return None
+    grid = tuple(tuple(Node("atom", c.strip()) for c in r.split("&")) for r in rows)
+    return Node("matrix", items=grid)
+
+
+# ----------------------------------------------------------------------------- numbers
+_INT = re.compile(r"^[+-]?\d+$")
+_DEC = re.compile(r"^[+-]?(?:\d+\.\d*|\.\d+)$")
+_SCI = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(?:[eE]|\\times ?10\^)\{?([+-]?\d{1,4})\}?$")
+_FRAC = re.compile(r"^([+-]?)\\frac\{([+-]?\d+)\}\{([+-]?\d+)\}$")
+_SLASH = re.compile(r"^([+-]?\d+)/(\d+)$")
+_MIXEDN = re.compile(r"^([+-]?)\((\d+)\+\\frac\{(\d+)\}\{(\d+)\}\)$")
+
+
+def _number(s: str) -> tuple[Fraction, bool] | None:
+    """(value, is_decimal_approximation) for plain numeric literals; None otherwise."""
+    s = s.replace(" ", "")
+    if len(s) > LIMITS.max_digits or not s:
+        return None
+    if _INT.match(s):
+        return Fraction(int(s)), False
+    if _DEC.match(s):
+        return Fraction(s), True
+    m = _SCI.match(s)
+    if m:
+        return Fraction(m.group(1)) * Fraction(10) ** int(m.group(2)), True
+    m = _FRAC.match(s) or _SLASH.match(s)
+    if m:
+        g = m.groups()
+        sign, num, den = ("", g[0], g[1]) if len(g) == 2 else g
+        if int(den) == 0:
+            return None
+        v = Fraction(int(num), int(den))
+        return (-v if sign == "-" else v), False
+    m = _MIXEDN.match(s)
+    if m:
+        sign, w, num, den = m.groups()
+        if int(den) == 0:
+            return None
+        v = int(w) + Fraction(int(num), int(den))
+        return (-v if sign == "-" else v), False
+    return None
+
+
+def _close(a, b, rel_tol: float) -> bool:
+    """|a - b| <= rel_tol * max(|a|, |b|) for Python or mpmath numbers."""
+    return bool(abs(a - b) <= rel_tol * max(abs(a), abs(b)))
+
+
+# ----------------------------------------------------------------------------- sympy
+_sympy = None
+
+
+def _sp():
+    """Import sympy + the LaTeX parser lazily (workers pay this once at start-up)."""
+    global _sympy
+    if _sympy is None:
+        import sympy
+        from latex2sympy2_extended import latex2sympy
+        from latex2sympy2_extended.latex2sympy2 import ConversionConfig
+        from latex2sympy2_extended.math_normalization import NormalizationConfig
+
+        cfg = ConversionConfig(interpret_as_mixed_fractions=True, interpret_simple_eq_as_assignment=False,
+                               interpret_contains_as_eq=True, lowercase_symbols=False)
+        ncfg = NormalizationConfig(basic_latex=True, units=False, malformed_operators=False, nits=False,
+                                   boxed="none", equations=False)
+
+        def parse(text):
+            with sympy.evaluate(False):
+                return latex2sympy(text, normalization_config=ncfg, conversion_config=cfg)
+
+        _sympy = (sympy, parse)
+    return _sympy
+
+
+class _Refused(Exception):
+    """The expression is too large to evaluate safely."""
+
+
+_GROWTH = ("exp", "sinh", "cosh", "factorial", "factorial2", "gamma", "binomial", "subfactorial")
+
+
+def _log10_bound(e, sympy) -> float:
+    """Crude upper bound on |log10|e|| for a numeric sympy tree, i.e. how many orders of magnitude
+    ``e`` may be away from 1 in either direction (inf when astronomically large or small)."""
+    if e.is_Integer:
+        n = abs(int(e))
+        return math.log10(n) if n > 1 else 0.0
+    if e.is_Rational:
+        return max(_log10_bound(sympy.Integer(e.p), sympy), _log10_bound(sympy.Integer(e.q), sympy))
+    if e.is_Float:
+        return abs(math.log10(abs(float(e)))) if e != 0 and math.isfinite(float(e)) else 0.0
+    if e.is_Number or e.is_NumberSymbol or e is sympy.I:
+        return 1.0
+    name = e.func.__name__
+    if e.is_Pow:
+        b, x = e.args
+        lb, lx = _log10_bound(b, sympy), _log10_bound(x, sympy)
+        return math.inf if lx > 7 else max(lb, 1.0) * 10 ** lx
+    if name in _GROWTH:
+        lx = max((_log10_bound(a, sympy) for a in e.args), default=1.0)
+        return math.inf if lx > 7 else (10 ** lx) * max(lx, 1.0)
+    if e.is_Mul:
+        return sum(_log10_bound(a, sympy) for a in e.args)
+    return max((_log10_bound(a, sympy) for a in e.args), default=1.0) + 1
+
+
+def _guard(expr, sympy) -> None:
+    """Raise _Refused for trees that would take unbounded time or memory to evaluate."""
+    count = 0
+    for node in sympy.preorder_traversal(expr):
+        count += 1
+        if count > 2000:
+            raise _Refused("too many nodes")
+        if (node.is_Pow or node.func.__name__ in _GROWTH) and node.is_number:
+            if _log10_bound(node, sympy) > LIMITS.max_pow_log10:
+                raise _Refused("value too large to evaluate")
+        # x^(huge): probing at |x| > 1 would be astronomically large as well.
+        if node.is_Pow and not node.is_number and node.args[1].is_number:
+            if _log10_bound(node.args[1], sympy) > 6:
+                raise _Refused("exponent too large")
+
+
+def _to_sympy(s: str):
+    """Parse an atom with the LaTeX parser under the static guards; None when not parseable."""
+    if (len(s) > LIMITS.max_sympy_len or brace_depth(s) > LIMITS.max_brace_depth
+            or re.search(r"\d{%d,}" % (LIMITS.max_digits + 1), s) or not balanced(s)):
+        return None
+    if s.count("^") > 12:
+        return None
+    sympy, parse = _sp()
+    try:
+        e = parse(s)
+    except Exception:  # the parser raises bare Exception on malformed LaTeX
+        return None
+    except RecursionError:
+        return None
+    if isinstance(e, list) or not isinstance(e, sympy.Expr):
+        return None
+    # MATH's i is the imaginary unit.
+    syms = {x for x in e.free_symbols if x.name == "i"}
+    if syms:
+        with sympy.evaluate(False):
+            e = e.xreplace({x: sympy.I for x in syms})
+    _guard(e, sympy)
+    return e
+
+
+def _evalf(e, sympy, prec: int = 40):
+    """``e`` as an mpmath complex at ``prec`` digits; None if not a finite number."""
+    import mpmath
+
+    v = e.evalf(prec)
+    if not v.is_number or v.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo) or v.free_symbols:
+        return None
+    parts = []
+    for x in v.as_real_imag():
+        x = x.evalf(prec)
+        if not x.is_Number:
+            return None
+        parts.append(mpmath.mpf(x._mpf_) if isinstance(x, sympy.Float) else mpmath.mpf(int(x)) if x.is_Integer
+                     else mpmath.mpf(sympy.Float(x, prec)._mpf_))
+    z = mpmath.mpc(*parts)
+    return z if mpmath.isfinite(z) else None
+
+
+def _has_float(e, sympy) -> bool:
+    return any(isinstance(a, sympy.Float) for a in sympy.preorder_traversal(e))
+
+
+def _expr_equal(a: str, b: str, rel_tol: float) -> bool:
+    """Symbolic/numeric equality of two atoms through sympy (False when either side cannot be parsed)."""
+    try:
+        ea, eb = _to_sympy(a), _to_sympy(b)
+    except _Refused:
+        return False
+    if ea is None or eb is None:
+        return False
+    sympy = _sp()[0]
+    if ea == eb:
+        return True
+    approx = _has_float(ea, sympy) or _has_float(eb, sympy)
+    tol = rel_tol if approx else 1e-25  # exact sides: equal at 40 digits means equal
+    free = ea.free_symbols | eb.free_symbols
+    try:
+        if not free:
+            if any(x.has(sympy.oo, -sympy.oo, sympy.zoo) for x in (ea, eb)):
+                return ea == eb
+            va, vb = _evalf(ea, sympy), _evalf(eb, sympy)
+            if va is None or vb is None:
+                return False
+            if not approx:  # 40-digit comparison for exact values, beyond complex() precision
+                hi = _evalf(sympy.Add(ea, sympy.Mul(-1, eb, evaluate=False), evaluate=False), sympy, 50)
+                if hi is None:
+                    return False
+                scale = max(abs(va), abs(vb))
+                return bool(abs(hi) <= 1e-25 * scale) if scale else bool(abs(hi) == 0)
+            return _close(va, vb, tol)
+        return _probe_equal(ea, eb, free, tol, sympy)
+    except (_Refused, ArithmeticError, ValueError, TypeError, AttributeError, RecursionError):
+        return False
+
+
+def _probes(free, n: int = 5):
+    rng = random.Random(1234)
+    names = sorted(free, key=lambda x: x.name)
+    return [{x: rng.choice([1, -1]) * (0.37 + 2.3 * rng.random()) for x in names} for _ in range(n)]
+
+
+def _value_at(e, point, sympy):
+    with sympy.evaluate(False):
+        v = e.xreplace({k: sympy.Float(val, 30) for k, val in point.items()})
+    return _evalf(v, sympy, 30)
+
+
+def _probe_equal(ea, eb, free, tol, sympy) -> bool:
+    """Identity test: equal values at 5 random real points (points where either side is undefined skipped)."""
+    seen = 0
+    for pt in _probes(free, 8):
+        va, vb = _value_at(ea, pt, sympy), _value_at(eb, pt, sympy)
+        if va is None or vb is None:
+            continue
+        seen += 1
+        if not _close(va, vb, max(tol, 1e-9)):
+            return False
+        if seen >= 5:
+            break
+    return seen >= 3
+
+
+def _relation_equal(la: str, ra: str, lb: str, rb: str, rel_tol: float) -> bool:
+    """Equations lhs_a = rhs_a and lhs_b = rhs_b are the same when (la-ra) = c (lb-rb) for a constant c != 0."""
+    try:
+        parts = [_to_sympy(x) for x in (la, ra, lb, rb)]
+    except _Refused:
+        return False
+    if any(p is None for p in parts):
+        return False
+    sympy = _sp()[0]
+    da = sympy.Add(parts[0], sympy.Mul(-1, parts[1], evaluate=False), evaluate=False)
+    db = sympy.Add(parts[2], sympy.Mul(-1, parts[3], evaluate=False), evaluate=False)
+    free = da.free_symbols | db.free_symbols
+    if not free:
+        return False
+    ratio = None
+    seen = 0
+    for pt in _probes(free, 8):
+        va, vb = _value_at(da, pt, sympy), _value_at(db, pt, sympy)
+        if va is None or vb is None or abs(vb) < 1e-12:
+            continue
+        r = va / vb
+        if ratio is None:
+            if abs(r) < 1e-12:
+                return False
+            ratio = r
+        elif not _close(r, ratio, 1e-9):
+            return False
+        seen += 1
+    return seen >= 3
+
+
+# ----------------------------------------------------------------------------- atoms
+def _key(s: str) -> str:
+    return s.replace(" ", "")
+
+
+def _atom_equal(a: str, b: str, rel_tol: float) -> bool:
+    if _key(a) == _key(b):
+        return True
+    if not a or not b:
+        return False
+    # Choice letters and text answers are compared as text (never through sympy: "no" is not "on").
+    letter_a, letter_b = re.fullmatch(r"[A-E]", a), re.fullmatch(r"[A-E]", b)
+    if letter_a or letter_b:
+        return False
+    wa, wb = _WORD.match(a), _WORD.match(b)
+    if wa or wb:
+        return bool(wa and wb) and " ".join(a.lower().split()) == " ".join(b.lower().split())
+    na, nb = _number(a), _number(b)
+    if na is not None and nb is not None:
+        (va, xa), (vb, xb) = na, nb
+        if va == vb:
+            return True
+        if not (xa or xb):
+            return False  # both exact: only exact equality counts
+        return _close(float(va), float(vb), rel_tol)
+    return _expr_equal(a, b, rel_tol)
+
+
+# ----------------------------------------------------------------------------- intervals
+def _as_set(node: Node):
+    """A sympy set for interval-like nodes (intervals, unions, one-variable inequalities); None otherwise."""
+    sympy = _sp()[0]
+    if node.kind == "seq" and len(node.items) == 2 and node.brackets in ("()", "[]", "[)", "(]"):
+        lo, hi = (_endpoint(n) for n in node.items)
+        if lo is None or hi is None:
+            return None
+        try:
+            return sympy.Interval(lo, hi, left_open=node.brackets[0] == "(", right_open=node.brackets[1] == ")")
+        except (TypeError, ValueError):
+            return None
+    if node.kind == "union":
+        sets = [_as_set(n) for n in node.items]
+        if any(x is None for x in sets):
+            return None
+        return sympy.Union(*sets)
+    if node.kind == "ineq":
+        return _ineq_set(node.text)
+    if node.kind == "set" and node.items and all(n.kind == "ineq" for n in node.items):
+        sets = [_as_set(n) for n in node.items]  # "x < -1 or x > 2"
+        if any(x is None for x in sets):
+            return None
+        return sympy.Union(*sets)
+    if node.kind == "atom" and _key(node.text) in ("\\varnothing", "\\{\\}", "\\mathbb{R}", "(-\\infty,\\infty)"):
+        return sympy.S.EmptySet if "varnothing" in node.text or node.text == "\\{\\}" else sympy.S.Reals
+    return None
+
+
+def _endpoint(node: Node):
+    if node.kind != "atom":
+        return None
+    sympy = _sp()[0]
+    t = _key(node.text)
+    if t in ("\\infty", "+\\infty"):
+        return sympy.oo
+    if t == "-\\infty":
+        return -sympy.oo
+    n = _number(t)
+    if n is not None:
+        return sympy.Rational(n[0].numerator, n[0].denominator)
+    try:
+        e = _to_sympy(t)
+    except _Refused:
+        return None
+    if e is None or e.free_symbols:
+        return None
+    v = _evalf(e, sympy)
+    if v is None or abs(v.imag) > 0:
+        return None
+    return e
+
+
+def _ineq_set(s: str):
+    """One-variable chain like ``-2 \\leq x < 5`` or ``x > 3`` as a sympy Interval."""
+    sympy = _sp()[0]
+    tokens = re.split(r"(\\leq|\\geq|<|>)", s)
+    if len(tokens) not in (3, 5):
+        return None
+    exprs, ops = tokens[0::2], tokens[1::2]
+    var_idx = [i for i, e in enumerate(exprs) if _VAR.match(e.strip())]
+    if len(var_idx) != 1:
+        return None
+    vi = var_idx[0]
+    lo, hi, lo_open, hi_open = -sympy.oo, sympy.oo, True, True
+    for i, op in enumerate(ops):
+        left, right = exprs[i], exprs[i + 1]
+        strict = op in ("<", ">")
+        less = op in ("<", "\\leq")
+        if i + 1 == vi:   # bound on the left of the variable: left OP x
+            bound = _endpoint(Node("atom", left.strip()))
+            if bound is None:
+                return None
+            if less:
+                lo, lo_open = bound, strict
+            else:
+                hi, hi_open = bound, strict
+        elif i == vi:     # x OP right
+            bound = _endpoint(Node("atom", right.strip()))
+            if bound is None:
+                return None
+            if less:
+                hi, hi_open = bound, strict
+            else:
+                lo, lo_open = bound, strict
+        else:
+            return None
+    try:
+        return sympy.Interval(lo, hi, left_open=lo_open, right_open=hi_open)
+    except (TypeError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------- structures
+def _nodes_equal(g: Node, p: Node, rel_tol: float) -> bool:
+    # Equation "x = 3" against a value: compare the value; a lone variable on the left is a label.
+    if g.kind == "eq" and p.kind != "eq" and _VAR.match(_key(g.text)):
+        return _nodes_equal(g.items[0], p, rel_tol)
+    if p.kind == "eq" and g.kind != "eq" and _VAR.match(_key(p.text)):
+        return _nodes_equal(g, p.items[0], rel_tol)
+    if g.kind == "eq" and p.kind == "eq":
+        if _key(g.text) == _key(p.text) and _nodes_equal(g.items[0], p.items[0], rel_tol):
+            return True
+        if g.items[0].kind == "atom" and p.items[0].kind == "atom":
+            return _relation_equal(g.text, g.items[0].text, p.text, p.items[0].text, rel_tol)
+        return False
+    # Intervals / unions / inequalities as real sets.
+    if {"union", "ineq"} & {g.kind, p.kind} or (
+            g.kind == "set" and any(n.kind == "ineq" for n in g.items)) or (
+            p.kind == "set" and any(n.kind == "ineq" for n in p.items)):
+        sg, sp_ = _as_set(g), _as_set(p)
+        if sg is None or sp_ is None:
+            return False
+        try:
+            return bool(sg == sp_) or bool((sg.symmetric_difference(sp_)).is_empty)
+        except Exception:
+            return False
+    if g.kind != p.kind and "atom" in (g.kind, p.kind) and "seq" in (g.kind, p.kind):
+        sg, sp_ = _as_set(g), _as_set(p)  # (-\infty, \infty) vs \mathbb{R}
+        if sg is not None and sp_ is not None:
+            return bool(sg == sp_)
+    if g.kind == "set" and len(g.items) == 1:
+        return _nodes_equal(g.items[0], p, rel_tol)
+    if p.kind == "set" and len(p.items) == 1:
+        return _nodes_equal(g, p.items[0], rel_tol)
+    if g.kind == "set" and p.kind == "set":
+        return _multiset_equal(list(g.items), list(p.items), rel_tol)
+    if g.kind == "seq" and p.kind == "seq":
+        return (g.brackets == p.brackets and len(g.items) == len(p.items)
+                and all(_nodes_equal(a, b, rel_tol) for a, b in zip(g.items, p.items)))
+    if g.kind == "matrix" or p.kind == "matrix":
+        return _matrix_equal(g, p, rel_tol)
+    if g.kind == "atom" and p.kind == "atom":
+        return _atom_equal(g.text, p.text, rel_tol)
+    return False
+
+
+def _multiset_equal(a: list, b: list, rel_tol: float) -> bool:
+    if len(a) != len(b):
+        return False
+    remaining = list(b)
+    for x in a:
+        for j, y in enumerate(remaining):
+            if _nodes_equal(x, y, rel_tol):
+                del remaining[j]
+                break
+        else:
+            return False
+    return True
+
+
+def _matrix_equal(g: Node, p: Node, rel_tol: float) -> bool:
+    def cells(n: Node):
+        if n.kind == "matrix":
+            rows = n.items
+            if len({len(r) for r in rows}) != 1:
+                return None, None
+            return (len(rows), len(rows[0])), [c for r in rows for c in r]
+        if n.kind == "seq" and n.brackets == "()":
+            return ("vector", len(n.items)), list(n.items)
+        return None, None
+
+    sg, cg = cells(g)
+    sp_, cp = cells(p)
+    if sg is None or sp_ is None:
+        return False
+    if sg != sp_:
+        # A column or row vector equals the tuple of its entries.
+        def flat(shape):
+            return shape[1] if shape[0] == "vector" else (shape[0] * shape[1] if 1 in shape else None)
+        if flat(sg) is None or flat(sg) != flat(sp_):
+            return False
+    return all(_nodes_equal(a, b, rel_tol) for a, b in zip(cg, cp))
+
+
+# ----------------------------------------------------------------------------- entry point
+def compare(gold: str, pred: str | None, rel_tol: float = DEFAULT_REL_TOL) -> tuple[bool, str]:
+    """(equal, status) for an extracted gold and prediction.
+
+    status: ``ok`` — a verdict was reached; ``parse_error`` — the prediction is missing, empty or
+    malformed (unbalanced braces), verdict False.
+    """
+    if pred is None or not pred.strip():
+        return False, "parse_error"
+    if not balanced(pred):
+        return False, "parse_error"
+    if len(gold) > LIMITS.max_len or len(pred) > LIMITS.max_len:
+        return _key(gold.strip()) == _key(pred.strip()), "ok"
+    g, p = normalize(gold), normalize(pred)
+    if _key(g) == _key(p):
+        return True, "ok"
+    if not p:
+        return False, "parse_error"
+    return _nodes_equal(_parse(g), _parse(p), rel_tol), "ok"

@@ -1,0 +1,116 @@
+"""Answer extraction: the last ``\\boxed{...}`` / ``\\fbox{...}`` of a response, and gold answers.
+
+All functions are linear-time string scans (no regex backtracking on hostile input), so they are
+safe to run in the parent process before a comparison is sent to a worker.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["extract_answer", "extract_gold", "last_boxed", "GOLD_STYLES"]
+
+_BOX_CMDS = ("\\boxed", "\\fbox")
+# "The answer is X." fallback (opt-in): take the rest of the line after the last occurrence.
+_ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*", re.IGNORECASE)
+GOLD_STYLES = ("auto", "math", "gsm8k", "plain")
+
+
+def _braced_group(text: str, start: int) -> tuple[str, int] | None:
+    """Content of the brace group opening at ``text[start] == '{'`` and the index after it.
+
+    Escaped braces (``\\{``) do not count. Returns None when the group is never closed.
+    """
+    depth = 0
+    i = start
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2  # skip the escaped character (\{, \}, \\)
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : i], i + 1
+        i += 1
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete ``\\boxed{...}``/``\\fbox{...}`` (or ``\\boxed 5``) in ``text``."""
+    best: tuple[int, str] | None = None
+    for cmd in _BOX_CMDS:
+        pos = text.rfind(cmd)
+        # Walk backwards until a complete box is found (an unfinished last box is skipped).
+        while pos != -1:
+            j = pos + len(cmd)
+            # skip spaces between the command and its argument
+            k = j
+            while k < len(text) and text[k] == " ":
+                k += 1
+            content = None
+            if k < len(text) and text[k] == "{":
+                grp = _braced_group(text, k)
+                if grp is not None:
+                    content = grp[0]
+            elif k > j and k < len(text):
+                # "\boxed 5" form: the argument runs to the next space or '$'.
+                m = re.match(r"[^\s$]+", text[k:])
+                if m:
+                    content = m.group(0)
+            if content is not None:
+                if best is None or pos > best[0]:
+                    best = (pos, content)
+                break
+            pos = text.rfind(cmd, 0, pos)
+    return None if best is None else best[1].strip()
+
+
+def extract_answer(response: str, *, fallback: bool = False) -> str | None:
+    """The final answer of a model response, or None when it gives none.
+
+    The answer is the content of the last ``\\boxed{}``/``\\fbox{}`` (nested braces allowed).
+    With ``fallback=True`` a response without a box may still answer through the last
+    "the answer is X" / "final answer: X" phrase (X runs to the end of its line, a trailing period
+    and surrounding ``$`` are dropped). Off by default: training rewards need the boxed format.
+    """
+    if not isinstance(response, str):
+        raise TypeError(f"response must be str, got {type(response).__name__}")
+    boxed = last_boxed(response)
+    if boxed is not None:
+        return boxed if boxed else None
+    if fallback:
+        matches = list(_ANSWER_IS.finditer(response))
+        if matches:
+            rest = response[matches[-1].end() :].split("\n", 1)[0].strip()
+            rest = rest.strip().rstrip(".").strip().strip("$").strip()
+            return rest or None
+    return None
+
+
+def extract_gold(text: str | int | float, style: str = "auto") -> str:
+    """The reference answer as a string.
+
+    styles: ``math`` — a MATH solution: the last ``\\boxed{}`` if there is one, else the text;
+    ``gsm8k`` — the text after the last ``####`` (thousands commas kept; the comparison drops them);
+    ``plain`` — the text itself (numbers such as AMC's ``27.0`` are formatted with ``repr``);
+    ``auto`` — ``####`` if present, else a box if present, else plain.
+    """
+    if style not in GOLD_STYLES:
+        raise ValueError(f"unknown gold style {style!r}; expected one of {GOLD_STYLES}")
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise TypeError(f"gold must be str, int or float, got {type(text).__name__}")
+    if not isinstance(text, str):
+        return repr(text)
+    if style in ("gsm8k", "auto") and "####" in text:
+        return text.rsplit("####", 1)[1].strip()
+    if style == "gsm8k":
+        raise ValueError("gsm8k-style gold has no '####' marker")
+    if style in ("math", "auto"):
+        boxed = last_boxed(text)
+        if boxed is not None:
+            return boxed
+    return text.strip()

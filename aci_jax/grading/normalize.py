@@ -1,0 +1,204 @@
+"""String-level normalisation of MATH-style answers (rules documented in docs/grading.md).
+
+``normalize`` maps notational variants of one answer onto one string: ``\\dfrac``->``\\frac``,
+``\\left``/``\\right`` dropped, spacing commands dropped, ``\\text{}`` unwrapped, degree/percent/
+dollar signs and trailing units dropped, ``10,\\!080``->``10080``, ``52_8``->``52``,
+``1\\frac{4}{5}``->``(1+\\frac{4}{5})``, ``\\frac12``->``\\frac{1}{2}``, ``x \\in S``->``S``.
+Every regex here is linear (no nested quantifiers), so hostile strings cannot make it backtrack.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["normalize", "strip_text_wrappers", "brace_depth", "balanced", "UNIT_WORDS"]
+
+# Unit words dropped when they trail a quantity ("5 cm", "12\text{ inches}", "3 square units").
+UNIT_WORDS = (
+    "square units|square unit|sq units|cubic units|units|unit|square feet|square inches|"
+    "square meters|square centimeters|square cm|sq ft|cm|mm|km|m|meters|meter|centimeters|"
+    "centimeter|kilometers|inches|inch|in|feet|foot|ft|yards|yard|yd|miles|mile|mi|mph|"
+    "degrees|degree|deg|radians|dollars|dollar|cents|cent|hours|hour|hrs|hr|minutes|minute|min|"
+    "seconds|second|sec|s|days|day|weeks|week|months|month|years|year|pounds|pound|lbs|lb|"
+    "ounces|ounce|oz|kg|grams|gram|g|liters|liter|l|ml|gallons|gallon|people|students|ways|"
+    "percent|points|point|times|marbles|apples|coins|cups|pages|books|boxes|minutes"
+)
+_UNIT_TAIL = re.compile(r"^(.*?[0-9}).)])\s*(?:\\text\{\s*(?:" + UNIT_WORDS + r")\s*\}|\s(?:" + UNIT_WORDS
+                        + r"))(?:\^\{?[23]\}?)?$")
+_TEXT_CMDS = ("\\text", "\\textbf", "\\textit", "\\textrm", "\\mathrm", "\\mathbf", "\\mathit",
+              "\\mbox", "\\textnormal", "\\operatorname", "\\mathsf", "\\textsf")
+_SPACING = ("\\!", "\\,", "\\;", "\\:", "\\>", "\\quad", "\\qquad", "~", "\\displaystyle",
+            "\\textstyle", "\\limits")
+_SIZING = ("\\left", "\\right", "\\bigl", "\\bigr", "\\Bigl", "\\Bigr", "\\biggl", "\\biggr",
+           "\\big", "\\Big", "\\bigg", "\\Bigg")
+_THOUSANDS = re.compile(r"^([+-]?)(\d{1,3}(?:,\d{3})+)(\.\d+)?$")
+_BASE_SUB = re.compile(r"^([0-9A-Fa-f]+)_\{?(\d{1,2})\}?$")
+_MIXED = re.compile(r"(^|[^\w}^_.])(\d+)\\frac\{(\d+)\}\{(\d+)\}")
+_FRAC_SHORT = re.compile(r"\\frac(\d)(\d)")
+_FRAC_SHORT1 = re.compile(r"\\frac(\d)\{")
+_FRAC_SHORT2 = re.compile(r"\\frac\{([^{}]*)\}(\d)")
+_SQRT_SHORT = re.compile(r"\\sqrt(\d+|[a-zA-Z])")
+_IN_PREFIX = re.compile(r"^[a-zA-Z]\s*\\in\s*")
+# A backslash that is itself escaped (the "\\\\" row separator of a matrix) starts no command.
+_DELIMS = re.compile(r"(?<!\\)\\[()\[\]]")
+_SPACES = re.compile(r"(?<!\\)\\[!,;:>]")
+_BSPACE = re.compile(r"(?<!\\)\\ ")
+_LE = re.compile(r"\\le(?![a-zA-Z])")
+_GE = re.compile(r"\\ge(?![a-zA-Z])")
+_CHOICE = re.compile(r"^\(?\s*([A-E])\s*\)?$")
+
+
+def brace_depth(s: str) -> int:
+    """Maximum nesting depth of ``{}`` in ``s`` (escaped braces ignored)."""
+    depth = best = 0
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+            best = max(best, depth)
+        elif c == "}":
+            depth -= 1
+        i += 1
+    return best
+
+
+def balanced(s: str) -> bool:
+    """True when the unescaped ``{}`` of ``s`` are balanced."""
+    depth = 0
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth < 0:
+                return False
+        i += 1
+    return depth == 0
+
+
+def _find_group(s: str, start: int) -> int:
+    """Index after the ``{...}`` group opening at ``s[start]``; -1 when unclosed."""
+    depth = 0
+    i = start
+    while i < len(s):
+        c = s[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return -1
+
+
+def strip_text_wrappers(s: str) -> str:
+    """Replace ``\\text{X}`` (and ``\\mathrm``, ``\\textbf``, ...) by ``X``; one linear pass per command."""
+    for cmd in _TEXT_CMDS:
+        out = []
+        i = 0
+        n = len(cmd)
+        while True:
+            j = s.find(cmd, i)
+            if j == -1:
+                out.append(s[i:])
+                break
+            k = j + n
+            # must be the whole command name (\text, not \textbf when looking for \text)
+            if k < len(s) and s[k].isalpha():
+                out.append(s[i:k])
+                i = k
+                continue
+            while k < len(s) and s[k] == " ":
+                k += 1
+            if k < len(s) and s[k] == "{":
+                end = _find_group(s, k)
+                if end == -1:
+                    out.append(s[i:])
+                    break
+                out.append(s[i:j])
+                out.append(s[k + 1 : end - 1])
+                i = end
+            else:
+                out.append(s[i:k])
+                i = k
+        s = "".join(out)
+    return s
+
+
+def normalize(s: str) -> str:
+    """Canonical string for a MATH-style answer (see module docstring). Never raises on str input."""
+    s = s.strip()
+    # Math-mode delimiters.
+    s = _DELIMS.sub("", s)
+    s = s.replace("\\$", "").replace("$", "")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
+    s = _SPACES.sub("", s)
+    for c in _SPACING[5:]:
+        s = s.replace(c, "")
+    s = _BSPACE.sub(" ", s)
+    for c in _SIZING:
+        # \left( -> (, \left\{ -> \{, \left. -> (nothing)
+        s = s.replace(c + ".", "").replace(c, "")
+    # Degrees, percent.
+    for c in ("^{\\circ}", "^\\circ", "{}^\\circ", "^{\\circ }", "\\circ", "°", "\\degree"):
+        s = s.replace(c, "")
+    s = s.replace("\\%", "").replace("%", "")
+    # Units in \text{} after a quantity, before \text is unwrapped.
+    s = s.strip()
+    m = _UNIT_TAIL.match(s)
+    if m:
+        s = m.group(1)
+    s = strip_text_wrappers(s)
+    # "or"/"and" between answers are list separators.
+    s = re.sub(r"\s+(?:or|and)\s+", ",", s)
+    s = s.replace("infinity", "\\infty")
+    s = _LE.sub(r"\\leq", s)
+    s = _GE.sub(r"\\geq", s)
+    s = s.replace("\\lt", "<").replace("\\gt", ">").replace("\\leqslant", "\\leq").replace("\\geqslant", "\\geq")
+    s = s.replace("≤", "\\leq").replace("≥", "\\geq")
+    s = s.replace("\\neq", "\\ne").replace("\\emptyset", "\\varnothing")
+    s = _FRAC_SHORT.sub(r"\\frac{\1}{\2}", s)
+    s = _FRAC_SHORT1.sub(r"\\frac{\1}{", s)
+    s = _FRAC_SHORT2.sub(r"\\frac{\1}{\2}", s)
+    s = _SQRT_SHORT.sub(r"\\sqrt{\1}", s)
+    s = s.strip()
+    # Trailing sentence period; units written without \text.
+    while s.endswith(".") and not s.endswith(".."):
+        s = s[:-1].rstrip()
+    m = _UNIT_TAIL.match(s)
+    if m:
+        s = m.group(1)
+    s = _IN_PREFIX.sub("", s)
+    s = " ".join(s.split())
+    # Thousands separators: only the strict 1,234,567 shape (with no spaces) is a single number.
+    m = _THOUSANDS.match(s)
+    if m:
+        s = m.group(1) + m.group(2).replace(",", "") + (m.group(3) or "")
+    # Base subscripts: 52_8 -> 52 (the digits are what the problem asks for).
+    m = _BASE_SUB.match(s)
+    if m:
+        s = m.group(1)
+    # Mixed numbers (MATH convention): 1\frac{4}{5} -> (1+\frac{4}{5}).
+    s = _MIXED.sub(lambda mm: f"{mm.group(1)}({mm.group(2)}+\\frac{{{mm.group(3)}}}{{{mm.group(4)}}})", s)
+    m = _CHOICE.match(s)
+    if m:
+        s = m.group(1)
+    # Wrapping braces {x} -> x.
+    k = 0
+    while k < 64 and len(s) >= 2 and s[0] == "{" and _find_group(s, 0) == len(s):
+        s = s[1:-1].strip()
+        k += 1
+    return s
