@@ -10,63 +10,54 @@ import re
 
 __all__ = ["extract_answer", "extract_gold", "last_boxed", "GOLD_STYLES"]
 
-_BOX_CMDS = ("\\boxed", "\\fbox")
 # "The answer is X." fallback (opt-in): take the rest of the line after the last occurrence.
 _ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*", re.IGNORECASE)
 GOLD_STYLES = ("auto", "math", "gsm8k", "plain")
 
 
-def _braced_group(text: str, start: int) -> tuple[str, int] | None:
-    """Content of the brace group opening at ``text[start] == '{'`` and the index after it.
-
-    Escaped braces (``\\{``) do not count. Returns None when the group is never closed.
-    """
-    depth = 0
-    i = start
-    n = len(text)
+def _closing_braces(text: str) -> dict[int, int]:
+    """{index of an unescaped '{': index of its matching '}'} for every closed group; one pass."""
+    stack: list[int] = []
+    match: dict[int, int] = {}
+    i, n = 0, len(text)
     while i < n:
         c = text[i]
         if c == "\\":
-            i += 2  # skip the escaped character (\{, \}, \\)
+            i += 2
             continue
         if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i], i + 1
+            stack.append(i)
+        elif c == "}" and stack:
+            match[stack.pop()] = i
         i += 1
-    return None
+    return match
+
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last complete ``\\boxed{...}``/``\\fbox{...}`` (or ``\\boxed 5``) in ``text``."""
-    best: tuple[int, str] | None = None
-    for cmd in _BOX_CMDS:
-        pos = text.rfind(cmd)
-        # Walk backwards until a complete box is found (an unfinished last box is skipped).
-        while pos != -1:
-            j = pos + len(cmd)
-            # skip spaces between the command and its argument
-            k = j
-            while k < len(text) and text[k] == " ":
-                k += 1
-            content = None
-            if k < len(text) and text[k] == "{":
-                grp = _braced_group(text, k)
-                if grp is not None:
-                    content = grp[0]
-            elif k > j and k < len(text):
-                # "\boxed 5" form: the argument runs to the next space or '$'.
-                m = re.match(r"[^\s$]+", text[k:])
-                if m:
-                    content = m.group(0)
-            if content is not None:
-                if best is None or pos > best[0]:
-                    best = (pos, content)
-                break
-            pos = text.rfind(cmd, 0, pos)
-    return None if best is None else best[1].strip()
+    """Content of the last complete ``\\boxed{...}``/``\\fbox{...}`` (or ``\\boxed 5``) in ``text``.
+
+    Linear time: braces are matched in one pass, then box commands are tried from the last one
+    back (an unclosed last box is skipped).
+    """
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return None
+    match = _closing_braces(text)
+    for m in reversed(list(_BOX_RE.finditer(text))):
+        k = m.end()
+        while k < len(text) and text[k] == " ":
+            k += 1
+        if k < len(text) and text[k] == "{":
+            end = match.get(k)
+            if end is not None:
+                return text[k + 1 : end].strip()
+        elif k > m.end() and k < len(text):
+            arg = re.match(r"[^\s$]+", text[k : k + 1000])  # "\\boxed 5": up to a space or '$'
+            if arg:
+                return arg.group(0)
+    return None
 
 
 def extract_answer(response: str, *, fallback: bool = False) -> str | None:

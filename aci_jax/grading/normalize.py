@@ -43,6 +43,7 @@ _IN_PREFIX = re.compile(r"^[a-zA-Z]\s*\\in\s*")
 _DELIMS = re.compile(r"(?<!\\)\\[()\[\]]")
 _SPACES = re.compile(r"(?<!\\)\\[!,;:>]")
 _BSPACE = re.compile(r"(?<!\\)\\ ")
+_INT_DOT0 = re.compile(r"^([+-]?\d+)\.0+$")
 _LE = re.compile(r"\\le(?![a-zA-Z])")
 _GE = re.compile(r"\\ge(?![a-zA-Z])")
 _CHOICE = re.compile(r"^\(?\s*([A-E])\s*\)?$")
@@ -187,6 +188,10 @@ def normalize(s: str) -> str:
     m = _THOUSANDS.match(s)
     if m:
         s = m.group(1) + m.group(2).replace(",", "") + (m.group(3) or "")
+    # Trailing zero decimals of a plain number: 27.0 -> 27, 18.50 stays (handled numerically).
+    m = _INT_DOT0.match(s)
+    if m:
+        s = m.group(1)
     # Base subscripts: 52_8 -> 52 (the digits are what the problem asks for).
     m = _BASE_SUB.match(s)
     if m:

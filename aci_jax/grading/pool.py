@@ -256,18 +256,23 @@ class Grader:
         for f in futs:
             f.set_exception(RuntimeError(why))
 
-    def _replace(self, w: _Worker, died: bool) -> _Worker:
-        """Kill ``w``; its current comparison times out; the rest of its chunk goes back to the queue."""
+    def _replace(self, idx: int, died: bool) -> None:
+        """Kill worker ``idx`` and start its replacement; its current comparison times out and the
+        rest of its chunk goes back to the front of the queue."""
+        w = self._workers[idx]
+        self._sel.unregister(w.proc.stdout)
         w.kill()
-        if w.chunk:
-            self._finish(w.chunk.popleft(), False, "timeout")
-            with self._lock:
-                self._pending.extendleft(reversed(w.chunk))
+        nw = _Worker(self._env)
+        self._workers[idx] = nw
+        self._sel.register(nw.proc.stdout, selectors.EVENT_READ, nw)
         with self._lock:
             self.metrics["worker_restarts"] += 1
             if died:
                 self.metrics["worker_deaths"] += 1
-        return _Worker(self._env)
+            if len(w.chunk) > 1:
+                self._pending.extendleft(reversed(list(w.chunk)[1:]))
+        if w.chunk:
+            self._finish(w.chunk[0], False, "timeout")
 
     def _dispatch(self, w: _Worker) -> None:
         with self._lock:
@@ -285,7 +290,13 @@ class Grader:
             pass  # noticed as EOF on its stdout
 
     def _run(self) -> None:
-        sel = selectors.DefaultSelector()
+        try:
+            self._loop()
+        except Exception as e:  # noqa: BLE001 — never leave callers waiting on a dead dispatcher
+            self._fail_all(f"grader dispatcher failed: {type(e).__name__}: {e}")
+
+    def _loop(self) -> None:
+        sel = self._sel = selectors.DefaultSelector()
         sel.register(self._wake_r, selectors.EVENT_READ, None)
         for w in self._workers:
             sel.register(w.proc.stdout, selectors.EVENT_READ, w)
@@ -324,11 +335,7 @@ class Grader:
                             self._fail_all("grading workers exit during start-up (see their stderr above)")
                             sel.close()
                             return
-                    idx = self._workers.index(w)
-                    sel.unregister(w.proc.stdout)
-                    nw = self._replace(w, died=True)
-                    self._workers[idx] = nw
-                    sel.register(nw.proc.stdout, selectors.EVENT_READ, nw)
+                    self._replace(self._workers.index(w), died=True)
                     continue
                 w.buf += data
                 while b"\n" in w.buf:
@@ -350,10 +357,7 @@ class Grader:
             for idx, w in enumerate(self._workers):
                 late = (w.chunk and now >= w.deadline) or (not w.ready and now >= w.started + self.startup_timeout)
                 if late:
-                    sel.unregister(w.proc.stdout)
-                    nw = self._replace(w, died=False)
-                    self._workers[idx] = nw
-                    sel.register(nw.proc.stdout, selectors.EVENT_READ, nw)
+                    self._replace(idx, died=False)
         sel.close()
 
     def __del__(self):

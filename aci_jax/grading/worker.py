@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 
 def _die_with_parent() -> None:
@@ -47,9 +48,20 @@ def _math_verify_equal(gold: str, pred: str) -> bool:
     return bool(verify(g, p, timeout_seconds=None))
 
 
+# Test hooks (tests/test_grading_pool.py): a prediction equal to one of these strings makes the
+# worker hang or die, so the kill/restart paths can be exercised deterministically.
+_TEST_HANG = os.environ.get("ACI_GRADER_TEST_HANG")
+_TEST_CRASH = os.environ.get("ACI_GRADER_TEST_CRASH")
+
+
 def grade_one(gold: str, pred: str, engine: str, rel_tol: float) -> tuple[bool, str]:
     from .equiv import compare
 
+    if _TEST_HANG is not None and pred == _TEST_HANG:
+        while True:
+            time.sleep(1)
+    if _TEST_CRASH is not None and pred == _TEST_CRASH:
+        os._exit(3)
     try:
         if engine == "native":
             return compare(gold, pred, rel_tol)

@@ -1,0 +1,82 @@
+"""Pathological answers: each comparison returns within the limit; the caller never hangs or crashes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from aci_jax.grading import Grader
+
+LIMIT = 5.0     # the default per-comparison limit the issue asks for
+SLACK = 3.0     # scheduling slack on a loaded 2-core CI machine
+
+BIG = "7" * 10_000
+MAT = r"\begin{pmatrix}" + r"\\".join("&".join(str(50 * i + j) for j in range(50)) for i in range(50)) + r"\end{pmatrix}"
+
+# (gold, pred, verdict a careful human gives, or None where only "returns in time" is checked)
+PATHOLOGICAL = [
+    ("9^{9^{9^{9}}}", "1", False),
+    ("1", "9^{9^{9^{9}}}", False),
+    ("9^{9^{9^{9}}}", "9^{9^{9^{9}}}+1", False),
+    ("2^{2^{2^{2^{2^{2}}}}}", "2", False),
+    ("10^{10^{10}}", "10^{10^{10}}+1", False),
+    ("e^{e^{e^{e^{e}}}}", "1", False),
+    ("x^{10^{10}}", "x^{10^{10}+1}", False),
+    ("x^{x^{x^{x^{x^{x}}}}}", "x", False),
+    ("1000000!", "1", False),
+    ("(10^{100})!", "1", False),
+    (r"\binom{10^{9}}{5 \cdot 10^{8}}", "1", False),
+    (r"\frac{1}{0}", "1", False),
+    ("1/0", "0", False),
+    (r"\frac{1}{0}", r"\infty", None),
+    (BIG, BIG[:-1] + "8", False),
+    (BIG, BIG + ".0", True),
+    (BIG, BIG, True),
+    ("{" * 30 + "1" + "}" * 30, "1", True),
+    ("{" * 5000 + "1" + "}" * 5000, "1", None),
+    (r"\frac{" * 200 + "1" + "}{2}" * 200, "1", None),
+    ("(" * 2000 + "1" + ")" * 2000, "1", None),
+    (r"\frac{1}{", r"\frac{1}{2}", False),
+    (r"\sqrt{", "2", False),
+    (r"\left(", "1", False),
+    ("1", r"\frac{1}{", False),
+    ("\x00\x01\ufffd", "1", False),
+    (MAT, MAT, True),
+    (MAT, MAT.replace("2499", "2500"), False),
+    ("+".join(["1"] * 40_000), "40000", None),
+    (r"\sin(10^{100})", "0", False),
+    (r"\underbrace{" * 50, "1", False),
+    ("1" + "^{1" * 500 + "}" * 500, "1", None),
+]
+
+
+@pytest.fixture(scope="module")
+def grader():
+    with Grader(num_workers=2) as g:
+        g.grade("1", "1")  # workers started
+        yield g
+
+
+def test_at_least_twenty():
+    assert len(PATHOLOGICAL) >= 20
+
+
+@pytest.mark.parametrize("idx", range(len(PATHOLOGICAL)))
+def test_returns_within_limit(grader, idx):
+    gold, pred, expected = PATHOLOGICAL[idx]
+    t0 = time.monotonic()
+    r = grader.grade(gold, pred)
+    assert time.monotonic() - t0 < LIMIT + SLACK
+    assert r.status in ("ok", "timeout", "parse_error")
+    if expected is not None:
+        assert r.equal is expected
+    assert grader.grade("2", "2.0").equal  # the pool still answers
+
+
+def test_whole_batch_at_once(grader):
+    t0 = time.monotonic()
+    res = grader.grade_batch([(g, p + " ") for g, p, _ in PATHOLOGICAL])  # new keys: no cache
+    assert len(res) == len(PATHOLOGICAL)
+    # worst case: every item hits the limit, spread over 2 workers
+    assert time.monotonic() - t0 < LIMIT * len(PATHOLOGICAL) / 2 + SLACK
