@@ -1,0 +1,332 @@
+"""The compiled half of tool-integrated sampling: extend (prefill), decode loop, row reset.
+
+Every function here is pure: `(params, state, ...) -> state`, jitted with the state donated so
+the KV cache and buffers are updated in place. The host loop (`aci_jax.rollout`) decides what
+to splice where; nothing here blocks on the host.
+
+Per row b the state holds (B rows, R response slots, V vocab):
+  cache        KVCache, one cursor per row
+  logits       [B, V] f32  next-token logits after the last token written to the row
+  out_tokens   [B, R] i32  response tokens (sampled, forced prefix, tool output)
+  out_logp     [B, R] f32  log-prob of each response token under the sampling policy
+                           (log_softmax(logits / temperature), before top-k/top-p truncation)
+  out_src      [B, R] i8   SRC_SAMPLED / SRC_FORCED / SRC_ENV
+  n_out        [B]    i32  response tokens recorded
+  n_real       [B]    i32  real tokens in the row = the RoPE position of the next token
+  status       [B]    i32  RUNNING / PAUSED (for a tool) / DONE / EMPTY
+  reason       [B]    i32  why a row stopped: REASON_*
+  stop_state, ban_state [B] i32   string-automaton states (see stops.py)
+  ban_active   [B]    bool  whether the row's banned strings apply (forced reasoning mode)
+  max_out      [B]    i32  response budget per row (<= R)
+  keys         [B, 2] u32  per-row key data from (seed, prompt index, sample index)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from aci_jax.model import Decoder, KVCache, ModelConfig
+
+RUNNING, PAUSED, DONE, EMPTY = 0, 1, 2, 3
+SRC_SAMPLED, SRC_FORCED, SRC_ENV = 0, 1, 2
+REASON_NONE, REASON_TOOL, REASON_EOS, REASON_STOP, REASON_LENGTH = 0, 1, 2, 3, 4
+REASON_NAMES = {REASON_NONE: "none", REASON_TOOL: "tool", REASON_EOS: "eos",
+                REASON_STOP: "stop", REASON_LENGTH: "length"}
+_NEG = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  """Static sampling settings (a change recompiles)."""
+
+  temperature: float = 1.0
+  top_p: float = 1.0
+  top_k: int = 0
+  greedy: bool = False
+
+  def __post_init__(self):
+    if not self.greedy and not self.temperature > 0:
+      raise ValueError(f"temperature must be > 0 (or greedy=True), got {self.temperature}")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+
+@struct.dataclass
+class Tables:
+  """Device copies of the string automata and stop ids (arguments, not constants, so a new
+  tokenizer or stop list does not recompile)."""
+
+  stop_next: jax.Array  # [Ss, V] i32
+  stop_hit: jax.Array  # [Ss, V] i32, pattern id (1-based) or 0
+  stop_is_tool: jax.Array  # [P + 1] bool, indexed by pattern id; False at 0
+  ban_next: jax.Array  # [Sb, V] i32
+  ban_hit: jax.Array  # [Sb, V] i32
+  eos_ids: jax.Array  # [E] i32 (padded with -1)
+
+
+@struct.dataclass
+class SamplerState:
+  cache: KVCache
+  logits: jax.Array
+  out_tokens: jax.Array
+  out_logp: jax.Array
+  out_src: jax.Array
+  n_out: jax.Array
+  n_real: jax.Array
+  status: jax.Array
+  reason: jax.Array
+  stop_state: jax.Array
+  ban_state: jax.Array
+  ban_active: jax.Array
+  max_out: jax.Array
+  keys: jax.Array
+
+  @property
+  def batch(self) -> int:
+    return self.n_out.shape[0]
+
+  @classmethod
+  def init(cls, cfg: ModelConfig, batch: int, capacity: int, max_out: int) -> "SamplerState":
+    return cls(
+        cache=KVCache.init(cfg, batch, capacity),
+        logits=jnp.zeros((batch, cfg.vocab_size), jnp.float32),
+        out_tokens=jnp.zeros((batch, max_out), jnp.int32),
+        out_logp=jnp.zeros((batch, max_out), jnp.float32),
+        out_src=jnp.zeros((batch, max_out), jnp.int8),
+        n_out=jnp.zeros((batch,), jnp.int32),
+        n_real=jnp.zeros((batch,), jnp.int32),
+        status=jnp.full((batch,), EMPTY, jnp.int32),
+        reason=jnp.zeros((batch,), jnp.int32),
+        stop_state=jnp.zeros((batch,), jnp.int32),
+        ban_state=jnp.zeros((batch,), jnp.int32),
+        ban_active=jnp.zeros((batch,), jnp.bool_),
+        max_out=jnp.full((batch,), max_out, jnp.int32),
+        keys=jnp.zeros((batch, 2), jnp.uint32),
+    )
+
+
+def row_key(seed: int, prompt_index: int, sample_index: int) -> jax.Array:
+  """[2] uint32 key data: depends only on (seed, prompt, sample), not on batch or row."""
+  k = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), prompt_index), sample_index)
+  return jax.random.key_data(k)
+
+
+# ------------------------------------------------------------------------------ sampling
+
+
+def sample_tokens(keys: jax.Array, logits: jax.Array, sp: SamplingParams):
+  """keys [B, 2] u32 (already folded with the token index), logits [B, V] f32 ->
+  (tokens [B] i32, behaviour log-probs [B] f32)."""
+  if sp.greedy:
+    tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return tok, jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+  scaled = logits / sp.temperature
+  logp_all = jax.nn.log_softmax(scaled, axis=-1)
+  filtered = scaled
+  if sp.top_k:
+    kth = jax.lax.top_k(scaled, sp.top_k)[0][:, -1:]
+    filtered = jnp.where(scaled < kth, _NEG, filtered)
+  if sp.top_p < 1.0:
+    # Keep the smallest set of most likely tokens whose mass reaches top_p (the first token is
+    # always kept): a token stays if the mass strictly before it is below top_p.
+    srt = jnp.sort(filtered, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(srt, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs
+    keep = before < sp.top_p
+    threshold = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
+    filtered = jnp.where(filtered < threshold, _NEG, filtered)
+  tok = jax.vmap(lambda k, l: jax.random.categorical(jax.random.wrap_key_data(k), l))(
+      keys, filtered).astype(jnp.int32)
+  return tok, jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
+
+
+def _fold_keys(keys: jax.Array, index: jax.Array) -> jax.Array:
+  return jax.vmap(lambda k, i: jax.random.key_data(
+      jax.random.fold_in(jax.random.wrap_key_data(k), i)))(keys, index)
+
+
+# ------------------------------------------------------------------------------ decode loop
+
+
+def _decode_step(cfg: ModelConfig, sp: SamplingParams, params, tables: Tables,
+                 s: SamplerState) -> SamplerState:
+  running = s.status == RUNNING
+  logits = s.logits
+  banned = tables.ban_hit[s.ban_state] > 0  # [B, V]: tokens that would complete a ban
+  logits = jnp.where(s.ban_active[:, None] & banned, _NEG, logits)
+  tok, logp = sample_tokens(_fold_keys(s.keys, s.n_out), logits, sp)
+  r = s.out_tokens.shape[1]
+  slot = jnp.where(running, s.n_out, r)  # non-running rows write nowhere (dropped)
+  rows = jnp.arange(s.batch)
+  out_tokens = s.out_tokens.at[rows, slot].set(tok, mode="drop")
+  out_logp = s.out_logp.at[rows, slot].set(logp, mode="drop")
+  out_src = s.out_src.at[rows, slot].set(SRC_SAMPLED, mode="drop")
+  n_out = s.n_out + running
+  hit = tables.stop_hit[s.stop_state, tok]
+  stop_state = jnp.where(running, tables.stop_next[s.stop_state, tok], s.stop_state)
+  ban_state = jnp.where(running, tables.ban_next[s.ban_state, tok], s.ban_state)
+  is_eos = jnp.any(tok[:, None] == tables.eos_ids[None, :], axis=-1)
+  is_tool = (hit > 0) & tables.stop_is_tool[hit]
+  is_stop = (hit > 0) & ~tables.stop_is_tool[hit]
+  n_real = s.n_real + running
+  full = (n_out >= s.max_out) | (s.cache.cursor + running >= s.cache.capacity)
+  reason = jnp.select([is_eos, is_stop, is_tool, full],
+                      [REASON_EOS, REASON_STOP, REASON_TOOL, REASON_LENGTH], REASON_NONE)
+  new_status = jnp.where(reason == REASON_TOOL, PAUSED,
+                         jnp.where(reason == REASON_NONE, RUNNING, DONE))
+  status = jnp.where(running, new_status, s.status)
+  reason = jnp.where(running, reason, s.reason)
+  # Feed the sampled token to every row that sampled one (a paused row needs its fence token
+  # in the cache before the tool output is appended); other rows write a hole and stay put.
+  new_logits, cache = Decoder(cfg).apply(
+      {"params": params}, tok[:, None], s.n_real[:, None], s.cache, running[:, None],
+      running.astype(jnp.int32))
+  logits = jnp.where(running[:, None], new_logits[:, 0], s.logits)
+  return s.replace(cache=cache, logits=logits, out_tokens=out_tokens, out_logp=out_logp,
+                   out_src=out_src, n_out=n_out, n_real=n_real, status=status, reason=reason,
+                   stop_state=stop_state, ban_state=ban_state)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sp", "max_steps", "exit_on_pause"),
+                   donate_argnums=(2,))
+def decode(cfg: ModelConfig, sp: SamplingParams, state: SamplerState, params, tables: Tables,
+           max_steps: int, exit_on_pause: bool = True):
+  """Decodes until no row is RUNNING, or `max_steps` steps ran, or (with `exit_on_pause`) a
+  row paused for a tool, so the host can start that cell while the others keep decoding in
+  the next call. Returns (state, steps taken)."""
+  paused0 = jnp.sum(state.status == PAUSED)
+
+  def cond(carry):
+    s, i = carry
+    go = (i < max_steps) & jnp.any(s.status == RUNNING)
+    if exit_on_pause:
+      go &= jnp.sum(s.status == PAUSED) == paused0
+    return go
+
+  def body(carry):
+    s, i = carry
+    return _decode_step(cfg, sp, params, tables, s), i + 1
+
+  return jax.lax.while_loop(cond, body, (state, jnp.int32(0)))
+
+
+def state_shardings(state: SamplerState, mesh):
+  """Rows of every state array over the mesh's data-parallel axes (the KV cache has its
+  layer axis first, its row axis second)."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+
+  rows = ("data", "fsdp")
+
+  def one(x):
+    if x.ndim == 5:
+      return NamedSharding(mesh, P(None, rows, *([None] * 3)))
+    return NamedSharding(mesh, P(rows, *([None] * (x.ndim - 1))))
+
+  return jax.tree_util.tree_map(one, state)
+
+
+# ----------------------------------------------------------------------- extend / prefill
+
+
+def _chunk_logp(cfg, params, hidden, first_logits, tokens, temperature, block):
+  """log-probs [B, T] of each chunk token under the policy, from the logits of the position
+  before it, in blocks of `block` positions so [B, T, V] is never materialised."""
+  b, t, d = hidden.shape
+  # Position j's token is predicted by hidden j-1; position 0 by the stored logits.
+  prev_hidden = jnp.concatenate([jnp.zeros((b, 1, d), hidden.dtype), hidden[:, :-1]], axis=1)
+  nblk = t // block
+  hb = prev_hidden.reshape(b, nblk, block, d).transpose(1, 0, 2, 3)
+  tb = tokens.reshape(b, nblk, block).transpose(1, 0, 2)
+
+  def one(args):
+    h, tk = args
+    lg = Decoder(cfg).apply({"params": params}, h, method=Decoder.logits) / temperature
+    lp = jax.nn.log_softmax(lg, axis=-1)
+    return jnp.take_along_axis(lp, tk[..., None], axis=-1)[..., 0]
+
+  logp = jax.lax.map(one, (hb, tb)).transpose(1, 0, 2).reshape(b, t)
+  lp0 = jax.nn.log_softmax(first_logits / temperature, axis=-1)
+  first = jnp.take_along_axis(lp0, tokens[:, :1], axis=-1)[:, 0]
+  return logp.at[:, 0].set(first)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "record", "temperature", "logp_block"),
+                   donate_argnums=(1,))
+def extend(cfg: ModelConfig, state: SamplerState, params, tables: Tables, tokens, valid,
+           src, resume, *, record: bool, temperature: float = 1.0, logp_block: int = 16):
+  """Appends a right-padded chunk to each row at the row's own cursor.
+
+  Args:
+    tokens, valid: [B, T]; each row's real tokens come first (right padding). Rows with no
+      valid token are untouched.
+    src: [B] i8 source tag of the chunk (SRC_FORCED for a response prefix, SRC_ENV for tool
+      output); ignored when `record` is False (prompts: not part of the response).
+    resume: [B] bool, rows that are RUNNING afterwards (others keep their status).
+    record: static; append the chunk to the response buffers with log-probs.
+  """
+  n = jnp.sum(valid, axis=1, dtype=jnp.int32)
+  has = n > 0
+  positions = s_pos = state.n_real[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)
+  del s_pos
+  hidden, cache = Decoder(cfg).apply({"params": params}, tokens, positions, state.cache, valid,
+                                     n, return_hidden=True)
+  last = jnp.take_along_axis(hidden, jnp.maximum(n - 1, 0)[:, None, None], axis=1)
+  new_logits = Decoder(cfg).apply({"params": params}, last, method=Decoder.logits)[:, 0]
+  logits = jnp.where(has[:, None], new_logits, state.logits)
+  out = dict(cache=cache, logits=logits, n_real=state.n_real + n)
+  if record:
+    t = tokens.shape[1]
+    blk = logp_block if t % logp_block == 0 else t
+    logp = _chunk_logp(cfg, params, hidden, state.logits, tokens, temperature, blk)
+    r = state.out_tokens.shape[1]
+    idx = state.n_out[:, None] + jnp.arange(t, dtype=jnp.int32)
+    idx = jnp.where(valid, idx, r)  # padding writes nowhere
+    rows = jnp.arange(state.batch)[:, None]
+    out.update(
+        out_tokens=state.out_tokens.at[rows, idx].set(tokens, mode="drop"),
+        out_logp=state.out_logp.at[rows, idx].set(logp, mode="drop"),
+        out_src=state.out_src.at[rows, idx].set(
+            jnp.broadcast_to(src[:, None], tokens.shape).astype(jnp.int8), mode="drop"),
+        n_out=jnp.minimum(state.n_out + n, r))
+
+    # Run the string automata over the chunk so a pattern split across a forced prefix and
+    # the next sampled token is still seen; hits inside the chunk itself are ignored (a tool
+    # output may legitimately print the fence).
+    def walk(carry, col):
+      st, bt = carry
+      tk, v = col
+      st = jnp.where(v, tables.stop_next[st, tk], st)
+      bt = jnp.where(v, tables.ban_next[bt, tk], bt)
+      return (st, bt), None
+
+    (stop_state, ban_state), _ = jax.lax.scan(walk, (state.stop_state, state.ban_state),
+                                              (tokens.T, valid.T))
+    out.update(stop_state=stop_state, ban_state=ban_state)
+  status = jnp.where(resume, RUNNING, state.status)
+  reason = jnp.where(resume, REASON_NONE, state.reason)
+  return state.replace(status=status, reason=reason, **out)
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def reset_rows(state: SamplerState, rows, keys, max_out, ban_active) -> SamplerState:
+  """Empties the rows where `rows` [B] is True for a new prompt: cache slots invalid, cursor
+  and counters at 0, new per-row key, response budget and ban flag."""
+  c = state.cache
+  cache = c.replace(valid=jnp.where(rows[:, None], False, c.valid),
+                    cursor=jnp.where(rows, 0, c.cursor))
+  z = lambda x: jnp.where(rows, 0, x)
+  return state.replace(
+      cache=cache, n_out=z(state.n_out), n_real=z(state.n_real),
+      status=jnp.where(rows, EMPTY, state.status), reason=z(state.reason),
+      stop_state=z(state.stop_state), ban_state=z(state.ban_state),
+      ban_active=jnp.where(rows, ban_active, state.ban_active),
+      max_out=jnp.where(rows, max_out, state.max_out),
+      keys=jnp.where(rows[:, None], keys, state.keys))

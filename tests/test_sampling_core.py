@@ -1,0 +1,240 @@
+"""The compiled sampler: HF-equal greedy decoding, splice consistency, sampling distributions,
+and stop strings under every tokenisation."""
+
+import collections
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from aci_jax.model import Decoder, ModelConfig, positions_from_valid
+from aci_jax.model.weights import load_params
+from aci_jax.rollout import FENCE, Request, RolloutConfig, RolloutEngine
+from aci_jax.sampling import SamplingParams, build_matcher, sample_tokens, token_texts
+from aci_jax.sampling import sampler as S
+from aci_jax.tokenizer import Tokenizer
+from hf_fixtures import make_hf_model, save_hf_model
+from tokenizer_fixtures import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+  return Tokenizer.from_pretrained(build_tokenizer(tmp_path_factory.mktemp("tok")))
+
+
+# ------------------------------------------------------------------ greedy == HF generate
+
+
+@pytest.mark.parametrize("arch, overrides", [
+    ("qwen2", dict(tie_word_embeddings=True)),
+    ("qwen2", dict(num_attention_heads=8, num_key_value_heads=2, rope_theta=1e6)),
+    ("llama", dict(head_dim=12, rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                              "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                              "original_max_position_embeddings": 16})),
+])
+def test_greedy_equals_transformers_generate(tmp_path, tok, arch, overrides):
+  model = make_hf_model(arch, vocab_size=len(tok.hf), **overrides)
+  d = save_hf_model(model, tmp_path / "m")
+  cfg = ModelConfig.from_pretrained(d)
+  params = load_params(d, cfg)
+  rng = np.random.default_rng(0)
+  prompts = [list(rng.integers(0, len(tok.hf), n)) for n in (7, 3, 12, 5)]
+  n_new = 24
+  eng = RolloutEngine(cfg, tok, RolloutConfig(
+      batch_size=4, max_prompt_tokens=16, max_new_tokens=n_new,
+      sampling=SamplingParams(greedy=True)))
+  trajs = eng.run(params, [Request([int(t) for t in p], i) for i, p in enumerate(prompts)])
+  # Reference: HF generate on the left-padded batch (greedy, no EOS stop).
+  width = max(map(len, prompts))
+  ids = np.zeros((4, width), np.int64)
+  mask = np.zeros((4, width), np.int64)
+  for r, p in enumerate(prompts):
+    ids[r, width - len(p):] = p
+    mask[r, width - len(p):] = 1
+  with torch.no_grad():
+    out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                         max_new_tokens=n_new, do_sample=False, eos_token_id=None,
+                         pad_token_id=0).numpy()[:, width:]
+  for r, t in enumerate(trajs):
+    n = len(t.response_ids)
+    assert n == n_new or t.stop_reason in ("eos", "stop")
+    assert t.response_ids == [int(x) for x in out[r, :n]], r
+
+
+# ------------------------------------------------------- splices keep the cache consistent
+
+
+def test_pause_extend_mixed_rows_equals_full_forward(tmp_path, tok):
+  model = make_hf_model("qwen2", vocab_size=len(tok.hf), num_attention_heads=8,
+                        num_key_value_heads=2)
+  d = save_hf_model(model, tmp_path / "m")
+  cfg = ModelConfig.from_pretrained(d)
+  params = load_params(d, cfg)
+  v = cfg.vocab_size
+  b, temp = 4, 0.8
+  sp = SamplingParams(temperature=temp)
+  never = build_matcher(("\x01never\x01",), [""] * v)
+  tables = S.Tables(stop_next=jnp.asarray(never.next), stop_hit=jnp.asarray(never.hit),
+                    stop_is_tool=jnp.asarray([False, True]), ban_next=jnp.asarray(never.next),
+                    ban_hit=jnp.asarray(never.hit), eos_ids=jnp.asarray([-1], jnp.int32))
+  state = S.SamplerState.init(cfg, b, 96, 64)
+  keys = np.stack([np.asarray(S.row_key(0, i, 0)) for i in range(b)])
+  state = S.reset_rows(state, jnp.ones(b, bool), jnp.asarray(keys), jnp.full(b, 64),
+                       jnp.zeros(b, bool))
+  rng = np.random.default_rng(1)
+  prompts = [list(rng.integers(0, v, n)) for n in (5, 9, 3, 7)]
+  width = 16
+  tokens = np.zeros((b, width), np.int32)
+  valid = np.zeros((b, width), bool)
+  for r, p in enumerate(prompts):
+    tokens[r, :len(p)] = p
+    valid[r, :len(p)] = True
+  resume = jnp.ones(b, bool)
+  state = S.extend(cfg, state, params, tables, jnp.asarray(tokens), jnp.asarray(valid),
+                   jnp.zeros(b, jnp.int8), resume, record=False, temperature=temp)
+  state, _ = S.decode(cfg, sp, state, params, tables, 5, exit_on_pause=False)
+  # Pause rows 0 and 2 by hand (as a tool call would), splice different lengths into them
+  # while rows 1 and 3 keep running, then decode everyone again; twice.
+  for lengths in ([3, 0, 11, 0], [0, 6, 1, 0]):
+    paused = np.asarray(lengths) > 0
+    state = state.replace(status=jnp.where(jnp.asarray(paused), S.PAUSED, state.status))
+    state, _ = S.decode(cfg, sp, state, params, tables, 4, exit_on_pause=False)
+    chunk = np.zeros((b, 16), np.int32)
+    cvalid = np.zeros((b, 16), bool)
+    for r, n in enumerate(lengths):
+      chunk[r, :n] = rng.integers(0, v, n)
+      cvalid[r, :n] = True
+    state = S.extend(cfg, state, params, tables, jnp.asarray(chunk), jnp.asarray(cvalid),
+                     jnp.full(b, S.SRC_ENV, jnp.int8), jnp.asarray(paused), record=True,
+                     temperature=temp)
+    state, _ = S.decode(cfg, sp, state, params, tables, 3, exit_on_pause=False)
+  n_out = np.asarray(state.n_out)
+  out_tokens, out_logp = np.asarray(state.out_tokens), np.asarray(state.out_logp)
+  src = np.asarray(state.out_src)
+  assert (src == S.SRC_ENV).sum() == 3 + 11 + 6 + 1
+  for r in range(b):
+    seq = prompts[r] + list(out_tokens[r, :n_out[r]])
+    full = Decoder(cfg).apply({"params": params}, jnp.asarray([seq], jnp.int32),
+                              jnp.arange(len(seq))[None])[0][0]
+    full = np.asarray(full)
+    # Next-token logits of the live cache == full forward at the last position.
+    np.testing.assert_allclose(np.asarray(state.logits)[r], full[-1], atol=1e-4, rtol=0)
+    # Every recorded log-prob (sampled and spliced) == the full forward's, at temperature.
+    ref = jax.nn.log_softmax(full / temp, axis=-1)
+    p = len(prompts[r])
+    want = np.asarray([ref[p - 1 + j, seq[p + j]] for j in range(n_out[r])])
+    np.testing.assert_allclose(out_logp[r, :n_out[r]], want, atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------- sampling distributions
+
+
+def _chi2(counts, probs):
+  from scipy.stats import chisquare
+
+  n = counts.sum()
+  return chisquare(counts, probs * n).pvalue
+
+
+@pytest.mark.parametrize("sp, expected", [
+    (SamplingParams(temperature=1.0), None),
+    (SamplingParams(temperature=0.5), None),
+    (SamplingParams(temperature=1.3, top_k=3), "top_k"),
+    (SamplingParams(temperature=1.0, top_p=0.7), "top_p"),
+    (SamplingParams(temperature=0.9, top_k=4, top_p=0.8), "both"),
+])
+def test_sampling_frequencies_match_distribution(sp, expected):
+  logits = np.log(np.asarray([0.30, 0.22, 0.16, 0.12, 0.09, 0.06, 0.05]))
+  probs = np.exp(logits / sp.temperature)
+  probs /= probs.sum()
+  keep = np.ones(len(probs), bool)
+  if sp.top_k:
+    keep &= np.arange(len(probs)) < sp.top_k  # logits are sorted descending
+  if sp.top_p < 1:
+    p = probs * keep / (probs * keep).sum()
+    before = np.cumsum(p) - p
+    keep &= before < sp.top_p
+  target = probs * keep / (probs * keep).sum()
+  n = 200_000  # a 2% relative error on a 0.3 probability is a 21-sigma effect at this size
+  keys = jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(jax.random.key(7), i)))(
+      jnp.arange(n))
+  toks, logp = jax.jit(lambda k, l: sample_tokens(k, l, sp))(
+      keys, jnp.broadcast_to(jnp.asarray(logits, jnp.float32), (n, len(logits))))
+  counts = np.bincount(np.asarray(toks), minlength=len(logits))
+  assert counts[~keep].sum() == 0
+  assert _chi2(counts[keep], target[keep]) > 1e-3
+  # The test has the power to see a 2% error: a distribution off by 2% is rejected.
+  wrong = target.copy()
+  wrong[0] *= 1.02
+  wrong[keep.nonzero()[0][-1]] -= target[0] * 0.02
+  assert _chi2(counts[keep], wrong[keep] / wrong[keep].sum()) < 1e-3
+  # Behaviour log-probs are of the temperature-scaled, untruncated distribution.
+  np.testing.assert_allclose(np.asarray(logp), np.log(probs)[np.asarray(toks)], atol=1e-5)
+
+
+# ------------------------------------------------------------ stop strings, every tokenisation
+
+
+def _segmentations(text, vocab_texts, limit=10_000):
+  """Every way to write `text` as a sequence of whole tokens (by their texts)."""
+  by_text = collections.defaultdict(list)
+  for i, t in enumerate(vocab_texts):
+    if t:
+      by_text[t].append(i)
+  out = []
+
+  def rec(pos, acc):
+    if len(out) >= limit:
+      return
+    if pos == len(text):
+      out.append(list(acc))
+      return
+    for end in range(pos + 1, len(text) + 1):
+      for i in by_text.get(text[pos:end], ()):
+        rec(end, acc + [i])
+
+  rec(0, [])
+  return out
+
+
+def test_fence_caught_under_every_tokenisation(tok):
+  texts = token_texts(tok.hf)
+  m = build_matcher((FENCE, "STOP"), texts)
+  segs = _segmentations(FENCE, texts)
+  assert len(segs) >= 8  # the test tokenizer has many ways to spell the fence
+  for prefix in ("", "x = 1\n", "``"):  # preceding text, incl. backticks that are not a fence
+    pre = tok.encode(prefix) if prefix else []
+    for seg in segs:
+      state, hit = m.run(pre + seg)
+      assert hit == 1, (prefix, seg)
+  # A token that runs past the fence still completes it (match inside a token).
+  for i, t in enumerate(texts):
+    if FENCE in t:
+      assert m.run([i])[1] == 1
+  # Near misses never match.
+  for miss in ("```outpu", "``output", "``` output", "```Output"):
+    for seg in _segmentations(miss, texts, limit=200):
+      assert m.run(seg)[1] == 0, miss
+
+
+def test_device_tables_match_host_walk(tok):
+  """The device gathers (as in the decode step) follow the same automaton as the host."""
+  texts = token_texts(tok.hf)
+  m = build_matcher((FENCE,), texts)
+  seqs = _segmentations("a```output", texts, limit=300)
+  nxt, hit = jnp.asarray(m.next), jnp.asarray(m.hit)
+
+  @jax.jit
+  def walk(seq):
+    def f(carry, t):
+      st, first = carry
+      h = hit[st, t]
+      return (nxt[st, t], jnp.where(first > 0, first, h)), None
+    return jax.lax.scan(f, (jnp.int32(0), jnp.int32(0)), seq)[0]
+
+  for seq in seqs:
+    st, first = walk(jnp.asarray(seq, jnp.int32))
+    assert (int(st), int(first)) == m.run(seq)
+    assert int(first) == 1
