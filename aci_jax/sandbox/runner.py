@@ -1,0 +1,256 @@
+"""The session child: locks itself down, then executes cells sent by the server (stdlib only).
+
+File descriptors after setup: 0 = /dev/null, 1/2 = stdout/stderr pipes read by the server,
+3 = requests from the server, 4 = replies to the server. Nothing else is open.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import os
+import resource
+import signal
+import sys
+import traceback
+
+from aci_jax.sandbox import isolation, protocol
+
+CHILD_ENV_BASE = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+                  "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _place_fds(ctl_r: int, ctl_w: int, out_w: int, err_w: int) -> None:
+  """Moves our four pipe ends to 1..4, /dev/null to 0, and closes every other descriptor."""
+  import fcntl
+  high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (out_w, err_w, ctl_r, ctl_w)]
+  null = os.open("/dev/null", os.O_RDWR)
+  os.dup2(null, 0)
+  for target, fd in zip((1, 2, 3, 4), high):
+    os.dup2(fd, target)
+  os.closerange(5, 1 << 16)  # the zygote's socket, other sessions' pipes: nothing survives
+
+
+MASKED = ("/root", "/home")  # replaced by an empty tmpfs in the namespace tier
+
+
+def _python_paths() -> list[str]:
+  """Directories the interpreter may import from (minimal set: no path under another)."""
+  pkg = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  cands = {os.path.realpath(p) for p in sys.path + [sys.prefix, sys.base_prefix, pkg]
+           if p and os.path.isdir(p)}
+  out = []
+  for p in sorted(cands):
+    if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in out):
+      out.append(p)
+  return out
+
+
+def _blocked_ancestor(path: str) -> str | None:
+  """The first ancestor directory of path that other users cannot traverse, if any."""
+  cur = "/"
+  for comp in path.strip("/").split("/"):
+    if not os.stat(cur).st_mode & 0o001:
+      return cur
+    cur = os.path.join(cur, comp)
+  return None
+
+
+def mask_plan() -> tuple[list[str], list[str]]:
+  """(directories to hide behind an empty tmpfs, interpreter directories to bind back).
+  Computed once in the zygote: /root, /home, and any directory other users cannot enter that
+  holds the interpreter (e.g. a pyenv under /root)."""
+  paths = _python_paths()
+  masks = {m for m in MASKED if os.path.isdir(m)}
+  for p in paths:
+    b = _blocked_ancestor(p)
+    if b and b != "/":
+      masks.add(b)
+  masks = {m for m in masks if not any(m != o and m.startswith(o + "/") for o in masks)}
+  return sorted(masks), [p for p in paths if any(p.startswith(m + "/") for m in masks)]
+
+
+def _mask_and_expose(masks: list[str], binds: list[str]) -> None:
+  """Hides `masks` behind empty read-only tmpfs mounts, then binds `binds` back, read-only.
+  Must run as root inside the private mount namespace, with our own /proc mounted."""
+  keep = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in binds}
+  for m in sorted(masks):
+    isolation.mount("tmpfs", m, "tmpfs", isolation.MS_NOSUID | isolation.MS_NODEV,
+                    "size=1m,mode=755")
+  for p, fd in keep.items():
+    os.makedirs(p, exist_ok=True)
+    isolation.mount(f"/proc/self/fd/{fd}", p, None, isolation.MS_BIND | isolation.MS_REC)
+    isolation.mount(None, p, None, isolation.MS_REMOUNT | isolation.MS_BIND | isolation.MS_RDONLY)
+    os.close(fd)
+  for m in masks:
+    isolation.mount(None, m, None, isolation.MS_REMOUNT | isolation.MS_RDONLY | isolation.MS_NOSUID
+                    | isolation.MS_NODEV)
+
+
+def setup(spec: dict) -> None:
+  """Applies every isolation layer named in spec (see zygote.spawn_spec). Raises on failure."""
+  tier = spec["tier"]
+  uid = spec["uid"]
+  workdir = spec["workdir"]
+  if tier == "namespaces":
+    # Already pid 1 of a fresh PID namespace (the zygote unshared it before fork).
+    isolation.unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWNET | isolation.CLONE_NEWIPC
+                      | isolation.CLONE_NEWUTS)
+    isolation.mount(None, "/", None, isolation.MS_REC | isolation.MS_PRIVATE)
+    isolation.make_tree_readonly("/")
+    # A /proc of our own PID namespace: the host's processes (and their environ) are invisible.
+    isolation.mount("proc", "/proc", "proc",
+                    isolation.MS_NOSUID | isolation.MS_NODEV | isolation.MS_NOEXEC)
+    _mask_and_expose(spec["masks"], spec["binds"])
+    # The working directory is a private size-capped tmpfs over /tmp; it vanishes with the
+    # mount namespace, i.e. when the last process of the session dies.
+    isolation.mount("tmpfs", workdir, "tmpfs", isolation.MS_NOSUID | isolation.MS_NODEV,
+                    f"size={spec['fsize']},nr_inodes=8192,mode=700,uid={uid},gid={uid}")
+  # Own process group, so one killpg reaches every descendant (setsid() would do too, but it
+  # creates a scheduler autogroup: 3-8 ms per session on this kernel; no tty is involved).
+  os.setpgid(0, 0)
+  os.chdir(workdir)
+  isolation.set_rlimits(address_space=spec["memory"], cpu_soft=spec["cpu_soft"],
+                        cpu_hard=spec["cpu_hard"], nproc=spec["nproc"], fsize=spec["fsize"],
+                        nofile=spec["nofile"])
+  if spec["drop_uid"]:
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+  # After the uid change (which clears it): die with the zygote, whatever happens to the server.
+  isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
+  isolation.prctl(isolation.PR_SET_NO_NEW_PRIVS, 1)
+  if spec["seccomp"]:
+    program = spec.get("filter")  # prebuilt by the zygote unless it depends on our pid
+    if program is None:
+      program = isolation.build_filter(
+          block_sockets=spec["block_sockets"], block_setsid=spec["block_setsid"],
+          block_signals_except=os.getpid() if spec["block_signals"] else None)
+    isolation.install_filter(program)
+  os.environ.clear()
+  os.environ.update(CHILD_ENV_BASE, HOME=workdir, TMPDIR=workdir)
+  sys.argv = [""]
+
+
+def exc_line(e: BaseException) -> str:
+  """The last line of the traceback, as the harness shows it (notes dropped)."""
+  try:
+    lines = "".join(traceback.format_exception_only(type(e), e)).rstrip("\n").split("\n")
+    notes = getattr(e, "__notes__", None)
+    if isinstance(notes, list) and notes:
+      n = sum(str(x).count("\n") + 1 for x in notes)
+      lines = lines[:-n] or lines
+    return lines[-1][:65536]
+  except BaseException:  # a hostile __str__ must not take the runner down
+    return type(e).__name__
+
+
+def _stdio() -> None:
+  """Fresh stdout/stderr on fds 1/2 every cell: the previous cell may have closed or replaced
+  them."""
+  os.dup2(5, 1)
+  os.dup2(6, 2)
+  sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                errors="backslashreplace")
+  sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                errors="backslashreplace", line_buffering=True)
+
+
+def _flush() -> None:
+  for s in (sys.stdout, sys.stderr):
+    try:
+      s.flush()
+    except BaseException:
+      pass
+
+
+def _lingering() -> bool:
+  """True if threads or child processes outlive the cell."""
+  try:
+    while True:
+      pid, _ = os.waitpid(-1, os.WNOHANG)
+      if pid == 0:
+        return True  # a live child
+  except ChildProcessError:
+    pass
+  except OSError:
+    return True
+  try:
+    return len(os.listdir("/proc/self/task")) > 1
+  except OSError:
+    return True
+
+
+def run_cell(msg: dict, g: dict, cpu_s: float, cpu_hard: int, display_last_expr: bool) -> dict:
+  _stdio()
+  ru = resource.getrusage(resource.RUSAGE_SELF)
+  soft = min(cpu_hard, int(ru.ru_utime + ru.ru_stime + cpu_s) + 1)
+  try:
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard))
+  except (ValueError, OSError):
+    pass
+  status, detail = "ok", ""
+  try:
+    for piece in msg.get("prelude") or ():
+      # Replayed cells run silently: their output was shown to the model already.
+      os.dup2(0, 1)
+      try:
+        exec(compile(piece, "<replay>", "exec"), g)
+      finally:
+        _flush()
+        os.dup2(5, 1)
+    tree = ast.parse(msg["code"], "<cell>", "exec")
+    last = None
+    if display_last_expr and tree.body and isinstance(tree.body[-1], ast.Expr):
+      last = tree.body.pop()
+    exec(compile(tree, "<cell>", "exec"), g)
+    if last is not None:
+      value = eval(compile(ast.Expression(last.value), "<cell>", "eval"), g)
+      if value is not None:
+        sys.stdout.write(repr(value) + "\n")
+  except SystemExit as e:
+    if e.code not in (None, 0):
+      status, detail = "error", exc_line(e)
+  except MemoryError as e:
+    status, detail = "memory", exc_line(e)
+  except BaseException as e:
+    status, detail = "error", exc_line(e)
+  _flush()
+  return {"op": "result", "status": status, "detail": detail, "lingering": _lingering()}
+
+
+def serve(spec: dict) -> None:
+  """Request loop; exits when the server closes the request pipe."""
+  os.dup(1), os.dup(2)  # fds 5 and 6: pristine copies of the output pipes
+  g = {"__name__": "__main__", "__builtins__": __builtins__}
+  protocol.write_all(4, protocol.encode({"op": "ready", "pid": os.getpid()}))
+  while True:
+    try:
+      msg = protocol.read_frame_blocking(3, 1 << 30)
+    except (OSError, ValueError):
+      msg = None
+    if msg is None:
+      os._exit(0)
+    if msg.get("op") != "cell":
+      continue
+    reply = run_cell(msg, g, spec["cpu_s"], spec["cpu_hard"], spec["display_last_expr"])
+    try:
+      protocol.write_all(4, protocol.encode(reply))
+    except OSError:
+      os._exit(0)
+
+
+def child_main(spec: dict, ctl_r: int, ctl_w: int, out_w: int, err_w: int) -> None:
+  """Entry point in the forked child; never returns."""
+  try:
+    _place_fds(ctl_r, ctl_w, out_w, err_w)
+    setup(spec)
+  except BaseException as e:
+    try:
+      protocol.write_all(4, protocol.encode({"op": "setup_error", "detail": exc_line(e)}))
+    finally:
+      os._exit(70)
+  try:
+    serve(spec)
+  finally:
+    os._exit(0)

@@ -1,0 +1,474 @@
+"""The sandbox server: one event loop between the host and the session processes.
+
+Started by the host with a clean exec (never a fork of the JAX process). At start it forks the
+zygote, which holds the warm image. The server itself only moves bytes: cells in, bounded output
+capture, wall-clock deadlines, results out. Protocol with the host: length-prefixed JSON frames
+on stdin/stdout (see protocol.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+
+from aci_jax.sandbox import display, protocol
+from aci_jax.sandbox.config import SandboxConfig
+
+READ_CHUNK = 1 << 16
+EXIT_GRACE_S = 0.5   # after a child's control pipe closes, wait this long for its exit status
+MAX_REPLY = 1 << 20  # a child's reply frame larger than this is a protocol violation
+
+
+class Cell:
+  __slots__ = ("cid", "sid", "code", "prelude", "oneshot", "t0", "deadline", "out", "err",
+               "grace")
+
+  def __init__(self, msg: dict, keep: int):
+    self.cid = msg["cid"]
+    self.sid = msg["sid"]
+    self.code = msg["code"]
+    self.prelude = msg.get("prelude") or []
+    self.oneshot = bool(msg.get("oneshot"))
+    self.t0 = 0.0
+    self.deadline = 0.0
+    self.grace = 0.0  # when set: time at which we stop waiting for the exit status
+    self.out = display.Capture(keep)
+    self.err = display.Capture(2048)
+
+
+class Session:
+  __slots__ = ("sid", "uid", "pid", "req", "rep", "out", "err", "reader", "wbuf", "cell",
+               "dying", "exit_status", "idle_bytes")
+
+  def __init__(self, sid: int, uid: int):
+    self.sid, self.uid, self.pid = sid, uid, 0
+    self.req = self.rep = self.out = self.err = -1
+    self.reader = protocol.FrameReader(MAX_REPLY)
+    self.wbuf = bytearray()
+    self.cell: Cell | None = None
+    self.dying = False
+    self.exit_status: int | None = None
+    self.idle_bytes = 0
+
+
+def _describe_exit(status: int | None) -> tuple[str, str]:
+  """(status category, detail) for a process that died without reporting."""
+  if status is None:
+    return "killed", "Killed: the process stopped responding"
+  code = os.waitstatus_to_exitcode(status)
+  if code < 0:
+    sig = -code
+    if sig == signal.SIGXCPU:
+      return "timeout", ""
+    try:
+      name = signal.Signals(sig).name
+    except ValueError:
+      name = str(sig)
+    return "killed", f"Killed: process terminated by signal {sig} ({name})"
+  return "killed", f"Killed: process exited with status {code}"
+
+
+class Server:
+  def __init__(self, cfg: SandboxConfig, sandbox_root: str):
+    self.cfg = cfg
+    self.root = sandbox_root
+    self.keep = max(4096, 4 * cfg.max_chars + 64)
+    self.sel = selectors.DefaultSelector()
+    self.sessions: dict[int, Session] = {}
+    self.queue: collections.deque[Cell] = collections.deque()
+    self.running = 0
+    self.busy: dict[int, Session] = {}  # sessions with a cell in progress
+    self.free_uids = collections.deque(range(cfg.uid_base + 1,
+                                             cfg.uid_base + 1 + cfg.max_sessions + 256))
+    self.host_in = sys.stdin.fileno()
+    self.host_out = sys.stdout.fileno()
+    self.host_reader = protocol.FrameReader(1 << 30)
+    self.obuf = bytearray()
+    self.stopping = False
+    self.zsock: socket.socket | None = None
+    self.zpid = 0
+
+  # --- plumbing -------------------------------------------------------------------------------
+  def start_zygote(self) -> None:
+    from aci_jax.sandbox import zygote
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+      a.close()
+      os.closerange(3, b.fileno())
+      os.closerange(b.fileno() + 1, 1 << 16)
+      zygote.zygote_main(b, self.cfg, self.root)
+    b.close()
+    self.zsock, self.zpid = a, pid
+    msg, _ = self._zrecv_blocking()
+    if msg.get("op") != "hello":
+      raise RuntimeError(msg.get("detail", "zygote failed to start"))
+    self.report = msg["report"]
+    self.report["server_pid"] = os.getpid()
+
+  def _zrecv_blocking(self) -> tuple[dict, list[int]]:
+    data, fds, _, _ = socket.recv_fds(self.zsock, 1 << 16, 4)
+    if not data:
+      raise RuntimeError("zygote exited during start-up")
+    return json.loads(data), fds
+
+  def to_host(self, msg: dict) -> None:
+    self.obuf += protocol.encode(msg)
+    self._flush_host()
+
+  def _flush_host(self) -> None:
+    while self.obuf:
+      try:
+        n = os.write(self.host_out, self.obuf)
+      except BlockingIOError:
+        break
+      del self.obuf[:n]
+    self._set_events(self.host_out, "hostout", selectors.EVENT_WRITE if self.obuf else 0)
+
+  def _set_events(self, fd: int, data, events: int) -> None:
+    try:
+      key = self.sel.get_key(fd)
+    except KeyError:
+      if events:
+        self.sel.register(fd, events, data)
+      return
+    if not events:
+      self.sel.unregister(fd)
+    elif key.events != events:
+      self.sel.modify(fd, events, data)
+
+  # --- sessions -------------------------------------------------------------------------------
+  def _spawn(self, sid: int) -> Session:
+    if not self.free_uids:
+      raise RuntimeError("no free session uid (too many live sessions)")
+    s = Session(sid, self.free_uids.popleft())
+    self.sessions[sid] = s
+    self.zsock.send(json.dumps({"op": "spawn", "sid": sid, "uid": s.uid}).encode())
+    return s
+
+  def _attach(self, s: Session, pid: int, fds: list[int]) -> None:
+    s.pid = pid
+    s.req, s.rep, s.out, s.err = fds
+    for fd in fds:
+      os.set_blocking(fd, False)
+    self.sel.register(s.rep, selectors.EVENT_READ, ("rep", s))
+    self.sel.register(s.out, selectors.EVENT_READ, ("out", s))
+    self.sel.register(s.err, selectors.EVENT_READ, ("err", s))
+    if s.dying:
+      self._kill(s)
+    elif s.wbuf:
+      self._write_req(s)
+
+  def _close_fds(self, s: Session) -> None:
+    for name in ("req", "rep", "out", "err"):
+      fd = getattr(s, name)
+      if fd >= 0:
+        try:
+          self.sel.unregister(fd)
+        except KeyError:
+          pass
+        os.close(fd)
+        setattr(s, name, -1)
+
+  def _kill(self, s: Session) -> None:
+    """Asks the zygote (the parent) to SIGKILL the session; uid is freed when it is reaped."""
+    s.dying = True
+    if s.pid:
+      self._close_fds(s)
+      self.zsock.send(json.dumps({"op": "kill", "sid": s.sid}).encode())
+
+  def _write_req(self, s: Session) -> None:
+    if s.req < 0:
+      return
+    try:
+      while s.wbuf:
+        n = os.write(s.req, s.wbuf)
+        del s.wbuf[:n]
+    except BlockingIOError:
+      pass
+    except OSError:  # the child is gone; its exit will finish the cell
+      s.wbuf.clear()
+    self._set_events(s.req, ("req", s), selectors.EVENT_WRITE if s.wbuf else 0)
+
+  # --- cells ----------------------------------------------------------------------------------
+  def on_cell(self, msg: dict) -> None:
+    s = self.sessions.get(msg["sid"])
+    if s is not None and (s.dying or s.cell is not None):
+      # Died while idle (the host has not heard yet) or a protocol slip: the host rebuilds.
+      self.to_host({"op": "lost", "cid": msg["cid"], "sid": msg["sid"]})
+      return
+    self.queue.append(Cell(msg, self.keep))
+    self._pump()
+
+  def _pump(self) -> None:
+    while self.queue and self.running < self.cfg.max_workers:
+      c = self.queue.popleft()
+      c.t0 = time.monotonic()
+      c.deadline = c.t0 + self.cfg.timeout_s
+      if len(c.code.encode("utf-8", "replace")) > self.cfg.max_code_bytes:
+        self._send_result(c, "error", f"CodeTooLong: the cell exceeds {self.cfg.max_code_bytes}"
+                          " bytes", alive=c.sid in self.sessions)
+        continue
+      s = self.sessions.get(c.sid)
+      try:
+        if s is None:
+          s = self._spawn(c.sid)
+      except (RuntimeError, OSError) as e:
+        self._send_result(c, "sandbox_failure", f"SandboxFailure: {e}", alive=False)
+        continue
+      self.running += 1
+      s.cell = c
+      self.busy[s.sid] = s
+      s.wbuf += protocol.encode({"op": "cell", "code": c.code, "prelude": c.prelude})
+      self._write_req(s)
+
+  def _drain(self, s: Session) -> None:
+    """Reads whatever the child already wrote (it is in the pipes before its reply)."""
+    for name in ("out", "err", "rep"):
+      while getattr(s, name) >= 0 and self._read(s, name):
+        pass
+
+  def _finish(self, s: Session, status: str, detail: str, kill: bool) -> None:
+    c = s.cell
+    if c is None:
+      return
+    if status != "output_limit":
+      self._drain(s)
+      c = s.cell  # draining may have delivered the child's reply
+      if c is None:
+        return
+    s.cell = None
+    self.busy.pop(s.sid, None)
+    self.running -= 1
+    kill = kill or c.oneshot
+    self._send_result(c, status, detail, alive=not kill, s=s)
+    if kill:
+      self._kill(s)
+    self._pump()
+
+  def _send_result(self, c: Cell, status: str, detail: str, alive: bool, s=None) -> None:
+    cfg = self.cfg
+    stdout = c.out.text(cfg.max_chars)
+    if status == "timeout" and not detail:
+      detail = cfg.timeout_text
+    text = display.render(status, stdout, detail, max_chars=cfg.max_chars, strip=cfg.strip,
+                          stdout_on_error=cfg.stdout_on_error, empty_text=cfg.empty_text)
+    self.to_host({"op": "result", "cid": c.cid, "status": status, "output": text,
+                  "detail": detail, "seconds": time.monotonic() - c.t0 if c.t0 else 0.0,
+                  "alive": alive, "stdout_bytes": c.out.total,
+                  "stderr": c.err.text(2000)})
+
+  def _read(self, s: Session, name: str) -> bool:
+    """One read from a session pipe; False when nothing more is available now."""
+    fd = getattr(s, name)
+    try:
+      data = os.read(fd, READ_CHUNK)
+    except BlockingIOError:
+      return False
+    except OSError:
+      data = b""
+    if not data:
+      self.sel.unregister(fd)
+      os.close(fd)
+      setattr(s, name, -1)
+      if name == "rep" and s.cell is not None:
+        s.cell.grace = time.monotonic() + EXIT_GRACE_S  # died: wait briefly for its status
+        if s.exit_status is not None:
+          self._finish(s, *_describe_exit(s.exit_status), kill=True)
+      return False
+    if name == "rep":
+      try:
+        msgs = s.reader.feed(data)
+      except (ValueError, UnicodeDecodeError):
+        self._finish(s, "killed", "Killed: the process broke the sandbox protocol", kill=True)
+        return False
+      for m in msgs:
+        self._on_reply(s, m)
+      return True
+    c = s.cell
+    if c is None:
+      s.idle_bytes += len(data)  # output from a previous cell's leftovers: never shown
+      if s.idle_bytes > self.cfg.max_output_bytes:
+        self._kill(s)
+        return False
+      return True
+    (c.out if name == "out" else c.err).add(data)
+    if c.out.total + c.err.total > self.cfg.max_output_bytes:
+      self._finish(s, "output_limit", "OutputLimitError: the cell wrote more than "
+                   f"{self.cfg.max_output_bytes} bytes", kill=True)
+      return False
+    return True
+
+  def _on_reply(self, s: Session, m: dict) -> None:
+    op = m.get("op")
+    if op == "ready":
+      return
+    if op == "setup_error":
+      self._finish(s, "sandbox_failure", f"SandboxFailure: session setup: {m.get('detail')}",
+                   kill=True)
+      return
+    if op != "result" or s.cell is None:
+      self._finish(s, "killed", "Killed: the process broke the sandbox protocol", kill=True)
+      return
+    status = m.get("status")
+    if status not in ("ok", "error", "memory"):
+      status = "error"
+    detail = m.get("detail")
+    detail = detail[:65536] if isinstance(detail, str) else ""
+    self._finish(s, status, detail, kill=bool(m.get("lingering")))
+
+  def on_zygote(self) -> None:
+    try:
+      data, fds, _, _ = socket.recv_fds(self.zsock, 1 << 16, 4)
+    except BlockingIOError:
+      return
+    if not data:
+      raise RuntimeError("zygote died")
+    msg = json.loads(data)
+    op, sid = msg.get("op"), msg.get("sid")
+    s = self.sessions.get(sid)
+    if op == "spawned":
+      if s is None:
+        for fd in fds:
+          os.close(fd)
+        self.zsock.send(json.dumps({"op": "kill", "sid": sid}).encode())
+        return
+      self._attach(s, msg["pid"], fds)
+    elif op == "spawn_error":
+      if s is not None:
+        del self.sessions[sid]
+        self.free_uids.append(s.uid)
+        if s.cell is not None:
+          c, s.cell = s.cell, None
+          self.busy.pop(sid, None)
+          self.running -= 1
+          self._send_result(c, "sandbox_failure", f"SandboxFailure: {msg.get('detail')}",
+                            alive=False)
+          self._pump()
+    elif op == "exit":
+      if s is None:
+        return
+      s.exit_status = msg["status"]
+      if s.cell is not None:
+        self._finish(s, *_describe_exit(s.exit_status), kill=True)
+      elif not s.dying:
+        self.to_host({"op": "died", "sid": sid})
+      self._close_fds(s)
+      del self.sessions[sid]
+      self.free_uids.append(s.uid)
+      if self.stopping and not self.sessions:
+        raise SystemExit(0)
+    elif op == "fatal":
+      raise RuntimeError(msg.get("detail"))
+
+  def on_host(self) -> None:
+    try:
+      data = os.read(self.host_in, 1 << 20)
+    except BlockingIOError:
+      return
+    if not data:
+      self.shutdown()
+      return
+    for msg in self.host_reader.feed(data):
+      op = msg.get("op")
+      if op == "cell":
+        self.on_cell(msg)
+      elif op == "close":
+        s = self.sessions.get(msg["sid"])
+        if s is not None and not s.dying:
+          if s.cell is not None:
+            self._finish(s, "killed", "Killed: the session was closed", kill=True)
+          else:
+            self._kill(s)
+      elif op == "shutdown":
+        self.shutdown()
+
+  def shutdown(self) -> None:
+    self.stopping = True
+    raise SystemExit(0)
+
+  def check_deadlines(self) -> float:
+    now = time.monotonic()
+    nxt = now + 1.0
+    for s in list(self.busy.values()):
+      c = s.cell
+      if c is None or not c.t0:
+        continue
+      if c.grace:
+        if now >= c.grace:
+          self._finish(s, *_describe_exit(s.exit_status), kill=True)
+          continue
+        nxt = min(nxt, c.grace)
+      if now >= c.deadline:
+        self._finish(s, "timeout", "", kill=True)
+      else:
+        nxt = min(nxt, c.deadline)
+    return max(0.0, nxt - now)
+
+  def serve(self) -> None:
+    os.set_blocking(self.host_in, False)
+    os.set_blocking(self.host_out, False)
+    self.sel.register(self.host_in, selectors.EVENT_READ, "host")
+    self.sel.register(self.zsock, selectors.EVENT_READ, "zygote")
+    self.to_host({"op": "hello", "report": self.report})
+    while True:
+      timeout = self.check_deadlines()
+      for key, events in self.sel.select(timeout):
+        data = key.data
+        if data == "host":
+          self.on_host()
+        elif data == "zygote":
+          self.on_zygote()
+        elif data == "hostout":
+          self._flush_host()
+        else:
+          kind, s = data
+          if kind == "req":
+            self._write_req(s)
+          elif getattr(s, kind) == key.fd:
+            self._read(s, kind)
+
+  def close(self) -> None:
+    """Ends the zygote (which kills every session) and waits for it."""
+    try:
+      self.obuf.clear()
+    finally:
+      if self.zsock is not None:
+        self.zsock.close()
+      if self.zpid:
+        try:
+          os.waitpid(self.zpid, 0)
+        except ChildProcessError:
+          pass
+
+
+def main() -> None:
+  cfg = SandboxConfig.from_json(json.loads(sys.argv[1]))
+  root = sys.argv[2]
+  signal.signal(signal.SIGINT, signal.SIG_IGN)   # the host decides when we stop
+  signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+  srv = Server(cfg, root)
+  code = 0
+  try:
+    srv.start_zygote()
+    srv.serve()
+  except SystemExit:
+    pass
+  except BaseException as e:
+    code = 1
+    try:
+      os.set_blocking(srv.host_out, True)
+      protocol.write_all(srv.host_out, bytes(srv.obuf) + protocol.encode(
+          {"op": "fatal", "detail": f"{type(e).__name__}: {e}"}))
+    except OSError:
+      pass
+  finally:
+    srv.close()
+  os._exit(code)

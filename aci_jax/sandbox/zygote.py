@@ -1,0 +1,300 @@
+"""The zygote: a warm, single-threaded image (sympy, numpy, math imported) that forks sessions.
+
+It is forked by the server before the server has seen any cell, and it never receives cell code
+or output, so a session child inherits nothing of other sessions. It is the parent of every
+session process: it alone kills and reaps them, so a pid is never signalled after reuse.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import sys
+import time
+
+from aci_jax.sandbox import isolation, runner
+from aci_jax.sandbox.config import SandboxConfig
+
+_WARMUP = """
+import sympy
+x, y = sympy.symbols('x y')
+sympy.factor(x**2 - 1); sympy.expand((x + y)**3); sympy.simplify(sympy.sin(x)**2 + sympy.cos(x)**2)
+sympy.solve([x + y - 2, x - y], [x, y]); sympy.Rational(1, 3) + 1; sympy.sqrt(8); sympy.isprime(97)
+sympy.integrate(x**2, x); sympy.diff(sympy.exp(x), x); sympy.Matrix([[1, 2], [3, 4]]).det()
+sympy.nsimplify(0.5); sympy.N(sympy.pi, 20); sympy.latex(x**2); str(x**2); repr(x**2)
+import numpy
+numpy.linalg.det(numpy.eye(2)); numpy.array([1.5]).sum(); repr(numpy.arange(3))
+"""
+
+
+def _vm_bytes() -> int:
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmSize:"):
+        return int(line.split()[1]) * 1024
+  return 0
+
+
+class Zygote:
+  def __init__(self, sock: socket.socket, cfg: SandboxConfig, sandbox_root: str):
+    self.sock = sock
+    self.cfg = cfg
+    self.root = sandbox_root
+    self.children: dict[int, tuple[int, str | None]] = {}  # pid -> (sid, workdir to remove)
+    self.by_sid: dict[int, int] = {}
+    self.tier = ""
+    self.spec_base: dict = {}
+    self.pidns_fd = -1
+
+  # --- set-up ---------------------------------------------------------------------------------
+  def warm(self) -> None:
+    for name in self.cfg.preload:
+      importlib.import_module(name)
+    if self.cfg.warmup and "sympy" in self.cfg.preload:
+      exec(compile(_WARMUP, "<warmup>", "exec"), {})
+    gc.collect()
+    gc.freeze()  # children's collections never touch (and so never copy) the warm objects
+
+  def _spec(self, tier: str) -> dict:
+    cfg = self.cfg
+    root = os.geteuid() == 0
+    masks, binds = runner.mask_plan() if tier == "namespaces" else ([], [])
+    seccomp = isolation.seccomp_supported()
+    blocks = dict(block_sockets=tier != "namespaces", block_setsid=tier != "namespaces")
+    prebuilt = None
+    if seccomp and root:
+      prebuilt = isolation.build_filter(**blocks, block_signals_except=None)
+    return dict(
+        masks=masks, binds=binds, filter=prebuilt, **blocks,
+        tier=tier, drop_uid=root, uid=0, workdir="/tmp",
+        memory=int(cfg.memory_mb) << 20, cpu_s=float(cfg.cpu_s),
+        cpu_soft=int(cfg.cpu_s) + 1, cpu_hard=int(cfg.session_cpu_s) + 1,
+        nproc=cfg.nproc, fsize=int(cfg.file_mb) << 20, nofile=cfg.nofile,
+        display_last_expr=cfg.display_last_expr, seccomp=seccomp, block_signals=not root)
+
+  def choose_tier(self) -> dict:
+    """Probes the strongest isolation that works here; returns the report for the host."""
+    root = os.geteuid() == 0
+    errors = {}
+    tiers = ["namespaces", "seccomp"] if self.cfg.isolation == "auto" else [self.cfg.isolation]
+    for tier in tiers:
+      if tier == "seccomp" and not isolation.seccomp_supported():
+        errors[tier] = f"no seccomp syscall table for {os.uname().machine}"
+        continue
+      if tier == "namespaces":
+        try:
+          self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY)
+        except OSError as e:
+          errors[tier] = str(e)
+          continue
+      self.tier, self.spec_base = tier, self._spec(tier)
+      err = self._probe()
+      if err is None:
+        break
+      errors[tier] = err
+      self.tier = ""
+    if not self.tier:
+      raise RuntimeError("no isolation tier works here: " + json.dumps(errors))
+    if not root and not self.cfg.allow_weak:
+      raise RuntimeError("the sandbox needs root (per-session uids); running as uid "
+                         f"{os.geteuid()} shares the host's uid, pass allow_weak=True to accept")
+    need = _vm_bytes() + (64 << 20)
+    if self.spec_base["memory"] < need:
+      raise RuntimeError(f"memory_mb={self.cfg.memory_mb} is below the warm image's address "
+                         f"space ({need >> 20} MiB needed)")
+    ns = self.tier == "namespaces"
+    return {
+        "masked": self.spec_base["masks"],
+        "tier": self.tier,
+        "network": "netns" if ns else "seccomp",
+        "processes": "pid-namespace" if ns else "process-group (setsid blocked)",
+        "filesystem": ("read-only mount namespace, private tmpfs /tmp" if ns
+                       else "per-session directory, uid permissions"),
+        "user": "per-session uid" if root else "shared uid (weak)",
+        "seccomp": "deny-list" if self.spec_base["seccomp"] else "unavailable",
+        "probe_errors": errors,
+        "zygote_pid": os.getpid(),
+        "threads": len(os.listdir("/proc/self/task")),
+    }
+
+  def _probe(self) -> str | None:
+    """Spawns one session with the current tier; None if it came up, else the error."""
+    try:
+      pid, fds, _ = self._fork(-1, self.cfg.uid_base)
+    except OSError as e:
+      return str(e)
+    ctl_w, ctl_r, out_r, err_r = fds
+    try:
+      ready, _, _ = select.select([ctl_r], [], [], 10.0)
+      data = os.read(ctl_r, 65536) if ready else b""
+    finally:
+      os.kill(pid, signal.SIGKILL)
+      os.waitpid(pid, 0)
+      self._cleanup(pid)
+      for fd in fds:
+        os.close(fd)
+    if b'"ready"' in data:
+      return None
+    return data[4:].decode("utf-8", "replace") or "probe child did not start"
+
+  # --- sessions -------------------------------------------------------------------------------
+  def _fork(self, sid: int, uid: int) -> tuple[int, list[int], str | None]:
+    spec = dict(self.spec_base, uid=uid)
+    workdir = None
+    if self.tier != "namespaces":
+      workdir = os.path.join(self.root, f"s{sid}_{uid}")
+      os.mkdir(workdir, 0o700)
+      if spec["drop_uid"]:
+        os.chown(workdir, uid, uid)
+      spec["workdir"] = workdir
+    pipes = [os.pipe() for _ in range(4)]  # requests, replies, stdout, stderr
+    (req_r, req_w), (rep_r, rep_w), (out_r, out_w), (err_r, err_w) = pipes
+    ns = self.tier == "namespaces"
+    pid = -1
+    try:
+      if ns:
+        isolation.unshare(isolation.CLONE_NEWPID)  # our next child is pid 1 of a new namespace
+      pid = os.fork()
+    except OSError:
+      for fd in (fd for p in pipes for fd in p):
+        os.close(fd)
+      if workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+      raise
+    finally:
+      if ns and pid != 0:
+        isolation.setns(self.pidns_fd, isolation.CLONE_NEWPID)
+    if pid == 0:
+      runner.child_main(spec, req_r, rep_w, out_w, err_w)  # never returns
+    for fd in (req_r, rep_w, out_w, err_w):
+      os.close(fd)
+    self.children[pid] = (sid, workdir)
+    self.by_sid[sid] = pid
+    return pid, [req_w, rep_r, out_r, err_r], workdir
+
+  def _kill(self, pid: int) -> None:
+    try:
+      os.kill(pid, signal.SIGKILL)  # in a PID namespace this takes every descendant with it
+    except ProcessLookupError:
+      pass
+    if self.tier != "namespaces":
+      self._killpg(pid, wait=False)
+
+  @staticmethod
+  def _killpg(pgid: int, wait: bool) -> None:
+    """setsid/setpgid are blocked by seccomp, so the group holds every descendant. With wait,
+    repeat until the group is empty (a fork may race the signal), reaping the members that were
+    orphaned to us (we are their subreaper) so they do not linger as zombies."""
+    for _ in range(2000):
+      try:
+        os.killpg(pgid, signal.SIGKILL)
+      except (ProcessLookupError, PermissionError):
+        return
+      if not wait:
+        return
+      try:
+        while os.waitpid(-pgid, os.WNOHANG)[0] > 0:
+          pass
+      except ChildProcessError:
+        pass
+      time.sleep(0.0002)
+
+  def _cleanup(self, pid: int) -> None:
+    sid, workdir = self.children.pop(pid, (None, None))
+    if sid is not None and self.by_sid.get(sid) == pid:
+      del self.by_sid[sid]
+    if self.tier != "namespaces":
+      self._killpg(pid, wait=True)
+    if workdir:
+      shutil.rmtree(workdir, ignore_errors=True)
+
+  def _send(self, msg: dict, fds: list[int] = ()) -> None:
+    data = json.dumps(msg).encode()
+    if fds:
+      socket.send_fds(self.sock, [data], list(fds))
+    else:
+      self.sock.send(data)
+
+  def _reap(self) -> None:
+    while True:
+      try:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+      except ChildProcessError:
+        return
+      if pid == 0:
+        return
+      if pid in self.children:
+        sid = self.children[pid][0]
+        self._cleanup(pid)
+        self._send({"op": "exit", "sid": sid, "status": status})
+
+  def serve(self) -> None:
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    try:
+      while True:
+        ready, _, _ = select.select([self.sock, wake_r], [], [], 1.0)
+        if wake_r in ready:
+          os.read(wake_r, 4096)
+        self._reap()
+        if self.sock not in ready:
+          continue
+        data = self.sock.recv(1 << 16)
+        if not data:
+          return
+        msg = json.loads(data)
+        if msg["op"] == "spawn":
+          sid = msg["sid"]
+          try:
+            pid, fds, _ = self._fork(sid, msg["uid"])
+          except OSError as e:
+            self._send({"op": "spawn_error", "sid": sid, "detail": str(e)})
+            continue
+          self._send({"op": "spawned", "sid": sid, "pid": pid}, fds)
+          for fd in fds:
+            os.close(fd)
+        elif msg["op"] == "kill":
+          pid = self.by_sid.get(msg["sid"])
+          if pid is not None:
+            self._kill(pid)
+    finally:
+      for pid in list(self.children):
+        self._kill(pid)
+      for pid in list(self.children):
+        try:
+          os.waitpid(pid, 0)
+        except ChildProcessError:
+          pass
+        self._cleanup(pid)
+
+
+def zygote_main(sock: socket.socket, cfg: SandboxConfig, sandbox_root: str) -> None:
+  """Runs in the process the server forks first; never returns."""
+  code = 0
+  try:
+    isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)  # orphans come to us to be reaped
+    z = Zygote(sock, cfg, sandbox_root)
+    t0 = time.perf_counter()
+    z.warm()
+    report = z.choose_tier()
+    report["warm_seconds"] = round(time.perf_counter() - t0, 3)
+    z._send({"op": "hello", "report": report})
+    z.serve()
+  except BaseException as e:
+    try:
+      z_msg = {"op": "fatal", "detail": f"{type(e).__name__}: {e}"}
+      sock.send(json.dumps(z_msg).encode())
+    except OSError:
+      pass
+    code = 1
+  finally:
+    sys.stdout.flush()
+    os._exit(code)
