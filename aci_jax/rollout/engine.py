@@ -46,7 +46,9 @@ class RolloutConfig:
   sampling: S.SamplingParams = S.SamplingParams()
   seed: int = 0
   stop_strings: tuple[str, ...] = ()  # user stop strings (end the response)
-  ban_strings: tuple[str, ...] = ("```python",)  # banned where a request asks (forced CoT)
+  # Banned where a request asks (forced reasoning mode): no code cell can open and no output
+  # fence can be requested, in any tokenisation.
+  ban_strings: tuple[str, ...] = ("```python", FENCE)
   limit_message: str = "Reached the maximum number of code executions; no more code is run."
   no_code_message: str = "Error: no ```python code block precedes this output block."
   barrier: bool = False

@@ -1,0 +1,182 @@
+"""The host rollout loop end to end: a tiny model trained (in the test) to write a code cell,
+the real sandbox, masks and records; forced prefixes, bans, tool limits; batch invariance."""
+
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from aci_jax.model import ModelConfig
+from aci_jax.model.weights import load_params
+from aci_jax.rollout import Request, RolloutConfig, RolloutEngine, read_jsonl, write_jsonl
+from aci_jax.rollout.trajectory import SRC_ENV, SRC_FORCED, SRC_SAMPLED
+from aci_jax.sampling import SamplingParams, token_texts
+from aci_jax.tokenizer import Tokenizer
+from hf_fixtures import make_hf_model, save_hf_model
+from tokenizer_fixtures import build_tokenizer
+
+QUESTIONS = {  # question -> (code, printed output, answer)
+    "What is 6*7?": ("print(6*7)\n", "42", "42"),
+    "Compute 2**10.": ("print(2**10)\n", "1024", "1024"),
+    "Add 17 and 25.": ("x = 17 + 25\nprint(x)\n", "42", "42"),
+}
+
+
+def _fence_variants(tok):
+  """Three different tokenisations of the output fence, one per question."""
+  texts = token_texts(tok.hf)
+  natural = tok.encode("```output")
+  ids = {t: i for i, t in enumerate(texts) if t}
+  split1 = [ids["`"]] * 3 + tok.encode("output")
+  split2 = tok.encode("``") + [ids["`"]] + tok.encode("out") + tok.encode("put")
+  variants = [natural, split1, split2]
+  assert len({tuple(v) for v in variants}) == 3
+  assert all(tok.decode(v) == "```output" for v in variants)
+  return variants
+
+
+def _script(tok, question, fence_ids):
+  code, printed, answer = QUESTIONS[question]
+  prompt = tok.chat_ids([{"role": "user", "content": question}])
+  pre = tok.encode(f"Let me compute.\n```python\n{code}```\n")
+  env = tok.encode(f"\n{printed}\n```\n")  # exactly what the engine splices
+  post = tok.encode(f"The answer is \\boxed{{{answer}}}.") + [tok.eos_ids[0]]
+  return prompt, pre + fence_ids + env + post, len(pre) + len(fence_ids), len(env)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A Qwen2 model trained with torch to reproduce three tool-using answers verbatim."""
+  tmp = tmp_path_factory.mktemp("rollout")
+  tok = Tokenizer.from_pretrained(build_tokenizer(tmp / "tok"))
+  scripts = [_script(tok, q, f) for q, f in zip(QUESTIONS, _fence_variants(tok))]
+  model = make_hf_model("qwen2", vocab_size=len(tok.hf), hidden_size=64, intermediate_size=128,
+                        num_attention_heads=4, num_key_value_heads=2, seed=0)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.mul_(0.3)
+  seqs = [p + r for p, r, _, _ in scripts]
+  width = max(map(len, seqs))
+  ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
+  labels = torch.tensor([[-100] * len(p) + r + [-100] * (width - len(p) - len(r))
+                         for p, r, _, _ in scripts])
+  opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+  model.train()
+  for step in range(400):
+    loss = model(input_ids=ids, labels=labels).loss
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if loss.item() < 2e-3:
+      break
+  model.eval()
+  assert loss.item() < 1e-2, loss.item()
+  d = save_hf_model(model, tmp / "model")
+  cfg = ModelConfig.from_pretrained(d)
+  return tok, cfg, load_params(d, cfg), scripts
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+  from aci_jax.sandbox import Sandbox
+
+  with Sandbox(timeout_s=5.0) as sb:
+    yield sb
+
+
+def _engine(trained, executor, **kw):
+  tok, cfg, params, _ = trained
+  rc = RolloutConfig(batch_size=kw.pop("batch_size", 4), max_prompt_tokens=48,
+                     max_new_tokens=kw.pop("max_new_tokens", 80),
+                     sampling=kw.pop("sampling", SamplingParams(greedy=True)), **kw)
+  return RolloutEngine(cfg, tok, rc, executor=executor), params
+
+
+def test_end_to_end_with_real_sandbox(trained, sandbox, tmp_path):
+  tok, _, _, scripts = trained
+  eng, params = _engine(trained, sandbox)
+  reqs = [Request(p, i) for i, (p, _, _, _) in enumerate(scripts)]
+  trajs = eng.run(params, reqs)
+  for t, (q, (code, printed, answer)), (p, resp, n_pre, n_env) in zip(trajs, QUESTIONS.items(),
+                                                                      scripts):
+    assert t.response_ids == resp  # the same tokens, including the trained fence variant
+    assert t.stop_reason == "eos"
+    assert [(c.code, c.output, c.status) for c in t.cells] == [(code, printed, "ok")]
+    assert t.used_code and t.num_calls == 1
+    assert t.text.endswith(f"\\boxed{{{answer}}}.<|im_end|>")
+    # Masks: exactly the spliced tool-output tokens are environment tokens.
+    src = np.asarray(t.source)
+    assert (src[n_pre:n_pre + n_env] == SRC_ENV).all()
+    assert (np.delete(src, np.s_[n_pre:n_pre + n_env]) == SRC_SAMPLED).all()
+    assert t.loss_mask == [0 if s == SRC_ENV else 1 for s in t.source]
+    # Behaviour log-probs: present for every token, confident where the model was trained.
+    lp = np.asarray(t.logp)
+    assert lp.shape == (len(resp),) and np.all(lp <= 0) and np.all(np.isfinite(lp))
+    assert np.exp(lp[src == SRC_SAMPLED]).min() > 0.5
+  assert eng.stats.cells == 3
+  # The record survives a JSONL round trip.
+  write_jsonl(str(tmp_path / "t.jsonl"), trajs)
+  back = read_jsonl(str(tmp_path / "t.jsonl"))
+  assert [dataclasses.asdict(b) for b in back] == [dataclasses.asdict(t) for t in trajs]
+
+
+def test_barrier_mode_gives_the_same_trajectories(trained, sandbox):
+  _, _, _, scripts = trained
+  reqs = [Request(p, i) for i, (p, _, _, _) in enumerate(scripts)]
+  cont, params = _engine(trained, sandbox, batch_size=2)
+  barrier, _ = _engine(trained, sandbox, batch_size=2, barrier=True)
+  a = cont.run(params, reqs)
+  b = barrier.run(params, reqs)
+  assert [t.response_ids for t in a] == [t.response_ids for t in b]
+
+
+def test_forced_prefix_ban_and_tool_limit(trained, sandbox):
+  tok, _, _, scripts = trained
+  prompt, resp, _, _ = scripts[0]
+  prefix = tok.encode("Let me compute.\n")
+  eng, params = _engine(trained, sandbox)
+  forced, banned = eng.run(params, [
+      Request(prompt, 0, mode="code", prefix_ids=prefix),
+      Request(prompt, 0, sample_index=1, mode="cot", ban=True)])
+  assert forced.response_ids == resp
+  assert forced.source[:len(prefix)] == [SRC_FORCED] * len(prefix)
+  assert forced.loss_mask[:len(prefix)] == [1] * len(prefix)
+  # Banning "```python" and the fence (in any tokenisation) forces the row off its script:
+  # (the trained model does try: it writes "```pytho" and then a fence) no cell at all.
+  assert not banned.cells
+  assert "```python" not in banned.text and "```output" not in banned.text
+  limited, params = _engine(trained, sandbox, max_tool_calls=0, max_new_tokens=200)
+  (t,) = limited.run(params, [Request(prompt, 0)])
+  assert [c.status for c in t.cells] == ["limit"]
+  assert RolloutConfig().limit_message in t.text
+
+
+def test_same_seed_same_trajectories_any_batch_size_and_order(trained, tmp_path):
+  """Sampling at temperature 1 from an untrained model (far from deterministic): per-row keys
+  from (seed, prompt, sample) make trajectories independent of batch size and row order."""
+  tok = trained[0]
+  model = make_hf_model("qwen2", vocab_size=len(tok.hf), seed=5)
+  d = save_hf_model(model, tmp_path / "random")
+  cfg = ModelConfig.from_pretrained(d)
+  params = load_params(d, cfg)
+  reqs = [Request(tok.chat_ids([{"role": "user", "content": q}]), i, sample_index=s)
+          for i, q in enumerate(["What is 5*5?", "Add 2 and 3.", "Compute 3**4."])
+          for s in range(3)]
+  base = None
+  for bs in (1, 3, 8):
+    order = list(range(len(reqs)))
+    random.Random(bs).shuffle(order)
+    rc = RolloutConfig(batch_size=bs, max_prompt_tokens=48, max_new_tokens=24,
+                       sampling=SamplingParams(temperature=1.0), seed=3)
+    out = RolloutEngine(cfg, tok, rc).run(params, [reqs[k] for k in order])
+    by_key = {(t.prompt_index, t.sample_index): (t.response_ids, t.logp) for t in out}
+    if base is None:
+      base = by_key
+      # Different samples of one prompt really differ (the keys differ).
+      assert len({tuple(base[(0, s)][0]) for s in range(3)}) == 3
+    else:
+      assert {k: v[0] for k, v in by_key.items()} == {k: v[0] for k, v in base.items()}
+      for k in base:
+        np.testing.assert_allclose(by_key[k][1], base[k][1], atol=1e-5)
