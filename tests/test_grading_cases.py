@@ -34,6 +34,8 @@ CASES = [
     ("normalise", r"\left( 3, \frac{\pi}{2} \right)", r"(3, \frac{\pi}{3})", F, F),
     ("normalise", r"10,\!080", "10080", T, F),
     ("normalise", "10,080", "10080", T, F),
+    ("normalise", r"12,\! 345,\! 678", "12345678", T, F),
+    ("normalise", r"12,\! 345,\! 678", "12,345,679", F, F),
     ("normalise", "1,000,000", "1000000", T, F),
     ("normalise", "1,000,000", "100000", F, F),
     ("normalise", "18.90", "18.9", T, F),

@@ -46,6 +46,7 @@ _OPEN = {"(": ")", "[": "]", "\\{": "\\}", "\\langle": "\\rangle"}
 _REL_OPS = ("\\leq", "\\geq", "<", ">", "\\le", "\\ge")
 _VAR = re.compile(r"^(?:[a-zA-Z]|\\(?:alpha|beta|gamma|theta|phi|lambda|mu|omega|rho|sigma|tau))(?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-z]\))?$")
 # Text answers: letters, spaces, hyphens, apostrophes, with at least one word of 2+ letters.
+_CHOICE_PAREN = re.compile(r"^\(\s*([A-E])\s*\)$")
 _WORD = re.compile(r"^(?=.*[A-Za-z]{2})[A-Za-z][A-Za-z '\-]*[A-Za-z]$")
 
 
@@ -455,6 +456,9 @@ def _atom_equal(a: str, b: str, rel_tol: float) -> bool:
     if not a or not b:
         return False
     # Choice letters and text answers are compared as text (never through sympy: "no" is not "on").
+    a, b = _CHOICE_PAREN.sub(r"\1", a), _CHOICE_PAREN.sub(r"\1", b)
+    if a == b:
+        return True
     letter_a, letter_b = re.fullmatch(r"[A-E]", a), re.fullmatch(r"[A-E]", b)
     if letter_a or letter_b:
         return False

@@ -42,6 +42,7 @@ _IN_PREFIX = re.compile(r"^[a-zA-Z]\s*\\in\s*")
 # A backslash that is itself escaped (the "\\\\" row separator of a matrix) starts no command.
 _DELIMS = re.compile(r"(?<!\\)\\[()\[\]]")
 _SPACES = re.compile(r"(?<!\\)\\[!,;:>]")
+_NEGSPACE = re.compile(r"(?<!\\)\\!\s*")
 _BSPACE = re.compile(r"(?<!\\)\\ ")
 _INT_DOT0 = re.compile(r"^([+-]?\d+)\.0+$")
 _LE = re.compile(r"\\le(?![a-zA-Z])")
@@ -146,6 +147,7 @@ def normalize(s: str) -> str:
     s = _DELIMS.sub("", s)
     s = s.replace("\\$", "").replace("$", "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
+    s = _NEGSPACE.sub("", s)  # "10,\\! 080": \! glues digit groups, spaces after it included
     s = _SPACES.sub("", s)
     for c in _SPACING[5:]:
         s = s.replace(c, "")
