@@ -43,15 +43,18 @@ class Capture:
       if len(self.tail) > 2 * self.keep:  # amortised trim
         del self.tail[:-self.keep]
 
-  def text(self, max_chars: int) -> str:
-    """Decoded (invalid UTF-8 replaced), already truncated if the stream is long."""
+  def text(self, max_chars: int, strip: bool = False) -> str:
+    """Decoded (invalid UTF-8 replaced), stripped if asked, then truncated (harness order)."""
     tail = bytes(self.tail[-self.keep:])
     if self.total <= len(self.head) + len(tail):
-      return truncate((bytes(self.head) + tail).decode("utf-8", "replace"), max_chars)
+      text = (bytes(self.head) + tail).decode("utf-8", "replace")
+      return truncate(text.strip() if strip else text, max_chars)
     half = max_chars // 2
-    head = bytes(self.head).decode("utf-8", "replace")[:half]
+    head = bytes(self.head).decode("utf-8", "replace")
     tail_s = tail.decode("utf-8", "replace")
-    return head + "..." + (tail_s[-half:] if half else "")
+    if strip:
+      head, tail_s = head.lstrip(), tail_s.rstrip()
+    return head[:half] + "..." + (tail_s[-half:] if half else "")
 
 
 def render(status: str, stdout: str, detail: str, *, max_chars: int, strip: bool,

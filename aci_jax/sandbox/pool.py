@@ -377,15 +377,18 @@ class Sandbox:
       done: list = []
       with self._lock:
         self._dispatch()
-      if proc is not None and self._obuf:
-        try:
-          n = os.write(proc.stdin.fileno(), self._obuf)
-          del self._obuf[:n]
-        except BlockingIOError:
-          pass
-        except OSError:
-          self._obuf.clear()
-      want_write = proc is not None and bool(self._obuf)
+      # Under the lock: os.write holds a buffer export of _obuf, and _send (reached from
+      # close_session on a caller's thread) resizes it; unguarded, that raises BufferError.
+      with self._lock:
+        if proc is not None and self._obuf:
+          try:
+            n = os.write(proc.stdin.fileno(), self._obuf)
+            del self._obuf[:n]
+          except BlockingIOError:
+            pass
+          except OSError:
+            self._obuf.clear()
+        want_write = proc is not None and bool(self._obuf)
       try:
         key = sel.get_key(proc.stdin.fileno()) if proc is not None else None
       except KeyError:

@@ -221,6 +221,7 @@ def run_cell(msg: dict, g: dict, cpu_s: float, cpu_hard: int, display_last_expr:
 
 def serve(spec: dict) -> None:
   """Request loop; exits when the server closes the request pipe."""
+  me = os.getpid()
   os.dup(1), os.dup(2)  # fds 5 and 6: pristine copies of the output pipes
   g = {"__name__": "__main__", "__builtins__": __builtins__}
   protocol.write_all(4, protocol.encode({"op": "ready", "pid": os.getpid()}))
@@ -234,6 +235,8 @@ def serve(spec: dict) -> None:
     if msg.get("op") != "cell":
       continue
     reply = run_cell(msg, g, spec["cpu_s"], spec["cpu_hard"], spec["display_last_expr"])
+    if os.getpid() != me:
+      os._exit(0)  # a child the cell forked fell through to here: it ends like a script would
     try:
       protocol.write_all(4, protocol.encode(reply))
     except OSError:
@@ -243,6 +246,11 @@ def serve(spec: dict) -> None:
 def child_main(spec: dict, ctl_r: int, ctl_w: int, out_w: int, err_w: int) -> None:
   """Entry point in the forked child; never returns."""
   try:
+    # The zygote's signal state must not leak in: its wakeup fd number may now be our reply
+    # pipe (a SIGCHLD would write a byte into the protocol), and its handlers are its own.
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _place_fds(ctl_r, ctl_w, out_w, err_w)
     setup(spec)
   except BaseException as e:

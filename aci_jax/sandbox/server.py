@@ -255,7 +255,7 @@ class Server:
 
   def _send_result(self, c: Cell, status: str, detail: str, alive: bool, s=None) -> None:
     cfg = self.cfg
-    stdout = c.out.text(cfg.max_chars)
+    stdout = c.out.text(cfg.max_chars, strip=cfg.strip)
     if status == "timeout" and not detail:
       detail = cfg.timeout_text
     text = display.render(status, stdout, detail, max_chars=cfg.max_chars, strip=cfg.strip,
@@ -315,7 +315,8 @@ class Server:
                    kill=True)
       return
     if op != "result" or s.cell is None:
-      self._finish(s, "killed", "Killed: the process broke the sandbox protocol", kill=True)
+      self._finish(s, "killed", "Killed: the process broke the sandbox protocol "
+                   f"({str(m)[:80]!r})", kill=True)
       return
     status = m.get("status")
     if status not in ("ok", "error", "memory"):

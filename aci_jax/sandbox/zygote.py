@@ -21,6 +21,8 @@ import time
 from aci_jax.sandbox import isolation, runner
 from aci_jax.sandbox.config import SandboxConfig
 
+SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # world-writable places a uid can leave files
+
 _WARMUP = """
 import sympy
 x, y = sympy.symbols('x y')
@@ -48,6 +50,7 @@ class Zygote:
     self.root = sandbox_root
     self.children: dict[int, tuple[int, str | None]] = {}  # pid -> (sid, workdir to remove)
     self.by_sid: dict[int, int] = {}
+    self.uids: dict[int, int] = {}
     self.tier = ""
     self.spec_base: dict = {}
     self.pidns_fd = -1
@@ -119,9 +122,24 @@ class Zygote:
         "user": "per-session uid" if root else "shared uid (weak)",
         "seccomp": "deny-list" if self.spec_base["seccomp"] else "unavailable",
         "probe_errors": errors,
+        "warnings": self._warnings(),
         "zygote_pid": os.getpid(),
         "threads": len(os.listdir("/proc/self/task")),
     }
+
+  def _warnings(self) -> list[str]:
+    w = []
+    if os.geteuid() != 0:
+      w.append("not root: sessions share the host uid (signals and /proc of the host's processes "
+               "are filtered by seccomp only)")
+    if self.tier != "namespaces":
+      w.append("no mount namespace: sessions can write to world-writable directories while "
+               "they run (what their uid left there is deleted when the session ends)")
+      if self.spec_base["drop_uid"] and any(runner._blocked_ancestor(p)
+                                            for p in runner._python_paths()):
+        w.append("the interpreter's directories are not readable by other users: sessions can "
+                 "only import modules preloaded in the warm image")
+    return w
 
   def _probe(self) -> str | None:
     """Spawns one session with the current tier; None if it came up, else the error."""
@@ -175,6 +193,7 @@ class Zygote:
     for fd in (req_r, rep_w, out_w, err_w):
       os.close(fd)
     self.children[pid] = (sid, workdir)
+    self.uids[pid] = uid
     self.by_sid[sid] = pid
     return pid, [req_w, rep_r, out_r, err_r], workdir
 
@@ -205,14 +224,36 @@ class Zygote:
         pass
       time.sleep(0.0002)
 
+  def _sweep_shared_dirs(self, uid: int) -> None:
+    """Seccomp tier only (no private mount namespace): remove what the session's uid left in
+    the world-writable directories, once all its processes are dead."""
+    for d in SHARED_DIRS:
+      try:
+        entries = list(os.scandir(d))
+      except OSError:
+        continue
+      for e in entries:
+        try:
+          if e.stat(follow_symlinks=False).st_uid != uid:
+            continue
+          if e.is_dir(follow_symlinks=False):
+            shutil.rmtree(e.path, ignore_errors=True)
+          else:
+            os.unlink(e.path)
+        except OSError:
+          pass
+
   def _cleanup(self, pid: int) -> None:
     sid, workdir = self.children.pop(pid, (None, None))
+    uid = self.uids.pop(pid, None)
     if sid is not None and self.by_sid.get(sid) == pid:
       del self.by_sid[sid]
     if self.tier != "namespaces":
       self._killpg(pid, wait=True)
     if workdir:
       shutil.rmtree(workdir, ignore_errors=True)
+    if uid is not None and self.tier != "namespaces" and self.spec_base["drop_uid"]:
+      self._sweep_shared_dirs(uid)
 
   def _send(self, msg: dict, fds: list[int] = ()) -> None:
     data = json.dumps(msg).encode()

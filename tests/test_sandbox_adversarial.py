@@ -1,0 +1,346 @@
+"""Adversarial programs against the sandbox (issue 3): each has an expected status, arrives
+within the time limit + 1 s, leaves no process behind (checked in /proc), and the host, server
+and zygote survive it. Runs with the strongest isolation this machine offers (auto)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from aci_jax.sandbox import Sandbox, SandboxConfig, Status
+
+TIMEOUT = 3.0
+SECRET = "aci-secret-" + os.urandom(8).hex()
+os.environ["ACI_SANDBOX_TEST_SECRET"] = SECRET  # in the host's environment before the server starts
+
+
+def procs_with_uid(lo: int, hi: int) -> list[int]:
+  out = []
+  for name in os.listdir("/proc"):
+    if name.isdigit():
+      try:
+        with open(f"/proc/{name}/status") as f:
+          uid = next(int(l.split()[1]) for l in f if l.startswith("Uid:"))
+      except (OSError, StopIteration):
+        continue
+      if lo <= uid < hi:
+        out.append(int(name))
+  return out
+
+
+def cmdline_matches(marker: str) -> list[int]:
+  out = []
+  for name in os.listdir("/proc"):
+    if name.isdigit() and int(name) != os.getpid():
+      try:
+        with open(f"/proc/{name}/cmdline", "rb") as f:
+          if marker.encode() in f.read():
+            out.append(int(name))
+      except OSError:
+        pass
+  return out
+
+
+def alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  with open(f"/proc/{pid}/stat") as f:
+    return f.read().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.fixture(scope="module")
+def sb():
+  box = Sandbox(SandboxConfig(timeout_s=TIMEOUT, memory_mb=512, max_workers=2))
+  yield box
+  pids = box.process_ids()
+  box.shutdown()
+  assert not alive(pids["server"]) and not alive(pids["zygote"])
+  assert procs_with_uid(*box.uid_range) == []
+
+
+def run_checked(sb: Sandbox, name: str, code: str, expected: Status):
+  """Runs one cell in a fresh session, closes it, and proves nothing of it survives."""
+  pids = sb.process_ids()
+  t0 = time.monotonic()
+  try:
+    r = sb.submit(name, code).result(timeout=60)
+  finally:
+    sb.close_session(name)
+  latency = time.monotonic() - t0
+  assert r.status == expected, (r.status, r.output, r.stderr_tail)
+  assert latency <= TIMEOUT + 1.0, latency
+  deadline = time.monotonic() + 3.0
+  while procs_with_uid(*sb.uid_range) and time.monotonic() < deadline:
+    time.sleep(0.02)
+  assert procs_with_uid(*sb.uid_range) == [], "a sandboxed process survived its session"
+  assert alive(pids["server"]) and alive(pids["zygote"]), "the sandbox server was hurt"
+  assert sb.process_ids() == pids, "the server was restarted"
+  assert sb.run(name + "/after", "print(6*7)").output == "42"  # still serving
+  sb.close_session(name + "/after")
+  return r
+
+
+def test_isolation_report_names_active_network_mode(sb):
+  assert sb.isolation["network"] in ("netns", "seccomp")
+  assert sb.isolation["threads"] == 1  # the zygote forks from a single-threaded image
+
+
+def test_infinite_loop(sb):
+  r = run_checked(sb, "loop", "while True:\n  pass", Status.TIMEOUT)
+  assert r.output == "Timeout Error"
+
+
+def test_long_sleep(sb):
+  run_checked(sb, "sleep", "import time\ntime.sleep(1000)", Status.TIMEOUT)
+
+
+def test_fork_bomb(sb):
+  code = "import os\nwhile True:\n  try:\n    os.fork()\n  except OSError:\n    pass"
+  run_checked(sb, "forkbomb", code, Status.TIMEOUT)
+
+
+def test_memory_bomb_single_allocation(sb):
+  r = run_checked(sb, "membomb1", "x = bytearray(50 * 1024**3)", Status.MEMORY)
+  assert r.output.startswith("MemoryError")
+
+
+def test_memory_bomb_growing(sb):
+  code = "chunks = []\nwhile True:\n  chunks.append(bytearray(16 * 1024**2))"
+  run_checked(sb, "membomb2", code, Status.MEMORY)
+
+
+def test_gigabytes_of_output(sb):
+  code = "import sys\nblock = 'x' * 65536\nwhile True:\n  sys.stdout.write(block)"
+  r = run_checked(sb, "flood", code, Status.OUTPUT_LIMIT)
+  assert "OutputLimitError" in r.output and len(r.output) <= 403
+
+
+def test_deep_recursion_is_an_error(sb):
+  r = run_checked(sb, "recursion", "def f(n):\n  return f(n + 1)\nf(0)", Status.ERROR)
+  assert r.output.startswith("RecursionError")
+
+
+def test_recursion_past_the_c_stack_is_killed(sb):
+  # repr() of a deeply nested list recurses in C; with the limit lifted the C stack overflows.
+  code = ("import sys\nsys.setrecursionlimit(10**8)\nl = []\nfor _ in range(10**6):\n"
+          "  l = [l]\nrepr(l)")
+  r = run_checked(sb, "cstack", code, Status.KILLED)
+  assert "SIGSEGV" in r.output
+
+
+def test_os_system_and_subprocess_stay_inside(sb):
+  code = ("import os, subprocess\n"
+          "print(os.system('id -u > uid.txt'))\n"
+          "print(open('uid.txt').read().strip())\n"
+          "subprocess.Popen(['sleep', '7331'])\n"
+          "print(subprocess.run(['sh', '-c', 'echo sub'], capture_output=True, text=True).stdout)")
+  r = run_checked(sb, "system", code, Status.OK)
+  lines = r.output.split("\n")
+  assert lines[0] == "0" and lines[-1] == "sub", r.output
+  assert int(lines[1]) >= sb.uid_range[0]  # the shell ran as the session's unprivileged uid
+  assert cmdline_matches("7331") == []  # the background sleep died with the session
+
+
+def test_socket_connect_to_local_server_fails(sb):
+  srv = socket.socket()
+  srv.bind(("127.0.0.1", 0))
+  srv.listen(8)
+  srv.settimeout(0.5)
+  port = srv.getsockname()[1]
+  accepted = []
+  def accept():
+    try:
+      accepted.append(srv.accept())
+    except OSError:
+      pass
+  t = threading.Thread(target=accept)
+  t.start()
+  code = (f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+          "s.sendall(b'leak')\nprint('connected')")
+  r = run_checked(sb, "socket", code, Status.ERROR)
+  t.join()
+  srv.close()
+  assert accepted == [], "the sandbox reached a server on the host"
+  assert "connected" not in r.output
+  assert ("unreachable" in r.output or "not permitted" in r.output), r.output
+
+
+def test_writes_outside_the_working_directory_do_not_appear(sb, tmp_path):
+  host_dir = tmp_path / "host"
+  host_dir.mkdir()
+  os.chmod(tmp_path, 0o755)
+  os.chmod(host_dir, 0o777)  # even a world-writable host directory must stay untouched
+  marker = os.urandom(4).hex()
+  targets = [str(host_dir / "canary"), f"/tmp/canary_{marker}", f"/var/tmp/canary_{marker}",
+             f"/dev/shm/canary_{marker}", os.path.abspath(f"canary_{marker}"),
+             f"/root/canary_{marker}", f"/etc/canary_{marker}"]
+  code = ("import os\nres = []\n"
+          f"for p in {targets!r}:\n"
+          "  try:\n    open(p, 'w').write('x')\n    res.append('wrote')\n"
+          "  except OSError as e:\n    res.append(type(e).__name__)\n"
+          "open('inside.txt', 'w').write('fine')\nprint(res, open('inside.txt').read())")
+  r = run_checked(sb, "writes", code, Status.OK)
+  assert r.output.endswith("fine")
+  for p in targets:
+    assert not os.path.exists(p), f"{p} appeared on the host"
+
+
+def test_parent_environment_and_files_are_unreachable(sb, tmp_path):
+  secret_file = tmp_path / "secret.txt"
+  secret_file.write_text(SECRET)
+  os.chmod(tmp_path, 0o755)
+  os.chmod(secret_file, 0o644)  # even world-readable: the host's temp dirs are not mounted
+  code = ("import os, glob\nout = [repr(dict(os.environ))]\n"
+          f"for p in ['/proc/{os.getpid()}/environ', '/proc/1/environ', '/proc/self/environ',"
+          f" {str(secret_file)!r}] + glob.glob('/proc/*/environ'):\n"
+          "  try:\n    out.append(open(p, 'rb').read().decode(errors='replace'))\n"
+          "  except OSError as e:\n    out.append(type(e).__name__)\n"
+          "print('\\n'.join(out))")
+  sb_cfg = sb.config
+  r = sb.submit("environ", code).result()
+  assert r.status == Status.OK, r.output
+  full = r.stdout_bytes
+  assert full > 0
+  # The display is truncated, so check the whole stream by asking for a count inside.
+  count = sb.run("environ", "sum(o.count(%r) for o in out)" % SECRET)
+  assert count.output == "0", count.output
+  env = sb.run("environ", "sorted(os.environ)")
+  assert "ACI_SANDBOX_TEST_SECRET" not in env.output and "HOME" in env.output
+  sb.close_session("environ")
+  assert sb_cfg.timeout_s == TIMEOUT
+
+
+def test_signalling_the_parent_and_the_sandbox_processes_fails(sb):
+  pids = sb.process_ids()
+  code = ("import os, signal\nres = []\n"
+          f"for pid in [{os.getpid()}, {pids['server']}, {pids['zygote']}, os.getppid() or 1]:\n"
+          "  for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGSTOP):\n"
+          "    try:\n      os.kill(pid, sig)\n      res.append('sent')\n"
+          "    except OSError as e:\n      res.append(type(e).__name__)\n"
+          "try:\n  os.kill(-1, signal.SIGKILL)\nexcept OSError:\n  pass\nprint(res)")
+  r = run_checked(sb, "signals", code, Status.OK)
+  assert "'sent'" not in r.output.replace("'sent', 'sent', 'sent']", "") or \
+      sb.isolation["processes"] == "pid-namespace", r.output
+
+
+def test_signalling_other_process_groups_fails(sb):
+  victim = subprocess.Popen(["sleep", "300"], start_new_session=True)
+  try:
+    code = (f"import os, signal\nfor f in (lambda: os.killpg({victim.pid}, 9), "
+            f"lambda: os.kill({victim.pid}, 9), lambda: os.kill(-{victim.pid}, 9)):\n"
+            "  try:\n    f()\n  except OSError as e:\n    print(type(e).__name__)")
+    run_checked(sb, "pgroups", code, Status.OK)
+    time.sleep(0.1)
+    assert victim.poll() is None, "the sandbox killed a host process group"
+  finally:
+    victim.kill()
+    victim.wait()
+
+
+def test_sigterm_handler_that_refuses_to_die(sb):
+  code = ("import signal\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):\n"
+          "  signal.signal(s, lambda *a: None)\nwhile True:\n  pass")
+  run_checked(sb, "sigterm", code, Status.TIMEOUT)
+
+
+def test_threads_spinning_after_the_cell_returns(sb):
+  code = ("import threading\ndef spin():\n  while True:\n    pass\n"
+          "for _ in range(2):\n  threading.Thread(target=spin, daemon=True).start()\nprint('started')")
+  r = sb.submit("threads", code).result()
+  assert r.status == Status.OK and r.output == "started"
+  # A cell may not leave work running: the session's process is gone right after the result.
+  deadline = time.monotonic() + 2.0
+  while procs_with_uid(*sb.uid_range) and time.monotonic() < deadline:
+    time.sleep(0.02)
+  assert procs_with_uid(*sb.uid_range) == []
+  sb.close_session("threads")
+
+
+def test_daemonised_grandchild_is_dead_afterwards(sb):
+  code = ("import os, time\n"
+          "if os.fork() == 0:\n  os.setsid()\n  if os.fork() == 0:\n"
+          "    os.execv('/bin/sleep', ['sleep', '4321'])\n  os._exit(0)\n"
+          "time.sleep(0.3)\nprint('daemonised')")
+  r = run_checked(sb, "daemon", code, Status.OK)
+  assert r.output == "daemonised"
+  assert cmdline_matches("4321") == [], "the daemonised grandchild survived"
+
+
+def test_ctypes_segfault(sb):
+  r = run_checked(sb, "segv", "import ctypes\nctypes.string_at(0)", Status.KILLED)
+  assert r.output == "Killed: process terminated by signal 11 (SIGSEGV)"
+
+
+def test_os_exit(sb):
+  r = run_checked(sb, "osexit", "import os\nprint('bye', flush=True)\nos._exit(3)", Status.KILLED)
+  assert r.output == "Killed: process exited with status 3"
+
+
+def test_closing_stdout_then_next_cell_prints(sb):
+  r = sb.submit("closeout", "import os, sys\nsys.stdout.close()\nos.close(1)\nprint('x')").result()
+  assert r.status == Status.ERROR and "closed file" in r.output
+  assert sb.run("closeout", "print('back')").output == "back"
+  sb.close_session("closeout")
+
+
+def test_binary_junk_on_stdout(sb):
+  code = "import sys\nsys.stdout.buffer.write(bytes(range(256)) * 64)\nsys.stdout.flush()"
+  r = run_checked(sb, "junk", code, Status.OK)
+  r.output.encode("utf-8")  # valid text for the tokenizer
+  assert len(r.output) <= 403 and "\ufffd" in r.output
+
+
+def test_input_reads_nothing(sb):
+  r = run_checked(sb, "input", "x = input('number? ')", Status.ERROR)
+  assert r.output == "EOFError: EOF when reading a line"
+
+
+def test_one_10mb_line(sb):
+  r = run_checked(sb, "bigline", "print('y' * 10_000_000)", Status.OK)
+  assert r.output == "y" * 200 + "..." + "y" * 200
+  assert r.stdout_bytes == 10_000_001
+
+
+def test_unicode(sb):
+  r = run_checked(sb, "unicode", "print('∑ café 数学 🙂')\n'ü' * 3", Status.OK)
+  assert r.output == "∑ café 数学 🙂\n'üüü'"
+
+
+def test_kill_own_process_group(sb):
+  # As init of its PID namespace the runner is immune to signals sent from inside it.
+  pidns = sb.isolation["processes"] == "pid-namespace"
+  run_checked(sb, "killpg0", "import os, signal\nos.kill(0, signal.SIGKILL)",
+              Status.OK if pidns else Status.KILLED)
+
+
+def test_privilege_escalation_and_namespace_syscalls_are_refused(sb):
+  code = ("import os, ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nres = []\n"
+          "for f in (lambda: os.setuid(0), lambda: os.setgid(0), lambda: os.chroot('/')):\n"
+          "  try:\n    f()\n    res.append('ok')\n  except OSError as e:\n    res.append(e.errno)\n"
+          f"res.append(libc.ptrace(16, {os.getpid()}, 0, 0))\n"
+          "res.append(libc.unshare(0x10000000))\nres.append(libc.mount(b'none', b'/mnt', b'tmpfs', 0, None))\n"
+          "print(res)")
+  r = run_checked(sb, "escalate", code, Status.OK)
+  assert r.output == "[1, 1, 1, -1, -1, -1]", r.output
+
+
+def test_filling_the_disk_hits_the_file_size_limit(sb):
+  code = "with open('big.bin', 'wb') as f:\n  f.write(b'0' * (200 * 1024**2))"
+  r = run_checked(sb, "disk", code, Status.ERROR)
+  assert "File too large" in r.output or "No space left" in r.output, r.output
+
+
+def test_host_processes_are_invisible(sb):
+  if sb.isolation["processes"] != "pid-namespace":
+    pytest.skip("needs a PID namespace")
+  r = run_checked(sb, "procs", "import os\nsorted(int(p) for p in os.listdir('/proc') if p.isdigit())",
+                  Status.OK)
+  assert r.output == "[1]", r.output
