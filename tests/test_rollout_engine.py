@@ -122,14 +122,27 @@ def test_end_to_end_with_real_sandbox(trained, sandbox, tmp_path):
   assert [dataclasses.asdict(b) for b in back] == [dataclasses.asdict(t) for t in trajs]
 
 
-def test_barrier_mode_gives_the_same_trajectories(trained, sandbox):
+def test_barrier_reprefill_and_sharded_rows_give_the_same_trajectories(trained, sandbox):
+  """Continuous batching, barrier mode, re-prefill after each call, and rows sharded over an
+  8-device mesh (params replicated) all produce the same trajectories."""
+  from aci_jax.parallel import MeshConfig, make_mesh
+
   _, _, _, scripts = trained
   reqs = [Request(p, i) for i, (p, _, _, _) in enumerate(scripts)]
   cont, params = _engine(trained, sandbox, batch_size=2)
-  barrier, _ = _engine(trained, sandbox, batch_size=2, barrier=True)
-  a = cont.run(params, reqs)
-  b = barrier.run(params, reqs)
-  assert [t.response_ids for t in a] == [t.response_ids for t in b]
+  ref = cont.run(params, reqs)
+  for kw in (dict(barrier=True), dict(resume_mode="reprefill")):
+    eng, _ = _engine(trained, sandbox, batch_size=2, **kw)
+    out = eng.run(params, reqs)
+    assert [t.response_ids for t in out] == [t.response_ids for t in ref], kw
+    for a, b in zip(out, ref):
+      np.testing.assert_allclose(a.logp, b.logp, atol=1e-4)
+  mesh = make_mesh(MeshConfig(data=8))
+  tok, cfg, _, _ = trained
+  sharded = RolloutEngine(cfg, tok, dataclasses.replace(cont.cfg, batch_size=8), executor=sandbox,
+                          mesh=mesh)
+  out = sharded.run(params, reqs)
+  assert [t.response_ids for t in out] == [t.response_ids for t in ref]
 
 
 def test_forced_prefix_ban_and_tool_limit(trained, sandbox):

@@ -52,6 +52,10 @@ class RolloutConfig:
   limit_message: str = "Reached the maximum number of code executions; no more code is run."
   no_code_message: str = "Error: no ```python code block precedes this output block."
   barrier: bool = False
+  # "extend": splice tool output into the live KV cache. "reprefill": forget the row's cache
+  # and re-run prompt + response after every call (what engines without per-row extend do);
+  # kept as the baseline for benchmarks, same trajectories.
+  resume_mode: str = "extend"
   min_chunk: int = 16  # extend chunks are padded to powers of two from here (few compiles)
 
   @property
@@ -122,7 +126,18 @@ class RolloutEngine:
         stop_is_tool=jnp.asarray([False, True] + [False] * len(cfg.stop_strings)),
         ban_next=jnp.asarray(bm.next), ban_hit=jnp.asarray(bm.hit),
         eos_ids=jnp.asarray(eos, jnp.int32))
+    if mesh is not None:
+      from jax.sharding import NamedSharding, PartitionSpec as P
+      self.tables = jax.device_put(self.tables, NamedSharding(mesh, P()))
     self.stats = RolloutStats()
+
+  def place_params(self, params):
+    """Params for sampling on the engine's mesh: SAMPLING_RULES (replicated over the data axes,
+    split over `tensor`). A no-op for arrays already placed that way."""
+    if self.mesh is None:
+      return params
+    from aci_jax.parallel import SAMPLING_RULES, param_shardings
+    return jax.device_put(params, param_shardings(params, self.mesh, SAMPLING_RULES))
 
   # ----------------------------------------------------------------------------- helpers
 
@@ -182,6 +197,16 @@ class RolloutEngine:
       state = self._extend(params, state, pre, S.SRC_FORCED, True, set(pre))
     return state
 
+  def _reprefill(self, params, state, ok: dict, rows: dict):
+    b = self.cfg.batch_size
+    mask = np.zeros(b, bool)
+    mask[list(ok)] = True
+    n_out = np.asarray(state.n_out)
+    toks = np.asarray(state.out_tokens)
+    state = S.clear_cache_rows(state, jnp.asarray(mask))
+    full = {r: list(rows[r].req.prompt_ids) + [int(t) for t in toks[r, :n_out[r]]] for r in ok}
+    return self._extend(params, state, full, S.SRC_SAMPLED, False, set())
+
   def _env_text(self, response_text: str, output: str) -> str:
     lead = "" if response_text.endswith("\n") else "\n"
     return f"{lead}{output}\n```\n"
@@ -208,6 +233,7 @@ class RolloutEngine:
     """Runs every request to completion; returns trajectories in request order."""
     c = self.cfg
     t_start = time.perf_counter()
+    params = self.place_params(params)
     queue = collections.deque(enumerate(requests))
     order: dict[int, int] = {}
     results: dict[int, Trajectory] = {}
@@ -261,6 +287,8 @@ class RolloutEngine:
           row_pos[r] = S.REASON_LENGTH
         if ok:
           busy()
+          if c.resume_mode == "reprefill":
+            state = self._reprefill(params, state, ok, rows)
           state = self._extend(params, state, ok, S.SRC_ENV, True, set(ok))
       # 3. Decode while any row runs.
       status = np.asarray(state.status)

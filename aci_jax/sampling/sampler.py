@@ -330,3 +330,13 @@ def reset_rows(state: SamplerState, rows, keys, max_out, ban_active) -> SamplerS
       ban_active=jnp.where(rows, ban_active, state.ban_active),
       max_out=jnp.where(rows, max_out, state.max_out),
       keys=jnp.where(rows[:, None], keys, state.keys))
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def clear_cache_rows(state: SamplerState, rows) -> SamplerState:
+  """Forgets the KV cache of the rows where `rows` [B] is True but keeps their response
+  buffers: the "re-prefill the whole conversation after every tool call" baseline."""
+  c = state.cache
+  cache = c.replace(valid=jnp.where(rows[:, None], False, c.valid),
+                    cursor=jnp.where(rows, 0, c.cursor))
+  return state.replace(cache=cache, n_real=jnp.where(rows, 0, state.n_real))
