@@ -48,6 +48,10 @@ PATHOLOGICAL = [
     (r"\sin(10^{100})", "0", False),
     (r"\underbrace{" * 50, "1", False),
     ("1" + "^{1" * 500 + "}" * 500, "1", None),
+    ("1" + " " * 60_000 + "cm", "1", True),            # regex backtracking bait
+    ("1" + " " * 60_000 + "or" + " " * 60_000 + "2", "2,1", None),
+    ("1" * 999 + "x", "1" * 999 + "y", False),
+    (r"\text{" * 3000 + "a" + "}" * 3000, "a", None),
 ]
 
 

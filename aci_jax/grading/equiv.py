@@ -35,27 +35,24 @@ class Limits:
     max_brace_depth: int = 24     # deeper nesting is not parsed
     max_digits: int = 1000        # digit runs longer than this are compared as strings
     max_pow_log10: float = 1e5    # refuse to evaluate anything whose magnitude may exceed 10^(1e5)
-    max_factorial: int = 2000
     max_items: int = 5000         # list/matrix entries
 
 
 LIMITS = Limits()
 
 # ----------------------------------------------------------------------------- structures
-_OPEN = {"(": ")", "[": "]", "\\{": "\\}", "\\langle": "\\rangle"}
-_REL_OPS = ("\\leq", "\\geq", "<", ">", "\\le", "\\ge")
 _VAR = re.compile(r"^(?:[a-zA-Z]|\\(?:alpha|beta|gamma|theta|phi|lambda|mu|omega|rho|sigma|tau))(?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-z]\))?$")
-# Text answers: letters, spaces, hyphens, apostrophes, with at least one word of 2+ letters.
 _CHOICE_PAREN = re.compile(r"^\(\s*([A-E])\s*\)$")
+# Text answers: letters, spaces, hyphens, apostrophes, with at least one word of 2+ letters.
 _WORD = re.compile(r"^(?=.*[A-Za-z]{2})[A-Za-z][A-Za-z '\-]*[A-Za-z]$")
 
 
 @dataclass
 class Node:
     kind: str                 # atom | seq | set | matrix | eq | ineq | union
-    text: str = ""            # atom: the string; eq: lhs
+    text: str = ""            # atom: the string; eq: lhs; ineq: the whole chain
     items: tuple = ()         # seq/set/union: child nodes; matrix: rows of nodes; eq: (rhs,)
-    brackets: str = ""        # seq: e.g. "()" "[)"; ineq: the chain string
+    brackets: str = ""        # seq: e.g. "()" "[)"; set: "pm" when it came from a \pm
 
 
 def _tokens(s: str):

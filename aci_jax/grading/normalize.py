@@ -142,7 +142,7 @@ def strip_text_wrappers(s: str) -> str:
 
 def normalize(s: str) -> str:
     """Canonical string for a MATH-style answer (see module docstring). Never raises on str input."""
-    s = s.strip()
+    s = " ".join(s.split())  # first: no regex below ever sees a run of whitespace
     # Math-mode delimiters.
     s = _DELIMS.sub("", s)
     s = s.replace("\\$", "").replace("$", "")

@@ -121,6 +121,7 @@ class Grader:
                                            parse_errors=0, worker_restarts=0, worker_deaths=0)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)  # a full pipe already means "wake up"
         self._workers: list[_Worker] = [_Worker(self._env) for _ in range(self.num_workers)]
         self._thread = threading.Thread(target=self._run, name="aci-grader", daemon=True)
         self._thread.start()
@@ -166,7 +167,7 @@ class Grader:
                 self.metrics["cache_hits"] += 1
                 wake = False
         if wake:
-            os.write(self._wake_w, b"x")
+            self._wake()
 
         def _copy(b: Future, f=fut, px=pred_x):
             exc = b.exception()
@@ -205,7 +206,7 @@ class Grader:
             if self._closed:
                 return
             self._closed = True
-        os.write(self._wake_w, b"x")
+        self._wake()
         self._thread.join()
         for w in self._workers:
             w.kill()
@@ -229,6 +230,12 @@ class Grader:
         return [w.proc.pid for w in self._workers]
 
     # ------------------------------------------------------------------ dispatcher
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # pipe full (the dispatcher will wake anyway) or already closed
+
     def _finish(self, tid: int, equal: bool, status: str) -> None:
         with self._lock:
             key = self._tasks.pop(tid)[0]
@@ -348,11 +355,13 @@ class Grader:
                         w.ready = True
                         self._startup_failures = 0
                         continue
-                    tid, equal, status = msg
+                    tid, equal, status, t_done = msg
                     if w.chunk and w.chunk[0] == tid:
                         w.chunk.popleft()
                         self._finish(tid, bool(equal), status)
-                        w.deadline = time.monotonic() + self.timeout
+                        # The worker started its next item at t_done (same system-wide monotonic
+                        # clock), so a slow dispatcher cannot stretch that item's limit.
+                        w.deadline = min(float(t_done), time.monotonic()) + self.timeout
             now = time.monotonic()
             for idx, w in enumerate(self._workers):
                 late = (w.chunk and now >= w.deadline) or (not w.ready and now >= w.started + self.startup_timeout)

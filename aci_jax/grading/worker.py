@@ -2,7 +2,7 @@
 
 Protocol, one JSON document per line. stdin: ``[[task_id, gold, pred, engine, rel_tol], ...]``
 (a chunk; items are graded in order). stdout: ``"ready"`` once after imports, then
-``[task_id, equal, status]`` per item, flushed as soon as it is known so that the parent can
+``[task_id, equal, status, t_done]`` per item (``t_done``: ``time.monotonic()`` when it finished), flushed as soon as it is known so that the parent can
 time each comparison on its own. The parent enforces the wall-clock limit by killing this
 process; here we only add cheaper guards (an address-space limit, death with the parent).
 """
@@ -102,7 +102,8 @@ def main() -> None:
             continue
         for tid, gold, pred, engine, rel_tol in chunk:
             equal, status = grade_one(gold, pred, engine, rel_tol)
-            out.write(json.dumps([tid, equal, status]) + "\n")
+            # CLOCK_MONOTONIC is system-wide on Linux: the parent starts the next item's clock here.
+            out.write(json.dumps([tid, equal, status, time.monotonic()]) + "\n")
             out.flush()
 
 
