@@ -72,7 +72,8 @@ def test_returns_within_limit(grader, idx):
     t0 = time.monotonic()
     r = grader.grade(gold, pred)
     assert time.monotonic() - t0 < LIMIT + SLACK
-    assert r.status in ("ok", "timeout", "parse_error")
+    # The static guards decide every one of these; the worker kill is the last line of defence.
+    assert r.status in ("ok", "parse_error")
     if expected is not None:
         assert r.equal is expected
     assert grader.grade("2", "2.0").equal  # the pool still answers

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from .normalize import balanced, brace_depth, normalize
+from .normalize import brace_stats, normalize
 
 __all__ = ["compare", "DEFAULT_REL_TOL", "Limits"]
 
@@ -306,8 +306,10 @@ def _guard(expr, sympy) -> None:
 
 def _to_sympy(s: str):
     """Parse an atom with the LaTeX parser under the static guards; None when not parseable."""
-    if (len(s) > LIMITS.max_sympy_len or brace_depth(s) > LIMITS.max_brace_depth
-            or re.search(r"\d{%d,}" % (LIMITS.max_digits + 1), s) or not balanced(s)):
+    if len(s) > LIMITS.max_sympy_len or re.search(r"\d{%d,}" % (LIMITS.max_digits + 1), s):
+        return None
+    depth, ok = brace_stats(s)
+    if depth > LIMITS.max_brace_depth or not ok:
         return None
     if s.count("^") > 12:
         return None
@@ -657,7 +659,7 @@ def compare(gold: str, pred: str | None, rel_tol: float = DEFAULT_REL_TOL) -> tu
     """
     if pred is None or not pred.strip():
         return False, "parse_error"
-    if not balanced(pred):
+    if not brace_stats(pred)[1]:
         return False, "parse_error"
     if len(gold) > LIMITS.max_len or len(pred) > LIMITS.max_len:
         return _key(gold.strip()) == _key(pred.strip()), "ok"

@@ -8,29 +8,13 @@ from __future__ import annotations
 
 import re
 
+from .normalize import match_braces
+
 __all__ = ["extract_answer", "extract_gold", "last_boxed", "GOLD_STYLES"]
 
 # "The answer is X." fallback (opt-in): take the rest of the line after the last occurrence.
 _ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*", re.IGNORECASE)
 GOLD_STYLES = ("auto", "math", "gsm8k", "plain")
-
-
-def _closing_braces(text: str) -> dict[int, int]:
-    """{index of an unescaped '{': index of its matching '}'} for every closed group; one pass."""
-    stack: list[int] = []
-    match: dict[int, int] = {}
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "{":
-            stack.append(i)
-        elif c == "}" and stack:
-            match[stack.pop()] = i
-        i += 1
-    return match
 
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
@@ -44,7 +28,7 @@ def last_boxed(text: str) -> str | None:
     """
     if "\\boxed" not in text and "\\fbox" not in text:
         return None
-    match = _closing_braces(text)
+    match = match_braces(text)
     for m in reversed(list(_BOX_RE.finditer(text))):
         k = m.end()
         while k < len(text) and text[k] == " ":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["normalize", "strip_text_wrappers", "brace_depth", "balanced", "UNIT_WORDS"]
+__all__ = ["normalize", "strip_text_wrappers", "match_braces", "brace_stats", "UNIT_WORDS"]
 
 # Unit words dropped when they trail a quantity ("5 cm", "12\text{ inches}", "3 square units").
 UNIT_WORDS = (
@@ -50,9 +50,28 @@ _GE = re.compile(r"\\ge(?![a-zA-Z])")
 _CHOICE = re.compile(r"^\(?\s*([A-E])\s*\)?$")
 
 
-def brace_depth(s: str) -> int:
-    """Maximum nesting depth of ``{}`` in ``s`` (escaped braces ignored)."""
+def match_braces(text: str) -> dict[int, int]:
+    """{index of an unescaped '{': index of its matching '}'} for every closed group; one pass."""
+    stack: list[int] = []
+    match: dict[int, int] = {}
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2  # skip the escaped character (\{, \}, \\)
+            continue
+        if c == "{":
+            stack.append(i)
+        elif c == "}" and stack:
+            match[stack.pop()] = i
+        i += 1
+    return match
+
+
+def brace_stats(s: str) -> tuple[int, bool]:
+    """(maximum nesting depth of unescaped ``{}``, whether they are balanced)."""
     depth = best = 0
+    ok = True
     i = 0
     while i < len(s):
         c = s[i]
@@ -64,80 +83,26 @@ def brace_depth(s: str) -> int:
             best = max(best, depth)
         elif c == "}":
             depth -= 1
+            ok = ok and depth >= 0
         i += 1
-    return best
+    return best, ok and depth == 0
 
 
-def balanced(s: str) -> bool:
-    """True when the unescaped ``{}`` of ``s`` are balanced."""
-    depth = 0
-    i = 0
-    while i < len(s):
-        c = s[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth < 0:
-                return False
-        i += 1
-    return depth == 0
-
-
-def _find_group(s: str, start: int) -> int:
-    """Index after the ``{...}`` group opening at ``s[start]``; -1 when unclosed."""
-    depth = 0
-    i = start
-    while i < len(s):
-        c = s[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return -1
+_TEXT_RE = re.compile(r"\\(?:" + "|".join(c[1:] for c in _TEXT_CMDS) + r")(?![a-zA-Z]) *\{")
 
 
 def strip_text_wrappers(s: str) -> str:
-    """Replace ``\\text{X}`` (and ``\\mathrm``, ``\\textbf``, ...) by ``X``; one linear pass per command."""
-    for cmd in _TEXT_CMDS:
-        out = []
-        i = 0
-        n = len(cmd)
-        while True:
-            j = s.find(cmd, i)
-            if j == -1:
-                out.append(s[i:])
-                break
-            k = j + n
-            # must be the whole command name (\text, not \textbf when looking for \text)
-            if k < len(s) and s[k].isalpha():
-                out.append(s[i:k])
-                i = k
-                continue
-            while k < len(s) and s[k] == " ":
-                k += 1
-            if k < len(s) and s[k] == "{":
-                end = _find_group(s, k)
-                if end == -1:
-                    out.append(s[i:])
-                    break
-                out.append(s[i:j])
-                out.append(s[k + 1 : end - 1])
-                i = end
-            else:
-                out.append(s[i:k])
-                i = k
-        s = "".join(out)
-    return s
+    """Replace ``\\text{X}`` (and ``\\mathrm``, ``\\textbf``, ..., nested too) by ``X`` in one pass."""
+    if "\\" not in s:
+        return s
+    match = match_braces(s)
+    drop = set()
+    for m in _TEXT_RE.finditer(s):
+        close = match.get(m.end() - 1)
+        if close is not None:
+            drop.update(range(m.start(), m.end()))
+            drop.add(close)
+    return "".join(c for i, c in enumerate(s) if i not in drop) if drop else s
 
 
 def normalize(s: str) -> str:
@@ -205,7 +170,7 @@ def normalize(s: str) -> str:
         s = m.group(1)
     # Wrapping braces {x} -> x.
     k = 0
-    while k < 64 and len(s) >= 2 and s[0] == "{" and _find_group(s, 0) == len(s):
+    while k < 64 and len(s) >= 2 and s[0] == "{" and match_braces(s).get(0) == len(s) - 1:
         s = s[1:-1].strip()
         k += 1
     return s
