@@ -137,3 +137,17 @@ def test_is_equiv_and_bad_arguments():
         Grader(engine="nope")
     with pytest.raises(ValueError):
         Grader(timeout=0)
+
+
+def test_grader_made_in_a_short_lived_thread_keeps_its_workers():
+    # PR_SET_PDEATHSIG follows the creating thread; workers must not die when that thread ends.
+    import threading
+
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("g", Grader(num_workers=1)))
+    t.start()
+    t.join()
+    with box["g"] as g:
+        time.sleep(1.0)
+        assert g.grade("7", "7.0").equal
+        assert g.stats()["worker_deaths"] == 0

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .equiv import DEFAULT_REL_TOL
-from .extract import extract_answer, extract_gold
+from .extract import GOLD_STYLES, extract_answer, extract_gold
 
 __all__ = ["GradeResult", "Grader", "ENGINES"]
 
@@ -98,6 +98,8 @@ class Grader:
             raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
         if timeout <= 0:
             raise ValueError("timeout must be > 0 seconds")
+        if gold_style not in GOLD_STYLES:
+            raise ValueError(f"unknown gold style {gold_style!r}; expected one of {GOLD_STYLES}")
         self.num_workers = num_workers or max(1, min(4, os.cpu_count() or 1))
         self.timeout, self.rel_tol, self.engine = float(timeout), float(rel_tol), engine
         self.gold_style, self.fallback = gold_style, fallback
@@ -122,7 +124,9 @@ class Grader:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)  # a full pipe already means "wake up"
-        self._workers: list[_Worker] = [_Worker(self._env) for _ in range(self.num_workers)]
+        # Workers are started by the dispatcher thread: PR_SET_PDEATHSIG follows the creating
+        # *thread*, and that thread lives exactly as long as this Grader.
+        self._workers: list[_Worker] = []
         self._thread = threading.Thread(target=self._run, name="aci-grader", daemon=True)
         self._thread.start()
         _LIVE.add(self)
@@ -305,6 +309,7 @@ class Grader:
     def _loop(self) -> None:
         sel = self._sel = selectors.DefaultSelector()
         sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._workers = [_Worker(self._env) for _ in range(self.num_workers)]
         for w in self._workers:
             sel.register(w.proc.stdout, selectors.EVENT_READ, w)
         while True:
