@@ -1,0 +1,142 @@
+"""The executor: non-blocking submit, bounded concurrency, backpressure, crash restart,
+metrics, clean shutdown, and a server image that owes nothing to the host (issue 3, item 5)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import time
+
+import pytest
+
+from aci_jax.sandbox import Sandbox, SandboxConfig, Status
+
+
+def alive(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().split(")")[-1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
+def procs_with_uid(lo: int, hi: int) -> list[int]:
+  out = []
+  for name in os.listdir("/proc"):
+    if name.isdigit():
+      try:
+        with open(f"/proc/{name}/status") as f:
+          uid = next(int(l.split()[1]) for l in f if l.startswith("Uid:"))
+      except (OSError, StopIteration):
+        continue
+      if lo <= uid < hi:
+        out.append(int(name))
+  return out
+
+
+def wait_until(pred, timeout=10.0):
+  end = time.monotonic() + timeout
+  while time.monotonic() < end:
+    if pred():
+      return True
+    time.sleep(0.02)
+  return pred()
+
+
+def test_submit_does_not_block_and_concurrency_is_bounded():
+  with Sandbox(SandboxConfig(max_workers=1, timeout_s=5)) as sb:
+    code = "import time\nt0 = time.time()\ntime.sleep(0.4)\nprint(t0, time.time())"
+    t = time.monotonic()
+    futs = [sb.submit(f"s{i}", code) for i in range(3)]
+    assert time.monotonic() - t < 0.1  # the host thread is free while cells run
+    spans = sorted(tuple(map(float, f.result().output.split())) for f in futs)
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+      assert start >= end - 0.01, "two cells ran at once with max_workers=1"
+
+
+def test_backpressure():
+  with Sandbox(SandboxConfig(max_pending=2, max_workers=1, timeout_s=5)) as sb:
+    a = sb.submit("a", "import time\ntime.sleep(0.5)")
+    sb.submit("b", "1")
+    with pytest.raises(queue.Full):
+      sb.submit("c", "1", block=False)
+    with pytest.raises(queue.Full):
+      sb.submit("c", "1", timeout=0.05)
+    late = sb.submit("c", "2 + 2")  # blocks until a cell finishes, then goes through
+    assert a.done() and late.result().output == "4"
+
+
+def test_server_crash_fails_in_flight_cells_and_restarts():
+  with Sandbox(SandboxConfig(max_workers=2, timeout_s=5)) as sb:
+    assert sb.run("keep", "base = 40").status == Status.OK
+    old = sb.process_ids()
+    futs = [sb.submit(s, "import time\ntime.sleep(3)") for s in ("keep", "other")]
+    time.sleep(0.5)
+    os.kill(old["server"], signal.SIGKILL)
+    results = [f.result(timeout=20) for f in futs]
+    assert [r.status for r in results] == [Status.SANDBOX_FAILURE] * 2
+    assert "SandboxFailure" in results[0].output
+    assert wait_until(lambda: sb.process_ids()["server"] not in (None, old["server"]))
+    assert not alive(old["zygote"]), "the old zygote outlived its server"
+    # The persistent session is rebuilt from its successful cells; nothing is silently retried.
+    r = sb.run("keep", "base + 2")
+    assert r.status == Status.OK and r.output == "42"
+    m = sb.metrics()
+    assert m["sandbox/restarts"] == 1 and m["sandbox/status/sandbox_failure"] == 2
+
+
+def test_zygote_crash_is_a_server_crash():
+  with Sandbox(SandboxConfig(timeout_s=5)) as sb:
+    old = sb.process_ids()
+    fut = sb.submit("x", "import time\ntime.sleep(3)")
+    time.sleep(0.5)
+    os.kill(old["zygote"], signal.SIGKILL)
+    assert fut.result(timeout=20).status == Status.SANDBOX_FAILURE
+    assert sb.run("y", "1 + 1").output == "2"
+    assert sb.process_ids()["zygote"] != old["zygote"]
+
+
+def test_metrics_count_statuses_and_latency_percentiles():
+  with Sandbox(SandboxConfig(timeout_s=0.5)) as sb:
+    for code in ["1", "2", "1/0", "while True: pass"]:
+      sb.run("m", code)
+    m = sb.metrics(reset=True)
+    assert (m["sandbox/cells"], m["sandbox/status/ok"], m["sandbox/status/error"],
+            m["sandbox/status/timeout"]) == (4, 2, 1, 1)
+    assert 0.5 <= m["sandbox/latency_max_s"] < 1.5
+    assert m["sandbox/latency_p50_s"] <= m["sandbox/latency_p90_s"] <= m["sandbox/latency_max_s"]
+    assert sb.metrics()["sandbox/cells"] == 0
+
+
+def test_shutdown_leaves_nothing_behind_and_server_owes_nothing_to_host():
+  import jax  # the host has initialised JAX (threads, XLA_FLAGS): the server must not inherit it
+  jax.numpy.zeros(2).block_until_ready()
+  sb = Sandbox(SandboxConfig(timeout_s=5))
+  pids = sb.process_ids()
+  for pid in pids.values():
+    with open(f"/proc/{pid}/maps") as f:
+      assert "jaxlib" not in f.read()
+    with open(f"/proc/{pid}/environ", "rb") as f:
+      env = f.read()
+    assert b"XLA_FLAGS" not in env and b"JAX_PLATFORMS" not in env
+  assert sb.isolation["threads"] == 1
+  sb.submit("a", "import time\ntime.sleep(10)")
+  sb.run("b", "x = 1")
+  root, lo_hi = sb._root, sb.uid_range
+  t = time.monotonic()
+  sb.shutdown()
+  assert time.monotonic() - t < 5
+  assert not any(alive(p) for p in pids.values())
+  assert not os.path.exists(root)
+  assert procs_with_uid(*lo_hi) == []
+  with pytest.raises(RuntimeError):
+    sb.submit("a", "1")
+
+
+def test_lru_eviction_rebuilds_sessions():
+  with Sandbox(SandboxConfig(max_sessions=2, timeout_s=5)) as sb:
+    for s in ("a", "b", "c"):
+      sb.run(s, f"name = {s!r}")
+    assert sb.metrics()["sandbox/live_sessions"] == 2
+    assert [sb.run(s, "name").output for s in ("a", "b", "c")] == ["'a'", "'b'", "'c'"]
