@@ -193,3 +193,11 @@ def test_same_seed_same_trajectories_any_batch_size_and_order(trained, tmp_path)
       assert {k: v[0] for k, v in by_key.items()} == {k: v[0] for k, v in base.items()}
       for k in base:
         np.testing.assert_allclose(by_key[k][1], base[k][1], atol=1e-5)
+
+
+def test_user_stop_string_ends_the_response(trained, sandbox):
+  tok, _, _, scripts = trained
+  eng, params = _engine(trained, sandbox, stop_strings=("answer is",))
+  (t,) = eng.run(params, [Request(scripts[1][0], 0)])
+  assert t.stop_reason == "stop"
+  assert t.text.endswith("The answer is") and len(t.cells) == 1

@@ -323,6 +323,10 @@ class RolloutEngine:
         row, n = rows[r], int(n_out[r])
         if r in done:
           why = row_pos.pop(r, int(reason[r]))
+          if why == S.REASON_STOP and not any(
+              x in self.tok.decode([int(t) for t in toks[i, :n]]) for x in c.stop_strings):
+            row.pending_text = ""  # a device stop the text does not confirm: resume the row
+            continue
           traj = self._finish(row, toks[i, :n], logps[i, :n], srcs[i, :n], why)
           results[order.pop(id(row))] = traj
           self.stats.tokens += n
