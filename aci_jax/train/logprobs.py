@@ -1,0 +1,74 @@
+"""Per-token log-probabilities without materialising [B, T, V] float32 logits.
+
+For a 152k vocabulary, [B, T, V] float32 logits are 0.6 GB per 1k tokens; their gradient doubles
+that. We run the decoder to its final hidden states [B, T, D] and map them to logits one sequence
+chunk at a time inside a `lax.scan` whose body is rematerialised (`jax.checkpoint`): the forward
+keeps only [B, C, V] alive at once, and the backward recomputes each chunk's logits from the saved
+hidden chunk instead of storing them. Peak logits memory is therefore O(B * C * V), independent of
+T. Entropy is computed from the same chunk (as a diagnostic, without gradient).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from aci_jax.model import Decoder, ModelConfig
+
+
+def chunked_logprobs(head_fn, hidden: jax.Array, targets: jax.Array, chunk: int):
+  """log p(targets) and entropy from hidden states, `chunk` positions at a time.
+
+  Args:
+    head_fn: [B, C, D] -> [B, C, V] float32 logits (closes over the parameters).
+    hidden: [B, S, D] hidden states; position s predicts targets[:, s].
+    targets: [B, S] int32 token ids.
+    chunk: sequence positions per chunk (S is padded up to a multiple).
+  Returns:
+    (logp [B, S] float32, entropy [B, S] float32, gradient-free).
+  """
+  b, s, d = hidden.shape
+  chunk = max(1, min(chunk, s))
+  n = -(-s // chunk)
+  pad = n * chunk - s
+  if pad:
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+  hs = hidden.reshape(b, n, chunk, d).swapaxes(0, 1)  # [n, B, C, D]
+  ts = targets.reshape(b, n, chunk).swapaxes(0, 1)  # [n, B, C]
+
+  @jax.checkpoint
+  def one(h, t):
+    logits = head_fn(h).astype(jnp.float32)  # [B, C, V]
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    tgt = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
+    probs = jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)
+    ent = jax.lax.stop_gradient(lse) - jnp.sum(probs * jax.lax.stop_gradient(logits), axis=-1)
+    return tgt - lse, ent
+
+  def body(carry, x):
+    return carry, one(*x)
+
+  _, (logp, ent) = jax.lax.scan(body, None, (hs, ts))
+  logp = logp.swapaxes(0, 1).reshape(b, n * chunk)[:, :s]
+  ent = ent.swapaxes(0, 1).reshape(b, n * chunk)[:, :s]
+  return logp, ent
+
+
+def token_logprobs(params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
+                   valid: jax.Array, *, chunk: int = 512):
+  """Shifted log-probabilities of a batch under the policy.
+
+  Args:
+    tokens, positions, valid: [B, T] (int32, int32, bool) as for `Decoder`.
+    chunk: sequence positions per logits chunk.
+  Returns:
+    (logp [B, T-1], entropy [B, T-1]), float32; index t is log p(tokens[:, t+1] | tokens[:, :t+1]).
+  """
+  model = Decoder(cfg)
+  hidden, _ = model.apply({"params": params}, tokens, positions, valid=valid, return_hidden=True)
+
+  def head(h):
+    return model.apply({"params": params}, h, method=Decoder.logits)
+
+  return chunked_logprobs(head, hidden[:, :-1], tokens[:, 1:], chunk)

@@ -1,0 +1,62 @@
+"""Optimizer: AdamW with linear warm-up then cosine decay, and global-norm gradient clipping.
+
+Weight decay applies to matrices only (kernels and the embedding), never to norm scales or
+biases, as is standard for transformer LMs. Moments are kept in the parameter dtype: with
+float32 master weights (`model.param_dtype = "float32"`, `model.dtype = "bfloat16"`) the
+optimizer state is float32 while the forward/backward matmuls run in bf16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """lr: peak learning rate; warmup_steps of linear warm-up from 0; then cosine decay to
+  lr * end_lr_ratio at decay_steps (total steps including warm-up); clip_norm <= 0 disables
+  clipping."""
+
+  lr: float = 1e-6
+  warmup_steps: int = 0
+  decay_steps: int = 1000
+  end_lr_ratio: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  weight_decay: float = 0.0
+  clip_norm: float = 1.0
+
+  def __post_init__(self):
+    if self.lr < 0 or self.warmup_steps < 0 or self.decay_steps <= 0:
+      raise ValueError(f"need lr >= 0, warmup_steps >= 0, decay_steps > 0; got {self}")
+    if self.warmup_steps > self.decay_steps:
+      raise ValueError(f"warmup_steps ({self.warmup_steps}) > decay_steps ({self.decay_steps})")
+    if not (0.0 <= self.b1 < 1.0 and 0.0 <= self.b2 < 1.0):
+      raise ValueError(f"Adam betas must lie in [0, 1), got {self.b1}, {self.b2}")
+
+
+def make_schedule(cfg: OptimConfig) -> optax.Schedule:
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
+      decay_steps=cfg.decay_steps, end_value=cfg.lr * cfg.end_lr_ratio)
+
+
+def _decay_mask(params):
+  def leaf(path, _):
+    name = getattr(path[-1], "key", str(path[-1]))
+    return name in ("kernel", "embedding")
+  return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def make_optimizer(cfg: OptimConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  schedule = make_schedule(cfg)
+  parts = []
+  if cfg.clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+  parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                           weight_decay=cfg.weight_decay, mask=_decay_mask))
+  return optax.chain(*parts), schedule
