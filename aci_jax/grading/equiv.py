@@ -374,7 +374,7 @@ def _expr_equal(a: str, b: str, rel_tol: float) -> bool:
             va, vb = _evalf(ea, sympy), _evalf(eb, sympy)
             if va is None or vb is None:
                 return False
-            if not approx:  # 40-digit comparison for exact values, beyond complex() precision
+            if not approx:  # exact values: sympy evaluates the difference itself (adaptive, 50 digits)
                 hi = _evalf(sympy.Add(ea, sympy.Mul(-1, eb, evaluate=False), evaluate=False), sympy, 50)
                 if hi is None:
                     return False
