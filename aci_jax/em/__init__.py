@@ -1,0 +1,1 @@
+"""The AutoCode EM loop: E-step estimates and curation, M-step batches, baselines."""
