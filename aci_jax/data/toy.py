@@ -1,0 +1,274 @@
+"""The synthetic arithmetic task of the embedded default (docs/toy.md).
+
+Problem families come in two kinds. *Reasoning* families (`compare`, `add`) are solvable by a
+tiny character-level policy writing a short digit-by-digit derivation; *code* families (`mul`,
+`powmod`, `digitsum`) need far more digit operations than such a policy can chain reliably, but
+are a one-line Python cell. The EM loop should therefore learn to reason on the first kind and
+to code on the second.
+
+    problems = make_problems(200, split="train", seed=0)   # [{"family", "problem", "answer"}]
+    demos = make_demonstrations(problems, code_fraction=0.1, seed=0)
+    prompt_ids, response_ids, loss_mask = encode_demo(tok, demos[0]["prompt"], demos[0]["response"])
+
+Everything is a pure function of its arguments (seeded `random.Random`, no global state). The
+held-out split is decided by a hash of the problem text, independent of the seed and of how many
+problems are drawn, so no seed's training set can ever contain a held-out problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import re
+from typing import Callable, Iterable, Sequence
+
+SPLITS = ("train", "test")
+CODE_FENCE_OPEN = "```python\n"  # a code demo starts with exactly this (the forced code prefix)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """One problem family. Operands are a tuple of ints drawn by `sample`."""
+  name: str
+  needs_code: bool  # True: only a code cell solves it reliably (documentation and metrics)
+  sample: Callable[[random.Random], tuple]
+  problem: Callable[[tuple], str]  # problem text; never mentions code
+  pattern: re.Pattern  # parses the problem text back into operands
+  answer: Callable[[tuple], int]
+  reasoning: Callable[[tuple, int], str]  # the CoT text before "\boxed{answer}"
+  code: Callable[[tuple], str]  # the cell, one line ending in "\n", printing the answer
+
+
+def _digits(n: int) -> tuple[int, int]:
+  return n // 10, n % 10
+
+
+def _compare_sample(rng: random.Random) -> tuple:
+  a = rng.randint(10, 99)
+  b = rng.randint(10, 98)
+  return (a, b if b < a else b + 1)  # uniform over distinct pairs
+
+
+def _compare_cot(ops: tuple, ans: int) -> str:
+  (a1, a0), (b1, b0) = _digits(ops[0]), _digits(ops[1])
+  return f"Tens {a1} vs {b1}, ones {a0} vs {b0}. "
+
+
+def _add_cot(ops: tuple, ans: int) -> str:
+  # Column addition, ones then tens, carry always written: a fixed-shape derivation is easier
+  # for a tiny model than prose that varies with the carry.
+  (a1, a0), (b1, b0) = _digits(ops[0]), _digits(ops[1])
+  ones = a0 + b0
+  return f"Ones {a0}+{b0}={ones}, tens {a1}+{b1}+{ones // 10}={a1 + b1 + ones // 10}. "
+
+
+def _guess_cot(expr: Callable[[tuple], str]) -> Callable[[tuple, int], str]:
+  # Code families: a confident one-line "mental" result. The demo shows the true value (demos
+  # are correct text), which the policy can imitate in form but not in digits.
+  return lambda ops, ans: f"{expr(ops)} = {ans}. "
+
+
+def _mul_text(ops):
+  return f"{ops[0]} * {ops[1]}"
+
+
+def _powmod_text(ops):
+  return f"{ops[0]}^{ops[1]} mod {ops[2]}"
+
+
+def _digitsum_text(ops):
+  return f"digit sum of {ops[0]} * {ops[1]}"
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family(
+        name="compare", needs_code=False, sample=_compare_sample,
+        problem=lambda o: f"Which is larger, {o[0]} or {o[1]}?",
+        pattern=re.compile(r"Which is larger, (\d+) or (\d+)\?"),
+        answer=lambda o: max(o), reasoning=_compare_cot,
+        code=lambda o: f"print(max({o[0]}, {o[1]}))\n"),
+    Family(
+        name="add", needs_code=False,
+        sample=lambda r: (r.randint(10, 99), r.randint(10, 99)),
+        problem=lambda o: f"What is {o[0]} + {o[1]}?",
+        pattern=re.compile(r"What is (\d+) \+ (\d+)\?"),
+        answer=lambda o: o[0] + o[1], reasoning=_add_cot,
+        code=lambda o: f"print({o[0]} + {o[1]})\n"),
+    Family(
+        name="mul", needs_code=True,
+        sample=lambda r: (r.randint(100, 999), r.randint(100, 999)),
+        problem=lambda o: f"What is {o[0]} * {o[1]}?",
+        pattern=re.compile(r"What is (\d+) \* (\d+)\?"),
+        answer=lambda o: o[0] * o[1], reasoning=_guess_cot(_mul_text),
+        code=lambda o: f"print({o[0]} * {o[1]})\n"),
+    Family(
+        name="powmod", needs_code=True,
+        sample=lambda r: (r.randint(2, 99), r.randint(100, 999), r.randint(100, 999)),
+        problem=lambda o: f"What is {o[0]}^{o[1]} mod {o[2]}?",
+        pattern=re.compile(r"What is (\d+)\^(\d+) mod (\d+)\?"),
+        answer=lambda o: pow(o[0], o[1], o[2]), reasoning=_guess_cot(_powmod_text),
+        code=lambda o: f"print(pow({o[0]}, {o[1]}, {o[2]}))\n"),
+    Family(
+        name="digitsum", needs_code=True,
+        sample=lambda r: (r.randint(1000, 9999), r.randint(1000, 9999)),
+        problem=lambda o: f"What is the digit sum of {o[0]} * {o[1]}?",
+        pattern=re.compile(r"What is the digit sum of (\d+) \* (\d+)\?"),
+        answer=lambda o: sum(map(int, str(o[0] * o[1]))), reasoning=_guess_cot(_digitsum_text),
+        code=lambda o: f"print(sum(map(int, str({o[0]} * {o[1]}))))\n"),
+)}
+
+DEFAULT_FAMILIES = ("compare", "add", "mul", "powmod")
+
+
+def reasoning_families(families: Iterable[str] = DEFAULT_FAMILIES) -> tuple[str, ...]:
+  return tuple(f for f in families if not _family(f).needs_code)
+
+
+def code_families(families: Iterable[str] = DEFAULT_FAMILIES) -> tuple[str, ...]:
+  return tuple(f for f in families if _family(f).needs_code)
+
+
+def _family(name: str) -> Family:
+  if name not in FAMILIES:
+    raise ValueError(f"unknown toy family {name!r}; known: {sorted(FAMILIES)}")
+  return FAMILIES[name]
+
+
+def split_of(family: str, problem: str, heldout_fraction: float = 0.2) -> str:
+  """'test' or 'train': a fixed hash of (family, problem text), independent of any seed."""
+  h = int.from_bytes(hashlib.sha256(f"{family}|{problem}".encode()).digest()[:8], "big")
+  return "test" if h < heldout_fraction * 2.0**64 else "train"
+
+
+def _check_fraction(name: str, x: float) -> None:
+  if not 0.0 <= x <= 1.0:
+    raise ValueError(f"{name} must be in [0, 1], got {x}")
+
+
+def family_problems(family: str, n: int, *, split: str = "train", seed: int = 0,
+                    heldout_fraction: float = 0.2) -> list[dict]:
+  """`n` distinct problems of one family from one split, deterministic in (family, split, seed)."""
+  fam = _family(family)
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  _check_fraction("heldout_fraction", heldout_fraction)
+  if n < 0:
+    raise ValueError(f"n must be >= 0, got {n}")
+  rng = random.Random(f"aci_jax.toy:{seed}:{family}:{split}")
+  seen, out = set(), []
+  budget = 200 * n + 1000  # the small families hold a few thousand problems per split
+  while len(out) < n:
+    budget -= 1
+    if budget < 0:
+      raise ValueError(f"toy family {family!r} has fewer than {n} distinct {split!r} problems "
+                       f"(found {len(out)}); ask for fewer")
+    ops = fam.sample(rng)
+    text = fam.problem(ops)
+    if text in seen or split_of(family, text, heldout_fraction) != split:
+      continue
+    seen.add(text)
+    out.append({"family": family, "problem": text, "answer": str(fam.answer(ops))})
+  return out
+
+
+def make_problems(n_per_family: int, *, split: str = "train",
+                  families: Sequence[str] = DEFAULT_FAMILIES, seed: int = 0,
+                  heldout_fraction: float = 0.2) -> list[dict]:
+  """Problems of every family, interleaved round-robin (family order as given).
+
+  Returns [{"family": str, "problem": str, "answer": str}] of length n_per_family * len(families).
+  """
+  if len(set(families)) != len(families) or not families:
+    raise ValueError(f"families must be a non-empty list without repeats, got {families!r}")
+  per = [family_problems(f, n_per_family, split=split, seed=seed,
+                         heldout_fraction=heldout_fraction) for f in families]
+  return [p[i] for i in range(n_per_family) for p in per]
+
+
+def operands(problem: dict) -> tuple:
+  """Parses a toy problem's text back into its operands (so demos work for loaded problems)."""
+  fam = _family(problem.get("family"))
+  m = fam.pattern.fullmatch(problem["problem"])
+  if m is None:
+    raise ValueError(f"not a {fam.name!r} problem: {problem['problem']!r}")
+  ops = tuple(int(g) for g in m.groups())
+  if str(fam.answer(ops)) != str(problem["answer"]):
+    raise ValueError(f"{problem['problem']!r}: answer {problem['answer']!r} is wrong "
+                     f"(expected {fam.answer(ops)})")
+  return ops
+
+
+def boxed(answer) -> str:
+  return f"\\boxed{{{answer}}}"
+
+
+def cot_response(problem: dict) -> str:
+  """Reasoning-mode demo: a short derivation ending in the boxed answer (no EOS)."""
+  fam, ops = _family(problem["family"]), operands(problem)
+  ans = fam.answer(ops)
+  return fam.reasoning(ops, ans) + boxed(ans)
+
+
+def code_response(problem: dict) -> str:
+  """Code-mode demo in the rollout engine's format (no EOS):
+
+      ```python\\n<code>```\\n```output\\n<printed>\\n```\\n\\boxed{<answer>}
+
+  The printed text is `str(answer)`, exactly what the sandbox shows for `print(<int>)`.
+  """
+  fam, ops = _family(problem["family"]), operands(problem)
+  ans = fam.answer(ops)
+  return (f"{CODE_FENCE_OPEN}{fam.code(ops)}```\n```output"
+          f"\n{ans}\n```\n" + boxed(ans))
+
+
+def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
+                        seed: int = 0) -> list[dict]:
+  """Warm-up demonstrations, one per problem, in problem order.
+
+  In every family exactly round(code_fraction * n_family) demos (half rounded up) are in code
+  mode, the rest reasoning: code is equally rare everywhere, like a base model that seldom
+  codes, so any family-specific preference must come from EM, not from the warm-up data.
+  Returns [{"prompt", "response", "family", "answer", "mode": "cot" | "code"}].
+  """
+  _check_fraction("code_fraction", code_fraction)
+  by_family: dict[str, list[int]] = {}
+  for i, p in enumerate(problems):
+    by_family.setdefault(p["family"], []).append(i)
+  code_idx = set()
+  for fam, idx in sorted(by_family.items()):
+    rng = random.Random(f"aci_jax.toy.demos:{seed}:{fam}")
+    k = int(code_fraction * len(idx) + 0.5)
+    code_idx.update(rng.sample(idx, k))
+  out = []
+  for i, p in enumerate(problems):
+    mode = "code" if i in code_idx else "cot"
+    response = code_response(p) if mode == "code" else cot_response(p)
+    out.append({"prompt": p["problem"], "response": response, "family": p["family"],
+                "answer": p["answer"], "mode": mode})
+  return out
+
+
+def prompt_ids(tokenizer, problem: str) -> list[int]:
+  """The toy prompt: the problem as the one user message of the tokenizer's chat template
+  (with the char tokenizer: `<|im_start|>problem<|im_end|>`)."""
+  return list(tokenizer.chat_ids([{"role": "user", "content": problem}]))
+
+
+def encode_demo(tokenizer, prompt: str, response: str, *, add_eos: bool = True
+                ) -> tuple[list[int], list[int], list[int]]:
+  """(prompt_ids, response_ids, loss_mask) of one demonstration; mask aligned with response_ids.
+
+  Uses the SFT data path (`aci_jax.data.sft.encode_demonstration`) so warm-up and EM see the
+  same tokens: segments tokenised separately, exactly as the engine produces them; the tool
+  output the engine splices ("\\n<printed>\\n```\\n") has mask 0; a final EOS has mask 1.
+  """
+  from aci_jax.data import sft
+
+  p_ids = prompt_ids(tokenizer, prompt)
+  ex = sft.encode_demonstration(tokenizer, prompt, response, max_len=1 << 30, add_eos=add_eos)
+  ids, mask = [int(t) for t in ex.tokens], [int(m) for m in ex.loss_mask]
+  if ids[:len(p_ids)] != p_ids or any(mask[:len(p_ids)]):
+    raise RuntimeError("toy prompt template and the SFT data path disagree on the prompt")
+  return p_ids, ids[len(p_ids):], mask[len(p_ids):]

@@ -1,0 +1,179 @@
+"""The synthetic arithmetic task: families, determinism, split disjointness, demo format (the
+code of code demos runs in the real sandbox and prints the demo's output; boxed answers grade
+equal to the gold), the code fraction knob, and demo encoding with tool-output masks."""
+
+import collections
+import re
+
+import pytest
+
+from aci_jax.data import toy
+from aci_jax.data.char_tokenizer import char_tokenizer
+from aci_jax.grading import extract_answer, is_equiv
+
+
+def _eval_family(name, text):
+  """Independent answer for a toy problem text (not the generator's code)."""
+  nums = [int(x) for x in re.findall(r"\d+", text)]
+  if name == "compare":
+    return nums[0] if nums[0] > nums[1] else nums[1]
+  if name == "add":
+    return nums[0] + nums[1]
+  if name == "mul":
+    return nums[0] * nums[1]
+  if name == "powmod":
+    r = 1
+    for _ in range(nums[1]):
+      r = r * nums[0] % nums[2]
+    return r
+  if name == "digitsum":
+    return sum(int(d) for d in str(nums[0] * nums[1]))
+  raise AssertionError(name)
+
+
+@pytest.mark.parametrize("family", sorted(toy.FAMILIES))
+def test_family_problems_are_correct_and_distinct(family):
+  probs = toy.family_problems(family, 150, split="train", seed=3)
+  assert len(probs) == 150
+  assert len({p["problem"] for p in probs}) == 150
+  for p in probs:
+    assert set(p) == {"family", "problem", "answer"} and p["family"] == family
+    assert p["answer"] == str(_eval_family(family, p["problem"]))
+    assert not re.search(r"python|code|program", p["problem"], re.I)  # autonomous: no hint
+    assert len(p["problem"]) <= 48  # prompts stay short
+
+
+def test_operand_ranges():
+  for p in toy.family_problems("compare", 300, seed=1):
+    a, b = map(int, re.findall(r"\d+", p["problem"]))
+    assert 10 <= a <= 99 and 10 <= b <= 99 and a != b
+  for p in toy.family_problems("add", 300, seed=1):
+    assert all(10 <= int(x) <= 99 for x in re.findall(r"\d+", p["problem"]))
+  for p in toy.family_problems("mul", 300, seed=1):
+    assert all(100 <= int(x) <= 999 for x in re.findall(r"\d+", p["problem"]))
+
+
+def test_determinism_and_seed_dependence():
+  a = toy.make_problems(40, split="train", seed=7)
+  b = toy.make_problems(40, split="train", seed=7)
+  c = toy.make_problems(40, split="train", seed=8)
+  assert a == b
+  assert a != c
+  # Family interleaving, in the order given.
+  assert [p["family"] for p in a[:4]] == list(toy.DEFAULT_FAMILIES)
+  assert collections.Counter(p["family"] for p in a) == {f: 40 for f in toy.DEFAULT_FAMILIES}
+
+
+def test_train_and_heldout_never_overlap_across_seeds():
+  fams = ("compare", "add", "mul")
+  train = {p["problem"] for s in range(3) for p in toy.make_problems(400, split="train",
+                                                                      families=fams, seed=s)}
+  test = {p["problem"] for s in range(3) for p in toy.make_problems(300, split="test",
+                                                                     families=fams, seed=s)}
+  assert not train & test
+  # The held-out share of the (small) compare space is about heldout_fraction.
+  space = [f"Which is larger, {a} or {b}?" for a in range(10, 100) for b in range(10, 100)
+           if a != b]
+  share = sum(toy.split_of("compare", t) == "test" for t in space) / len(space)
+  assert 0.17 < share < 0.23
+
+
+def test_asking_for_more_than_the_split_holds_is_a_clear_error():
+  # compare has 8010 problems; 20% held out is ~1600.
+  with pytest.raises(ValueError, match="fewer than 5000 distinct 'test' problems"):
+    toy.family_problems("compare", 5000, split="test")
+  with pytest.raises(ValueError, match="unknown toy family"):
+    toy.family_problems("nope", 3)
+  with pytest.raises(ValueError, match="split"):
+    toy.family_problems("add", 3, split="dev")
+
+
+def test_code_fraction_is_the_same_in_every_family():
+  probs = toy.make_problems(50, families=("compare", "add", "mul", "powmod", "digitsum"))
+  demos = toy.make_demonstrations(probs, code_fraction=0.1, seed=0)
+  per = collections.Counter(d["family"] for d in demos if d["mode"] == "code")
+  assert per == {f: 5 for f in ("compare", "add", "mul", "powmod", "digitsum")}
+  assert [d["prompt"] for d in demos] == [p["problem"] for p in probs]
+  assert toy.make_demonstrations(probs, seed=0) == demos
+  assert toy.make_demonstrations(probs, seed=1) != demos  # which ones code depends on the seed
+  assert all(d["mode"] == "cot" for d in toy.make_demonstrations(probs, code_fraction=0.0))
+  assert all(d["mode"] == "code" for d in toy.make_demonstrations(probs, code_fraction=1.0))
+  with pytest.raises(ValueError, match="code_fraction"):
+    toy.make_demonstrations(probs, code_fraction=1.5)
+
+
+def test_demo_text_format():
+  p = {"family": "add", "problem": "What is 47 + 35?", "answer": "82"}
+  assert toy.cot_response(p) == "Ones 7+5=12, tens 4+3+1=8. \\boxed{82}"
+  assert toy.code_response(p) == ("```python\nprint(47 + 35)\n```\n```output\n82\n```\n"
+                                  "\\boxed{82}")
+  p = {"family": "compare", "problem": "Which is larger, 38 or 83?", "answer": "83"}
+  assert toy.cot_response(p) == "Tens 3 vs 8, ones 8 vs 3. \\boxed{83}"
+  p = {"family": "mul", "problem": "What is 123 * 456?", "answer": "56088"}
+  assert toy.cot_response(p) == "123 * 456 = 56088. \\boxed{56088}"  # a confident "guess"
+  with pytest.raises(ValueError, match="answer '5' is wrong"):
+    toy.cot_response({"family": "add", "problem": "What is 47 + 35?", "answer": "5"})
+  with pytest.raises(ValueError, match="not a 'mul' problem"):
+    toy.code_response({"family": "mul", "problem": "What is 47 + 35?", "answer": "82"})
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+  from aci_jax.sandbox import Sandbox
+
+  with Sandbox(timeout_s=10.0) as sb:
+    yield sb
+
+
+def test_code_demos_print_exactly_their_output_in_the_sandbox(sandbox):
+  probs = toy.make_problems(4, families=tuple(sorted(toy.FAMILIES)), seed=5)
+  demos = toy.make_demonstrations(probs, code_fraction=1.0)
+  futures = []
+  for i, d in enumerate(demos):
+    m = re.fullmatch(r"```python\n(.*?)```\n```output\n(.*?)\n```\n\\boxed\{(.*)\}",
+                     d["response"], re.S)
+    assert m, d["response"]
+    futures.append((d, m.group(2), sandbox.submit(("toy", i), m.group(1))))
+  for i, (d, printed, fut) in enumerate(futures):
+    res = fut.result(timeout=60)
+    sandbox.close_session(("toy", i))
+    assert res.status.value == "ok", res
+    assert res.output == printed == d["answer"]
+
+
+def test_boxed_answers_grade_equal_to_gold():
+  probs = toy.make_problems(6, families=tuple(sorted(toy.FAMILIES)), seed=2)
+  for d in toy.make_demonstrations(probs, code_fraction=0.5):
+    assert extract_answer(d["response"]) == d["answer"]
+    assert is_equiv(d["answer"], d["response"], response=True, in_process=True).equal
+    assert not is_equiv(str(int(d["answer"]) + 1), d["response"], response=True,
+                        in_process=True).equal
+
+
+def test_encode_demo_masks_exactly_the_tool_output():
+  tok = char_tokenizer()
+  p = {"family": "mul", "problem": "What is 123 * 456?", "answer": "56088"}
+  prompt_ids, resp, mask = toy.encode_demo(tok, p["problem"], toy.code_response(p))
+  assert prompt_ids == [257] + [ord(c) for c in p["problem"]] + [258]
+  assert len(resp) == len(mask)
+  env = "\n56088\n```\n"  # what the engine splices after "```output"
+  text = toy.code_response(p)
+  start = text.index("```output") + len("```output")
+  assert resp[-1] == tok.eos_ids[0] and mask[-1] == 1
+  # Char tokenizer: one token per character, so positions are character offsets.
+  assert resp[:-1] == [ord(c) for c in text]
+  assert mask[:-1] == [0 if start <= k < start + len(env) else 1 for k in range(len(text))]
+  # A reasoning demo is trained on everywhere.
+  _, resp, mask = toy.encode_demo(tok, p["problem"], toy.cot_response(p))
+  assert mask == [1] * len(resp)
+
+
+def test_encode_demo_agrees_with_the_sft_data_path():
+  from aci_jax.data import sft
+
+  tok = char_tokenizer()
+  for d in toy.make_demonstrations(toy.make_problems(3), code_fraction=0.5):
+    p, r, m = toy.encode_demo(tok, d["prompt"], d["response"])
+    ex = sft.encode_demonstration(tok, d["prompt"], d["response"], max_len=4096)
+    assert p + r == [int(x) for x in ex.tokens]
+    assert [0] * len(p) + m == [int(x) for x in ex.loss_mask]
