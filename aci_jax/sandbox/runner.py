@@ -70,9 +70,9 @@ def mask_plan() -> tuple[list[str], list[str]]:
   return sorted(masks), [p for p in paths if any(p.startswith(m + "/") for m in masks)]
 
 
-def _mask_and_expose(masks: list[str], binds: list[str]) -> None:
+def mask_and_expose(masks: list[str], binds: list[str]) -> None:
   """Hides `masks` behind empty read-only tmpfs mounts, then binds `binds` back, read-only.
-  Must run as root inside the private mount namespace, with our own /proc mounted."""
+  Must run as root inside a private mount namespace."""
   keep = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in binds}
   for m in sorted(masks):
     isolation.mount("tmpfs", m, "tmpfs", isolation.MS_NOSUID | isolation.MS_NODEV,
@@ -93,17 +93,14 @@ def setup(spec: dict) -> None:
   uid = spec["uid"]
   workdir = spec["workdir"]
   if tier == "namespaces":
-    # Already pid 1 of a fresh PID namespace (the zygote unshared it before fork).
-    isolation.unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWNET | isolation.CLONE_NEWIPC
-                      | isolation.CLONE_NEWUTS)
-    isolation.mount(None, "/", None, isolation.MS_REC | isolation.MS_PRIVATE)
-    isolation.make_tree_readonly("/")
-    # A /proc of our own PID namespace: the host's processes (and their environ) are invisible.
+    # Already pid 1 of a fresh PID namespace, inside the zygote's empty network namespace and
+    # its prepared read-only mount tree (see Zygote._prepare_namespaces). Our own copy of that
+    # tree gets a /proc of our PID namespace (the host's processes and their environ are
+    # invisible) and a private size-capped tmpfs on /tmp as working directory, which vanishes
+    # with the mount namespace, i.e. when the last process of the session dies.
+    isolation.unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWIPC | isolation.CLONE_NEWUTS)
     isolation.mount("proc", "/proc", "proc",
                     isolation.MS_NOSUID | isolation.MS_NODEV | isolation.MS_NOEXEC)
-    _mask_and_expose(spec["masks"], spec["binds"])
-    # The working directory is a private size-capped tmpfs over /tmp; it vanishes with the
-    # mount namespace, i.e. when the last process of the session dies.
     isolation.mount("tmpfs", workdir, "tmpfs", isolation.MS_NOSUID | isolation.MS_NODEV,
                     f"size={spec['fsize']},nr_inodes=8192,mode=700,uid={uid},gid={uid}")
   # Own process group, so one killpg reaches every descendant (setsid() would do too, but it

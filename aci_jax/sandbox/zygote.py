@@ -69,7 +69,9 @@ class Zygote:
     root = os.geteuid() == 0
     masks, binds = runner.mask_plan() if tier == "namespaces" else ([], [])
     seccomp = isolation.seccomp_supported()
-    blocks = dict(block_sockets=tier != "namespaces", block_setsid=tier != "namespaces")
+    # socket() is refused in both tiers: in the namespaces tier sessions share one empty network
+    # namespace, where abstract unix sockets would otherwise connect concurrent sessions.
+    blocks = dict(block_sockets=True, block_setsid=tier != "namespaces")
     prebuilt = None
     if seccomp and root:
       prebuilt = isolation.build_filter(**blocks, block_signals_except=None)
@@ -90,17 +92,20 @@ class Zygote:
       if tier == "seccomp" and not isolation.seccomp_supported():
         errors[tier] = f"no seccomp syscall table for {os.uname().machine}"
         continue
+      self.tier, self.spec_base = tier, self._spec(tier)
       if tier == "namespaces":
         try:
-          self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY)
+          self._prepare_namespaces()
         except OSError as e:
           errors[tier] = str(e)
+          self.tier = ""
           continue
-      self.tier, self.spec_base = tier, self._spec(tier)
       err = self._probe()
       if err is None:
         break
       errors[tier] = err
+      if tier == "namespaces":
+        self._leave_namespaces()
       self.tier = ""
     if not self.tier:
       raise RuntimeError("no isolation tier works here: " + json.dumps(errors))
@@ -115,7 +120,7 @@ class Zygote:
     return {
         "masked": self.spec_base["masks"],
         "tier": self.tier,
-        "network": "netns" if ns else "seccomp",
+        "network": "netns+seccomp" if ns else "seccomp",
         "processes": "pid-namespace" if ns else "process-group (setsid blocked)",
         "filesystem": ("read-only mount namespace, private tmpfs /tmp" if ns
                        else "per-session directory, uid permissions"),
@@ -126,6 +131,30 @@ class Zygote:
         "zygote_pid": os.getpid(),
         "threads": len(os.listdir("/proc/self/task")),
     }
+
+  def _prepare_namespaces(self) -> None:
+    """Once, in the zygote itself: an empty network namespace and a mount tree that is
+    read-only everywhere, with /root, /home (and any directory other users cannot enter that
+    holds the interpreter) hidden behind empty tmpfs mounts and the interpreter's directories
+    bound back. Every session starts from this; doing it here saves ~1 ms per session."""
+    self._host_ns = {t: os.open(f"/proc/self/ns/{n}", os.O_RDONLY)
+                     for t, n in ((isolation.CLONE_NEWNS, "mnt"), (isolation.CLONE_NEWNET, "net"))}
+    self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY)
+    try:
+      isolation.unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWNET)
+      isolation.mount(None, "/", None, isolation.MS_REC | isolation.MS_PRIVATE)
+      runner.mask_and_expose(self.spec_base["masks"], self.spec_base["binds"])
+      isolation.make_tree_readonly("/")
+    except OSError:
+      self._leave_namespaces()
+      raise
+
+  def _leave_namespaces(self) -> None:
+    for t, fd in getattr(self, "_host_ns", {}).items():
+      try:
+        isolation.setns(fd, t)
+      except OSError:
+        pass
 
   def _warnings(self) -> list[str]:
     w = []

@@ -1,0 +1,120 @@
+"""Cells per second of the sandbox pool against the usual alternatives, measured in one run.
+
+  python benchmarks/bench_sandbox.py [--workers N] [--quick]
+
+Cells: a print cell and a sympy cell. Baselines, all with the same concurrency (N workers):
+  (a) cold: a fresh `python -c CELL` subprocess per cell;
+  (b) exec pool: the Qwen2.5-Math/ToRA harness approach, exec() in warm worker processes
+      (sympy pre-imported) with a per-cell timeout and no isolation at all.
+Ours, the pool: persistent mode in steady state (cells into sessions that are already running:
+the per-cell cost), persistent mode with 4 cells per session (a rollout trajectory: session
+start and close included), and isolated mode (a fresh sandboxed process per cell, worst case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from aci_jax.sandbox import Sandbox, SandboxConfig  # noqa: E402
+
+CELLS = {
+    "print": "print(1 + 1)",
+    "sympy": "import sympy\nx = sympy.Symbol('x')\nprint(sympy.factor(x**2 - 1))",
+}
+EXPECT = {"print": "2", "sympy": "(x - 1)*(x + 1)"}
+
+
+def bench_cold(code: str, n: int, workers: int) -> float:
+  env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OPENBLAS_NUM_THREADS": "1"}
+  def one(_):
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=60)
+    return p.stdout.strip()
+  with cf.ThreadPoolExecutor(workers) as ex:
+    t = time.perf_counter()
+    outs = list(ex.map(one, range(n)))
+    dt = time.perf_counter() - t
+  assert len(set(outs)) == 1, set(outs)
+  return n / dt
+
+
+def _warm_worker():
+  import sympy  # noqa: F401  (the harness's workers are warm too)
+  import numpy  # noqa: F401
+
+
+def _exec_cell(code: str) -> str:
+  buf = io.StringIO()
+  with contextlib.redirect_stdout(buf):
+    exec(code, {})
+  return buf.getvalue().strip()
+
+
+def bench_exec_pool(code: str, n: int, workers: int) -> float:
+  with cf.ProcessPoolExecutor(workers, initializer=_warm_worker) as ex:
+    list(ex.map(_exec_cell, [code] * workers))  # start the workers outside the timing
+    t = time.perf_counter()
+    futs = [ex.submit(_exec_cell, code) for _ in range(n)]
+    outs = [f.result(timeout=5) for f in futs]
+    dt = time.perf_counter() - t
+  assert len(set(outs)) == 1
+  return n / dt
+
+
+def bench_pool(code: str, n: int, workers: int, mode: str, per_session: int) -> float:
+  with Sandbox(SandboxConfig(mode=mode, max_workers=workers)) as sb:
+    sb.run("warm", code)
+    sb.close_session("warm")
+    t = time.perf_counter()
+    futs = []
+    for i in range(n):
+      futs.append(sb.submit(i // per_session, code))
+      if i % per_session == per_session - 1:
+        sb.close_session(i // per_session)  # closes after its queued cells
+    outs = [f.result() for f in futs]
+    dt = time.perf_counter() - t
+  bad = [o for o in outs if not o.ok]
+  assert not bad, bad[:2]
+  assert {o.output for o in outs} == {EXPECT[kind_of(code)]}
+  return n / dt
+
+
+def kind_of(code: str) -> str:
+  return next(k for k, c in CELLS.items() if c == code)
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--workers", type=int, default=os.cpu_count())
+  ap.add_argument("--quick", action="store_true", help="fewer cells (noisier)")
+  args = ap.parse_args()
+  w, q = args.workers, 4 if args.quick else 1
+  print(f"workers={w}  python={sys.version.split()[0]}  cpus={os.cpu_count()}")
+  with Sandbox() as sb:
+    print("isolation:", sb.isolation["tier"], "network:", sb.isolation["network"])
+  print(f"\n{'cell':6} {'method':42} {'cells/s':>9} {'vs cold':>8} {'vs exec pool':>13}")
+  for kind, code in CELLS.items():
+    n_cold = (160 if kind == "print" else 24) // q
+    n = 4000 // q
+    res = [("(a) cold python -c per cell", bench_cold(code, n_cold, w)),
+           ("(b) exec pool + timeout (no isolation)", bench_exec_pool(code, n, w)),
+           ("ours: persistent, steady state", bench_pool(code, n, w, "persistent", n // (2 * w))),
+           ("ours: persistent, 4 cells per session", bench_pool(code, n, w, "persistent", 4)),
+           ("ours: isolated, new process per cell", bench_pool(code, n // 8, w, "isolated", 1))]
+    cold, execp = res[0][1], res[1][1]
+    for name, rate in res:
+      print(f"{kind:6} {name:42} {rate:9.1f} {rate / cold:7.1f}x {rate / execp:12.3f}x")
+
+
+if __name__ == "__main__":
+  main()
