@@ -40,6 +40,10 @@ class OptimConfig:
 
 
 def make_schedule(cfg: OptimConfig) -> optax.Schedule:
+  if cfg.decay_steps == cfg.warmup_steps:  # nothing left to decay: warm up, then hold
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1)),
+         optax.constant_schedule(cfg.lr)], [cfg.warmup_steps])
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
       decay_steps=cfg.decay_steps, end_value=cfg.lr * cfg.end_lr_ratio)

@@ -1,0 +1,225 @@
+"""SFT warm-up data: JSONL demonstrations -> token ids with a loss mask -> fixed-shape batches.
+
+A demonstration is one JSON object per line, {"prompt": str, "response": str}. The response is
+tool-integrated text in the format the rollout produces:
+
+    ...prose...
+    ```python
+    print(2 ** 10)
+    ```
+    ```output
+    1024
+    ```
+    ...prose... \\boxed{1024}
+
+Who writes what (the same split as `aci_jax.rollout`): the model writes everything up to and
+including the opening of the output fence, "```output" -- that string is its stop marker, so it
+must be trained on -- and the environment appends the rest of the block, "\\n<output>\\n```\\n"
+(the tool output, the closing fence and its newline). Environment text gets loss mask 0, as do
+the prompt tokens; the model's text and a final EOS get 1.
+
+Segments are tokenised one at a time and concatenated, never as one string: that is exactly the
+token sequence the sampler produces (the model's ids, then the tokenised tool output appended),
+so SFT trains on the tokenisation the policy will see at rollout time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import re
+from typing import Iterable, Sequence
+
+import numpy as np
+
+OUTPUT_OPEN = "```output"
+# The environment's part of a block: from right after "```output" to the closing fence and
+# one newline after it (if present). Non-greedy, so each block ends at its own closing fence.
+_ENV_BLOCK = re.compile(r"```output(.*?```\n?)", re.DOTALL)
+
+
+class DataError(ValueError):
+  """A malformed data file; the message names the file and line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  tokens: np.ndarray  # [n] int32
+  loss_mask: np.ndarray  # [n] float32, 1 on model-written tokens
+  truncated: bool = False
+
+
+def load_demonstrations(path: str) -> list[dict]:
+  """Reads and checks a JSONL file of {"prompt": str, "response": str} records."""
+  if not os.path.exists(path):
+    raise DataError(f"{path}: no such file")
+  out = []
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+      if not isinstance(rec, dict):
+        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+      for key in ("prompt", "response"):
+        if not isinstance(rec.get(key), str):
+          raise DataError(f"{path}:{lineno}: field {key!r} must be a string")
+      if not rec["response"]:
+        raise DataError(f"{path}:{lineno}: empty response")
+      try:
+        split_response(rec["response"])
+      except DataError as e:
+        raise DataError(f"{path}:{lineno}: {e}") from None
+      out.append(rec)
+  if not out:
+    raise DataError(f"{path}: no demonstrations")
+  return out
+
+
+def split_response(response: str) -> list[tuple[str, bool]]:
+  """[(text, written_by_model)] segments of a response; see the module docstring."""
+  segments: list[tuple[str, bool]] = []
+  pos = 0
+  for m in _ENV_BLOCK.finditer(response):
+    segments.append((response[pos:m.start(1)], True))  # up to and including "```output"
+    segments.append((m.group(1), False))
+    pos = m.end()
+  tail = response[pos:]
+  if OUTPUT_OPEN in tail:
+    raise DataError("an ```output block is not closed with ```")
+  if tail:
+    segments.append((tail, True))
+  return [(t, w) for t, w in segments if t]
+
+
+def encode_demonstration(tokenizer, prompt: str, response: str, *, max_len: int,
+                         system: str | None = None, add_eos: bool = True) -> Example:
+  """Token ids and loss mask for one demonstration (prompt masked, tool output masked)."""
+  messages = ([{"role": "system", "content": system}] if system else []) + [
+      {"role": "user", "content": prompt}]
+  ids = list(tokenizer.chat_ids(messages, add_generation_prompt=True))
+  mask = [0.0] * len(ids)
+  for text, by_model in split_response(response):
+    seg = tokenizer.encode(text)
+    ids += seg
+    mask += [1.0 if by_model else 0.0] * len(seg)
+  if add_eos and tokenizer.eos_ids:
+    ids.append(tokenizer.eos_ids[0])
+    mask.append(1.0)
+  truncated = len(ids) > max_len
+  return Example(np.asarray(ids[:max_len], np.int32), np.asarray(mask[:max_len], np.float32),
+                 truncated)
+
+
+class SFTData:
+  """Deterministic, resumable batches of demonstrations.
+
+  Batch `i` of the run covers examples `cursor .. cursor + batch_size` of an endless stream that
+  visits the data in a fresh permutation each epoch (permutation of epoch e seeded by
+  (seed, e)). The cursor (an int) is the whole iterator state, so it checkpoints trivially and a
+  resumed run sees exactly the batches an uninterrupted run would.
+  """
+
+  def __init__(self, examples: Sequence[Example], *, batch_size: int, seq_len: int,
+               pad_id: int, seed: int = 0, shuffle: bool = True):
+    if not examples:
+      raise DataError("no examples")
+    self.examples = list(examples)
+    self.batch_size, self.seq_len, self.pad_id = batch_size, seq_len, pad_id
+    self.seed, self.shuffle = seed, shuffle
+    self._perm_cache: dict[int, np.ndarray] = {}
+
+  def __len__(self) -> int:
+    return len(self.examples)
+
+  def _perm(self, epoch: int) -> np.ndarray:
+    if epoch not in self._perm_cache:
+      n = len(self.examples)
+      perm = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
+              else np.arange(n))
+      self._perm_cache = {epoch: perm}
+    return self._perm_cache[epoch]
+
+  def indices(self, cursor: int, count: int) -> list[int]:
+    n = len(self.examples)
+    return [int(self._perm((cursor + j) // n)[(cursor + j) % n]) for j in range(count)]
+
+  def batch(self, cursor: int, *, process_index: int = 0, process_count: int = 1
+            ) -> tuple[dict[str, np.ndarray], int]:
+    """(this process's rows of the global batch at `cursor`, the next cursor).
+
+    Arrays: tokens, positions [rows, T] int32; valid [rows, T] bool; loss_mask [rows, T] float32.
+    Right-padded with `pad_id` (valid False, mask 0).
+    """
+    b, t = self.batch_size, self.seq_len
+    if b % process_count:
+      raise ValueError(f"batch_size {b} does not divide over {process_count} processes")
+    rows = b // process_count
+    idx = self.indices(cursor, b)[process_index * rows:(process_index + 1) * rows]
+    tokens = np.full((rows, t), self.pad_id, np.int32)
+    mask = np.zeros((rows, t), np.float32)
+    valid = np.zeros((rows, t), bool)
+    for r, i in enumerate(idx):
+      ex = self.examples[i]
+      n = min(len(ex.tokens), t)
+      tokens[r, :n] = ex.tokens[:n]
+      mask[r, :n] = ex.loss_mask[:n]
+      valid[r, :n] = True
+    positions = np.broadcast_to(np.arange(t, dtype=np.int32), (rows, t)).copy()
+    return dict(tokens=tokens, positions=positions, valid=valid, loss_mask=mask), cursor + b
+
+
+def build_sft_data(path: str, tokenizer, *, batch_size: int, seq_len: int, seed: int = 0,
+                   system: str | None = None) -> tuple[SFTData, dict]:
+  """Loads, checks and tokenises a demonstrations file. Returns (data, stats)."""
+  recs = load_demonstrations(path)
+  examples = [encode_demonstration(tokenizer, r["prompt"], r["response"], max_len=seq_len,
+                                   system=system) for r in recs]
+  examples = [e for e in examples if e.loss_mask.sum() > 0]  # nothing to learn otherwise
+  if not examples:
+    raise DataError(f"{path}: every demonstration is empty after truncation to {seq_len} tokens")
+  stats = {
+      "examples": len(examples),
+      "truncated": sum(e.truncated for e in examples),
+      "tokens": int(sum(len(e.tokens) for e in examples)),
+      "trained_tokens": int(sum(e.loss_mask.sum() for e in examples)),
+  }
+  return SFTData(examples, batch_size=batch_size, seq_len=seq_len,
+                 pad_id=tokenizer.pad_id, seed=seed), stats
+
+
+# ----------------------------------------------------------------- toy demonstrations
+
+
+def toy_demonstrations(n: int, seed: int = 0) -> list[dict]:
+  """Small arithmetic demonstrations in both modes (half reason in prose, half run a cell), for
+  configs/sft_toy.py and tests. Not the EM task; just text with the real cell format."""
+  rng = random.Random(seed)
+  out = []
+  for i in range(n):
+    a, b, c = rng.randint(2, 99), rng.randint(2, 99), rng.randint(1, 999)
+    prompt = f"Compute {a} * {b} + {c}."
+    ans = a * b + c
+    if i % 2:
+      response = (f"```python\nprint({a} * {b} + {c})\n```\n```output\n{ans}\n```\n"
+                  f"The answer is \\boxed{{{ans}}}.")
+    else:
+      response = f"{a} * {b} = {a * b}, plus {c} is {ans}. The answer is \\boxed{{{ans}}}."
+    out.append({"prompt": prompt, "response": response})
+  return out
+
+
+def write_jsonl(path: str, records: Iterable[dict]) -> str:
+  """Writes records atomically (temp file + rename)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for r in records:
+      f.write(json.dumps(r) + "\n")
+  os.replace(tmp, path)
+  return path

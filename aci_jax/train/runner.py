@@ -1,0 +1,176 @@
+"""The training run around the step: model + params, mesh, optimizer, state, checkpoints,
+metrics and HF export, built from an `ml_collections` config. Used by the `sft` and `export`
+modes, and by the EM loop for its M-step (same object, its own loss config and batches).
+
+Config sections read here (see configs/sft_toy.py for every key and its default):
+  seed, model, tokenizer, mesh, loss, optim, train, checkpoint, export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from aci_jax.metrics import MetricsWriter
+from aci_jax.model import ModelConfig, init_params
+from aci_jax.parallel import MeshConfig, make_mesh
+from aci_jax.train.checkpoint import Checkpointer
+from aci_jax.train.losses import LossConfig
+from aci_jax.train.optim import OptimConfig, make_optimizer
+from aci_jax.train.step import (StepConfig, TrainState, abstract_train_state, init_train_state,
+                                make_train_step, shard_batch)
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+  """A config key or value the run cannot use; main prints it as one line."""
+
+
+def dataclass_from(cls, section, *, name: str, **overrides):
+  """`cls(**section)` with a one-line ConfigError naming the bad key or value."""
+  fields = {f.name for f in dataclasses.fields(cls)}
+  values = dict(section) if section is not None else {}
+  unknown = sorted(set(values) - fields)
+  if unknown:
+    raise ConfigError(f"config.{name}: unknown key(s) {unknown}; known: {sorted(fields)}")
+  values.update(overrides)
+  try:
+    return cls(**values)
+  except (ValueError, KeyError, TypeError) as e:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    raise ConfigError(f"config.{name}: {msg}") from None
+
+
+_RUNTIME = ("dtype", "param_dtype", "remat")
+
+
+def model_config(c) -> tuple[ModelConfig, str | None]:
+  """(ModelConfig, HF checkpoint dir or None) from `config.model`."""
+  m = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(c.model).items()}
+  init = m.pop("init", "scratch")
+  path = m.pop("path", "") or None
+  if init == "hf":
+    if not path:
+      raise ConfigError("config.model.path: required when config.model.init='hf'")
+    runtime = {k: m[k] for k in _RUNTIME if k in m}
+    try:
+      return ModelConfig.from_pretrained(path, **runtime), path
+    except (OSError, ValueError) as e:
+      raise ConfigError(f"config.model.path: {e}") from None
+  if init != "scratch":
+    raise ConfigError(f"config.model.init must be 'scratch' or 'hf', got {init!r}")
+  return dataclass_from(ModelConfig, m, name="model"), None
+
+
+def load_tokenizer(c, hf_path: str | None):
+  name = c.get("tokenizer", "") or hf_path
+  if name in (None, "", "bytes"):
+    from aci_jax.data.byte_tokenizer import ByteTokenizer
+    return ByteTokenizer()
+  from aci_jax.tokenizer import Tokenizer
+  try:
+    return Tokenizer.from_pretrained(name)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"config.tokenizer: cannot load {name!r}: {e}".splitlines()[0]) from None
+
+
+class Trainer:
+  """State and machinery of one training run; `workdir` holds checkpoints, metrics, exports."""
+
+  def __init__(self, config, workdir: str, *, loss_cfg: LossConfig | None = None):
+    self.config = config
+    self.workdir = workdir
+    self.model_cfg, self.hf_path = model_config(config)
+    self.loss_cfg = loss_cfg or dataclass_from(LossConfig, config.loss, name="loss")
+    self.optim_cfg = dataclass_from(OptimConfig, config.optim, name="optim")
+    t = config.train
+    self.step_cfg = dataclass_from(StepConfig, {"micro_batches": t.micro_batches,
+                                                "logprob_chunk": t.logprob_chunk}, name="train")
+    try:
+      self.mesh = make_mesh(dataclass_from(MeshConfig, config.mesh, name="mesh"))
+    except ValueError as e:
+      raise ConfigError(f"config.mesh: {e}") from None
+    dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    if t.batch_size % (t.micro_batches * dp):
+      raise ConfigError(f"config.train.batch_size={t.batch_size} must divide by micro_batches "
+                        f"({t.micro_batches}) x data-parallel devices ({dp})")
+    self.optimizer, self.schedule = make_optimizer(self.optim_cfg)
+    ck = config.checkpoint
+    self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=ck.max_to_keep,
+                             async_save=ck.async_save)
+    self.metrics = MetricsWriter(workdir)
+    self.state: TrainState | None = None
+    self.shardings = None
+    self.meta: dict[str, Any] = {}
+    self._step_fn = None
+
+  # --------------------------------------------------------------------- state
+
+  def restore_or_init(self) -> bool:
+    """Restores the latest checkpoint if there is one (returns True), else initialises."""
+    abstract, self.shardings = abstract_train_state(self.model_cfg, self.optimizer, self.mesh)
+    if self.ckpt.latest_step() is not None:
+      self.state, self.meta = self.ckpt.restore(abstract)
+      self.metrics.reset(self.meta.get("metrics_history", []))
+      return True
+    if self.hf_path:
+      from aci_jax.model.weights import load_params
+      params = load_params(self.hf_path, self.model_cfg, shardings=self.shardings.params)
+    else:
+      params = jax.jit(init_params, static_argnums=0, out_shardings=self.shardings.params)(
+          self.model_cfg, jax.random.key(self.config.seed))
+    self.state, self.shardings = init_train_state(params, self.optimizer, self.mesh,
+                                                  seed=self.config.seed + 1)
+    self.meta = {"em_iteration": 0, "data_cursor": 0, "metrics_history": []}
+    return False
+
+  @property
+  def step(self) -> int:
+    return int(jax.device_get(self.state.step))
+
+  # ---------------------------------------------------------------------- step
+
+  def train_step(self, host_batch: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """One optimizer step on this process's rows of the global batch; metrics as floats."""
+    if self._step_fn is None:
+      self._step_fn = make_train_step(self.model_cfg, self.loss_cfg, self.optimizer,
+                                      self.schedule, self.mesh, self.shardings, self.step_cfg)
+    global_rows = len(next(iter(host_batch.values()))) * jax.process_count()
+    batch = shard_batch(host_batch, self.mesh, global_rows=global_rows)
+    t0 = time.perf_counter()
+    self.state, metrics = self._step_fn(self.state, batch)
+    out = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    dt = time.perf_counter() - t0
+    out["perf/step_seconds"] = dt
+    out["perf/tokens_per_second"] = float(np.sum(host_batch["valid"])) * jax.process_count() / dt
+    return out
+
+  def log(self, step: int, scalars: Mapping[str, float]) -> None:
+    record = self.metrics.write(step, scalars)
+    self.meta.setdefault("metrics_history", []).append(record)
+
+  def save(self, *, force: bool = True) -> None:
+    meta = {**self.meta, "config": self.config.to_dict()}
+    self.ckpt.save(self.step, self.state, meta, force=force)
+
+  def export(self, directory: str | None = None) -> str:
+    """Writes the current policy as a Hugging Face directory (collective on multi-host)."""
+    from aci_jax.model.weights import export_params
+    e = self.config.export
+    directory = directory or os.path.join(self.workdir, "export", f"step_{self.step}")
+    tok_dir = self.hf_path if self.hf_path and os.path.isdir(self.hf_path) else None
+    export_params(self.state.params, self.model_cfg, directory, dtype=e.dtype or None,
+                  tokenizer_dir=tok_dir)
+    log.info("exported the policy at step %d to %s", self.step, directory)
+    return directory
+
+  def close(self) -> None:
+    self.ckpt.close()
+    self.metrics.close()

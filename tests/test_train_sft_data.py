@@ -1,0 +1,133 @@
+"""SFT demonstrations -> tokens and loss masks (tool output masked, the stop marker trained),
+schema errors, and the deterministic resumable batch stream."""
+
+import json
+
+import numpy as np
+import pytest
+
+from aci_jax.data.byte_tokenizer import EOS_ID, ByteTokenizer
+from aci_jax.data.sft import (DataError, SFTData, build_sft_data, encode_demonstration,
+                              load_demonstrations, split_response, toy_demonstrations)
+from tests.tokenizer_fixtures import build_tokenizer
+
+RESPONSE = ("Let me compute.\n```python\nprint(2 ** 10)\n```\n```output\n1024\n```\n"
+            "So then:\n```python\nprint(1/0)\n```\n```output\nZeroDivisionError\n```\n"
+            "The answer is \\boxed{1024}.")
+
+
+def test_split_response_gives_the_model_the_stop_marker_and_the_environment_the_block():
+  segs = split_response(RESPONSE)
+  assert segs == [
+      ("Let me compute.\n```python\nprint(2 ** 10)\n```\n```output", True),
+      ("\n1024\n```\n", False),
+      ("So then:\n```python\nprint(1/0)\n```\n```output", True),
+      ("\nZeroDivisionError\n```\n", False),
+      ("The answer is \\boxed{1024}.", True),
+  ]
+  assert "".join(t for t, _ in segs) == RESPONSE
+  assert split_response("no code at all") == [("no code at all", True)]
+  with pytest.raises(DataError, match="not closed"):
+    split_response("```python\nprint(1)\n```\n```output\n1\n")
+
+
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory):
+  from aci_jax.tokenizer import Tokenizer
+  return Tokenizer.from_pretrained(build_tokenizer(tmp_path_factory.mktemp("tok")))
+
+
+def test_segments_are_tokenised_separately_and_masked(bpe):
+  ex = encode_demonstration(bpe, "What is 2^10?", RESPONSE, max_len=10_000)
+  prompt_ids = bpe.chat_ids([{"role": "user", "content": "What is 2^10?"}])
+  want = list(prompt_ids)
+  want_mask = [0.0] * len(prompt_ids)
+  for text, by_model in split_response(RESPONSE):
+    ids = bpe.encode(text)
+    want += ids
+    want_mask += [float(by_model)] * len(ids)
+  want.append(bpe.eos_ids[0])
+  want_mask.append(1.0)
+  assert ex.tokens.tolist() == want
+  assert ex.loss_mask.tolist() == want_mask
+  # What the loss sees, decoded: model text incl. each "```output" and the EOS, no tool output.
+  trained = bpe.decode([t for t, m in zip(ex.tokens, ex.loss_mask) if m])
+  assert trained.count("```output") == 2
+  assert "1024\n```" not in trained and "ZeroDivisionError" not in trained
+  assert trained.endswith("\\boxed{1024}." + bpe.decode(bpe.eos_ids))
+  env = bpe.decode([t for t, m in zip(ex.tokens[len(prompt_ids):], ex.loss_mask[len(prompt_ids):])
+                    if not m])
+  assert env == "\n1024\n```\n\nZeroDivisionError\n```\n"
+  assert not ex.truncated
+
+
+def test_truncation_and_byte_tokenizer():
+  tok = ByteTokenizer()
+  ex = encode_demonstration(tok, "p", "abc", max_len=100)
+  assert ex.tokens.tolist() == list(b"p\n\nabc") + [EOS_ID]
+  assert ex.loss_mask.tolist() == [0, 0, 0, 1, 1, 1, 1]
+  short = encode_demonstration(tok, "p", "abcdef", max_len=5)
+  assert short.truncated and len(short.tokens) == 5 and short.loss_mask.tolist() == [0, 0, 0, 1, 1]
+  assert tok.decode(tok.encode("é ∑ x")) == "é ∑ x"
+
+
+def test_schema_errors_name_file_and_line(tmp_path):
+  p = tmp_path / "d.jsonl"
+  p.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n" + "{not json\n")
+  with pytest.raises(DataError, match=r"d.jsonl:2: not valid JSON"):
+    load_demonstrations(str(p))
+  p.write_text(json.dumps({"prompt": "a", "response": 3}) + "\n")
+  with pytest.raises(DataError, match=r":1: field 'response' must be a string"):
+    load_demonstrations(str(p))
+  p.write_text("\n" + json.dumps({"prompt": "a", "response": "```output\nx"}) + "\n")
+  with pytest.raises(DataError, match=r":2: an ```output block is not closed"):
+    load_demonstrations(str(p))
+  with pytest.raises(DataError, match="no such file"):
+    load_demonstrations(str(tmp_path / "missing.jsonl"))
+
+
+def _data(n=10, batch=4, seed=3):
+  tok = ByteTokenizer()
+  exs = [encode_demonstration(tok, r["prompt"], r["response"], max_len=64)
+         for r in toy_demonstrations(n, seed=1)]
+  return SFTData(exs, batch_size=batch, seq_len=64, pad_id=tok.pad_id, seed=seed)
+
+
+def test_batches_are_deterministic_resumable_and_cover_each_epoch():
+  data = _data()
+  stream, cursor = [], 0
+  for _ in range(5):
+    b, cursor = data.batch(cursor)
+    stream.append(b)
+  assert cursor == 20
+  # A fresh object started at a saved cursor continues identically.
+  again, _ = _data().batch(12)
+  for k in again:
+    np.testing.assert_array_equal(again[k], stream[3][k])
+  # Each epoch is a permutation of all examples, and epochs differ.
+  assert sorted(data.indices(0, 10)) == list(range(10))
+  assert sorted(data.indices(10, 10)) == list(range(10))
+  assert data.indices(0, 10) != data.indices(10, 10)
+  # Padding: right-padded, invalid, never trained.
+  b = stream[0]
+  assert b["tokens"].shape == (4, 64) and b["valid"].dtype == bool
+  assert np.all(b["loss_mask"][~b["valid"]] == 0)
+  assert np.all(b["tokens"][~b["valid"]] == ByteTokenizer.pad_id)
+
+
+def test_process_slices_partition_the_global_batch():
+  data = _data(batch=8)
+  full, nxt = data.batch(16)
+  parts = [data.batch(16, process_index=i, process_count=2) for i in range(2)]
+  assert all(c == nxt for _, c in parts)
+  for k in full:
+    np.testing.assert_array_equal(np.concatenate([p[0][k] for p in parts]), full[k])
+
+
+def test_build_sft_data_stats(tmp_path):
+  from aci_jax.data.sft import write_jsonl
+  path = write_jsonl(str(tmp_path / "toy.jsonl"), toy_demonstrations(6))
+  data, stats = build_sft_data(path, ByteTokenizer(), batch_size=2, seq_len=40)
+  assert stats["examples"] == 6 and len(data) == 6
+  assert 0 < stats["trained_tokens"] < stats["tokens"]
+  assert stats["truncated"] > 0  # 40 bytes cannot hold the code demonstrations
