@@ -344,3 +344,9 @@ def test_host_processes_are_invisible(sb):
   r = run_checked(sb, "procs", "import os\nsorted(int(p) for p in os.listdir('/proc') if p.isdigit())",
                   Status.OK)
   assert r.output == "[1]", r.output
+
+
+def test_garbage_on_the_control_pipe(sb):
+  code = "import os, time\nos.write(4, b'\\xff' * 8)\ntime.sleep(0.5)"
+  r = run_checked(sb, "garbage", code, Status.KILLED)
+  assert r.output == "Killed: the process broke the sandbox protocol"

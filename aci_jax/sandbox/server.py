@@ -315,8 +315,7 @@ class Server:
                    kill=True)
       return
     if op != "result" or s.cell is None:
-      self._finish(s, "killed", "Killed: the process broke the sandbox protocol "
-                   f"({str(m)[:80]!r})", kill=True)
+      self._finish(s, "killed", "Killed: the process broke the sandbox protocol", kill=True)
       return
     status = m.get("status")
     if status not in ("ok", "error", "memory"):
