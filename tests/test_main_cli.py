@@ -1,0 +1,101 @@
+"""The entry point: one-line errors with exit status 2, the mode registry, the default workdir,
+metrics to TensorBoard and JSONL, multi-host detection."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from aci_jax import main as M
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "sft_toy.py")
+
+
+def run_main(*args, cwd=None):
+  env = dict(os.environ)
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  return subprocess.run([sys.executable, "-m", "aci_jax.main", *args], env=env, cwd=cwd,
+                        capture_output=True, text=True, timeout=300)
+
+
+def error_lines(res):
+  return [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("I1")]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--config.train.nope=3"], "unknown config key '--config.train.nope'"),
+    (["--config.nosection.x=1"], "unknown config key '--config.nosection.x'"),
+    (["--config.train.steps=abc"], "--config.train.steps=abc"),
+    (["--config.loss.aggregation=mean"], "config.loss: aggregation must be one of"),
+    (["--config.loss.policy=ppo_clip"], "config.loss.policy must be 'sft_nll' in mode sft"),
+    (["--config.mode=nope"], "config.mode='nope' is not a registered mode; registered:"),
+    (["--config.mesh.tensor=3"], "config.mesh:"),
+    (["--config.data.train_path=/no/such.jsonl"], "/no/such.jsonl: no such file"),
+    (["positional"], "unexpected arguments ['positional']"),
+], ids=lambda v: str(v)[:30])
+def test_bad_config_fails_with_one_line(tmp_path, args, needle):
+  res = run_main("--config", CONFIG, "--workdir", str(tmp_path / "w"), *args)
+  lines = error_lines(res)
+  assert res.returncode == 2, res.stderr[-2000:]
+  assert len(lines) == 1, lines
+  assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
+  assert "Traceback" not in res.stderr
+
+
+def test_missing_config_file_fails_with_one_line(tmp_path):
+  res = run_main("--config", str(tmp_path / "none.py"))
+  assert res.returncode == 2
+  assert error_lines(res) == [f"error: cannot load --config: [Errno 2] No such file or "
+                              f"directory: '{tmp_path / 'none.py'}'"]
+
+
+def test_default_workdir_metrics_jsonl_and_tensorboard(tmp_path):
+  res = run_main("--config", CONFIG, "--config.train.steps=3", "--config.train.log_every=1",
+                 "--config.optim.warmup_steps=1", "--config.data.toy_examples=16",
+                 "--config.train.batch_size=8", "--config.data.seq_len=32", cwd=tmp_path)
+  assert res.returncode == 0, res.stderr[-3000:]
+  (workdir,) = glob.glob(str(tmp_path / "runs" / "sft_toy-*"))
+  records = [__import__("json").loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in records] == [1, 2, 3]
+  assert all(r["loss"] > 0 and r["tokens"] > 0 for r in records)
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  acc = EventAccumulator(os.path.join(workdir, "tb"))
+  acc.Reload()
+  loss = [(e.step, e.value) for e in acc.Scalars("loss")]
+  assert [s for s, _ in loss] == [1, 2, 3]
+  assert abs(loss[0][1] - records[0]["loss"]) < 1e-5
+  assert os.path.exists(os.path.join(workdir, "config.json"))
+  assert os.path.isdir(os.path.join(workdir, "export", "step_3"))
+  # A second default run gets a fresh folder, never the first one's.
+  assert M.default_workdir(CONFIG) != workdir
+
+
+def test_mode_registry():
+  modes = M.load_modes()
+  assert {"sft", "export"} <= set(modes)
+
+  @M.register_mode("test_only_mode")
+  def _mode(config, workdir):
+    pass
+
+  assert M.MODES["test_only_mode"] is _mode
+  with pytest.raises(ValueError, match="already registered"):
+    M.register_mode("sft")(lambda c, w: None)
+  del M.MODES["test_only_mode"]
+
+
+def test_multihost_detection(monkeypatch):
+  for key in ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
+              "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+    monkeypatch.delenv(key, raising=False)
+  assert not M._env_says_multihost()
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "host0")
+  assert not M._env_says_multihost()  # a single-host TPU VM
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "host0,host1")
+  assert M._env_says_multihost()
+  monkeypatch.delenv("TPU_WORKER_HOSTNAMES")
+  monkeypatch.setenv("SLURM_NTASKS", "4")
+  assert M._env_says_multihost()
