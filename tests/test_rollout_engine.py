@@ -92,7 +92,7 @@ def test_barrier_reprefill_and_sharded_rows_give_the_same_trajectories(trained, 
 def test_forced_prefix_ban_and_tool_limit(trained, sandbox):
   tok, _, _, scripts = trained
   prompt, resp, _, _ = scripts[0]
-  prefix = tok.encode("Let me compute.\n")
+  prefix = tok.encode("```python\n")
   eng, params = _engine(trained, sandbox)
   forced, banned = eng.run(params, [
       Request(prompt, 0, mode="code", prefix_ids=prefix),
@@ -101,12 +101,13 @@ def test_forced_prefix_ban_and_tool_limit(trained, sandbox):
   assert forced.source[:len(prefix)] == [SRC_FORCED] * len(prefix)
   assert forced.loss_mask[:len(prefix)] == [1] * len(prefix)
   # Banning "```python" and the fence (in any tokenisation) forces the row off its script:
-  # (the trained model does try: it writes "```pytho" and then a fence) no cell at all.
+  # (the trained model does try to open a cell) no cell at all.
   assert not banned.cells
   assert "```python" not in banned.text and "```output" not in banned.text
   limited, params = _engine(trained, sandbox, max_tool_calls=0, max_new_tokens=200)
   (t,) = limited.run(params, [Request(prompt, 0)])
-  assert [c.status for c in t.cells] == ["limit"]
+  # Every fence (the model may try again after the message) gets the message, never a run.
+  assert t.cells and all(c.status == "limit" and c.code == "" for c in t.cells)
   assert RolloutConfig().limit_message in t.text
 
 

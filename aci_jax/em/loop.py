@@ -1,0 +1,209 @@
+"""The EM iteration (and its baselines) over a `Trainer`, a `RolloutEngine` and a `Grader`.
+
+One iteration:
+
+  E-step   queries -> native rollouts (pi_hat) + K forced rollouts per decision (Q_hat)
+           -> graded -> s*(c|x) -> curated rollouts with advantages and decision flags
+  M-step   `epochs` passes of the clipped off-policy loss (+ lambda * decision term) over the
+           curated set, with the behaviour log-probs recorded at sampling time
+
+Algorithms (the paper's ablations share everything but the marked step):
+
+  autocode        the E-step above, loss = policy term + lambda * decision_ce
+  em_no_decision  the same curated data, lambda = 0
+  grpo            "standard RL": native rollouts only (n per query), advantages whitened per
+                  query, on-policy loss; no forced rollouts, no decision term
+  rft             rejection-sampling fine-tuning: SFT on the correct native rollouts
+
+For a fair comparison the rollout budget per query is the same: `grpo`/`rft` draw
+`native_samples + 2 * k_per_decision` native rollouts where `autocode` draws `native_samples`
+native and `2 * k_per_decision` forced ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from aci_jax.em.batches import build_batch, minibatches
+from aci_jax.em.estep import CODE, COT, EStepConfig, QueryGroup, curate, estep_stats, whiten
+from aci_jax.rollout import Request, Trajectory
+
+ALGORITHMS = ("autocode", "em_no_decision", "grpo", "rft")
+
+
+@dataclasses.dataclass(frozen=True)
+class EMConfig:
+  algorithm: str = "autocode"
+  iterations: int = 3
+  queries_per_iteration: int = 64
+  native_samples: int = 8  # native rollouts per query (pi_hat)
+  k_per_decision: int = 8  # forced rollouts per decision (Q_hat)
+  keep_per_query: int = 8
+  alpha: float = 1.0
+  form: str = "paper"
+  pi_prior: float = 0.0
+  epochs: int = 1
+  code_prefix: str = "```python\n"
+  batch_length: int = 0  # 0 = bucketed longest trajectory
+
+  def __post_init__(self):
+    if self.algorithm not in ALGORITHMS:
+      raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+    if self.iterations < 0 or self.queries_per_iteration < 1 or self.epochs < 1:
+      raise ValueError("need iterations >= 0, queries_per_iteration >= 1, epochs >= 1")
+
+  @property
+  def estep(self) -> EStepConfig:
+    return EStepConfig(alpha=self.alpha, form=self.form, pi_prior=self.pi_prior,
+                       keep_per_query=self.keep_per_query)
+
+
+@dataclasses.dataclass
+class Problem:
+  problem: str
+  answer: str
+  meta: dict = dataclasses.field(default_factory=dict)
+
+
+class EMLoop:
+  """Drives iterations; all mutable run state (cursor, iteration) lives in `trainer.meta`
+  so it is checkpointed with the parameters and a resumed run continues exactly."""
+
+  def __init__(self, cfg: EMConfig, trainer, engine, grader, tokenizer,
+               problems: Sequence[Problem], prompt_fn: Callable[[str], list[int]], *,
+               seed: int = 0, on_iteration: Callable[[int, dict], None] | None = None):
+    self.cfg, self.trainer, self.engine, self.grader = cfg, trainer, engine, grader
+    self.tok, self.problems, self.prompt_fn = tokenizer, list(problems), prompt_fn
+    self.seed = seed
+    self.on_iteration = on_iteration
+    if not self.problems:
+      raise ValueError("the EM loop needs at least one training problem")
+    self._prefix = tokenizer.encode(cfg.code_prefix)
+
+  # ------------------------------------------------------------------------ E-step
+
+  def _queries(self, iteration: int, cursor: int) -> list[int]:
+    """The next `queries_per_iteration` problem indices of a seeded permutation per epoch."""
+    n, out = len(self.problems), []
+    while len(out) < self.cfg.queries_per_iteration:
+      epoch, pos = divmod(cursor, n)
+      perm = np.random.default_rng([self.seed, epoch]).permutation(n)
+      out.append(int(perm[pos]))
+      cursor += 1
+    return out
+
+  def requests(self, queries: Sequence[int], iteration: int) -> list[Request]:
+    c = self.cfg
+    reqs = []
+    native = c.native_samples
+    if c.algorithm in ("grpo", "rft"):
+      native += 2 * c.k_per_decision  # same rollout budget as the E-step
+    for q in queries:
+      ids = self.prompt_fn(self.problems[q].problem)
+      meta = {"iteration": iteration}
+      # Sample indices are disjoint per mode and per iteration, so keys never repeat.
+      base = iteration * 1_000_000
+      reqs += [Request(ids, q, base + s, "native", meta=meta) for s in range(native)]
+      if c.algorithm in ("autocode", "em_no_decision"):
+        reqs += [Request(ids, q, base + 100_000 + s, "cot", ban=True, meta=meta)
+                 for s in range(c.k_per_decision)]
+        reqs += [Request(ids, q, base + 200_000 + s, "code", prefix_ids=self._prefix, meta=meta)
+                 for s in range(c.k_per_decision)]
+    return reqs
+
+  def grade(self, trajs: Sequence[Trajectory]) -> None:
+    """Sets `reward` (1.0 iff the last boxed answer equals the gold; truncated = 0)."""
+    results = self.grader.grade_batch(
+        [(self.problems[t.prompt_index].answer, t.text, True) for t in trajs])
+    for t, r in zip(trajs, results):
+      t.reward = 1.0 if (r.equal and t.stop_reason != "length") else 0.0
+      t.meta["grade_status"] = r.status
+
+  def curate(self, trajs: Sequence[Trajectory], rng: np.random.Generator):
+    """(trajectories, advantages, decision flags, stats) for the M-step."""
+    c = self.cfg
+    by_q: dict[int, QueryGroup] = {}
+    for t in trajs:
+      g = by_q.setdefault(t.prompt_index, QueryGroup(t.prompt_index, [], {COT: [], CODE: []}))
+      if t.mode == "native":
+        g.native.append(t)
+      else:
+        g.forced[CODE if t.mode == "code" else COT].append(t)
+    groups = list(by_q.values())
+    if c.algorithm in ("autocode", "em_no_decision"):
+      cur = curate(groups, c.estep, rng)
+      decision = cur.decision if c.algorithm == "autocode" else [False] * len(cur.decision)
+      return cur.trajectories, cur.advantages, decision, cur.stats
+    kept, adv = [], []
+    for g in groups:
+      rewards = [t.reward for t in g.native]
+      if c.algorithm == "grpo":
+        if len(set(rewards)) > 1:  # all-equal groups carry no policy-gradient signal
+          kept += g.native
+          adv += whiten(rewards, c.estep.adv_eps).tolist()
+      else:  # rft: the correct ones, plain SFT
+        good = [t for t in g.native if t.reward > 0]
+        kept += good
+        adv += [1.0] * len(good)
+    return kept, adv, [False] * len(kept), estep_stats(groups, [], kept)
+
+  # ------------------------------------------------------------------------ M-step
+
+  def mstep(self, trajs, adv, decision, rng) -> list[dict]:
+    tr, c = self.trainer, self.cfg
+    if not trajs:
+      logging.warning("M-step: nothing to train on this iteration")
+      return []
+    batch = build_batch(trajs, adv, decision, length=c.batch_length or None)
+    out = []
+    for mb in minibatches(batch, tr.config.train.batch_size, rng, epochs=c.epochs):
+      m = tr.train_step(mb)
+      tr.log(tr.step, m)
+      out.append(m)
+    return out
+
+  # ------------------------------------------------------------------------ driver
+
+  def run_iteration(self) -> dict:
+    tr = self.trainer
+    it = int(tr.meta.get("em_iteration", 0))
+    cursor = int(tr.meta.get("data_cursor", 0))
+    rng = np.random.default_rng([self.seed, it, 7])
+    t0 = time.perf_counter()
+    queries = self._queries(it, cursor)
+    trajs = self.engine.run(tr.state.params, self.requests(queries, it))
+    t_roll = time.perf_counter() - t0
+    self.grade(trajs)
+    kept, adv, decision, stats = self.curate(trajs, rng)
+    t1 = time.perf_counter()
+    mstep = self.mstep(kept, adv, decision, rng)
+    stats.update({
+        "em/iteration": it + 1,
+        "em/rollouts": len(trajs),
+        "em/rollout_seconds": t_roll,
+        "em/mstep_seconds": time.perf_counter() - t1,
+        "em/mstep_steps": len(mstep),
+        "em/device_idle_fraction": self.engine.stats.idle_fraction,
+    })
+    if mstep:
+      stats["em/loss_first"] = mstep[0].get("loss", float("nan"))
+      stats["em/loss_last"] = mstep[-1].get("loss", float("nan"))
+    tr.meta["em_iteration"] = it + 1
+    tr.meta["data_cursor"] = cursor + len(queries)
+    tr.log(tr.step, {k: v for k, v in stats.items() if not isinstance(v, list)})
+    if self.on_iteration is not None:
+      self.on_iteration(it + 1, stats)
+    tr.save()
+    stats["trajectories"] = trajs
+    return stats
+
+  def run(self) -> list[dict]:
+    out = []
+    while int(self.trainer.meta.get("em_iteration", 0)) < self.cfg.iterations:
+      out.append(self.run_iteration())
+    return out
