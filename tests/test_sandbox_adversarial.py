@@ -5,7 +5,6 @@ and zygote survive it. Runs with the strongest isolation this machine offers (au
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import threading

@@ -140,3 +140,13 @@ def test_lru_eviction_rebuilds_sessions():
       sb.run(s, f"name = {s!r}")
     assert sb.metrics()["sandbox/live_sessions"] <= 2  # bounded; the LRU one was closed
     assert [sb.run(s, "name").output for s in ("a", "b", "c")] == ["'a'", "'b'", "'c'"]
+
+
+def test_a_closed_key_can_start_a_new_session_at_once():
+  with Sandbox(SandboxConfig(timeout_s=5)) as sb:
+    old = sb.submit("row5", "import time\ntime.sleep(0.3)\nv = 'old'\nv")
+    sb.close_session("row5")          # closes after its queued cell
+    new = sb.submit("row5", "v")      # a new trajectory on the same slot: fresh state
+    assert old.result().output == "'old'"
+    r = new.result()
+    assert r.status == Status.ERROR and "NameError" in r.output

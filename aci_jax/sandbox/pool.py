@@ -180,15 +180,14 @@ class Sandbox:
       if self._closed:
         raise RuntimeError("sandbox is shut down")
       if self._broken:
-        fut.set_result(CellResult(session, Status.SANDBOX_FAILURE,
-                                  f"SandboxFailure: {self._broken}", 0.0,
-                                  detail=self._broken))
+        r = CellResult(session, Status.SANDBOX_FAILURE, f"SandboxFailure: {self._broken}", 0.0,
+                       detail=self._broken)
+        self._stats.add(r)
+        fut.set_result(r)
         return fut
       s = self._sessions.get(session)
       if s is None:
         s = self._sessions[session] = _Session(session)
-      if s.closing:
-        raise RuntimeError(f"session {session!r} is closing")
       s.queue.append(_Pending(next(self._ids), s, code, fut, time.monotonic()))
       self._unfinished += 1
       if not s.busy and len(s.queue) == 1:
@@ -201,15 +200,21 @@ class Sandbox:
     return self.submit(session, code).result()
 
   def close_session(self, session) -> None:
-    """Ends a trajectory: its process is killed once its queued cells finished."""
+    """Ends a trajectory: its process is killed once its queued cells finished. The key is
+    free at once: a later submit() with it starts a new session."""
     with self._lock:
-      s = self._sessions.get(session)
+      s = self._sessions.pop(session, None)
       if s is None:
         return
       s.closing = True
       if not s.busy and not s.queue:
         self._drop_session(s)
     self._wake()
+
+  def _queued_sessions(self) -> set:
+    """Every session with cells not yet at the server (closed ones included)."""
+    return ({s for s in self._sessions.values() if s.queue} |
+            {s for s in self._ready if s.queue})
 
   def metrics(self, reset: bool = False) -> dict:
     """Flat scalars for TensorBoard/JSONL: counts per status, latency percentiles (s)."""
@@ -242,7 +247,7 @@ class Sandbox:
       for p in list(self._inflight.values()):
         failed.append((p, "the sandbox was shut down"))
       self._inflight.clear()
-      for s in self._sessions.values():
+      for s in self._queued_sessions():
         failed.extend((p, "the sandbox was shut down") for p in s.queue)
         s.queue.clear()
     self._resolve([self._failure(p, why) for p, why in failed])
@@ -468,7 +473,7 @@ class Sandbox:
     with self._lock:
       self._broken = f"sandbox server could not be restarted: {why}"
       failed = []
-      for s in self._sessions.values():
+      for s in self._queued_sessions():
         failed.extend(s.queue)
         s.queue.clear()
       self._ready.clear()

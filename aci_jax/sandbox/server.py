@@ -9,7 +9,6 @@ on stdin/stdout (see protocol.py).
 from __future__ import annotations
 
 import collections
-import errno
 import json
 import os
 import selectors
@@ -248,12 +247,12 @@ class Server:
     self.busy.pop(s.sid, None)
     self.running -= 1
     kill = kill or c.oneshot
-    self._send_result(c, status, detail, alive=not kill, s=s)
+    self._send_result(c, status, detail, alive=not kill)
     if kill:
       self._kill(s)
     self._pump()
 
-  def _send_result(self, c: Cell, status: str, detail: str, alive: bool, s=None) -> None:
+  def _send_result(self, c: Cell, status: str, detail: str, alive: bool) -> None:
     cfg = self.cfg
     stdout = c.out.text(cfg.max_chars, strip=cfg.strip)
     if status == "timeout" and not detail:
