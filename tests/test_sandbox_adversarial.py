@@ -57,7 +57,9 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def sb():
-  box = Sandbox(SandboxConfig(timeout_s=TIMEOUT, memory_mb=512, max_workers=2))
+  # spares=0: with no idle pre-forked processes, "no process of the pool's uids" is an exact
+  # proof that nothing of a session survived (a spare, once taken, is killed the same way).
+  box = Sandbox(SandboxConfig(timeout_s=TIMEOUT, memory_mb=512, max_workers=2, spares=0))
   yield box
   pids = box.process_ids()
   box.shutdown()

@@ -33,7 +33,7 @@ def procs_with_uid(lo: int, hi: int) -> list[int]:
 def sb():
   # Only preloaded modules import when the interpreter lives in a directory other users cannot
   # read (e.g. a pyenv under /root): preload what these programs use.
-  cfg = SandboxConfig(isolation="seccomp", timeout_s=TIMEOUT, memory_mb=512,
+  cfg = SandboxConfig(isolation="seccomp", timeout_s=TIMEOUT, memory_mb=512, spares=0,
                       preload=SandboxConfig().preload + ("socket", "encodings.idna", "subprocess", "signal"))
   box = Sandbox(cfg)
   yield box

@@ -150,3 +150,23 @@ def test_a_closed_key_can_start_a_new_session_at_once():
     assert old.result().output == "'old'"
     r = new.result()
     assert r.status == Status.ERROR and "NameError" in r.output
+
+
+def test_spares_are_pristine_children_of_the_zygote():
+  with Sandbox(SandboxConfig(spares=3, timeout_s=5)) as sb:
+    for i in range(5):
+      sb.run(i, "import os\nx = os.getpid()")
+      sb.close_session(i)
+    z = sb.process_ids()["zygote"]
+    assert wait_until(lambda: len(procs_with_uid(*sb.uid_range)) == 3)
+    for pid in procs_with_uid(*sb.uid_range):
+      with open(f"/proc/{pid}/status") as f:
+        st = dict(l.split(":", 1) for l in f)
+      assert int(st["PPid"]) == z and int(st["Threads"]) == 1
+      with open(f"/proc/{pid}/task/{pid}/children") as f:
+        assert f.read().strip() == ""
+    # A new session takes a spare: its first cell does not wait for fork + lock-down.
+    r = sb.run("new", "1 + 1")
+    assert r.output == "2"
+    lo_hi = sb.uid_range
+  assert procs_with_uid(*lo_hi) == []

@@ -60,7 +60,8 @@ def plan():
 
 def test_ten_thousand_mixed_cells_leave_nothing_behind():
   t0 = time.monotonic()
-  cfg = SandboxConfig(timeout_s=1.0, memory_mb=512, max_output_bytes=1 << 20, max_pending=1024)
+  cfg = SandboxConfig(timeout_s=1.0, memory_mb=512, max_output_bytes=1 << 20, max_pending=1024,
+                      spares=0)  # exact leak proof: no idle process is expected
   sb = Sandbox(cfg)
   root, uids, server = sb._root, sb.uid_range, sb.process_ids()["server"]
   mismatches = collections.Counter()

@@ -32,6 +32,7 @@ class SandboxConfig:
   max_pending: int = 4096           # submitted, unfinished cells before submit() blocks
   max_sessions: int = 1024          # live persistent processes; LRU idle ones are evicted
   max_code_bytes: int = 1 << 20     # longer cells are rejected as errors without running
+  spares: int = 4                   # pre-forked idle processes, so a new session starts at once
   nproc: int = 64                   # RLIMIT_NPROC (processes + threads of the session uid)
   nofile: int = 256                 # RLIMIT_NOFILE
   file_mb: int = 64                 # RLIMIT_FSIZE, and the size of the private /tmp tmpfs

@@ -9,6 +9,7 @@ on stdin/stdout (see protocol.py).
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import selectors
@@ -43,11 +44,12 @@ class Cell:
 
 
 class Session:
-  __slots__ = ("sid", "uid", "pid", "req", "rep", "out", "err", "reader", "wbuf", "cell",
+  __slots__ = ("sid", "zid", "uid", "pid", "req", "rep", "out", "err", "reader", "wbuf", "cell",
                "dying", "exit_status", "idle_bytes")
 
-  def __init__(self, sid: int, uid: int):
-    self.sid, self.uid, self.pid = sid, uid, 0
+  def __init__(self, zid: int, uid: int):
+    self.sid: int | None = None  # the host's session id; None while it is a spare
+    self.zid, self.uid, self.pid = zid, uid, 0
     self.req = self.rep = self.out = self.err = -1
     self.reader = protocol.FrameReader(MAX_REPLY)
     self.wbuf = bytearray()
@@ -84,6 +86,9 @@ class Server:
     self.queue: collections.deque[Cell] = collections.deque()
     self.running = 0
     self.busy: dict[int, Session] = {}  # sessions with a cell in progress
+    self.by_zid: dict[int, Session] = {}  # every process, by the zygote's id for it
+    self.zids = itertools.count(1)
+    self.spares: collections.deque[Session] = collections.deque()  # forked, idle, no session
     self.free_uids = collections.deque(range(cfg.uid_base + 1,
                                              cfg.uid_base + 1 + cfg.max_sessions + 256))
     self.host_in = sys.stdin.fileno()
@@ -144,13 +149,31 @@ class Server:
       self.sel.modify(fd, events, data)
 
   # --- sessions -------------------------------------------------------------------------------
-  def _spawn(self, sid: int) -> Session:
+  def _new_process(self) -> Session:
     if not self.free_uids:
       raise RuntimeError("no free session uid (too many live sessions)")
-    s = Session(sid, self.free_uids.popleft())
-    self.sessions[sid] = s
-    self.zsock.send(json.dumps({"op": "spawn", "sid": sid, "uid": s.uid}).encode())
+    s = Session(next(self.zids), self.free_uids.popleft())
+    self.by_zid[s.zid] = s
+    self.zsock.send(json.dumps({"op": "spawn", "sid": s.zid, "uid": s.uid}).encode())
     return s
+
+  def _spawn(self, sid: int) -> Session:
+    """A process for a new session: a pre-forked spare if one is ready (its fork and
+    lock-down are then off the cell's latency), else a fresh one."""
+    s = self.spares.popleft() if self.spares else self._new_process()
+    s.sid = sid
+    self.sessions[sid] = s
+    self._top_up_spares()
+    return s
+
+  def _top_up_spares(self) -> None:
+    # Only refilled when one is taken, so an environment where sessions die at start-up
+    # cannot turn this into a spawn loop.
+    while len(self.spares) < self.cfg.spares and len(self.free_uids) > 64:
+      try:
+        self.spares.append(self._new_process())
+      except (RuntimeError, OSError):
+        return
 
   def _attach(self, s: Session, pid: int, fds: list[int]) -> None:
     s.pid = pid
@@ -181,7 +204,7 @@ class Server:
     s.dying = True
     if s.pid:
       self._close_fds(s)
-      self.zsock.send(json.dumps({"op": "kill", "sid": s.sid}).encode())
+      self.zsock.send(json.dumps({"op": "kill", "sid": s.zid}).encode())
 
   def _write_req(self, s: Session) -> None:
     if s.req < 0:
@@ -331,39 +354,39 @@ class Server:
     if not data:
       raise RuntimeError("zygote died")
     msg = json.loads(data)
-    op, sid = msg.get("op"), msg.get("sid")
-    s = self.sessions.get(sid)
+    op, zid = msg.get("op"), msg.get("sid")
+    s = self.by_zid.get(zid)
     if op == "spawned":
       if s is None:
         for fd in fds:
           os.close(fd)
-        self.zsock.send(json.dumps({"op": "kill", "sid": sid}).encode())
+        self.zsock.send(json.dumps({"op": "kill", "sid": zid}).encode())
         return
       self._attach(s, msg["pid"], fds)
-    elif op == "spawn_error":
-      if s is not None:
-        del self.sessions[sid]
-        self.free_uids.append(s.uid)
-        if s.cell is not None:
+    elif op in ("spawn_error", "exit"):
+      if s is None:
+        return
+      if op == "exit":
+        s.exit_status = msg["status"]
+      if s.cell is not None:
+        if op == "exit":
+          self._finish(s, *_describe_exit(s.exit_status), kill=True)
+        else:
           c, s.cell = s.cell, None
-          self.busy.pop(sid, None)
+          self.busy.pop(s.sid, None)
           self.running -= 1
           self._send_result(c, "sandbox_failure", f"SandboxFailure: {msg.get('detail')}",
                             alive=False)
           self._pump()
-    elif op == "exit":
-      if s is None:
-        return
-      s.exit_status = msg["status"]
-      if s.cell is not None:
-        self._finish(s, *_describe_exit(s.exit_status), kill=True)
-      elif not s.dying:
-        self.to_host({"op": "died", "sid": sid})
+      elif not s.dying and s.sid is not None:
+        self.to_host({"op": "died", "sid": s.sid})
       self._close_fds(s)
-      del self.sessions[sid]
+      del self.by_zid[zid]
+      if s.sid is not None and self.sessions.get(s.sid) is s:
+        del self.sessions[s.sid]
+      if s in self.spares:
+        self.spares.remove(s)
       self.free_uids.append(s.uid)
-      if self.stopping and not self.sessions:
-        raise SystemExit(0)
     elif op == "fatal":
       raise RuntimeError(msg.get("detail"))
 
@@ -416,7 +439,9 @@ class Server:
     os.set_blocking(self.host_out, False)
     self.sel.register(self.host_in, selectors.EVENT_READ, "host")
     self.sel.register(self.zsock, selectors.EVENT_READ, "zygote")
+    self.report["spares"] = self.cfg.spares
     self.to_host({"op": "hello", "report": self.report})
+    self._top_up_spares()
     while True:
       timeout = self.check_deadlines()
       for key, events in self.sel.select(timeout):
