@@ -36,6 +36,21 @@ from aci_jax.rollout import Request, Trajectory
 ALGORITHMS = ("autocode", "em_no_decision", "grpo", "rft")
 
 
+def save_progress(trainer) -> bool:
+  """Checkpoints the run unless this train step is already saved.
+
+  Checkpoints are keyed by the optimizer step. An iteration whose M-step had nothing to train
+  on (every query dropped) does not advance it; its bookkeeping is then not saved on its own,
+  and a resumed run recomputes that iteration -- identically, since its queries and rollout
+  keys derive from (seed, iteration) only.
+  """
+  step = trainer.step
+  if step in trainer.ckpt.all_steps():
+    return False
+  trainer.save()
+  return True
+
+
 @dataclasses.dataclass(frozen=True)
 class EMConfig:
   algorithm: str = "autocode"
@@ -198,7 +213,7 @@ class EMLoop:
     tr.log(tr.step, {k: v for k, v in stats.items() if not isinstance(v, list)})
     if self.on_iteration is not None:
       self.on_iteration(it + 1, stats)
-    tr.save()
+    save_progress(tr)
     stats["trajectories"] = trajs
     return stats
 

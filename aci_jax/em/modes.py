@@ -1,0 +1,234 @@
+"""The `autocode` mode: warm-up SFT -> evaluation -> EM iterations (with evaluation) -> summary.
+
+    python -m aci_jax.main --config configs/default.py [--workdir DIR]
+
+Workdir layout:
+  warmup/            the SFT run (its own checkpoints, metrics, and the exported HF policy)
+  tokenizer/         the tokenizer the run uses (the toy's char tokenizer, or a copy)
+  checkpoints/, metrics.jsonl, tb/   the EM run (its meta carries the evaluation history)
+  eval/<point>/      trajectories + summaries of every evaluation point
+  summary.json       {"warmup", "iterations", "final", "wall_seconds", ...} and plots/*.png
+
+Every phase is resumable: re-running the same command skips what is finished and continues
+the EM run from its latest checkpoint (iteration, data cursor, RNG and evaluation history).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+
+import jax
+
+from aci_jax.em.loop import EMConfig, EMLoop, Problem, save_progress
+from aci_jax.main import register_mode
+from aci_jax.train.runner import ConfigError, Trainer, dataclass_from
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------- data
+
+
+def _tokenizer(config, workdir):
+  from aci_jax.tokenizer import Tokenizer
+
+  name = config.tokenizer
+  out = os.path.join(workdir, "tokenizer")
+  if name == "toy":
+    from aci_jax.data.char_tokenizer import save_char_tokenizer
+    if not os.path.exists(os.path.join(out, "tokenizer.json")):
+      save_char_tokenizer(out)
+    return Tokenizer.from_pretrained(out), out
+  path = name or config.model.path
+  try:
+    return Tokenizer.from_pretrained(path), path
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"config.tokenizer: cannot load {path!r}: {e}".splitlines()[0]) from None
+
+
+def _problems(config):
+  """(train problems, {benchmark: eval problems}) from config.task."""
+  t = config.task
+  if t.name == "toy":
+    from aci_jax.data import toy
+    fams = tuple(t.families)
+    train = toy.make_problems(t.train_per_family, split="train", families=fams, seed=config.seed)
+    test = toy.make_problems(t.eval_per_family, split="test", families=fams, seed=config.seed)
+    return train, {"toy": test}
+  from aci_jax.data import datasets
+  try:
+    train = datasets.load_jsonl(t.train_path, t.get("train_benchmark") or None)
+    evals = {name: datasets.load_jsonl(path, name) for name, path in dict(t.eval_paths).items()}
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"config.task: {e}".splitlines()[0]) from None
+  limit = int(t.get("eval_limit", 0))
+  if limit:
+    evals = {k: v[:limit] for k, v in evals.items()}
+  return train, evals
+
+
+def _warmup_demos(config, train):
+  t = config.task
+  if t.name == "toy":
+    from aci_jax.data import toy
+    return toy.make_demonstrations(train[:t.warmup_examples], code_fraction=t.code_fraction,
+                                   seed=config.seed)
+  from aci_jax.data.sft import load_demonstrations
+  return load_demonstrations(config.warmup.data_path)
+
+
+# ------------------------------------------------------------------------------- phases
+
+
+def _warmup(config, workdir, tok_dir, train) -> str | None:
+  """Runs (or resumes, or skips when finished) the SFT warm-up; returns its HF export dir."""
+  w = config.warmup
+  if not w.steps:
+    return None
+  out = os.path.join(workdir, "warmup", "hf")
+  if os.path.exists(os.path.join(out, "config.json")):
+    return out
+  from aci_jax.data.sft import write_jsonl
+  from aci_jax.train.modes import sft
+
+  data_path = os.path.join(workdir, "warmup", "demos.jsonl")
+  if jax.process_index() == 0 and not os.path.exists(data_path):
+    write_jsonl(data_path, _warmup_demos(config, train))
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.mode = "sft"
+    c.tokenizer = tok_dir
+    c.loss.policy, c.loss.decision_coef = "sft_nll", 0.0
+    c.train.steps, c.train.batch_size = w.steps, w.batch_size
+    c.optim.lr, c.optim.warmup_steps, c.optim.decay_steps = w.lr, w.warmup_steps, w.steps
+    c.data.train_path, c.data.seq_len = data_path, w.seq_len
+    c.export.at_end, c.export.dir, c.export.every = True, out, 0
+  sft(c, os.path.join(workdir, "warmup"))
+  return out
+
+
+def _loss_for(config):
+  from aci_jax.train.losses import LossConfig
+
+  algo = config.em.algorithm
+  loss = dict(config.loss)
+  if algo == "grpo":
+    loss.update(policy="grpo", decision_coef=0.0)
+  elif algo == "rft":
+    loss.update(policy="sft_nll", decision_coef=0.0)
+  elif algo == "em_no_decision":
+    loss["decision_coef"] = 0.0
+  return dataclass_from(LossConfig, loss, name="loss")
+
+
+def _point(summary: dict) -> dict:
+  """The numbers summary.json keeps per evaluation point (overall and per family/subject)."""
+  out = {k: summary.get(k) for k in ("accuracy", "code_rate", "selection_accuracy",
+                                     "mean_at_k")}
+  g = summary.get("greedy") or {}
+  out.update(tool_error_rate=g.get("tool_error_rate"), truncation_rate=g.get("truncation_rate"),
+             cells_per_answer=g.get("cells_per_answer"))
+  for key in ("family", "subject"):
+    if f"by_{key}" in summary:
+      out[f"per_{key}"] = {name: {k: b.get(k) for k in ("accuracy", "code_rate",
+                                                        "selection_accuracy")}
+                           for name, b in summary[f"by_{key}"].items()}
+  return out
+
+
+@register_mode("autocode")
+def autocode(config, workdir: str) -> None:
+  """Warm-up SFT, then EM (or a baseline, `config.em.algorithm`), evaluated along the way."""
+  from aci_jax.eval.harness import evaluate_benchmarks
+  from aci_jax.grading import Grader
+  from aci_jax.rollout import RolloutConfig, RolloutEngine
+  from aci_jax.sampling import SamplingParams
+  from aci_jax.sandbox import Sandbox, SandboxConfig
+
+  t_start = time.perf_counter()
+  em_cfg = dataclass_from(EMConfig, config.em, name="em")
+  tok, tok_dir = _tokenizer(config, workdir)
+  train, evals = _problems(config)
+  r = dict(config.rollout)
+  sampling = SamplingParams(temperature=r.pop("temperature"), top_p=r.pop("top_p"),
+                            top_k=r.pop("top_k"))
+  rollout_cfg = dataclass_from(RolloutConfig, r, name="rollout", sampling=sampling,
+                               seed=config.seed)
+  sandbox_cfg = dataclass_from(SandboxConfig, config.sandbox, name="sandbox")
+
+  with Sandbox(sandbox_cfg) as sandbox, Grader(**dict(config.grader)) as grader:
+    warm_dir = _warmup(config, workdir, tok_dir, train)
+    c = copy.deepcopy(config)
+    with c.unlocked():
+      c.tokenizer = tok_dir
+      if warm_dir:
+        c.model.init, c.model.path = "hf", warm_dir
+    trainer = Trainer(c, workdir, loss_cfg=_loss_for(config))
+    resumed = trainer.restore_or_init()
+    log.info("%s EM run at iteration %d", "resumed" if resumed else "started",
+             trainer.meta.get("em_iteration", 0))
+    engine = RolloutEngine(trainer.model_cfg, tok, rollout_cfg, executor=sandbox,
+                           mesh=trainer.mesh)
+    ev = config.eval
+    prompt_fn = lambda text: list(tok.chat_ids([{"role": "user", "content": text}]))
+    history = trainer.meta.setdefault("summary", {"warmup": None, "iterations": []})
+    history.setdefault("wall_seconds_before", 0.0)
+
+    def run_eval(name: str) -> dict:
+      t0 = time.perf_counter()
+      res = evaluate_benchmarks(engine, trainer.state.params, tok, evals, grader,
+                                out_dir=os.path.join(workdir, "eval", name),
+                                samples=ev.samples, temperature=ev.temperature,
+                                selection=ev.selection)
+      point = {b: _point(s) for b, s in res.items()}
+      flat = {f"eval/{b}/{k}": v for b, p in point.items() for k, v in p.items()
+              if isinstance(v, (int, float))}
+      trainer.log(trainer.step, flat)
+      log.info("eval %s: %s (%.0fs)", name, json.dumps(flat), time.perf_counter() - t0)
+      return point
+
+    if history["warmup"] is None:
+      history["warmup"] = run_eval("warmup")
+      save_progress(trainer)
+
+    def on_iteration(it: int, stats: dict) -> None:
+      entry = {"iteration": it, **{k: v for k, v in stats.items()
+                                   if k.startswith(("estep/", "em/")) and
+                                   not isinstance(v, list)}}
+      if ev.every and (it % ev.every == 0 or it == em_cfg.iterations):
+        entry["eval"] = run_eval(f"iteration_{it}")
+      history["iterations"].append(entry)
+
+    problems = [Problem(p["problem"], p["answer"], {k: v for k, v in p.items()
+                                                    if k not in ("problem", "answer")})
+                for p in train]
+    loop = EMLoop(em_cfg, trainer, engine, grader, tok, problems, prompt_fn, seed=config.seed,
+                  on_iteration=on_iteration)
+    for _ in range(em_cfg.iterations - int(trainer.meta.get("em_iteration", 0))):
+      stats = loop.run_iteration()
+      log.info("EM iteration %d: %s", stats["em/iteration"],
+               {k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()
+                if k != "trajectories" and not isinstance(v, list)})
+    last = history["iterations"][-1] if history["iterations"] else None
+    final = last["eval"] if last and "eval" in last else run_eval("final")
+    summary = {
+        "algorithm": em_cfg.algorithm,
+        "warmup": history["warmup"],
+        "iterations": history["iterations"],
+        "final": final,
+        "wall_seconds": history["wall_seconds_before"] + time.perf_counter() - t_start,
+        "sandbox": sandbox.metrics(),
+    }
+    history["wall_seconds_before"] = summary["wall_seconds"]
+    save_progress(trainer)
+    if jax.process_index() == 0:
+      from aci_jax.em.report import write_plots, write_summary
+      write_summary(os.path.join(workdir, "summary.json"), summary)
+      write_plots(summary, os.path.join(workdir, "plots"))
+    if config.export.at_end:
+      trainer.export(config.export.dir or None)
+    trainer.close()

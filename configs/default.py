@@ -1,0 +1,67 @@
+"""The embedded default: the whole AutoCode method on a synthetic arithmetic task, on a CPU.
+
+  python -m aci_jax.main --config configs/default.py [--workdir DIR] [--config.em.algorithm=grpo]
+
+A ~1M-parameter Qwen2-architecture policy is trained from scratch with the production code
+paths (model, sampler, sandbox, grader, trainer): warm-up SFT on demonstrations where code is
+rare (10% in every family), then EM iterations that should teach it to *reason* on the families
+it can do in its head (compare, add) and to *write code* on those it cannot (mul, powmod).
+Writes summary.json and plots/*.png in the workdir. Values here are our choices for a
+laptop-sized run; configs/qwen2_5_7b.py carries the paper's settings.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.mode = "autocode"
+  c.seed = 0
+  c.progress = True
+  c.tokenizer = "toy"  # the built-in character tokenizer (259 ids)
+
+  c.model = ml_collections.ConfigDict(dict(
+      init="scratch", path="", arch="qwen2", vocab_size=259, hidden_size=128,
+      intermediate_size=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
+      qkv_bias=True, tie_word_embeddings=True, max_position_embeddings=512, rope_theta=10000.0,
+      eos_token_ids=(256,), dtype="float32", param_dtype="float32", remat="none"))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  c.task = ml_collections.ConfigDict(dict(
+      name="toy", families=("compare", "add", "mul", "powmod"),
+      train_per_family=500, eval_per_family=25,
+      warmup_examples=2000, code_fraction=0.1))
+
+  # Warm-up SFT (a separate run in <workdir>/warmup, exported and loaded by the EM run).
+  c.warmup = ml_collections.ConfigDict(dict(
+      steps=600, batch_size=32, lr=3e-3, warmup_steps=30, seq_len=128, data_path=""))
+  c.data = ml_collections.ConfigDict(dict(train_path="", toy_examples=0, seq_len=128, system=""))
+
+  # EM. alpha=inf (hard argmax of pi*Q, the paper's first version) and lambda=1 are our toy
+  # choices: with ~10% native code use, pi*Q for code is small and a finite alpha would keep
+  # s* near uniform for many iterations.
+  c.em = ml_collections.ConfigDict(dict(
+      algorithm="autocode", iterations=6, queries_per_iteration=64, native_samples=4,
+      k_per_decision=4, keep_per_query=4, alpha=float("inf"), form="paper", pi_prior=0.0,
+      epochs=2, code_prefix="```python\n", batch_length=0))
+  c.rollout = ml_collections.ConfigDict(dict(
+      batch_size=64, max_prompt_tokens=64, max_new_tokens=128, max_tool_calls=2,
+      decode_steps=64, temperature=1.0, top_p=1.0, top_k=0))
+  c.sandbox = ml_collections.ConfigDict(dict(timeout_s=5.0, memory_mb=1024, mode="persistent"))
+  c.grader = ml_collections.ConfigDict(dict(num_workers=1, timeout=5.0))
+  c.eval = ml_collections.ConfigDict(dict(every=1, samples=0, temperature=0.6, selection=True))
+
+  # M-step (the EM run's trainer).
+  c.train = ml_collections.ConfigDict(dict(
+      steps=0, batch_size=32, micro_batches=1, logprob_chunk=512, log_every=1))
+  c.loss = ml_collections.ConfigDict(dict(
+      policy="ppo_clip", clip_eps_low=0.2, clip_eps_high=0.2, decision_coef=1.0,
+      aggregation="token_mean"))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=5e-4, warmup_steps=0, decay_steps=1000, end_lr_ratio=1.0, b1=0.9, b2=0.95, eps=1e-8,
+      weight_decay=0.0, clip_norm=1.0))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=1, max_to_keep=2, async_save=True))
+  c.export = ml_collections.ConfigDict(dict(every=0, at_end=False, dtype="", dir="", step=0))
+  c.dist = ml_collections.ConfigDict(dict(
+      multihost="auto", coordinator="", num_processes=1, process_id=0, cpu_collectives="gloo"))
+  return c
