@@ -107,6 +107,9 @@ def _warmup(config, workdir, tok_dir, train) -> str | None:
     c.optim.lr, c.optim.warmup_steps, c.optim.decay_steps = w.lr, w.warmup_steps, w.steps
     c.data.train_path, c.data.seq_len = data_path, w.seq_len
     c.export.at_end, c.export.dir, c.export.every = True, out, 0
+    # The EM run checkpoints every iteration; a warm-up step is far cheaper than a save.
+    c.checkpoint.every = max(50, w.steps // 4)
+    c.train.log_every = max(1, min(25, w.steps // 10))
   sft(c, os.path.join(workdir, "warmup"))
   return out
 
@@ -149,8 +152,18 @@ def autocode(config, workdir: str) -> None:
   from aci_jax.sampling import SamplingParams
   from aci_jax.sandbox import Sandbox, SandboxConfig
 
+  from aci_jax.hub import HubError, resolve
+
   t_start = time.perf_counter()
   em_cfg = dataclass_from(EMConfig, config.em, name="em")
+  if config.model.init == "hf":  # a hub id becomes a local snapshot once, before anything else
+    try:
+      local = resolve(config.model.path)
+    except HubError as e:
+      raise ConfigError(f"config.model.path: {e}") from None
+    config = copy.deepcopy(config)
+    with config.unlocked():
+      config.model.path = local
   tok, tok_dir = _tokenizer(config, workdir)
   train, evals = _problems(config)
   r = dict(config.rollout)
