@@ -11,22 +11,13 @@ import time
 import pytest
 
 from aci_jax.sandbox import Sandbox, SandboxConfig, Status
-
-TIMEOUT = 2.0
+from aci_jax.sandbox.pool import pids_with_uid
 
 
 def procs_with_uid(lo: int, hi: int) -> list[int]:
-  out = []
-  for name in os.listdir("/proc"):
-    if name.isdigit():
-      try:
-        with open(f"/proc/{name}/status") as f:
-          uid = next(int(l.split()[1]) for l in f if l.startswith("Uid:"))
-      except (OSError, StopIteration):
-        continue
-      if lo <= uid < hi:
-        out.append(int(name))
-  return out
+  return pids_with_uid(lo, hi, zombies=True)  # a zombie left behind counts as a leak
+
+TIMEOUT = 2.0
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,17 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import subprocess
 import time
 
 import pytest
 
 from aci_jax.sandbox import Sandbox, SandboxConfig, Status
+from aci_jax.sandbox.pool import pids_with_uid
+
+
+def procs_with_uid(lo: int, hi: int) -> list[int]:
+  return pids_with_uid(lo, hi, zombies=True)  # a zombie left behind counts as a leak
 
 
 def alive(pid: int) -> bool:
@@ -19,20 +25,6 @@ def alive(pid: int) -> bool:
       return f.read().split(")")[-1].split()[0] != "Z"
   except OSError:
     return False
-
-
-def procs_with_uid(lo: int, hi: int) -> list[int]:
-  out = []
-  for name in os.listdir("/proc"):
-    if name.isdigit():
-      try:
-        with open(f"/proc/{name}/status") as f:
-          uid = next(int(l.split()[1]) for l in f if l.startswith("Uid:"))
-      except (OSError, StopIteration):
-        continue
-      if lo <= uid < hi:
-        out.append(int(name))
-  return out
 
 
 def wait_until(pred, timeout=10.0):
@@ -170,3 +162,16 @@ def test_spares_are_pristine_children_of_the_zygote():
     assert r.output == "2"
     lo_hi = sb.uid_range
   assert procs_with_uid(*lo_hi) == []
+
+
+def test_the_leak_observer_sees_a_live_process_of_a_uid():
+  # The leak checks above rely on this /proc scan; show it is not vacuous.
+  uid = 1_999_000_123
+  p = subprocess.Popen(["sleep", "30"], user=uid, group=uid)
+  try:
+    assert wait_until(lambda: p.pid in procs_with_uid(uid, uid + 1), 5)
+    assert procs_with_uid(uid + 1, uid + 2) == []
+  finally:
+    p.kill()
+    p.wait()
+  assert procs_with_uid(uid, uid + 1) == []

@@ -8,6 +8,11 @@ import os
 import time
 
 from aci_jax.sandbox import Sandbox, SandboxConfig, Status
+from aci_jax.sandbox.pool import pids_with_uid
+
+
+def procs_with_uid(lo: int, hi: int) -> list[int]:
+  return pids_with_uid(lo, hi, zombies=True)  # a zombie left behind counts as a leak
 
 N_SESSIONS = 1250
 CELLS_PER_SESSION = 8  # 10,000 cells (rollouts use <= 4; fewer spawns keep CI short)
@@ -32,20 +37,6 @@ TIMEOUT_EVERY = 500  # 20 cells spin until the (short) wall-clock limit
 def rss_mb() -> float:
   with open("/proc/self/status") as f:
     return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
-
-
-def procs_with_uid(lo: int, hi: int) -> list[int]:
-  out = []
-  for name in os.listdir("/proc"):
-    if name.isdigit():
-      try:
-        with open(f"/proc/{name}/status") as f:
-          uid = next(int(l.split()[1]) for l in f if l.startswith("Uid:"))
-      except (OSError, StopIteration):
-        continue
-      if lo <= uid < hi:
-        out.append(int(name))
-  return out
 
 
 def plan():

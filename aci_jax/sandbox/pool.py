@@ -332,7 +332,7 @@ class Sandbox:
     lo, hi = self.uid_range
     for _ in range(20):
       found = False
-      for pid in _pids_with_uid(lo, hi):
+      for pid in pids_with_uid(lo, hi):
         found = True
         try:
           os.kill(pid, signal.SIGKILL)
@@ -591,19 +591,19 @@ class Sandbox:
         p.future.set_result(r)
 
 
-def _pids_with_uid(lo: int, hi: int) -> list[int]:
-  """Pids whose real uid is in [lo, hi), from /proc."""
+def pids_with_uid(lo: int, hi: int, zombies: bool = False) -> list[int]:
+  """Pids of processes whose real uid is in [lo, hi), from /proc (zombies only if asked).
+  With `Sandbox.uid_range` this lists every process a pool's sessions own."""
   out = []
   for name in os.listdir("/proc"):
     if not name.isdigit():
       continue
     try:
       with open(f"/proc/{name}/status") as f:
-        for line in f:
-          if line.startswith("Uid:"):
-            if lo <= int(line.split()[1]) < hi:
-              out.append(int(name))
-            break
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
     except OSError:
       continue
+    if lo <= int(fields["Uid"].split()[0]) < hi and (
+        zombies or not fields["State"].strip().startswith("Z")):
+      out.append(int(name))
   return out
