@@ -88,7 +88,7 @@ def mask_and_expose(masks: list[str], binds: list[str]) -> None:
 
 
 def setup(spec: dict) -> None:
-  """Applies every isolation layer named in spec (see zygote.spawn_spec). Raises on failure."""
+  """Applies every isolation layer named in spec (built by Zygote._spec). Raises on failure."""
   tier = spec["tier"]
   uid = spec["uid"]
   workdir = spec["workdir"]
