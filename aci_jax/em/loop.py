@@ -23,10 +23,13 @@ native and `2 * k_per_decision` forced ones.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import time
 from typing import Callable, Sequence
 
+import jax
 import numpy as np
 
 from aci_jax.em.batches import build_batch, minibatches
@@ -36,19 +39,40 @@ from aci_jax.rollout import Request, Trajectory
 ALGORITHMS = ("autocode", "em_no_decision", "grpo", "rft")
 
 
+PROGRESS_FILE = "em_progress.json"
+
+
 def save_progress(trainer) -> bool:
-  """Checkpoints the run unless this train step is already saved.
+  """Checkpoints the run; returns whether a new checkpoint was started.
 
   Checkpoints are keyed by the optimizer step. An iteration whose M-step had nothing to train
-  on (every query dropped) does not advance it; its bookkeeping is then not saved on its own,
-  and a resumed run recomputes that iteration -- identically, since its queries and rollout
-  keys derive from (seed, iteration) only.
+  on (every query dropped) does not advance it, and the checkpoint of that step already
+  exists; its bookkeeping (iteration, data cursor, evaluation history) then goes to
+  `<workdir>/em_progress.json`, tagged with the step, written atomically.
+  `restore_progress` adopts it only on top of a checkpoint of that same step.
   """
   step = trainer.step
-  if step in trainer.ckpt.all_steps():
-    return False
-  trainer.save()
-  return True
+  if step not in trainer.ckpt.all_steps():
+    trainer.save()
+    return True
+  if jax.process_index() == 0:
+    from aci_jax.em.report import write_summary
+    write_summary(os.path.join(trainer.workdir, PROGRESS_FILE), {"step": step,
+                                                                 "meta": trainer.meta})
+  return False
+
+
+def restore_progress(trainer) -> None:
+  """After `trainer.restore_or_init()`: newer bookkeeping saved at the same step wins."""
+  path = os.path.join(trainer.workdir, PROGRESS_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  meta = saved.get("meta", {})
+  if (saved.get("step") == trainer.step and
+      meta.get("em_iteration", 0) >= trainer.meta.get("em_iteration", 0)):
+    trainer.meta.update(meta)
 
 
 @dataclasses.dataclass(frozen=True)

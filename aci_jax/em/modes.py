@@ -23,7 +23,7 @@ import time
 
 import jax
 
-from aci_jax.em.loop import EMConfig, EMLoop, Problem, save_progress
+from aci_jax.em.loop import EMConfig, EMLoop, Problem, restore_progress, save_progress
 from aci_jax.main import register_mode
 from aci_jax.train.runner import ConfigError, Trainer, dataclass_from
 
@@ -182,6 +182,7 @@ def autocode(config, workdir: str) -> None:
         c.model.init, c.model.path = "hf", warm_dir
     trainer = Trainer(c, workdir, loss_cfg=_loss_for(config))
     resumed = trainer.restore_or_init()
+    restore_progress(trainer)
     log.info("%s EM run at iteration %d", "resumed" if resumed else "started",
              trainer.meta.get("em_iteration", 0))
     engine = RolloutEngine(trainer.model_cfg, tok, rollout_cfg, executor=sandbox,
