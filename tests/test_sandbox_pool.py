@@ -175,3 +175,15 @@ def test_the_leak_observer_sees_a_live_process_of_a_uid():
     p.kill()
     p.wait()
   assert procs_with_uid(uid, uid + 1) == []
+
+
+def test_a_session_that_died_while_idle_is_rebuilt_not_silently_emptied():
+  with Sandbox(SandboxConfig(timeout_s=5, spares=0)) as sb:
+    sb.run("s", "keep = 7")
+    for pid in procs_with_uid(*sb.uid_range):  # the session's only process: kill it from outside
+      os.kill(pid, signal.SIGKILL)
+    # Once the server has seen the death (a cell sent before that is reported `killed`), the
+    # next cell runs on a process rebuilt from the session's successful cells.
+    assert wait_until(lambda: sb.metrics()["sandbox/live_sessions"] == 0)
+    r = sb.run("s", "keep * 6")
+    assert r.status == Status.OK and r.output == "42", r

@@ -497,7 +497,8 @@ class Sandbox:
       oneshot = cfg.mode != "persistent"
       if cfg.mode == "replay":
         prelude = display.replay_prelude(s.history)
-      if oneshot or not s.live:
+      new = oneshot or not s.live
+      if new:
         if cfg.mode == "persistent" and s.history and cfg.persistent_recovery:
           prelude = display.replay_prelude(s.history)
         if s.sid:
@@ -513,7 +514,7 @@ class Sandbox:
       s.busy = True
       self._inflight[p.cid] = p
       self._send({"op": "cell", "cid": p.cid, "sid": s.sid, "code": p.code,
-                  "prelude": prelude, "oneshot": oneshot})
+                  "prelude": prelude, "oneshot": oneshot, "new": new})
 
   def _evict(self) -> None:
     """Too many live persistent processes: close the least recently used idle ones (they are

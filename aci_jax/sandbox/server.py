@@ -27,8 +27,8 @@ MAX_REPLY = 1 << 20  # a child's reply frame larger than this is a protocol viol
 
 
 class Cell:
-  __slots__ = ("cid", "sid", "code", "prelude", "oneshot", "t0", "deadline", "out", "err",
-               "grace")
+  __slots__ = ("cid", "sid", "code", "prelude", "oneshot", "new", "t0", "deadline", "out",
+               "err", "grace")
 
   def __init__(self, msg: dict, keep: int):
     self.cid = msg["cid"]
@@ -36,6 +36,7 @@ class Cell:
     self.code = msg["code"]
     self.prelude = msg.get("prelude") or []
     self.oneshot = bool(msg.get("oneshot"))
+    self.new = bool(msg.get("new"))  # the first cell of a new session id
     self.t0 = 0.0
     self.deadline = 0.0
     self.grace = 0.0  # when set: time at which we stop waiting for the exit status
@@ -222,12 +223,16 @@ class Server:
   # --- cells ----------------------------------------------------------------------------------
   def on_cell(self, msg: dict) -> None:
     s = self.sessions.get(msg["sid"])
-    if s is not None and (s.dying or s.cell is not None):
-      # Died while idle (the host has not heard yet) or a protocol slip: the host rebuilds.
-      self.to_host({"op": "lost", "cid": msg["cid"], "sid": msg["sid"]})
+    if (s is None and not msg.get("new")) or (s is not None and (s.dying or s.cell is not None)):
+      self._lost(msg["cid"], msg["sid"])
       return
     self.queue.append(Cell(msg, self.keep))
     self._pump()
+
+  def _lost(self, cid: int, sid: int) -> None:
+    """The session's process died while idle (the host has not heard yet): the cell never ran,
+    and the host re-sends it to a rebuilt session instead of running it without its state."""
+    self.to_host({"op": "lost", "cid": cid, "sid": sid})
 
   def _pump(self) -> None:
     while self.queue and self.running < self.cfg.max_workers:
@@ -239,6 +244,9 @@ class Server:
                           " bytes", alive=c.sid in self.sessions)
         continue
       s = self.sessions.get(c.sid)
+      if s is None and not c.new:
+        self._lost(c.cid, c.sid)  # died while this cell waited for a worker
+        continue
       try:
         if s is None:
           s = self._spawn(c.sid)
