@@ -12,6 +12,7 @@ for backpressure (more than max_pending unfinished cells).
 
 from __future__ import annotations
 
+import atexit
 import collections
 import concurrent.futures
 import dataclasses
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 
 from aci_jax.sandbox import display, protocol
 from aci_jax.sandbox.config import CellResult, SandboxConfig, Status
@@ -159,6 +161,7 @@ class Sandbox:
     log.info("sandbox isolation: %s", json.dumps(self.isolation))
     self._thread = threading.Thread(target=self._io_loop, name="aci-sandbox-io", daemon=True)
     self._thread.start()
+    atexit.register(_shutdown_at_exit, weakref.ref(self))  # a forgotten shutdown() still cleans
 
   # --- public API -----------------------------------------------------------------------------
   def submit(self, session, code: str, *, block: bool = True,
@@ -608,3 +611,9 @@ def pids_with_uid(lo: int, hi: int, zombies: bool = False) -> list[int]:
         zombies or not fields["State"].strip().startswith("Z")):
       out.append(int(name))
   return out
+
+
+def _shutdown_at_exit(ref: "weakref.ref[Sandbox]") -> None:
+  sb = ref()
+  if sb is not None:
+    sb.shutdown()
