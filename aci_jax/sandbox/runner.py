@@ -1,7 +1,8 @@
 """The session child: locks itself down, then executes cells sent by the server (stdlib only).
 
 File descriptors after setup: 0 = /dev/null, 1/2 = stdout/stderr pipes read by the server,
-3 = requests from the server, 4 = replies to the server. Nothing else is open.
+3 = requests from the server, 4 = replies to the server, 5/6 = copies of 1/2 (restored before
+each cell). Nothing else is open.
 """
 
 from __future__ import annotations
