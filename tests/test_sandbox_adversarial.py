@@ -342,3 +342,11 @@ def test_garbage_on_the_control_pipe(sb):
   code = "import os, time\nos.write(4, b'\\xff' * 8)\ntime.sleep(0.5)"
   r = run_checked(sb, "garbage", code, Status.KILLED)
   assert r.output == "Killed: the process broke the sandbox protocol"
+
+
+def test_no_inherited_descriptors(sb):
+  # fds 0-6 are the runner's own (stdin, out, err, requests, replies, copies of out/err);
+  # listdir itself holds one more while reading.
+  code = "import os\nfds = sorted(int(f) for f in os.listdir('/proc/self/fd'))\nfds[:7], len(fds)"
+  r = run_checked(sb, "fds", code, Status.OK)
+  assert r.output == "([0, 1, 2, 3, 4, 5, 6], 8)", r.output
