@@ -161,7 +161,9 @@ class Sandbox:
     log.info("sandbox isolation: %s", json.dumps(self.isolation))
     self._thread = threading.Thread(target=self._io_loop, name="aci-sandbox-io", daemon=True)
     self._thread.start()
-    atexit.register(_shutdown_at_exit, weakref.ref(self))  # a forgotten shutdown() still cleans
+    # A forgotten shutdown() still cleans up, but only in this process: a forked child of the
+    # host must not stop the parent's server through the pipes it inherited.
+    atexit.register(_shutdown_at_exit, weakref.ref(self), os.getpid())
 
   # --- public API -----------------------------------------------------------------------------
   def submit(self, session, code: str, *, block: bool = True,
@@ -613,7 +615,7 @@ def pids_with_uid(lo: int, hi: int, zombies: bool = False) -> list[int]:
   return out
 
 
-def _shutdown_at_exit(ref: "weakref.ref[Sandbox]") -> None:
+def _shutdown_at_exit(ref: "weakref.ref[Sandbox]", owner_pid: int) -> None:
   sb = ref()
-  if sb is not None:
+  if sb is not None and os.getpid() == owner_pid:
     sb.shutdown()
