@@ -170,7 +170,9 @@ def estep_stats(groups, ests: Sequence[QueryEstimate], kept: Sequence[Trajectory
   """Scalars and histograms for the metrics log."""
   native = [t for g in groups for t in g.native]
   q = np.asarray([e.q for e in ests]) if ests else np.zeros((0, 2))
-  s = np.asarray([e.s_star for e in ests]) if ests else np.zeros((0, 2))
+  # s* of dropped queries is a meaningless tie; the strategy statistics cover kept queries.
+  live = [e.s_star for e in ests if not e.dropped]
+  s = np.asarray(live) if live else np.zeros((0, 2))
   bins = np.linspace(0, 1, 11)
   out = {
       "estep/queries": len(ests),
@@ -188,6 +190,7 @@ def estep_stats(groups, ests: Sequence[QueryEstimate], kept: Sequence[Trajectory
       qc = q[:, c][~np.isnan(q[:, c])]
       out[f"estep/q_{name}_mean"] = float(qc.mean()) if len(qc) else 0.0
       out[f"estep/q_{name}_hist"] = np.histogram(qc, bins)[0].tolist()
+    if len(s):
       out[f"estep/s_{name}_mean"] = float(s[:, c].mean())
       out[f"estep/s_{name}_hist"] = np.histogram(s[:, c], bins)[0].tolist()
   return out
