@@ -16,6 +16,7 @@ CONFIG = os.path.join(ROOT, "configs", "sft_toy.py")
 
 def run_main(*args, cwd=None):
   env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"  # cheaper compile
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   return subprocess.run([sys.executable, "-m", "aci_jax.main", *args], env=env, cwd=cwd,
                         capture_output=True, text=True, timeout=300)

@@ -31,9 +31,19 @@ def cmd(workdir, *extra):
           "--config.data.seq_len=48", "--config.export.at_end=True", *extra]
 
 
+CACHE = {}
+
+
 def env():
+  """Two devices (a sharded state, cheaper to compile than eight) and a persistent compilation
+  cache shared by all launches of the test (what a preempted job on a TPU VM does as well):
+  restarts then cost start-up, not compilation."""
   e = dict(os.environ)
   e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
+  e["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  e["JAX_COMPILATION_CACHE_DIR"] = CACHE["dir"]
+  e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  e["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
   return e
 
 
@@ -75,6 +85,7 @@ def metrics_lines(workdir):
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
   ref_dir, run_dir = tmp_path / "ref", tmp_path / "killed"
+  CACHE["dir"] = str(tmp_path / "jax_cache")
   subprocess.run(cmd(ref_dir), check=True, env=env(), cwd=tmp_path, capture_output=True)
   ref_steps = committed_steps(ref_dir)
   assert ref_steps == list(range(1, STEPS + 1))
@@ -86,11 +97,11 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
     assert launches < 12, "the killed run never finished"
     proc = subprocess.Popen(cmd(run_dir), env=env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    if len(kills) < 3:
+    if len(kills) < 2:
       if len(kills) == 0:
         time.sleep(rng.uniform(0.5, 3.0))  # during start-up / compilation
       else:  # during training: once step `target` is logged, at a random moment after it
-        target = rng.randint(*[(2, 6), (7, 12)][len(kills) - 1])
+        target = rng.randint(2, STEPS // 2)
         deadline = time.time() + 180
         while proc.poll() is None and metrics_lines(run_dir) < target and time.time() < deadline:
           time.sleep(0.01)
@@ -112,7 +123,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()[-3000:]
     break
-  assert len(kills) >= 2, kills
+  assert len(kills) == 2, kills
   # Killed mid-training at least once (not only before the first checkpoint).
   assert any(0 < k < STEPS for k in kills), kills
 

@@ -174,10 +174,18 @@ class SFTData:
     return dict(tokens=tokens, positions=positions, valid=valid, loss_mask=mask), cursor + b
 
 
-def build_sft_data(path: str, tokenizer, *, batch_size: int, seq_len: int, seed: int = 0,
-                   system: str | None = None) -> tuple[SFTData, dict]:
-  """Loads, checks and tokenises a demonstrations file. Returns (data, stats)."""
-  recs = load_demonstrations(path)
+def build_sft_data(source: str | Sequence[dict], tokenizer, *, batch_size: int, seq_len: int,
+                   seed: int = 0, system: str | None = None) -> tuple[SFTData, dict]:
+  """Loads (from a JSONL path) or takes (a list of records), checks and tokenises
+  demonstrations. Returns (data, stats)."""
+  if isinstance(source, str):
+    recs, path = load_demonstrations(source), source
+  else:
+    recs, path = list(source), "<records>"
+    for i, r in enumerate(recs):
+      if not (isinstance(r.get("prompt"), str) and isinstance(r.get("response"), str)):
+        raise DataError(f"record {i}: needs string fields 'prompt' and 'response'")
+      split_response(r["response"])
   examples = [encode_demonstration(tokenizer, r["prompt"], r["response"], max_len=seq_len,
                                    system=system) for r in recs]
   examples = [e for e in examples if e.loss_mask.sum() > 0]  # nothing to learn otherwise

@@ -42,8 +42,10 @@ def chunked_logprobs(head_fn, hidden: jax.Array, targets: jax.Array, chunk: int)
     logits = head_fn(h).astype(jnp.float32)  # [B, C, V]
     lse = jax.nn.logsumexp(logits, axis=-1)
     tgt = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
-    probs = jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)
-    ent = jax.lax.stop_gradient(lse) - jnp.sum(probs * jax.lax.stop_gradient(logits), axis=-1)
+    # Entropy from the same lse (one extra exp pass, no second softmax reduction).
+    sg_logits, sg_lse = jax.lax.stop_gradient(logits), jax.lax.stop_gradient(lse)
+    probs = jnp.exp(sg_logits - sg_lse[..., None])
+    ent = sg_lse - jnp.sum(probs * sg_logits, axis=-1)
     return tgt - lse, ent
 
   def body(carry, x):

@@ -32,16 +32,13 @@ def sft(config, workdir: str) -> None:
     raise ConfigError(f"tokenizer has {tokenizer.vocab_size} ids but config.model.vocab_size is "
                       f"{trainer.model_cfg.vocab_size}")
   d, t = config.data, config.train
-  path = d.train_path
-  if not path:  # the built-in toy demonstrations, written for inspection
-    path = os.path.join(workdir, "data", "toy_sft.jsonl")
-    if jax.process_index() == 0 or not os.path.exists(path):
-      write_jsonl(path if jax.process_index() == 0 else f"{path}.{jax.process_index()}",
-                  toy_demonstrations(d.toy_examples, seed=config.seed))
-    if jax.process_index() != 0:
-      path = f"{path}.{jax.process_index()}"
+  source = d.train_path
+  if not source:  # the built-in toy demonstrations (process 0 also writes them for inspection)
+    source = toy_demonstrations(d.toy_examples, seed=config.seed)
+    if jax.process_index() == 0:
+      write_jsonl(os.path.join(workdir, "data", "toy_sft.jsonl"), source)
   try:
-    data, stats = build_sft_data(path, tokenizer, batch_size=t.batch_size, seq_len=d.seq_len,
+    data, stats = build_sft_data(source, tokenizer, batch_size=t.batch_size, seq_len=d.seq_len,
                                  seed=config.seed, system=d.system or None)
   except ValueError as e:
     raise ConfigError(str(e)) from None
