@@ -177,3 +177,29 @@ def test_encode_demo_agrees_with_the_sft_data_path():
     ex = sft.encode_demonstration(tok, d["prompt"], d["response"], max_len=4096)
     assert p + r == [int(x) for x in ex.tokens]
     assert [0] * len(p) + m == [int(x) for x in ex.loss_mask]
+
+
+def test_probe_model_size_and_padded_batches():
+  import jax
+  import numpy as np
+
+  from aci_jax.data.char_tokenizer import VOCAB_SIZE
+  from aci_jax.eval import toy_probe
+  from aci_jax.model import param_shapes
+
+  cfg = toy_probe.build_model(VOCAB_SIZE)
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(param_shapes(cfg)))
+  assert 0.5e6 < n < 1.5e6  # "a ~1M-parameter decoder"
+  tok = char_tokenizer()
+  p = {"family": "add", "problem": "What is 47 + 35?", "answer": "82"}
+  demos = [{"prompt": p["problem"], "response": toy.cot_response(p)},
+           {"prompt": p["problem"], "response": toy.code_response(p)}]
+  tokens, mask = toy_probe.encode_all(tok, demos)
+  assert tokens.shape[1] % 16 == 0 and tokens.shape == mask.shape
+  n_prompt = len(toy.prompt_ids(tok, p["problem"]))
+  assert not mask[:, :n_prompt].any()
+  # The code demo's spliced output "\n82\n```\n" (8 tokens) is the only masked response span.
+  n_resp = len(toy.code_response(p)) + 1
+  assert mask[1].sum() == n_resp - len("\n82\n```\n")
+  assert mask[0].sum() == len(toy.cot_response(p)) + 1
+  assert (tokens[0, n_prompt + len(toy.cot_response(p)) + 1:] == tok.pad_id).all()

@@ -98,6 +98,8 @@ def main(argv=None) -> dict:
   ap.add_argument("--lr", type=float, default=3e-3)
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--out", default=None, help="directory for trajectories and summary")
+  ap.add_argument("--params", default=None,
+                  help="msgpack file: loaded if it exists (no training), else written after it")
   a = ap.parse_args(argv)
 
   from aci_jax.data import toy
@@ -121,7 +123,20 @@ def main(argv=None) -> dict:
 
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(param_shapes(cfg)))
   print(f"{len(demos)} demos, {tokens.shape[1]} tokens wide; model {n_params / 1e6:.2f}M params")
-  params, losses = train(cfg, tokens, mask, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed)
+  from flax import serialization
+  from aci_jax.model import init_params
+
+  if a.params and os.path.exists(a.params):
+    with open(a.params, "rb") as f:
+      params = serialization.from_bytes(init_params(cfg, jax.random.key(0)), f.read())
+    losses = []
+    print(f"loaded {a.params}")
+  else:
+    params, losses = train(cfg, tokens, mask, steps=a.steps, batch=a.batch, lr=a.lr,
+                           seed=a.seed)
+    if a.params:  # the evaluation below can then be re-run without training again
+      with open(a.params, "wb") as f:
+        f.write(serialization.to_bytes(params))
   t_train = time.perf_counter() - t0
   rc = RolloutConfig(batch_size=64, max_prompt_tokens=64, max_new_tokens=96, decode_steps=32,
                      sampling=SamplingParams(greedy=True))
