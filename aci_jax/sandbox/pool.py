@@ -493,7 +493,9 @@ class Sandbox:
       if s.busy or not s.queue:
         continue
       p = s.queue.popleft()
-      if not p.future.set_running_or_notify_cancel():
+      # A cell re-queued after its process was lost ("lost" below) is already RUNNING: asking
+      # again raises in concurrent.futures and would kill this I/O thread.
+      if not p.future.running() and not p.future.set_running_or_notify_cancel():
         self._unfinished -= 1
         if s.queue:
           self._ready.append(s)
