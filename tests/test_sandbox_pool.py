@@ -187,3 +187,21 @@ def test_a_session_that_died_while_idle_is_rebuilt_not_silently_emptied():
     assert wait_until(lambda: sb.metrics()["sandbox/live_sessions"] == 0)
     r = sb.run("s", "keep * 6")
     assert r.status == Status.OK and r.output == "42", r
+
+
+def test_cell_sent_right_after_an_idle_death_is_rerun_once():
+  """Kill an idle session and submit at once, many times: the cell may reach the server
+  before the death is known there ("lost"), and is then re-sent to a rebuilt process. Each
+  cell resolves exactly once with the rebuilt state, and the pool keeps working (a re-queued
+  future used to be started twice, which killed the pool's I/O thread)."""
+  with Sandbox(SandboxConfig(timeout_s=5, spares=0)) as sb:
+    for k in range(20):
+      sb.run(("s", k), "keep = 7")
+      for pid in procs_with_uid(*sb.uid_range):
+        os.kill(pid, signal.SIGKILL)
+      r = sb.submit(("s", k), "keep * 6").result(timeout=20)
+      assert r.status in (Status.OK, Status.KILLED), r
+      if r.status == Status.OK:
+        assert r.output == "42", r
+      sb.close_session(("s", k))
+    assert sb.run("t", "print(6 * 7)").output == "42"

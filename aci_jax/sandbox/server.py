@@ -485,7 +485,9 @@ def main() -> None:
   cfg = SandboxConfig.from_json(json.loads(sys.argv[1]))
   root = sys.argv[2]
   signal.signal(signal.SIGINT, signal.SIG_IGN)   # the host decides when we stop
-  signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+  # Ignored: a session that dies while we write its request pipe must give us EPIPE (handled
+  # where we write), not kill the server with SIGPIPE and fail every cell in flight.
+  signal.signal(signal.SIGPIPE, signal.SIG_IGN)
   srv = Server(cfg, root)
   code = 0
   try:

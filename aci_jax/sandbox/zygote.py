@@ -349,6 +349,9 @@ class Zygote:
 def zygote_main(sock: socket.socket, cfg: SandboxConfig, sandbox_root: str) -> None:
   """Runs in the process the server forks first; never returns."""
   code = 0
+  # Sessions get the default SIGPIPE action, as an ordinary process would; the server that
+  # forked us ignores it (see server.main).
+  signal.signal(signal.SIGPIPE, signal.SIG_DFL)
   try:
     isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)  # orphans come to us to be reaped
     z = Zygote(sock, cfg, sandbox_root)
