@@ -32,7 +32,8 @@ def get_config():
 
   steps = ml_collections.FieldReference(200)
   c.train = ml_collections.ConfigDict(dict(
-      steps=steps, batch_size=16, micro_batches=1, logprob_chunk=512, log_every=10))
+      steps=steps, batch_size=16, micro_batches=1, log_every=10,
+      logprob_chunk=512, logprob_remat=True))  # logits in chunks, recomputed in backward
 
   c.loss = ml_collections.ConfigDict(dict(policy="sft_nll", aggregation="token_mean"))
   c.optim = ml_collections.ConfigDict(dict(

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from aci_jax.model import Decoder, ModelConfig
 
 
-def chunked_logprobs(head_fn, hidden: jax.Array, targets: jax.Array, chunk: int):
+def chunked_logprobs(head_fn, hidden: jax.Array, targets: jax.Array, chunk: int,
+                     remat: bool = True):
   """log p(targets) and entropy from hidden states, `chunk` positions at a time.
 
   Args:
@@ -24,6 +25,9 @@ def chunked_logprobs(head_fn, hidden: jax.Array, targets: jax.Array, chunk: int)
     hidden: [B, S, D] hidden states; position s predicts targets[:, s].
     targets: [B, S] int32 token ids.
     chunk: sequence positions per chunk (S is padded up to a multiple).
+    remat: recompute each chunk's logits in the backward pass instead of storing them (what
+      keeps [B, S, V] out of memory; costs one more head matmul. Turn off only for small
+      vocabularies, where storing the logits is cheap).
   Returns:
     (logp [B, S] float32, entropy [B, S] float32, gradient-free).
   """
@@ -37,16 +41,20 @@ def chunked_logprobs(head_fn, hidden: jax.Array, targets: jax.Array, chunk: int)
   hs = hidden.reshape(b, n, chunk, d).swapaxes(0, 1)  # [n, B, C, D]
   ts = targets.reshape(b, n, chunk).swapaxes(0, 1)  # [n, B, C]
 
-  @jax.checkpoint
   def one(h, t):
     logits = head_fn(h).astype(jnp.float32)  # [B, C, V]
-    lse = jax.nn.logsumexp(logits, axis=-1)
+    # One exp pass serves the log-normaliser and the entropy (exp over V dominates on CPU).
+    m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    e = jnp.exp(logits - m)
+    s = jnp.sum(e, axis=-1)
+    lse = m[..., 0] + jnp.log(s)
     tgt = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
-    # Entropy from the same lse (one extra exp pass, no second softmax reduction).
-    sg_logits, sg_lse = jax.lax.stop_gradient(logits), jax.lax.stop_gradient(lse)
-    probs = jnp.exp(sg_logits - sg_lse[..., None])
-    ent = sg_lse - jnp.sum(probs * sg_logits, axis=-1)
+    probs = jax.lax.stop_gradient(e / s[..., None])
+    ent = jax.lax.stop_gradient(lse - jnp.sum(probs * logits, axis=-1))
     return tgt - lse, ent
+
+  if remat:
+    one = jax.checkpoint(one)
 
   def body(carry, x):
     return carry, one(*x)
@@ -58,7 +66,7 @@ def chunked_logprobs(head_fn, hidden: jax.Array, targets: jax.Array, chunk: int)
 
 
 def token_logprobs(params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
-                   valid: jax.Array, *, chunk: int = 512):
+                   valid: jax.Array, *, chunk: int = 512, remat: bool = True):
   """Shifted log-probabilities of a batch under the policy.
 
   Args:
@@ -73,4 +81,4 @@ def token_logprobs(params, cfg: ModelConfig, tokens: jax.Array, positions: jax.A
   def head(h):
     return model.apply({"params": params}, h, method=Decoder.logits)
 
-  return chunked_logprobs(head, hidden[:, :-1], tokens[:, 1:], chunk)
+  return chunked_logprobs(head, hidden[:, :-1], tokens[:, 1:], chunk, remat)

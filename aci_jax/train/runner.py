@@ -91,8 +91,9 @@ class Trainer:
     self.loss_cfg = loss_cfg or dataclass_from(LossConfig, config.loss, name="loss")
     self.optim_cfg = dataclass_from(OptimConfig, config.optim, name="optim")
     t = config.train
-    self.step_cfg = dataclass_from(StepConfig, {"micro_batches": t.micro_batches,
-                                                "logprob_chunk": t.logprob_chunk}, name="train")
+    self.step_cfg = dataclass_from(
+        StepConfig, {"micro_batches": t.micro_batches, "logprob_chunk": t.logprob_chunk,
+                     "logprob_remat": t.get("logprob_remat", True)}, name="train")
     try:
       self.mesh = make_mesh(dataclass_from(MeshConfig, config.mesh, name="mesh"))
     except ValueError as e:

@@ -130,6 +130,7 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, *, global_rows: int
 class StepConfig:
   micro_batches: int = 1  # gradient-accumulation steps per optimizer step
   logprob_chunk: int = 512  # sequence positions per logits chunk
+  logprob_remat: bool = True  # recompute logits chunks in the backward (see logprobs.py)
 
 
 def _reduce(red: str, a, b):
@@ -157,7 +158,8 @@ def make_train_step(model_cfg: ModelConfig, loss_cfg: L.LossConfig,
 
   def micro_loss(params, inputs, targets, weights):
     logp, ent = token_logprobs(params, model_cfg, inputs["tokens"], inputs["positions"],
-                               inputs["valid"].astype(jnp.bool_), chunk=step_cfg.logprob_chunk)
+                               inputs["valid"].astype(jnp.bool_), chunk=step_cfg.logprob_chunk,
+                               remat=step_cfg.logprob_remat)
     total, metrics = L.objective(L.context(logp, ent, targets), weights, loss_cfg)
     reductions.update({name: red for name, (red, _) in metrics.items()})  # trace-time record
     return total, {name: v for name, (_, v) in metrics.items()}
@@ -178,23 +180,26 @@ def make_train_step(model_cfg: ModelConfig, loss_cfg: L.LossConfig,
     weights = L.term_weights(targets, loss_cfg)
     inputs = {key: batch[key] for key in MODEL_KEYS}
     xs = jax.tree.map(split, (inputs, targets, weights))
-    # Structure (and reductions) of the metrics, from an abstract trace of one micro-batch.
-    first = jax.tree.map(lambda a: a[0], xs)
-    _, aux_shape = jax.eval_shape(lambda p, x: micro_loss(p, *x), state.params, first)
-    zero_grads = jax.tree.map(jnp.zeros_like, state.params)
-    zero_grads = jax.lax.with_sharding_constraint(zero_grads, shardings.params)
-    init_metrics = {name: jnp.full(s.shape, _neutral(reductions[name]), jnp.float32)
-                    for name, s in aux_shape.items()}
+    if k == 1:  # no accumulation: skip the scan and the zero-initialised gradient buffer
+      (_, metrics), grads = grad_fn(state.params, *jax.tree.map(lambda a: a[0], xs))
+    else:
+      # Structure (and reductions) of the metrics, from an abstract trace of one micro-batch.
+      first = jax.tree.map(lambda a: a[0], xs)
+      _, aux_shape = jax.eval_shape(lambda p, x: micro_loss(p, *x), state.params, first)
+      zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+      zero_grads = jax.lax.with_sharding_constraint(zero_grads, shardings.params)
+      init_metrics = {name: jnp.full(s.shape, _neutral(reductions[name]), jnp.float32)
+                      for name, s in aux_shape.items()}
 
-    def body(carry, x):
-      grads, metrics = carry
-      (_, aux), g = grad_fn(state.params, *x)
-      grads = jax.tree.map(jnp.add, grads, g)
-      grads = jax.lax.with_sharding_constraint(grads, shardings.params)
-      metrics = {n: _reduce(reductions[n], metrics[n], aux[n]) for n in metrics}
-      return (grads, metrics), None
+      def body(carry, x):
+        grads, metrics = carry
+        (_, aux), g = grad_fn(state.params, *x)
+        grads = jax.tree.map(jnp.add, grads, g)
+        grads = jax.lax.with_sharding_constraint(grads, shardings.params)
+        metrics = {n: _reduce(reductions[n], metrics[n], aux[n]) for n in metrics}
+        return (grads, metrics), None
 
-    (grads, metrics), _ = jax.lax.scan(body, (zero_grads, init_metrics), xs)
+      (grads, metrics), _ = jax.lax.scan(body, (zero_grads, init_metrics), xs)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
