@@ -58,3 +58,10 @@ def scatter_rows(buf: jax.Array, slots: jax.Array, values: jax.Array) -> jax.Arr
   """
   rows = jnp.arange(buf.shape[0], dtype=jnp.int32)[:, None]
   return buf.at[rows, slots].set(values.astype(buf.dtype), mode="drop")
+
+
+def scatter_layer_rows(buf: jax.Array, layer, slots: jax.Array, values: jax.Array) -> jax.Array:
+  """buf[layer, b, slots[b, t]] = values[b, t] for a stacked [L, B, S, ...] buffer (same drop
+  semantics as `scatter_rows`)."""
+  rows = jnp.arange(buf.shape[1], dtype=jnp.int32)[:, None]
+  return buf.at[layer, rows, slots].set(values.astype(buf.dtype), mode="drop")

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aci_jax.model.cache import KVCache, scatter_rows, write_slots
+from aci_jax.model.cache import KVCache, scatter_layer_rows, scatter_rows, write_slots
 from aci_jax.model.config import ModelConfig
 from aci_jax.model.rope import apply_rope, rope_tables
 
@@ -66,9 +66,10 @@ class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, sin, cos, mask, slots, kv):
+  def __call__(self, x, sin, cos, mask, slots, kv, layer):
     """x [B, T, D]; sin/cos [B, T, Dh/2]; mask [B, T, S] bool; slots [B, T] int32;
-    kv: None or (k, v) each [B, S, K, Dh]. Returns ([B, T, D], new kv or None)."""
+    kv: None, or the whole cache (k, v) each [L, B, S, K, Dh] with `layer` the index of this
+    layer in it. Returns ([B, T, D], updated kv or None)."""
     cfg = self.cfg
     b, t, _ = x.shape
     h, k_heads, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -80,9 +81,12 @@ class Attention(nn.Module):
     if kv is None:
       keys, values, new_kv = k, v, None
     else:
-      keys = scatter_rows(kv[0], slots, k)
-      values = scatter_rows(kv[1], slots, v)
-      new_kv = (keys, values)
+      # The stacked cache travels in the scan carry and is written in place: scanning it as
+      # per-layer inputs/outputs instead would copy the whole cache on every decode step.
+      new_kv = (scatter_layer_rows(kv[0], layer, slots, k),
+                scatter_layer_rows(kv[1], layer, slots, v))
+      keys = jax.lax.dynamic_index_in_dim(new_kv[0], layer, keepdims=False)
+      values = jax.lax.dynamic_index_in_dim(new_kv[1], layer, keepdims=False)
     # Query heads are grouped by the kv head they share: [B, T, K, G, Dh] with G = H / K.
     qg = q.reshape(b, t, k_heads, h // k_heads, dh)
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys, preferred_element_type=jnp.float32)
@@ -107,18 +111,20 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm residual block. Scanned over layers: (x, kv_of_this_layer, shared) -> (x, kv)."""
+  """Pre-norm residual block, scanned over layers: ((x, kv), layer index, shared) ->
+  ((x, kv), None), where kv is the whole stacked cache or None."""
 
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, kv, shared):
+  def __call__(self, carry, layer, shared):
+    x, kv = carry
     sin, cos, mask, slots = shared
-    attn_out, new_kv = Attention(self.cfg, name="attn")(
-        _norm(self.cfg, "attn_norm")(x), sin, cos, mask, slots, kv)
+    attn_out, kv = Attention(self.cfg, name="attn")(
+        _norm(self.cfg, "attn_norm")(x), sin, cos, mask, slots, kv, layer)
     x = x + attn_out
     x = x + MLP(self.cfg, name="mlp")(_norm(self.cfg, "mlp_norm")(x))
-    return x, new_kv
+    return (x, kv), None
 
 
 class LMHead(nn.Module):
@@ -191,7 +197,8 @@ class Decoder(nn.Module):
       kv = (cache.k, cache.v)
     key_slot = jnp.arange(key_valid.shape[1], dtype=jnp.int32)
     mask = key_valid[:, None, :] & (key_slot[None, None, :] <= slots[:, :, None])
-    x, new_kv = self.layers(x, kv, (sin, cos, mask, slots))
+    layer_ids = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
+    (x, new_kv), _ = self.layers((x, kv), layer_ids, (sin, cos, mask, slots))
     x = self.final_norm(x)
     new_cache = None
     if cache is not None:
