@@ -45,7 +45,8 @@ def test_gsm8k_shape(tmp_path):
       {"question": "Big number?", "answer": "It is 2,125.\n#### 2,125"},
       {"question": "Below zero?", "answer": "#### -4"},
   ])
-  out = ds.load_benchmark("gsm8k", data_dir=str(tmp_path), hub=False)
+  out = ds.load_benchmark("gsm8k", data_dir=str(tmp_path), hub=False)  # finds the file by name
+  assert out == ds.load_jsonl(p, "gsm8k")
   assert [o["answer"] for o in out] == ["18", "2125", "-4"]
   assert [o["id"] for o in out] == ["0", "1", "2"]
   assert out[0]["problem"] == "Janet has 3 ducks..." and out[0]["benchmark"] == "gsm8k"
