@@ -34,15 +34,18 @@ def get_config():
 
   # Warm-up SFT (a separate run in <workdir>/warmup, exported and loaded by the EM run).
   c.warmup = ml_collections.ConfigDict(dict(
-      steps=600, batch_size=32, lr=3e-3, warmup_steps=30, seq_len=128, data_path=""))
+      steps=1200, batch_size=32, lr=3e-3, warmup_steps=30, seq_len=128, data_path=""))
   c.data = ml_collections.ConfigDict(dict(train_path="", toy_examples=0, seq_len=128, system=""))
 
-  # EM. alpha=inf (hard argmax of pi*Q, the paper's first version) and lambda=1 are our toy
-  # choices: with ~10% native code use, pi*Q for code is small and a finite alpha would keep
-  # s* near uniform for many iterations.
+  # EM. alpha=inf (hard argmax of pi*Q, the paper's first version), pi_prior=0.5 and lambda=1
+  # are our toy choices: the warm-up policy almost never codes on its own, so with 4 native
+  # samples pi_hat(code) is usually 0 and pi*Q would tie at 0 on the code-only families; half a
+  # pseudo-count per decision lets Q decide there. Warm-up length: 1200 steps is what the
+  # policy needs to copy operands and outputs reliably (docs/toy.md: at 300 steps forced-code
+  # accuracy was 0-6%, at 1200 steps 82-92%).
   c.em = ml_collections.ConfigDict(dict(
       algorithm="autocode", iterations=6, queries_per_iteration=64, native_samples=4,
-      k_per_decision=4, keep_per_query=4, alpha=float("inf"), form="paper", pi_prior=0.0,
+      k_per_decision=4, keep_per_query=4, alpha=float("inf"), form="paper", pi_prior=0.5,
       epochs=2, code_prefix="```python\n", batch_length=0))
   c.rollout = ml_collections.ConfigDict(dict(
       batch_size=64, max_prompt_tokens=64, max_new_tokens=128, max_tool_calls=2,
