@@ -5,7 +5,8 @@
 
 `decode`: greedy generation tokens/s of our jitted sampler (extend prefill + lax.while_loop
 decode) against `transformers` `generate` on the same CPU, same weights (a random Qwen2 of the
-"small" shape), prompt 32 tokens, float32. Prints the ratio.
+`--size` shape), prompt 32 tokens, float32. Prints the ratio. Use `--threads 1` too: on a
+small shared CPU torch's thread pool can be far slower than one thread.
 
 `tools`: a Qwen2 model trained here (torch, a few hundred steps) to answer arithmetic questions
 with one or two code cells (sympy, loops, a 0.2 s sleep for a heavier cell), run through the real
@@ -37,7 +38,8 @@ def bench_decode(args):
   from aci_jax.sampling import sampler as S
 
   torch.set_num_threads(args.threads)
-  hf_cfg = Qwen2Config(vocab_size=32000, hidden_size=512, intermediate_size=1408,
+  d, f, v = SIZES[args.size]
+  hf_cfg = Qwen2Config(vocab_size=v, hidden_size=d, intermediate_size=f,
                        num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
                        tie_word_embeddings=True)
   torch.manual_seed(0)
@@ -50,7 +52,8 @@ def bench_decode(args):
   tables = S.Tables(jnp.asarray(never.next), jnp.asarray(never.hit), jnp.asarray([False, True]),
                     jnp.asarray(never.next), jnp.asarray(never.hit), jnp.asarray([-1], jnp.int32))
   sp = SamplingParams(greedy=True)
-  print(f"# decode: Qwen2 D=512 L=4 V=32000 (28M params), prompt {args.prompt}, "
+  print(f"# decode: Qwen2 {args.size} D={d} L=4 V={v} ({cfg.num_params() / 1e6:.1f}M params), "
+        f"prompt {args.prompt}, "
         f"{args.new} new tokens, greedy, float32, torch threads {args.threads}")
   print(f"{'batch':>6}{'ours tok/s':>12}{'hf tok/s':>10}{'ratio':>8}")
   for b in [int(x) for x in args.batches.split(",")]:
@@ -84,6 +87,11 @@ def bench_decode(args):
     print(f"{b:>6}{n / t_ours:>12.0f}{n / t_hf:>10.0f}{t_hf / t_ours:>8.2f}"
           f"   (greedy tokens equal: {agree:.0%})")
 
+
+SIZES = {  # name: (hidden, intermediate, vocab); 4 layers, 8 heads / 2 kv heads
+    "toy": (128, 256, 259),  # the embedded default's policy: overhead-bound
+    "small": (512, 1408, 32000),  # weight-bandwidth-bound on a CPU
+}
 
 QUESTIONS = [
     ("Factor 360 into primes.", "import sympy\nprint(sympy.factorint(360))\n"),
@@ -179,6 +187,7 @@ def main(argv=None):
   p.add_argument("--prompt", type=int, default=32)
   p.add_argument("--new", type=int, default=128)
   p.add_argument("--threads", type=int, default=os.cpu_count())
+  p.add_argument("--size", choices=sorted(SIZES), default="small")
   p.add_argument("--prompts", type=int, default=48)
   p.add_argument("--batch", type=int, default=8)
   args = p.parse_args(argv)
