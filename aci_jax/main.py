@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -47,7 +47,7 @@ def _define_flags():
         "workdir", None, "Run directory (checkpoints, metrics, exports). Default: a new folder "
         "under runs/. Re-use one to resume.")
 
-ModeFn = Callable[["ml_collections.ConfigDict", str], None]  # noqa: F821
+ModeFn = Callable[[Any, str], None]  # (config: ml_collections.ConfigDict, workdir) -> None
 MODES: dict[str, ModeFn] = {}
 # Modules that register modes when imported; those not present yet are skipped.
 MODE_MODULES = ("aci_jax.train.modes", "aci_jax.em.modes", "aci_jax.eval.modes")

@@ -121,7 +121,7 @@ def cpu_benchmark(args):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01)
     tt = torch.tensor(tokens)
 
-    def torch_step():
+    def torch_step(model=model, opt=opt, tt=tt):
       loss = model(input_ids=tt, labels=tt).loss
       loss.backward()
       torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
