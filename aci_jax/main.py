@@ -172,6 +172,8 @@ def _one_line(e: BaseException) -> str:
   lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
   errno = [ln for ln in lines if "Errno" in ln]  # config_flags buries the OS error in line 4
   text = (errno or lines or [type(e).__name__])[0]
+  if not errno and any(ln.startswith("Traceback") for ln in lines):
+    text = f"{text} {lines[-1]}"  # config_flags embeds get_config's traceback: keep its cause
   while len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":  # KeyError repr quotes
     text = text[1:-1]
   return text

@@ -7,7 +7,7 @@ paths (model, sampler, sandbox, grader, trainer): warm-up SFT on demonstrations 
 rare (10% in every family), then EM iterations that should teach it to *reason* on the families
 it can do in its head (compare, add) and to *write code* on those it cannot (mul, powmod).
 Writes summary.json and plots/*.png in the workdir. Values here are our choices for a
-laptop-sized run; configs/qwen2_5_7b.py carries the paper's settings.
+laptop-sized run; configs/paper.py carries the paper's settings.
 """
 
 import ml_collections

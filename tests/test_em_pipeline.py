@@ -55,8 +55,8 @@ def test_bad_em_value_is_one_line(tmp_path):
   assert len(lines) == 1 and "algorithm" in lines[0]
 
 
-@pytest.mark.parametrize("name", ["default", "qwen2_5_7b", "qwen2_5_math_1_5b",
-                                  "deepseek_math_7b"])
+@pytest.mark.parametrize("name", ["default", "paper:qwen2.5-7b", "paper:qwen2.5-math-1.5b",
+                                  "paper:deepseek-math-7b"])
 def test_config_values_parse(name):
   from aci_jax.em.loop import EMConfig
   from aci_jax.rollout import RolloutConfig
@@ -66,7 +66,9 @@ def test_config_values_parse(name):
   from aci_jax.train.optim import OptimConfig
   from aci_jax.train.runner import dataclass_from
 
-  c = runpy.run_path(os.path.join(ROOT, "configs", f"{name}.py"))["get_config"]()
+  file, _, arg = name.partition(":")
+  get = runpy.run_path(os.path.join(ROOT, "configs", f"{file}.py"))["get_config"]
+  c = get(arg) if arg else get()
   assert c.mode == "autocode"
   dataclass_from(EMConfig, c.em, name="em")
   r = dict(c.rollout)

@@ -1,5 +1,15 @@
-"""Shared settings of the paper-scale configs (qwen2_5_7b.py, qwen2_5_math_1_5b.py,
-deepseek_math_7b.py). Each value says whether it is the paper's or ours.
+"""AutoCode at paper scale on a Hugging Face checkpoint; the argument picks the base model:
+
+  python -m aci_jax.main --config configs/paper.py:qwen2.5-7b \
+      --config.task.train_path=pool.jsonl --config.task.eval_paths.math500=math500.jsonl \
+      --config.warmup.data_path=demos.jsonl --config.warmup.steps=500 --workdir gs://bucket/run
+
+  qwen2.5-7b         Qwen/Qwen2.5-7B                     the paper's main model (Qwen2ForCausalLM)
+  qwen2.5-math-1.5b  Qwen/Qwen2.5-Math-1.5B              a smaller Qwen2, one TPU host or GPU
+  deepseek-math-7b   deepseek-ai/deepseek-math-7b-base   the paper's second model (Llama arch)
+
+`--config.model.path` may be a local checkpoint directory instead of the hub id. Each value below
+says whether it is the paper's or ours.
 
 Data: point task.train_path at the training pool (JSONL with problem/question + answer; the
 paper samples 7K queries per iteration from a 119K pool) and task.eval_paths at benchmarks, e.g.
@@ -13,7 +23,17 @@ import ml_collections
 
 
 
-def get_config(model_path: str, *, lr: float = 1e-6):
+MODELS = {  # name: (hub id, peak learning rate of the M-step (ours))
+    "qwen2.5-7b": ("Qwen/Qwen2.5-7B", 1e-6),
+    "qwen2.5-math-1.5b": ("Qwen/Qwen2.5-Math-1.5B", 2e-6),
+    "deepseek-math-7b": ("deepseek-ai/deepseek-math-7b-base", 1e-6),
+}
+
+
+def get_config(model: str = "qwen2.5-7b"):
+  if model not in MODELS:
+    raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+  model_path, lr = MODELS[model]
   c = ml_collections.ConfigDict()
   c.mode = "autocode"
   c.seed = 0
