@@ -228,6 +228,34 @@ def test_state_is_donated_and_metrics_are_complete():
   assert 0.0 < m["ppo_clip/clip_frac"] < 1.0
 
 
+def test_reference_logprobs_fill_the_batch_layout_and_zero_the_kl():
+  """make_logprobs_fn gives token-aligned log-probs; used as ref_logp of the same params, the
+  k3 KL term is exactly 0 and its gradient vanishes, as KL(pi || pi) must."""
+  from aci_jax.train import make_logprobs_fn
+  from aci_jax.train import losses as L
+  mesh = make_mesh(MeshConfig(data=8))
+  params = init_params(CFG, jax.random.key(2))
+  tx, _ = make_optimizer(OPT)
+  _, sh = init_train_state(params, tx, mesh, seed=0)
+  b = rl_batch(3)
+  ref = np.asarray(make_logprobs_fn(CFG, sh.params, chunk=5)(params, shard_batch(b, mesh)))
+  want = np.asarray(token_logprobs(params, CFG, b["tokens"], b["positions"], b["valid"])[0])
+  assert ref.shape == b["tokens"].shape and np.all(ref[:, 0] == 0)
+  np.testing.assert_allclose(ref[:, 1:], want, atol=1e-6)
+  b["ref_logp"] = ref
+  cfg = L.LossConfig(policy="sft_nll", kl_coef=1.0)
+  targets = L.prepare_targets({k: jnp.asarray(v) for k, v in b.items()})
+  weights = L.term_weights(targets, cfg)
+
+  def kl(p):
+    logp, ent = token_logprobs(p, CFG, b["tokens"], b["positions"], b["valid"], chunk=5)
+    return L.objective(L.context(logp, ent, targets), weights, cfg)[1]["loss/kl_k3"][1]
+
+  value, grad = jax.value_and_grad(kl)(params)
+  assert abs(float(value)) < 1e-6
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grad)) < 1e-5
+
+
 def test_schedule_warmup_then_cosine():
   from aci_jax.train import make_schedule
   cfg = OptimConfig(lr=1.0, warmup_steps=4, decay_steps=14, end_lr_ratio=0.1)

@@ -226,12 +226,15 @@ def make_train_step(model_cfg: ModelConfig, loss_cfg: L.LossConfig,
   return step_fn
 
 
-def eval_logprobs_fn(model_cfg: ModelConfig, mesh: Mesh, param_sh, chunk: int = 512):
-  """A jitted `(params, batch) -> logp [B, T-1]` (e.g. reference-policy log-probs for KL)."""
+def make_logprobs_fn(model_cfg: ModelConfig, param_shardings_tree, chunk: int = 512):
+  """A jitted `(params, batch) -> logp [B, T]` in the batch's token-aligned layout (index t is
+  log p(tokens[t] | tokens[:t]); 0 at t = 0), ready to be stored as `batch["ref_logp"]` (a
+  reference policy for the KL term) or `batch["behaviour_logp"]` (the trainer's own log-probs
+  at the start of a multi-epoch update)."""
 
   def fn(params, batch):
     logp, _ = token_logprobs(params, model_cfg, batch["tokens"], batch["positions"],
-                             batch["valid"].astype(jnp.bool_), chunk=chunk)
-    return logp
+                             batch["valid"].astype(jnp.bool_), chunk=chunk, remat=False)
+    return jnp.pad(logp, ((0, 0), (1, 0)))
 
-  return jax.jit(fn, in_shardings=(param_sh, None))
+  return jax.jit(fn, in_shardings=(param_shardings_tree, None))
