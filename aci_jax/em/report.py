@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
+
+from aci_jax import fileio
 
 METRICS = ("accuracy", "code_rate", "selection_accuracy")
 
 
 def write_summary(path: str, summary: dict) -> None:
   """Atomic JSON write (temp file + rename)."""
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".summary-", dir=d)
-  with os.fdopen(fd, "w") as f:
-    json.dump(summary, f, indent=2, default=float)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  fileio.write_json(path, summary)
 
 
 def curves(summary: dict) -> dict:

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
-import tempfile
 import time
 import weakref
 from typing import Callable, Sequence
 
+from aci_jax import fileio
 from aci_jax.rollout import Request, Trajectory, write_jsonl
 from aci_jax.sampling import SamplingParams
 
@@ -207,20 +206,7 @@ def summarize(problems: Sequence[dict], passes: dict[str, list[list[Trajectory]]
 
 def write_json(path: str, obj) -> None:
   """Writes JSON atomically (temp file in the same directory, fsync, rename)."""
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".summary-", dir=d)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=False)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  fileio.write_json(path, obj)
 
 
 def _check_problems(problems: Sequence[dict]) -> None:

@@ -8,10 +8,9 @@ from it, so tool output can never be trained on by accident.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
 from typing import Iterable
+
+from aci_jax import fileio
 
 SRC_SAMPLED, SRC_FORCED, SRC_ENV = 0, 1, 2
 
@@ -78,30 +77,14 @@ class Trajectory:
 
 def write_jsonl(path: str, trajectories: Iterable[Trajectory]) -> None:
   """Writes atomically: a crash leaves either the old file or the complete new one."""
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".traj-", dir=d)
-  try:
-    with os.fdopen(fd, "w") as f:
-      for t in trajectories:
-        f.write(json.dumps(t.to_json(), ensure_ascii=False) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  fileio.write_jsonl(path, (t.to_json() for t in trajectories))
 
 
 def read_jsonl(path: str) -> list[Trajectory]:
   out = []
-  with open(path) as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        out.append(Trajectory.from_json(json.loads(line)))
-      except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"{path}:{lineno}: {e}") from None
+  for lineno, obj in fileio.iter_jsonl(path):
+    try:
+      out.append(Trajectory.from_json(obj))
+    except (ValueError, TypeError, KeyError) as e:
+      raise fileio.DataError(f"{path}:{lineno}: {e}") from None
   return out
