@@ -1,4 +1,4 @@
-"""SFT warm-up of a tiny from-scratch policy on the built-in toy demonstrations (CPU, ~1 min).
+"""SFT warm-up of a tiny from-scratch policy on the built-in toy demonstrations (CPU, < 1 min).
 
   python -m aci_jax.main --config configs/sft_toy.py [--config.train.steps=50] [--workdir DIR]
 
@@ -28,7 +28,7 @@ def get_config():
 
   c.data = ml_collections.ConfigDict(dict(
       train_path="",  # JSONL {"prompt", "response"}; empty = toy demonstrations
-      toy_examples=512, seq_len=96, system=""))
+      toy_examples=512, seq_len=128, system=""))
 
   steps = ml_collections.FieldReference(200)
   c.train = ml_collections.ConfigDict(dict(
