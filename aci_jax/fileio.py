@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from typing import Any, Iterable, Iterator
 
@@ -51,10 +52,11 @@ def write_jsonl(path: str, records: Iterable[Any]) -> str:
 
 
 def iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
-  """(line number, object) for each non-blank line; DataError names file:line otherwise."""
-  if not os.path.exists(path):
+  """(line number, object) for each non-blank line of `path` ("-" = stdin); DataError names
+  file:line for anything that is not a JSON object."""
+  if path != "-" and not os.path.exists(path):
     raise DataError(f"{path}: no such file")
-  with open(path, encoding="utf-8") as f:
+  with (contextlib.nullcontext(sys.stdin) if path == "-" else open(path, encoding="utf-8")) as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
         continue

@@ -13,25 +13,23 @@ import contextlib
 import json
 import sys
 
+from aci_jax import fileio
+
 
 def _read_pairs(path: str) -> list[dict]:
     pairs = []
-    fh = sys.stdin if path == "-" else open(path, encoding="utf-8")
-    with fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or "gold" not in obj or "pred" not in obj:
+    try:
+        for n, obj in fileio.iter_jsonl(path):
+            if "gold" not in obj or "pred" not in obj:
                 raise ValueError(f"{path}:{n}: expected an object with keys 'gold' and 'pred'")
             if not isinstance(obj["pred"], str):
                 raise ValueError(f"{path}:{n}: 'pred' must be a string")
             if isinstance(obj["gold"], bool) or not isinstance(obj["gold"], (str, int, float)):
                 raise ValueError(f"{path}:{n}: 'gold' must be a string or a number")
-            pairs.append({"gold": obj["gold"], "pred": obj["pred"], "response": bool(obj.get("response", False))})
+            pairs.append({"gold": obj["gold"], "pred": obj["pred"],
+                          "response": bool(obj.get("response", False))})
+    except fileio.DataError as e:
+        raise ValueError(str(e)) from None
     return pairs
 
 

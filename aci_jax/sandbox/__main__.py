@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+from aci_jax import fileio
 
 
 def _parse(argv):
@@ -29,31 +32,27 @@ def _parse(argv):
 
 
 def _read_cells(path: str) -> list[tuple[object, str]]:
-  f = sys.stdin if path == "-" else open(path, encoding="utf-8")
+  """[(session, code)] in file order; DataError (file:line) on a malformed line."""
   cells = []
-  with f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise SystemExit(f"{path}:{n}: not JSON ({e.msg})")
-      if not isinstance(obj, dict) or "session" not in obj or not isinstance(obj.get("code"), str):
-        raise SystemExit(f"{path}:{n}: expected {{\"session\": ..., \"code\": \"...\"}}")
-      session = obj["session"]
-      if isinstance(session, (list, dict)):
-        session = json.dumps(session, sort_keys=True)
-      cells.append((session, obj["code"]))
+  for n, obj in fileio.iter_jsonl(path):
+    if "session" not in obj or not isinstance(obj.get("code"), str):
+      raise fileio.DataError(f"{path}:{n}: expected {{\"session\": ..., \"code\": \"...\"}}")
+    session = obj["session"]
+    if isinstance(session, (list, dict)):
+      session = json.dumps(session, sort_keys=True)
+    cells.append((session, obj["code"]))
   return cells
 
 
 def main(argv=None) -> int:
   args = _parse(argv)
+  if args.cells != "-" and not os.path.isfile(args.cells):
+    print(f"error: cannot read {args.cells}: no such file", file=sys.stderr)
+    return 2
   try:
     cells = _read_cells(args.cells)
-  except OSError as e:
-    print(f"error: cannot read {args.cells}: {e.strerror}", file=sys.stderr)
+  except (OSError, fileio.DataError) as e:
+    print(f"error: {e}", file=sys.stderr)
     return 2
   from aci_jax.sandbox import Sandbox, SandboxConfig, SandboxUnavailable
   try:
