@@ -34,8 +34,8 @@ def get_config():
 
   # Warm-up SFT (a separate run in <workdir>/warmup, exported and loaded by the EM run).
   c.warmup = ml_collections.ConfigDict(dict(
-      steps=1200, batch_size=32, lr=3e-3, warmup_steps=30, seq_len=128, data_path=""))
-  c.data = ml_collections.ConfigDict(dict(train_path="", toy_examples=0, seq_len=128, system=""))
+      steps=1200, batch_size=32, lr=3e-3, warmup_steps=30, seq_len=96, data_path=""))
+  c.data = ml_collections.ConfigDict(dict(train_path="", toy_examples=0, seq_len=96, system=""))
 
   # EM. alpha=inf (hard argmax of pi*Q, the paper's first version), pi_prior=0.5 and lambda=1
   # are our toy choices: the warm-up policy almost never codes on its own, so with 4 native
