@@ -13,7 +13,7 @@ def get_config():
   c.mode = "sft"
   c.seed = 0
   c.progress = True  # tqdm bar on process 0
-  c.tokenizer = "bytes"  # "bytes" (built-in, 257 ids) or a Hugging Face tokenizer directory
+  c.tokenizer = "toy"  # "toy" (built-in character tokenizer, 259 ids) or a HF tokenizer dir
 
   # Policy. init "scratch" builds ModelConfig from these keys; init "hf" loads config + weights
   # from `path` and takes only dtype / param_dtype / remat from here.

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from aci_jax.data.byte_tokenizer import EOS_ID, ByteTokenizer
+from aci_jax.data.char_tokenizer import EOS_ID, char_tokenizer
 from aci_jax.data.sft import (DataError, SFTData, build_sft_data, encode_demonstration,
                               load_demonstrations, split_response, toy_demonstrations)
 from tests.tokenizer_fixtures import build_tokenizer
@@ -61,10 +61,11 @@ def test_segments_are_tokenised_separately_and_masked(bpe):
   assert not ex.truncated
 
 
-def test_truncation_and_byte_tokenizer():
-  tok = ByteTokenizer()
+def test_truncation_and_char_tokenizer():
+  tok = char_tokenizer()
   ex = encode_demonstration(tok, "p", "abc", max_len=100)
-  assert ex.tokens.tolist() == list(b"p\n\nabc") + [EOS_ID]
+  im_start, im_end = 257, 258  # the toy chat template: <|im_start|>p<|im_end|>
+  assert ex.tokens.tolist() == [im_start, ord("p"), im_end] + list(b"abc") + [EOS_ID]
   assert ex.loss_mask.tolist() == [0, 0, 0, 1, 1, 1, 1]
   short = encode_demonstration(tok, "p", "abcdef", max_len=5)
   assert short.truncated and len(short.tokens) == 5 and short.loss_mask.tolist() == [0, 0, 0, 1, 1]
@@ -87,7 +88,7 @@ def test_schema_errors_name_file_and_line(tmp_path):
 
 
 def _data(n=10, batch=4, seed=3):
-  tok = ByteTokenizer()
+  tok = char_tokenizer()
   exs = [encode_demonstration(tok, r["prompt"], r["response"], max_len=64)
          for r in toy_demonstrations(n, seed=1)]
   return SFTData(exs, batch_size=batch, seq_len=64, pad_id=tok.pad_id, seed=seed)
@@ -112,7 +113,7 @@ def test_batches_are_deterministic_resumable_and_cover_each_epoch():
   b = stream[0]
   assert b["tokens"].shape == (4, 64) and b["valid"].dtype == bool
   assert np.all(b["loss_mask"][~b["valid"]] == 0)
-  assert np.all(b["tokens"][~b["valid"]] == ByteTokenizer.pad_id)
+  assert np.all(b["tokens"][~b["valid"]] == char_tokenizer().pad_id)
 
 
 def test_process_slices_partition_the_global_batch():
@@ -127,7 +128,7 @@ def test_process_slices_partition_the_global_batch():
 def test_build_sft_data_stats(tmp_path):
   from aci_jax.data.sft import write_jsonl
   path = write_jsonl(str(tmp_path / "toy.jsonl"), toy_demonstrations(6))
-  data, stats = build_sft_data(path, ByteTokenizer(), batch_size=2, seq_len=40)
+  data, stats = build_sft_data(path, char_tokenizer(), batch_size=2, seq_len=40)
   assert stats["examples"] == 6 and len(data) == 6
   assert 0 < stats["trained_tokens"] < stats["tokens"]
   assert stats["truncated"] > 0  # 40 bytes cannot hold the code demonstrations

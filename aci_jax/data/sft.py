@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import re
 from typing import Iterable, Sequence
 
@@ -204,22 +203,15 @@ def build_sft_data(source: str | Sequence[dict], tokenizer, *, batch_size: int, 
 # ----------------------------------------------------------------- toy demonstrations
 
 
-def toy_demonstrations(n: int, seed: int = 0) -> list[dict]:
-  """Small arithmetic demonstrations in both modes (half reason in prose, half run a cell), for
-  configs/sft_toy.py and tests. Not the EM task; just text with the real cell format."""
-  rng = random.Random(seed)
-  out = []
-  for i in range(n):
-    a, b, c = rng.randint(2, 99), rng.randint(2, 99), rng.randint(1, 999)
-    prompt = f"Compute {a} * {b} + {c}."
-    ans = a * b + c
-    if i % 2:
-      response = (f"```python\nprint({a} * {b} + {c})\n```\n```output\n{ans}\n```\n"
-                  f"The answer is \\boxed{{{ans}}}.")
-    else:
-      response = f"{a} * {b} = {a * b}, plus {c} is {ans}. The answer is \\boxed{{{ans}}}."
-    out.append({"prompt": prompt, "response": response})
-  return out
+def toy_demonstrations(n: int, seed: int = 0, code_fraction: float = 0.5) -> list[dict]:
+  """`n` warm-up demonstrations of the embedded toy task (`aci_jax.data.toy`), families
+  interleaved, `code_fraction` of each family in code mode: {"prompt", "response"} records."""
+  from aci_jax.data import toy
+
+  per_family = -(-n // len(toy.DEFAULT_FAMILIES))
+  demos = toy.make_demonstrations(toy.make_problems(per_family, seed=seed),
+                                  code_fraction=code_fraction, seed=seed)
+  return [{"prompt": d["prompt"], "response": d["response"]} for d in demos[:n]]
 
 
 def write_jsonl(path: str, records: Iterable[dict]) -> str:

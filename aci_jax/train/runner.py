@@ -71,9 +71,9 @@ def model_config(c) -> tuple[ModelConfig, str | None]:
 
 def load_tokenizer(c, hf_path: str | None):
   name = c.get("tokenizer", "") or hf_path
-  if name in (None, "", "bytes"):
-    from aci_jax.data.byte_tokenizer import ByteTokenizer
-    return ByteTokenizer()
+  if name in (None, "", "toy"):
+    from aci_jax.data.char_tokenizer import char_tokenizer
+    return char_tokenizer()
   from aci_jax.tokenizer import Tokenizer
   try:
     return Tokenizer.from_pretrained(name)
