@@ -49,6 +49,9 @@ def _define_flags():
 
 ModeFn = Callable[[Any, str], None]  # (config: ml_collections.ConfigDict, workdir) -> None
 MODES: dict[str, ModeFn] = {}
+# Optional per-mode config checks, run before anything is created or logged, so that a bad
+# value is reported as the only line of output.
+VALIDATORS: dict[str, Callable] = {}
 # Modules that register modes when imported; those not present yet are skipped.
 MODE_MODULES = ("aci_jax.train.modes", "aci_jax.em.modes", "aci_jax.eval.modes")
 
@@ -57,13 +60,16 @@ class UsageError(Exception):
   """Reported as one line on stderr, exit status 2."""
 
 
-def register_mode(name: str):
-  """Decorator registering `fn(config, workdir)` as `config.mode = name`."""
+def register_mode(name: str, validate: Callable | None = None):
+  """Decorator registering `fn(config, workdir)` as `config.mode = name`; `validate(config)`,
+  if given, raises ConfigError for bad values before the run starts."""
 
   def wrap(fn: ModeFn) -> ModeFn:
     if name in MODES and MODES[name] is not fn:
       raise ValueError(f"mode {name!r} is already registered by {MODES[name].__module__}")
     MODES[name] = fn
+    if validate is not None:
+      VALIDATORS[name] = validate
     return fn
 
   return wrap
@@ -150,6 +156,11 @@ def run(config, workdir: str | None, config_path: str | None = None) -> str:
   if mode not in modes:
     raise UsageError(f"config.mode={mode!r} is not a registered mode; registered: "
                      f"{', '.join(sorted(modes))}")
+  if mode in VALIDATORS:
+    try:
+      VALIDATORS[mode](config)
+    except ConfigError as e:
+      raise UsageError(str(e)) from None
   maybe_initialize_distributed(config.get("dist", None))
   if workdir is None:
     if jax.process_count() > 1:

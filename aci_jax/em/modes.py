@@ -143,13 +143,39 @@ def _point(summary: dict) -> dict:
   return out
 
 
-@register_mode("autocode")
+def _rollout_config(config):
+  from aci_jax.rollout import RolloutConfig
+  from aci_jax.sampling import SamplingParams
+
+  r = dict(config.rollout)
+  try:
+    sampling = SamplingParams(temperature=r.pop("temperature"), top_p=r.pop("top_p"),
+                              top_k=r.pop("top_k"))
+  except (KeyError, ValueError) as e:
+    raise ConfigError(f"config.rollout: {e}") from None
+  return dataclass_from(RolloutConfig, r, name="rollout", sampling=sampling, seed=config.seed)
+
+
+def validate(config) -> None:
+  """Every section the autocode mode turns into a dataclass, checked up front."""
+  from aci_jax.sandbox import SandboxConfig
+  from aci_jax.train.optim import OptimConfig
+
+  dataclass_from(EMConfig, config.em, name="em")
+  _rollout_config(config)
+  dataclass_from(SandboxConfig, config.sandbox, name="sandbox")
+  dataclass_from(OptimConfig, config.optim, name="optim")
+  _loss_for(config)
+  if config.task.name not in ("toy", "jsonl"):
+    raise ConfigError(f"config.task.name must be 'toy' or 'jsonl', got {config.task.name!r}")
+
+
+@register_mode("autocode", validate=validate)
 def autocode(config, workdir: str) -> None:
   """Warm-up SFT, then EM (or a baseline, `config.em.algorithm`), evaluated along the way."""
   from aci_jax.eval.harness import evaluate_benchmarks
   from aci_jax.grading import Grader
-  from aci_jax.rollout import RolloutConfig, RolloutEngine
-  from aci_jax.sampling import SamplingParams
+  from aci_jax.rollout import RolloutEngine
   from aci_jax.sandbox import Sandbox, SandboxConfig
 
   from aci_jax.hub import HubError, resolve
@@ -166,11 +192,7 @@ def autocode(config, workdir: str) -> None:
       config.model.path = local
   tok, tok_dir = _tokenizer(config, workdir)
   train, evals = _problems(config)
-  r = dict(config.rollout)
-  sampling = SamplingParams(temperature=r.pop("temperature"), top_p=r.pop("top_p"),
-                            top_k=r.pop("top_k"))
-  rollout_cfg = dataclass_from(RolloutConfig, r, name="rollout", sampling=sampling,
-                               seed=config.seed)
+  rollout_cfg = _rollout_config(config)
   sandbox_cfg = dataclass_from(SandboxConfig, config.sandbox, name="sandbox")
 
   with Sandbox(sandbox_cfg) as sandbox, Grader(**dict(config.grader)) as grader:
