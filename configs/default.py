@@ -22,15 +22,15 @@ def get_config():
 
   c.model = ml_collections.ConfigDict(dict(
       init="scratch", path="", arch="qwen2", vocab_size=259, hidden_size=128,
-      intermediate_size=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
+      intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
       qkv_bias=True, tie_word_embeddings=True, max_position_embeddings=512, rope_theta=10000.0,
       eos_token_ids=(256,), dtype="float32", param_dtype="float32", remat="none"))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
   c.task = ml_collections.ConfigDict(dict(
       name="toy", families=("compare", "add", "mul", "powmod"),
-      train_per_family=500, eval_per_family=25,
-      warmup_examples=2000, code_fraction=0.1))
+      train_per_family=2000, eval_per_family=25,
+      warmup_examples=8000, code_fraction=0.1))
 
   # Warm-up SFT (a separate run in <workdir>/warmup, exported and loaded by the EM run).
   c.warmup = ml_collections.ConfigDict(dict(
@@ -40,9 +40,10 @@ def get_config():
   # EM. alpha=inf (hard argmax of pi*Q, the paper's first version), pi_prior=0.5 and lambda=1
   # are our toy choices: the warm-up policy almost never codes on its own, so with 4 native
   # samples pi_hat(code) is usually 0 and pi*Q would tie at 0 on the code-only families; half a
-  # pseudo-count per decision lets Q decide there. Warm-up length: 1200 steps is what the
-  # policy needs to copy operands and outputs reliably (docs/toy.md: at 300 steps forced-code
-  # accuracy was 0-6%, at 1200 steps 82-92%).
+  # pseudo-count per decision lets Q decide there. Warm-up: 1200 steps over 8,000 demos
+  # (2,000 problems per family) is what the policy needs to copy operands and outputs into a
+  # cell and a box on problems it has not seen (docs/toy.md: at 300 steps forced-code accuracy
+  # was 0-6%, at 1200 steps 82-92%; with only 500 problems per family it stayed at 0).
   c.em = ml_collections.ConfigDict(dict(
       algorithm="autocode", iterations=6, queries_per_iteration=64, native_samples=4,
       k_per_decision=4, keep_per_query=4, alpha=float("inf"), form="paper", pi_prior=0.5,
