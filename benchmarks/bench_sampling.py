@@ -26,7 +26,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 
 def bench_decode(args):
-  import jax
   import jax.numpy as jnp
   import numpy as np
   import torch
@@ -104,9 +103,57 @@ QUESTIONS = [
 ]
 
 
-def bench_tools(args):
-  import numpy as np
+def _scripts(tok, sb):
+  """(prompt ids, response ids) per question, with the real sandbox output spliced in."""
+  prose = ("We reason step by step about the problem and check each part carefully before "
+           "we answer. ")
+  scripts = []
+  for q, code in QUESTIONS:
+    out = sb.run(("script", q), code).output
+    prompt = tok.chat_ids([{"role": "user", "content": q}])
+    resp = (tok.encode(prose + "Let me compute.\n```python\n" + code + "```\n```output")
+            + tok.encode(f"\n{out}\n```\n")
+            + tok.encode(prose + f"The answer is \\boxed{{{out}}}.") + [tok.eos_ids[0]])
+    scripts.append((prompt, resp))
+  return scripts
+
+
+def _train_scripted(tok, scripts, out_dir):
+  """A Qwen2 (D=256, 4 layers) trained with torch until it reproduces the scripts."""
   import torch
+
+  from hf_fixtures import make_hf_model, save_hf_model
+
+  torch.set_num_threads(1)
+  model = make_hf_model("qwen2", vocab_size=len(tok.hf), hidden_size=256,
+                        intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
+                        num_key_value_heads=2)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.mul_(0.15)
+  width = max(len(p) + len(r) for p, r in scripts)
+  ids = torch.tensor([p + r + [0] * (width - len(p) - len(r)) for p, r in scripts])
+  labels = torch.tensor([[-100] * len(p) + r + [-100] * (width - len(p) - len(r))
+                         for p, r in scripts])
+  opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+  model.train()
+  t0 = time.perf_counter()
+  for step in range(600):
+    loss = model(input_ids=ids, labels=labels).loss
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if loss.item() < 1e-3:
+      break
+  print(f"# trained the scripted model: {step + 1} steps, loss {loss.item():.4f}, "
+        f"{time.perf_counter() - t0:.0f}s")
+  return save_hf_model(model.eval(), out_dir)
+
+
+def bench_tools(args):
+  import collections
+
+  import numpy as np
 
   from aci_jax.model import ModelConfig
   from aci_jax.model.weights import load_params
@@ -114,50 +161,22 @@ def bench_tools(args):
   from aci_jax.sampling import SamplingParams
   from aci_jax.sandbox import Sandbox
   from aci_jax.tokenizer import Tokenizer
-  from hf_fixtures import make_hf_model, save_hf_model
   from tokenizer_fixtures import build_tokenizer
 
-  torch.set_num_threads(1)
   tmp = tempfile.mkdtemp()
-  tok = Tokenizer.from_pretrained(build_tokenizer(os.path.join(tmp, "tok"), vocab_size=400))
-  prose = ("We reason step by step about the problem and check each part carefully before "
-           "we answer. ")
+  cache = args.model_cache or os.path.join(tmp, "model")
+  tok_dir = os.path.join(cache + "-tok")
+  if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+    build_tokenizer(tok_dir, vocab_size=400)
+  tok = Tokenizer.from_pretrained(tok_dir)
   with Sandbox() as sb:
-    scripts = []
-    for q, code in QUESTIONS:
-      out = sb.run(("script", q), code).output
-      prompt = tok.chat_ids([{"role": "user", "content": q}])
-      resp = (tok.encode(prose + "Let me compute.\n```python\n" + code + "```\n```output")
-              + tok.encode(f"\n{out}\n```\n")
-              + tok.encode(prose + f"The answer is \\boxed{{{out}}}.") + [tok.eos_ids[0]])
-      scripts.append((prompt, resp))
-    model = make_hf_model("qwen2", vocab_size=len(tok.hf), hidden_size=256,
-                          intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
-                          num_key_value_heads=2)
-    with torch.no_grad():
-      for p in model.parameters():
-        p.mul_(0.15)
-    width = max(len(p) + len(r) for p, r in scripts)
-    ids = torch.tensor([p + r + [0] * (width - len(p) - len(r)) for p, r in scripts])
-    labels = torch.tensor([[-100] * len(p) + r + [-100] * (width - len(p) - len(r))
-                           for p, r in scripts])
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    model.train()
-    t0 = time.perf_counter()
-    for step in range(600):
-      loss = model(input_ids=ids, labels=labels).loss
-      opt.zero_grad()
-      loss.backward()
-      opt.step()
-      if loss.item() < 1e-3:
-        break
-    print(f"# trained the scripted model: {step + 1} steps, loss {loss.item():.4f}, "
-          f"{time.perf_counter() - t0:.0f}s")
-    d = save_hf_model(model.eval(), os.path.join(tmp, "model"))
-    cfg = ModelConfig.from_pretrained(d)
-    params = load_params(d, cfg)
+    scripts = _scripts(tok, sb)
+    if not os.path.exists(os.path.join(cache, "config.json")):
+      _train_scripted(tok, scripts, cache)
+    cfg = ModelConfig.from_pretrained(cache)
+    params = load_params(cache, cfg)
     reqs = [Request(scripts[i % len(scripts)][0], i) for i in range(args.prompts)]
-    base = dict(batch_size=args.batch, max_prompt_tokens=64, max_new_tokens=192,
+    base = dict(batch_size=args.batch, max_prompt_tokens=64, max_new_tokens=384,
                 sampling=SamplingParams(greedy=True), decode_steps=32)
     variants = [("continuous + extend (ours)", {}),
                 ("continuous + re-prefill", dict(resume_mode="reprefill")),
@@ -175,9 +194,11 @@ def bench_tools(args):
       wall = time.perf_counter() - t0
       ref = ref or wall
       cells = sum(len(t.cells) for t in out)
-      ok = np.mean([t.text.endswith("<|im_end|>") and bool(t.cells) for t in out])
+      ok = np.mean([t.response_ids == scripts[t.prompt_index % len(scripts)][1] for t in out])
+      stops = dict(collections.Counter(t.stop_reason for t in out))
       print(f"{name:<30}{wall:>8.2f}{cells:>7}{100 * eng.stats.idle_fraction:>8.1f}"
-            f"{wall / ref:>9.2f}   (scripted answers reproduced: {ok:.0%})")
+            f"{wall / ref:>9.2f}   (scripted answers reproduced: {ok:.0%}, stops {stops}, "
+            f"decode calls {eng.stats.decode_calls})")
 
 
 def main(argv=None):
@@ -190,6 +211,7 @@ def main(argv=None):
   p.add_argument("--size", choices=sorted(SIZES), default="small")
   p.add_argument("--prompts", type=int, default=48)
   p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--model-cache", default="", help="directory to save/reuse the scripted model")
   args = p.parse_args(argv)
   bench_decode(args) if args.what == "decode" else bench_tools(args)
 

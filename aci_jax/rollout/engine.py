@@ -56,6 +56,7 @@ class RolloutConfig:
   # and re-run prompt + response after every call (what engines without per-row extend do);
   # kept as the baseline for benchmarks, same trajectories.
   resume_mode: str = "extend"
+  refill_rows: int = 0  # continuous batching: refill when this many rows are free; 0 = B / 4
   min_chunk: int = 16  # extend chunks are padded to powers of two from here (few compiles)
 
   @property
@@ -250,9 +251,13 @@ class RolloutEngine:
         idle_since = None
 
     while queue or rows:
-      # 1. Refill empty rows (continuous), or a whole new batch (barrier).
+      # 1. Refill empty rows (continuous), or a whole new batch (barrier). A prefill runs the
+      # model over every row, so free rows are refilled together: once `refill_rows` of them
+      # are free (or the queue is that short), or at once when nothing else is decoding.
       free = [r for r in range(c.batch_size) if r not in rows]
-      if queue and free and (not c.barrier or not rows):
+      decoding = any(row.future is None and row.pending_text is None for row in rows.values())
+      enough = len(free) >= min(c.refill_rows or max(1, c.batch_size // 4), len(queue))
+      if queue and free and (not c.barrier or not rows) and (enough or not decoding or c.barrier):
         new = {}
         for r in free:
           if not queue:
