@@ -20,13 +20,13 @@ A malformed line raises `DatasetError` with one line naming file:line and the pr
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
 import socket
 import urllib.parse
 
+from aci_jax import fileio
 from aci_jax.grading import extract_gold
 
 
@@ -160,20 +160,16 @@ def load_jsonl(path: str, benchmark: str | BenchmarkSpec | None = None, *,
   if not os.path.isfile(path):
     raise DatasetError(f"{path}: no such file")
   out = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
+  try:
+    for lineno, rec in fileio.iter_jsonl(path):
       if limit is not None and len(out) >= limit:
         break
-      if not line.strip():
-        continue
-      try:
-        rec = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
       try:
         out.append(to_problem(rec, spec, len(out)))
       except ValueError as e:
         raise DatasetError(f"{path}:{lineno}: {e}") from None
+  except fileio.DataError as e:
+    raise DatasetError(str(e)) from None
   if not out:
     raise DatasetError(f"{path}: no problems")
   return out

@@ -26,12 +26,12 @@ so SFT trains on the tokenisation the policy will see at rollout time.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from aci_jax import fileio
 
 OUTPUT_OPEN = "```output"
 # The environment's part of a block: from right after "```output" to the closing fence and
@@ -39,8 +39,7 @@ OUTPUT_OPEN = "```output"
 _ENV_BLOCK = re.compile(r"```output(.*?```\n?)", re.DOTALL)
 
 
-class DataError(ValueError):
-  """A malformed data file; the message names the file and line."""
+DataError = fileio.DataError  # a malformed data file; the message names the file and line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,29 +51,18 @@ class Example:
 
 def load_demonstrations(path: str) -> list[dict]:
   """Reads and checks a JSONL file of {"prompt": str, "response": str} records."""
-  if not os.path.exists(path):
-    raise DataError(f"{path}: no such file")
   out = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        rec = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-      if not isinstance(rec, dict):
-        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-      for key in ("prompt", "response"):
-        if not isinstance(rec.get(key), str):
-          raise DataError(f"{path}:{lineno}: field {key!r} must be a string")
-      if not rec["response"]:
-        raise DataError(f"{path}:{lineno}: empty response")
-      try:
-        split_response(rec["response"])
-      except DataError as e:
-        raise DataError(f"{path}:{lineno}: {e}") from None
-      out.append(rec)
+  for lineno, rec in fileio.iter_jsonl(path):
+    for key in ("prompt", "response"):
+      if not isinstance(rec.get(key), str):
+        raise DataError(f"{path}:{lineno}: field {key!r} must be a string")
+    if not rec["response"]:
+      raise DataError(f"{path}:{lineno}: empty response")
+    try:
+      split_response(rec["response"])
+    except DataError as e:
+      raise DataError(f"{path}:{lineno}: {e}") from None
+    out.append(rec)
   if not out:
     raise DataError(f"{path}: no demonstrations")
   return out
@@ -216,10 +204,4 @@ def toy_demonstrations(n: int, seed: int = 0, code_fraction: float = 0.5) -> lis
 
 def write_jsonl(path: str, records: Iterable[dict]) -> str:
   """Writes records atomically (temp file + rename)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for r in records:
-      f.write(json.dumps(r) + "\n")
-  os.replace(tmp, path)
-  return path
+  return fileio.write_jsonl(path, records)
