@@ -23,7 +23,7 @@ def get_config():
   c.model = ml_collections.ConfigDict(dict(
       init="scratch", path="", arch="qwen2", vocab_size=259, hidden_size=128,
       intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
-      qkv_bias=True, tie_word_embeddings=True, max_position_embeddings=512, rope_theta=10000.0,
+      qkv_bias=True, tie_word_embeddings=False, max_position_embeddings=512, rope_theta=10000.0,
       eos_token_ids=(256,), dtype="float32", param_dtype="float32", remat="none"))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
@@ -34,7 +34,8 @@ def get_config():
 
   # Warm-up SFT (a separate run in <workdir>/warmup, exported and loaded by the EM run).
   c.warmup = ml_collections.ConfigDict(dict(
-      steps=1200, batch_size=32, lr=3e-3, warmup_steps=30, seq_len=96, data_path=""))
+      steps=1200, batch_size=32, lr=3e-3, warmup_steps=100, seq_len=96, data_path="",
+      end_lr_ratio=0.1, weight_decay=0.01, b2=0.98, clip_norm=0.0))  # cosine to lr/10
   c.data = ml_collections.ConfigDict(dict(train_path="", toy_examples=0, seq_len=96, system=""))
 
   # EM. alpha=inf (hard argmax of pi*Q, the paper's first version), pi_prior=0.5 and lambda=1

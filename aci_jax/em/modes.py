@@ -105,6 +105,9 @@ def _warmup(config, workdir, tok_dir, train) -> str | None:
     c.loss.policy, c.loss.decision_coef = "sft_nll", 0.0
     c.train.steps, c.train.batch_size = w.steps, w.batch_size
     c.optim.lr, c.optim.warmup_steps, c.optim.decay_steps = w.lr, w.warmup_steps, w.steps
+    for key in ("end_lr_ratio", "weight_decay", "b2", "clip_norm"):
+      if key in w:
+        c.optim[key] = w[key]
     c.data.train_path, c.data.seq_len = data_path, w.seq_len
     c.export.at_end, c.export.dir, c.export.every = True, out, 0
     # The EM run checkpoints every iteration; a warm-up step is far cheaper than a save.
