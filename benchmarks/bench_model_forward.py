@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
+
+from timing import median_time
 
 SIZES = {
     # name: (hidden, intermediate, layers, heads, kv_heads, vocab)
@@ -26,16 +26,6 @@ SIZES = {
     # head) with 4 of its 24 layers, so it fits a laptop benchmark.
     "qwen0.5b-4l": (896, 4864, 4, 14, 2, 151936),
 }
-
-
-def _time(fn, repeats):
-  fn()  # warm-up (and compilation for JAX)
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def main(argv=None):
@@ -77,10 +67,10 @@ def main(argv=None):
     positions = jnp.broadcast_to(jnp.arange(args.length), tokens.shape)
     jt = jnp.asarray(tokens, jnp.int32)
     fwd = jax.jit(lambda prm, t, pos: Decoder(cfg).apply({"params": prm}, t, pos)[0])
-    ours = _time(lambda: fwd(params, jt, positions).block_until_ready(), args.repeats)
+    ours = median_time(lambda: fwd(params, jt, positions).block_until_ready(), args.repeats)
     tt = torch.tensor(tokens)
     with torch.inference_mode():
-      ref = _time(lambda: model(input_ids=tt).logits, args.repeats)
+      ref = median_time(lambda: model(input_ids=tt).logits, args.repeats)
     n = args.batch * args.length
     print(f"{name:<14}{cfg.num_params() / 1e6:>8.0f}M{n / ours:>13.0f}{n / ref:>12.0f}"
           f"{ref / ours:>8.2f}")

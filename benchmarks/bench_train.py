@@ -25,10 +25,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
+
+from timing import median_time
 
 SIZES = {
     # name: (hidden, intermediate, layers, heads, kv_heads, vocab) -- as bench_model_forward.py
@@ -42,16 +42,6 @@ MFU_SIZES = {
 }
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "v5e": 197.0,
                     "v5p": 459.0, "v4": 275.0, "v6": 918.0}
-
-
-def _median_time(fn, repeats):
-  fn()  # warm-up (compilation for JAX)
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def _ours(cfg, params, tokens, *, lr=1e-4, micro=1, chunk=512, logits_remat=True):
@@ -113,8 +103,8 @@ def cpu_benchmark(args):
       cfg = ModelConfig.from_pretrained(tmp)
       params = load_params(tmp, cfg)
     tokens = np.random.default_rng(0).integers(0, v, (args.batch, args.length))
-    ours = _median_time(_ours(cfg, params, tokens), args.repeats)
-    ours_nr = _median_time(_ours(cfg, params, tokens, logits_remat=False), args.repeats)
+    ours = median_time(_ours(cfg, params, tokens), args.repeats)
+    ours_nr = median_time(_ours(cfg, params, tokens, logits_remat=False), args.repeats)
     del params
 
     model.train()
@@ -132,7 +122,7 @@ def cpu_benchmark(args):
     theirs = []
     for n in threads:
       torch.set_num_threads(n)
-      theirs.append(_median_time(torch_step, args.repeats))
+      theirs.append(median_time(torch_step, args.repeats))
     ntok = args.batch * args.length
     cols = "".join(f"{ntok / x:>16.0f}" for x in theirs)
     print(f"{name:<14}{cfg.num_params() / 1e6:>8.0f}M{ntok / ours:>13.0f}{ntok / ours_nr:>10.0f}"
@@ -170,7 +160,7 @@ def mfu_benchmark(args):
                       param_dtype="float32", remat=args.remat)
     params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
     tokens = np.random.default_rng(0).integers(0, v, (args.mfu_batch, args.mfu_length))
-    sec = _median_time(_ours(cfg, params, tokens, chunk=512), args.repeats)
+    sec = median_time(_ours(cfg, params, tokens, chunk=512), args.repeats)
     tps = tokens.size / sec
     flops = tps * model_flops_per_token(cfg, args.mfu_length)
     print(f"{name:<14}{args.mfu_batch:>6}{tps:>10.0f}{flops / 1e12:>9.1f}"
