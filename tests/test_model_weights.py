@@ -239,3 +239,10 @@ def test_verify_checkpoint_cli(tmp_path):
   missing = _cli(d)
   assert missing.returncode == 2
   assert missing.stderr.strip().startswith("error:") and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_unrepresentable_qwen2_export_fails_up_front():
+  cfg = ModelConfig(arch="qwen2", vocab_size=16, hidden_size=8, intermediate_size=8,
+                    num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4, qkv_bias=False)
+  with pytest.raises(UnsupportedConfigError, match="arch='llama'"):
+    cfg.to_hf_dict()

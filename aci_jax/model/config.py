@@ -211,6 +211,10 @@ class ModelConfig:
             low_freq_factor=rs.low_freq_factor, high_freq_factor=rs.high_freq_factor,
             original_max_position_embeddings=rs.original_max_position_embeddings)
     if self.arch == "qwen2":
+      if not self.qkv_bias or self.o_bias or self.mlp_bias:
+        raise UnsupportedConfigError(
+            "a Qwen2 checkpoint has q/k/v biases and no others; export a model with other "
+            "biases as arch='llama'")
       out.update(use_sliding_window=False, sliding_window=None)
     else:
       if self.qkv_bias != self.o_bias:
