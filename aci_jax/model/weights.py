@@ -203,6 +203,8 @@ def load_params(directory: str, cfg: ModelConfig, mesh: Mesh | None = None,
 
 def _host_value(x: jax.Array) -> np.ndarray:
   """A full host copy of one (possibly sharded, possibly multi-host) array."""
+  if not isinstance(x, jax.Array):  # host params (e.g. deserialised with flax) export as is
+    return np.asarray(x)
   if x.is_fully_addressable:
     return np.asarray(jax.device_get(x))
   # Multi-host: re-shard to fully replicated, then every host reads its local copy.
