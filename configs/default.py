@@ -21,9 +21,11 @@ def get_config():
   c.tokenizer = "toy"  # the built-in character tokenizer (259 ids)
 
   c.model = ml_collections.ConfigDict(dict(
-      init="scratch", path="", arch="qwen2", vocab_size=259, hidden_size=128,
+      # Llama architecture (no biases): the toy policy is trained from scratch, so the choice is
+      # free; it is the one measured in docs/em.md.
+      init="scratch", path="", arch="llama", vocab_size=259, hidden_size=128,
       intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
-      qkv_bias=True, tie_word_embeddings=False, max_position_embeddings=512, rope_theta=10000.0,
+      qkv_bias=False, tie_word_embeddings=False, max_position_embeddings=512, rope_theta=10000.0,
       eos_token_ids=(256,), dtype="float32", param_dtype="float32", remat="none"))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
@@ -34,17 +36,17 @@ def get_config():
 
   # Warm-up SFT (a separate run in <workdir>/warmup, exported and loaded by the EM run).
   c.warmup = ml_collections.ConfigDict(dict(
-      steps=1200, batch_size=32, lr=3e-3, warmup_steps=100, seq_len=96, data_path="",
+      steps=2000, batch_size=32, lr=3e-3, warmup_steps=100, seq_len=96, data_path="",
       end_lr_ratio=0.1, weight_decay=0.01, b2=0.98, clip_norm=0.0))  # cosine to lr/10
   c.data = ml_collections.ConfigDict(dict(train_path="", toy_examples=0, seq_len=96, system=""))
 
   # EM. alpha=inf (hard argmax of pi*Q, the paper's first version), pi_prior=0.5 and lambda=1
   # are our toy choices: the warm-up policy almost never codes on its own, so with 4 native
   # samples pi_hat(code) is usually 0 and pi*Q would tie at 0 on the code-only families; half a
-  # pseudo-count per decision lets Q decide there. Warm-up: 1200 steps over 8,000 demos
-  # (2,000 problems per family) is what the policy needs to copy operands and outputs into a
-  # cell and a box on problems it has not seen (docs/toy.md: at 300 steps forced-code accuracy
-  # was 0-6%, at 1200 steps 82-92%; with only 500 problems per family it stayed at 0).
+  # pseudo-count per decision lets Q decide there. Warm-up: 2,000 steps over 8,000 demos
+  # (2,000 problems per family): the policy must learn to copy a cell's printed output into
+  # \boxed{}; at 1,200 steps this run's warm-up had not (forced-code accuracy 0% on mul), at
+  # 2,000 it had (docs/em.md). With only 500 problems per family it never did.
   c.em = ml_collections.ConfigDict(dict(
       algorithm="autocode", iterations=6, queries_per_iteration=64, native_samples=4,
       k_per_decision=4, keep_per_query=4, alpha=float("inf"), form="paper", pi_prior=0.5,
