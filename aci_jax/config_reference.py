@@ -1,0 +1,324 @@
+"""The configuration reference, docs/config.md, generated from the config files.
+
+    python -m aci_jax.config_reference --out docs/config.md     # regenerate after a config change
+    python -m aci_jax.config_reference --check docs/config.md   # exit 1 if it is out of date
+
+One row per key of configs/default.py, configs/sft_toy.py and every configs/paper.py preset: its
+meaning (MEANINGS below) and its value in each file. A key that some config has and MEANINGS
+lacks, or a meaning for a key no config has, is an error, so the page cannot drift from the
+files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import runpy
+import sys
+
+from aci_jax import fileio
+
+# Columns of the tables: (title, config file, argument of get_config or None for all presets).
+COLUMNS = (("default.py", "default", None), ("sft_toy.py", "sft_toy", None),
+           ("paper.py", "paper", None))
+
+SECTIONS = {
+    "": "Top level",
+    "model": "model: the policy",
+    "mesh": "mesh: the device mesh",
+    "task": "task: problems (autocode mode)",
+    "warmup": "warmup: stage-0 SFT (autocode mode)",
+    "data": "data: SFT data (sft mode, and the warm-up run)",
+    "em": "em: the EM loop and its baselines",
+    "rollout": "rollout: the tool-integrated sampler",
+    "sandbox": "sandbox: where model-written code runs",
+    "grader": "grader: answer checking",
+    "eval": "eval: evaluation during an autocode run",
+    "train": "train: the train step",
+    "loss": "loss: the objective",
+    "optim": "optim: AdamW and its schedule",
+    "checkpoint": "checkpoint: orbax checkpoints",
+    "export": "export: Hugging Face directories",
+    "dist": "dist: multi-host start",
+}
+
+MEANINGS = {
+    "mode": "what runs: `autocode` (warm-up, EM, evaluation), `sft`, `export`",
+    "seed": "seeds the data order, initialisation, sampling keys and curation",
+    "progress": "tqdm progress bar on process 0",
+    "tokenizer": "`toy` (built-in character tokenizer, 259 ids), a HF tokenizer directory, or "
+                 "`\"\"` = the tokenizer of `model.path`",
+    "model.init": "`scratch` (build from the keys below) or `hf` (config and weights from "
+                  "`model.path`; then only `dtype`, `param_dtype`, `remat` are read here)",
+    "model.path": "HF checkpoint: local directory or hub id `org/name` (downloaded once into "
+                  "the Hugging Face cache)",
+    "model.arch": "`qwen2` (q/k/v biases allowed) or `llama`",
+    "model.vocab_size": "embedding rows; at least the tokenizer's size",
+    "model.hidden_size": "D, the residual width",
+    "model.intermediate_size": "F, the SwiGLU MLP width",
+    "model.num_layers": "decoder layers (stacked with `nn.scan`)",
+    "model.num_heads": "query heads H",
+    "model.num_kv_heads": "key/value heads K (K divides H; K < H is GQA)",
+    "model.head_dim": "Dh, per-head width",
+    "model.qkv_bias": "biases on the q/k/v projections (Qwen2)",
+    "model.tie_word_embeddings": "the LM head reuses the embedding matrix",
+    "model.max_position_embeddings": "longest sequence the model is built for",
+    "model.rope_theta": "RoPE base frequency",
+    "model.eos_token_ids": "ids that end a response",
+    "model.dtype": "compute dtype of activations and matmuls (`float32`, `bfloat16`, "
+                   "`float16`)",
+    "model.param_dtype": "storage dtype of parameters and Adam moments (float32 master "
+                         "weights with bf16 compute is the usual choice)",
+    "model.remat": "activation checkpointing per layer: `none`, `full`, `dots`",
+    "mesh.data": "pure data-parallel axis size (-1: all remaining devices)",
+    "mesh.fsdp": "data-parallel axis with parameters and optimizer state sharded (-1: all "
+                 "remaining devices)",
+    "mesh.tensor": "tensor-parallel axis (heads, MLP columns, vocabulary)",
+    "task.name": "`toy` (the synthetic task, generated) or `jsonl` (files below)",
+    "task.families": "toy problem families (docs/toy.md)",
+    "task.train_per_family": "toy training problems per family",
+    "task.eval_per_family": "toy held-out problems per family",
+    "task.warmup_examples": "toy warm-up demonstrations (the first N training problems)",
+    "task.code_fraction": "fraction of toy warm-up demonstrations that use a code cell",
+    "task.train_path": "JSONL training pool (`problem` or `question`, and `answer`)",
+    "task.train_benchmark": "field mapping of the pool: a registered benchmark name "
+                            "(`math500`, `gsm8k`, `aime24`, `amc23`) or `\"\"` for the generic "
+                            "`problem`/`question` + `answer`",
+    "task.eval_paths": "benchmarks evaluated during the run, `{name: JSONL path}`; a registered "
+                       "name picks its field mapping; set on the command line as "
+                       "`--config.task.eval_paths=\"{'math500': 'math500.jsonl'}\"`",
+    "task.eval_limit": "evaluate the first N problems of each benchmark (0: all)",
+    "warmup.steps": "warm-up SFT steps (0: no warm-up, start EM from the loaded policy)",
+    "warmup.batch_size": "warm-up sequences per step",
+    "warmup.lr": "warm-up peak learning rate",
+    "warmup.warmup_steps": "linear learning-rate warm-up steps of the warm-up run",
+    "warmup.seq_len": "warm-up sequence length (tokens)",
+    "warmup.data_path": "JSONL demonstrations `{prompt, response}` in both modes (`jsonl` task;"
+                        " the toy task generates its own)",
+    "warmup.end_lr_ratio": "warm-up cosine decay ends at `lr` x this",
+    "warmup.weight_decay": "warm-up AdamW weight decay",
+    "warmup.b2": "warm-up Adam beta2",
+    "warmup.clip_norm": "warm-up gradient clipping (0: none)",
+    "data.train_path": "sft mode: JSONL `{prompt, response}`; empty = toy demonstrations "
+                       "(the autocode mode points it at the warm-up demonstrations)",
+    "data.toy_examples": "sft mode: number of toy demonstrations when `train_path` is empty",
+    "data.seq_len": "sft mode: sequence length (the autocode mode uses `warmup.seq_len`)",
+    "data.system": "system message of every SFT prompt (empty: none)",
+    "em.algorithm": "`autocode` (EM), `em_no_decision` (lambda = 0), `grpo` (standard RL), "
+                    "`rft` (SFT on correct native rollouts); docs/em.md",
+    "em.iterations": "EM iterations",
+    "em.queries_per_iteration": "queries drawn per iteration (a seeded pass over the pool)",
+    "em.native_samples": "unforced rollouts per query, for pi_hat(code|x)",
+    "em.k_per_decision": "K: forced rollouts per decision (code, reasoning), for Q_hat(x, c)",
+    "em.keep_per_query": "rollouts per query kept for the M-step, drawn by s*(c|x)",
+    "em.alpha": "alpha of s* = softmax(alpha pi_hat Q_hat); `inf` = hard argmax",
+    "em.form": "`paper` (softmax of the product, Eq. 5) or `posterior` (s* proportional to "
+               "pi_hat Q_hat)",
+    "em.pi_prior": "pseudo-count per decision added to the native counts of pi_hat",
+    "em.epochs": "passes over the curated set per M-step",
+    "em.code_prefix": "response prefix that forces code mode",
+    "em.batch_length": "M-step sequence length (0: the longest trajectory, bucketed)",
+    "rollout.batch_size": "rows decoded together (continuous batching)",
+    "rollout.max_prompt_tokens": "prompt + forced prefix limit (tokens)",
+    "rollout.max_new_tokens": "response limit including tool output; longer responses are "
+                              "truncated and score 0",
+    "rollout.max_tool_calls": "code cells executed per response; later ones get a limit "
+                              "message",
+    "rollout.decode_steps": "decode steps per device call before the host looks at the rows",
+    "rollout.temperature": "sampling temperature of the E-step rollouts",
+    "rollout.top_p": "nucleus sampling (1: off)",
+    "rollout.top_k": "top-k sampling (0: off)",
+    "sandbox.timeout_s": "wall-clock limit per cell (seconds)",
+    "sandbox.memory_mb": "address-space limit of a session process (MiB)",
+    "sandbox.mode": "cell state: `persistent`, `replay` (Qwen2.5-Math harness), `isolated` "
+                    "(docs/sandbox.md)",
+    "grader.num_workers": "grading worker processes",
+    "grader.timeout": "hard limit per comparison (seconds); a timeout grades as not equal",
+    "eval.every": "evaluate after every N EM iterations (and after the last); 0: only "
+                  "warm-up and end",
+    "eval.samples": "k of mean@k (0: greedy only)",
+    "eval.temperature": "sampling temperature of the mean@k pass",
+    "eval.selection": "run both forced modes per problem and report selection accuracy",
+    "train.steps": "sft mode: total optimizer steps (autocode: unused; the warm-up uses "
+                   "`warmup.steps`, the M-step its curated data)",
+    "train.batch_size": "sequences per optimizer step (global); divides by `micro_batches` x "
+                        "data-parallel devices",
+    "train.micro_batches": "gradient accumulation: the batch is split into this many passes",
+    "train.logprob_chunk": "log-probs are computed this many positions at a time, never the "
+                           "full [B, T, V] logits",
+    "train.logprob_remat": "recompute the chunked logits in the backward pass",
+    "train.log_every": "sft mode: write metrics every N steps",
+    "loss.policy": "registered policy term: `ppo_clip`, `tis`, `grpo`, `sft_nll` "
+                   "(docs/training.md)",
+    "loss.clip_eps_low": "epsilon below 1 of the importance-ratio clip",
+    "loss.clip_eps_high": "epsilon above 1 of the importance-ratio clip",
+    "loss.decision_coef": "lambda of the decision term (cross-entropy on the correct rollouts "
+                          "of the chosen decision); 0: off",
+    "loss.kl_coef": "KL to a reference policy (0: off, as in the paper; the EM batches carry no "
+                    "reference log-probs, so only 0 runs there)",
+    "loss.aggregation": "`token_mean` or `seq_mean`, for every term",
+    "optim.lr": "peak learning rate",
+    "optim.warmup_steps": "linear warm-up from 0",
+    "optim.decay_steps": "cosine decay ends here (steps, warm-up included)",
+    "optim.end_lr_ratio": "final learning rate = `lr` x this (1: constant after warm-up)",
+    "optim.b1": "Adam beta1",
+    "optim.b2": "Adam beta2",
+    "optim.eps": "Adam epsilon",
+    "optim.weight_decay": "AdamW decay on matrices (never norms or biases)",
+    "optim.clip_norm": "global gradient-norm clip (0: none)",
+    "checkpoint.every": "sft mode: save every N steps (the EM loop saves every iteration)",
+    "checkpoint.max_to_keep": "checkpoints kept",
+    "checkpoint.async_save": "write checkpoints while training continues",
+    "export.every": "sft mode: export a HF directory every N steps (0: never)",
+    "export.at_end": "export the final policy as a HF directory",
+    "export.dtype": "dtype of exported weights (`\"\"`: `model.param_dtype`)",
+    "export.dir": "export directory (`\"\"`: `<workdir>/export/step_N`)",
+    "export.step": "export mode: checkpoint step to export (0: latest)",
+    "dist.multihost": "`auto` (initialise `jax.distributed` when the environment is a "
+                      "multi-host launch), `on`, `off`",
+    "dist.coordinator": "`host:port` of process 0; set to force an explicit multi-process "
+                        "start (e.g. local CPU processes)",
+    "dist.num_processes": "processes in an explicit start",
+    "dist.process_id": "this process's index in an explicit start",
+    "dist.cpu_collectives": "collectives implementation on CPU (`gloo`)",
+}
+
+_HEADER = """\
+# Configuration reference
+
+Every key of every config file, what it means, and its value in each. Generated from the files
+by `python -m aci_jax.config_reference --out docs/config.md`; `tests/test_config_reference.py`
+fails when this page and the files disagree.
+
+- `configs/default.py`: the embedded default, the whole method on the toy task on a CPU.
+- `configs/sft_toy.py`: the SFT warm-up alone, on the toy demonstrations.
+- `configs/paper.py:NAME`: AutoCode on a Hugging Face checkpoint, NAME one of
+  `qwen2.5-7b`, `qwen2.5-math-1.5b`, `deepseek-math-7b`; where the presets differ, the cell lists
+  each. Which values are the paper's and which are ours: the comments in `configs/paper.py` and
+  docs/reproducing.md.
+
+Any key can be changed on the command line, `--config.SECTION.KEY=VALUE` (for example
+`--config.em.iterations=2`); a key the config file does not have is an error
+(`error: unknown config key ...`), so a typo never passes silently. `-` in a cell: that config
+does not have the key (the code then uses the dataclass default, or the key does not apply to
+that config's mode). Where the values come from, in the code: `model` -> `ModelConfig`
+(aci_jax/model/config.py), `em` -> `EMConfig` (aci_jax/em/loop.py), `rollout` ->
+`RolloutConfig` + `SamplingParams`, `sandbox` -> `SandboxConfig` (its other fields keep their
+defaults), `loss` -> `LossConfig`, `optim` -> `OptimConfig`, `mesh` -> `MeshConfig`.
+"""
+
+
+class ReferenceMismatch(ValueError):
+  """The config files and MEANINGS disagree; the message names the keys."""
+
+
+def flatten(config, prefix: str = "") -> dict:
+  """{dotted key: value} of a ConfigDict; an empty sub-dict is a key of its own."""
+  out = {}
+  for key, value in config.items():
+    name = prefix + key
+    if hasattr(value, "items") and not isinstance(value, dict):
+      sub = flatten(value, name + ".")
+      out.update(sub if sub else {name: value})
+    else:
+      out[name] = value
+  return out
+
+
+def load_configs(configs_dir: str) -> dict[str, dict]:
+  """{column title: {preset name or "": {dotted key: value}}} for every file in COLUMNS."""
+  out = {}
+  for title, stem, _ in COLUMNS:
+    ns = runpy.run_path(os.path.join(configs_dir, f"{stem}.py"))
+    presets = list(ns["MODELS"]) if "MODELS" in ns else [""]
+    out[title] = {p: flatten(ns["get_config"](p) if p else ns["get_config"]()) for p in presets}
+  return out
+
+
+def _fmt(value) -> str:
+  if hasattr(value, "items"):
+    value = dict(value)
+  if isinstance(value, float) and math.isinf(value):
+    text = "inf"
+  elif isinstance(value, str):
+    text = repr(value) if value else '""'
+  else:
+    text = repr(value)
+  return "`" + text.replace("|", "\\|").replace("\n", "\\n") + "`"
+
+
+def _cell(presets: dict[str, dict], key: str) -> str:
+  values = {p: flat[key] for p, flat in presets.items() if key in flat}
+  if not values:
+    return "-"
+  shown = {p: _fmt(v) for p, v in values.items()}
+  if len(set(shown.values())) == 1 and len(values) == len(presets):
+    return next(iter(shown.values()))
+  return "<br>".join(f"{p}: {s}" for p, s in shown.items())
+
+
+def render(configs: dict[str, dict]) -> str:
+  """The Markdown page for `load_configs(...)`; raises ReferenceMismatch on missing meanings."""
+  keys = sorted({k for presets in configs.values() for flat in presets.values() for k in flat})
+  undocumented = [k for k in keys if k not in MEANINGS]
+  stale = sorted(set(MEANINGS) - set(keys))
+  if undocumented or stale:
+    raise ReferenceMismatch(f"config keys without a meaning in aci_jax/config_reference.py: "
+                          f"{undocumented}; meanings of keys no config has: {stale}")
+  lines = [_HEADER]
+  order = list(SECTIONS)
+  by_section: dict[str, list[str]] = {s: [] for s in order}
+  for k in MEANINGS:  # rows in the order of MEANINGS
+    section = k.split(".")[0] if "." in k else ""
+    if section not in by_section:
+      raise ReferenceMismatch(f"key {k!r}: section {section!r} is not in SECTIONS")
+    by_section[section].append(k)
+  titles = [t for t, _, _ in COLUMNS]
+  for section in order:
+    if not by_section[section]:
+      continue
+    lines.append(f"## {SECTIONS[section]}\n")
+    lines.append("| key | meaning | " + " | ".join(titles) + " |")
+    lines.append("|---|---|" + "---|" * len(titles))
+    for k in by_section[section]:
+      cells = [_cell(configs[t], k) for t in titles]
+      lines.append(f"| `{k}` | {MEANINGS[k]} | " + " | ".join(cells) + " |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--configs", default="configs", help="directory of the config files")
+  group = parser.add_mutually_exclusive_group()
+  group.add_argument("--out", help="write the page here (atomically) instead of stdout")
+  group.add_argument("--check", metavar="PAGE", help="exit 1 if PAGE differs from the files")
+  args = parser.parse_args(argv)
+  try:
+    page = render(load_configs(args.configs))
+  except (OSError, ReferenceMismatch) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if args.check:
+    try:
+      with open(args.check, encoding="utf-8") as f:
+        current = f.read()
+    except OSError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    if current != page:
+      print(f"error: {args.check} is out of date with {args.configs}/; regenerate it with "
+            f"python -m aci_jax.config_reference --out {args.check}", file=sys.stderr)
+      return 1
+    return 0
+  if args.out:
+    with fileio.atomic_open(args.out) as f:
+      f.write(page)
+  else:
+    sys.stdout.write(page)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
