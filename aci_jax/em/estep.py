@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -139,21 +139,28 @@ def whiten(rewards: Sequence[float], eps: float) -> np.ndarray:
   return (r - r.mean()) / (r.std() + eps)
 
 
-def curate(groups: Sequence[QueryGroup], cfg: EStepConfig, rng: np.random.Generator) -> Curated:
-  """Runs the estimates and the s*-weighted subsampling for every query (host, numpy)."""
+def curate(groups: Sequence[QueryGroup], cfg: EStepConfig,
+           rng: np.random.Generator | Callable[[int], np.random.Generator]) -> Curated:
+  """Runs the estimates and the s*-weighted subsampling for every query (host, numpy).
+
+  `rng` is one generator for all queries, or `query_id -> generator`: with one generator per
+  query the draws of a query do not depend on which other queries share the call (so hosts
+  that each curate their own queries draw what one process would).
+  """
   kept, adv, dec, ests = [], [], [], []
   for g in groups:
     est = estimate(g, cfg)
+    g_rng = rng(g.query_id) if callable(rng) else rng
     ests.append(est)
     if est.dropped:
       continue
-    counts = rng.multinomial(cfg.keep_per_query, est.s_star)
+    counts = g_rng.multinomial(cfg.keep_per_query, est.s_star)
     chosen = int(np.argmax(est.s_star))
     picked: list[Trajectory] = []
     for c in (COT, CODE):
       pool = list(g.forced.get(c, []))
       n = min(int(counts[c]), len(pool))
-      idx = rng.choice(len(pool), size=n, replace=False) if n else []
+      idx = g_rng.choice(len(pool), size=n, replace=False) if n else []
       picked += [pool[i] for i in idx]
     if not picked:
       continue
@@ -162,13 +169,18 @@ def curate(groups: Sequence[QueryGroup], cfg: EStepConfig, rng: np.random.Genera
       kept.append(t)
       adv.append(float(ai))
       dec.append(bool(_reward(t) > 0 and decision_of(t) == chosen))
-  stats = estep_stats(groups, ests, kept)
+  stats = estep_stats(native_outcomes(groups), ests, kept)
   return Curated(kept, adv, dec, ests, stats)
 
 
-def estep_stats(groups, ests: Sequence[QueryEstimate], kept: Sequence[Trajectory]) -> dict:
-  """Scalars and histograms for the metrics log."""
-  native = [t for g in groups for t in g.native]
+def native_outcomes(groups: Sequence[QueryGroup]) -> list[tuple[int, bool, float]]:
+  """(query id, used code, reward) of every native rollout: what the statistics need."""
+  return [(g.query_id, t.used_code, _reward(t)) for g in groups for t in g.native]
+
+
+def estep_stats(native: Sequence[tuple[int, bool, float]], ests: Sequence[QueryEstimate],
+                kept: Sequence[Trajectory]) -> dict:
+  """Scalars and histograms for the metrics log; `native` from `native_outcomes`."""
   q = np.asarray([e.q for e in ests]) if ests else np.zeros((0, 2))
   # s* of dropped queries is a meaningless tie; the strategy statistics cover kept queries.
   live = [e.s_star for e in ests if not e.dropped]
@@ -180,10 +192,8 @@ def estep_stats(groups, ests: Sequence[QueryEstimate], kept: Sequence[Trajectory
       "estep/kept_rollouts": len(kept),
       "estep/kept_code_fraction": (float(np.mean([decision_of(t) == CODE for t in kept]))
                                    if kept else 0.0),
-      "estep/native_code_rate": (float(np.mean([t.used_code for t in native]))
-                                 if native else 0.0),
-      "estep/native_accuracy": (float(np.mean([_reward(t) for t in native]))
-                                if native else 0.0),
+      "estep/native_code_rate": (float(np.mean([c for _, c, _ in native])) if native else 0.0),
+      "estep/native_accuracy": (float(np.mean([r for _, _, r in native])) if native else 0.0),
   }
   for c, name in ((COT, "cot"), (CODE, "code")):
     if len(q):

@@ -18,6 +18,12 @@ Algorithms (the paper's ablations share everything but the marked step):
 For a fair comparison the rollout budget per query is the same: `grpo`/`rft` draw
 `native_samples + 2 * k_per_decision` native rollouts where `autocode` draws `native_samples`
 native and `2 * k_per_decision` forced ones.
+
+Multi-host: the iteration's queries are dealt over the processes (`multihost.owner_of`); each
+host rolls out, grades and curates its own queries (its rows, its sandbox, its grader; every
+random draw is keyed by query, so nothing depends on the split). Only the curated set and
+per-query summaries are all-gathered (O(kept tokens), not O(rollouts)); every host then builds
+the same M-step mini-batches and feeds its slice of rows to the train step.
 """
 
 from __future__ import annotations
@@ -33,8 +39,12 @@ import jax
 import numpy as np
 
 from aci_jax.em.batches import build_batch, minibatches
-from aci_jax.em.estep import CODE, COT, EStepConfig, QueryGroup, curate, estep_stats, whiten
+from aci_jax.em.estep import (CODE, COT, EStepConfig, QueryGroup, curate, estep_stats,
+                              native_outcomes, whiten)
+from aci_jax.parallel import multihost
 from aci_jax.rollout import Request, Trajectory
+
+log = logging.getLogger(__name__)
 
 ALGORITHMS = ("autocode", "em_no_decision", "grpo", "rft")
 
@@ -163,8 +173,9 @@ class EMLoop:
       t.reward = 1.0 if (r.equal and t.stop_reason != "length") else 0.0
       t.meta["grade_status"] = r.status
 
-  def curate(self, trajs: Sequence[Trajectory], rng: np.random.Generator):
-    """(trajectories, advantages, decision flags, stats) for the M-step."""
+  def curate(self, trajs: Sequence[Trajectory], rng):
+    """(trajectories, advantages, decision flags, query estimates, native outcomes) for the
+    M-step and the statistics; `rng` as in `estep.curate`."""
     c = self.cfg
     by_q: dict[int, QueryGroup] = {}
     for t in trajs:
@@ -177,7 +188,8 @@ class EMLoop:
     if c.algorithm in ("autocode", "em_no_decision"):
       cur = curate(groups, c.estep, rng)
       decision = cur.decision if c.algorithm == "autocode" else [False] * len(cur.decision)
-      return cur.trajectories, cur.advantages, decision, cur.stats
+      return (cur.trajectories, cur.advantages, decision, cur.estimates,
+              native_outcomes(groups))
     kept, adv = [], []
     for g in groups:
       rewards = [t.reward for t in g.native]
@@ -189,19 +201,36 @@ class EMLoop:
         good = [t for t in g.native if t.reward > 0]
         kept += good
         adv += [1.0] * len(good)
-    return kept, adv, [False] * len(kept), estep_stats(groups, [], kept)
+    return kept, adv, [False] * len(kept), [], native_outcomes(groups)
+
+  def gather(self, queries: Sequence[int], local) -> tuple:
+    """All processes' `curate` outputs merged in the order of `queries` (the order one process
+    would produce); the identity on one process."""
+    if jax.process_count() == 1:
+      return local
+    kept, adv, dec, ests, native = local
+    parts = multihost.allgather_objects((list(zip(kept, adv, dec)), ests, native))
+    rank = {q: i for i, q in enumerate(dict.fromkeys(queries))}
+    items = sorted((x for p in parts for x in p[0]), key=lambda x: rank[x[0].prompt_index])
+    ests = sorted((e for p in parts for e in p[1]), key=lambda e: rank[e.query_id])
+    native = sorted((o for p in parts for o in p[2]), key=lambda o: rank[o[0]])
+    return ([x[0] for x in items], [x[1] for x in items], [x[2] for x in items], ests, native)
 
   # ------------------------------------------------------------------------ M-step
 
   def mstep(self, trajs, adv, decision, rng) -> list[dict]:
     tr, c = self.trainer, self.cfg
     if not trajs:
-      logging.warning("M-step: nothing to train on this iteration")
+      log.warning("M-step: nothing to train on this iteration")
       return []
     batch = build_batch(trajs, adv, decision, length=c.batch_length or None)
+    size = tr.config.train.batch_size
+    # Every process built the same global mini-batch; each feeds its own block of rows.
+    n = size // jax.process_count()
+    lo = jax.process_index() * n
     out = []
-    for mb in minibatches(batch, tr.config.train.batch_size, rng, epochs=c.epochs):
-      m = tr.train_step(mb)
+    for mb in minibatches(batch, size, rng, epochs=c.epochs):
+      m = tr.train_step({k: v[lo:lo + n] for k, v in mb.items()})
       tr.log(tr.step, m)
       out.append(m)
     return out
@@ -212,18 +241,27 @@ class EMLoop:
     tr = self.trainer
     it = int(tr.meta.get("em_iteration", 0))
     cursor = int(tr.meta.get("data_cursor", 0))
-    rng = np.random.default_rng([self.seed, it, 7])
+    # Curation draws are keyed by query (see `gather`); the M-step shuffle by iteration.
+    curate_rng = lambda q: np.random.default_rng([self.seed, it, 7, q])
+    rng = np.random.default_rng([self.seed, it, 8])
     t0 = time.perf_counter()
     queries = self._queries(it, cursor)
-    trajs = self.engine.run(tr.state.params, self.requests(queries, it))
+    owner = multihost.owner_of(queries)
+    mine = [q for q in queries if owner[q] == jax.process_index()]
+    trajs = self.engine.run_local(tr.state.params, self.requests(mine, it))
     t_roll = time.perf_counter() - t0
+    cells = sum(1 for t in trajs for cell in t.cells if cell.status not in ("limit", "no_code"))
+    log.info("E-step: process %d of %d ran %d rollouts and %d code cells",
+                 jax.process_index(), jax.process_count(), len(trajs), cells)
     self.grade(trajs)
-    kept, adv, decision, stats = self.curate(trajs, rng)
+    kept, adv, decision, ests, native = self.gather(queries, self.curate(trajs, curate_rng))
+    stats = estep_stats(native, ests, kept)
     t1 = time.perf_counter()
     mstep = self.mstep(kept, adv, decision, rng)
     stats.update({
         "em/iteration": it + 1,
-        "em/rollouts": len(trajs),
+        **dict(zip(("em/rollouts", "em/cells"),
+                   multihost.allgather_ints([len(trajs), cells]).sum(axis=0).tolist())),
         "em/rollout_seconds": t_roll,
         "em/mstep_seconds": time.perf_counter() - t1,
         "em/mstep_steps": len(mstep),
@@ -238,7 +276,7 @@ class EMLoop:
     if self.on_iteration is not None:
       self.on_iteration(it + 1, stats)
     save_progress(tr)
-    stats["trajectories"] = trajs
+    stats["trajectories"] = trajs  # this process's rollouts
     return stats
 
   def run(self) -> list[dict]:

@@ -28,6 +28,8 @@ import time
 import weakref
 from typing import Callable, Sequence
 
+import jax
+
 from aci_jax import fileio
 from aci_jax.rollout import Request, Trajectory, write_jsonl
 from aci_jax.sampling import SamplingParams
@@ -295,7 +297,7 @@ def evaluate(engine, params, tokenizer, problems: Sequence[dict], grader, *,
   if "sampled" in passes:
     summary["sampled"].update(temperature=temperature, top_p=top_p)
   summary["wall_seconds"] = time.perf_counter() - t0
-  if out_dir is not None:
+  if out_dir is not None and jax.process_index() == 0:  # every process holds the same records
     write_jsonl(os.path.join(out_dir, f"{name}.trajectories.jsonl"), trajs)
     write_json(os.path.join(out_dir, f"{name}.summary.json"), summary)
   return summary
@@ -309,6 +311,6 @@ def evaluate_benchmarks(engine, params, tokenizer, benchmarks: dict[str, Sequenc
   for bname, problems in benchmarks.items():
     out[bname] = evaluate(engine, params, tokenizer, problems, grader, name=bname,
                           out_dir=out_dir, **kw)
-  if out_dir is not None:
+  if out_dir is not None and jax.process_index() == 0:
     write_json(os.path.join(out_dir, "summary.json"), out)
   return out

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from aci_jax.model import ModelConfig
+from aci_jax.parallel import multihost
 from aci_jax.rollout.trajectory import Cell, Trajectory
 from aci_jax.sampling import sampler as S
 from aci_jax.sampling.stops import build_matcher, token_texts
@@ -127,9 +128,16 @@ class RolloutEngine:
         stop_is_tool=jnp.asarray([False, True] + [False] * len(cfg.stop_strings)),
         ban_next=jnp.asarray(bm.next), ban_hit=jnp.asarray(bm.hit),
         eos_ids=jnp.asarray(eos, jnp.int32))
+    self._state_shardings = None
+    self._rows = list(range(cfg.batch_size))  # the rows this process drives
     if mesh is not None:
       from jax.sharding import NamedSharding, PartitionSpec as P
-      self.tables = jax.device_put(self.tables, NamedSharding(mesh, P()))
+      rep = NamedSharding(mesh, P())
+      self.tables = jax.tree_util.tree_map(
+          lambda a: multihost.global_from_host(np.asarray(a), rep), self.tables)
+      abstract = jax.eval_shape(self._init_state)
+      self._state_shardings = S.state_shardings(abstract, mesh)
+      self._rows = multihost.addressable_rows(self._state_shardings.status, (cfg.batch_size,))
     self.stats = RolloutStats()
 
   def place_params(self, params):
@@ -138,20 +146,40 @@ class RolloutEngine:
     if self.mesh is None:
       return params
     from aci_jax.parallel import SAMPLING_RULES, param_shardings
-    return jax.device_put(params, param_shardings(params, self.mesh, SAMPLING_RULES))
+    shardings = param_shardings(params, self.mesh, SAMPLING_RULES)
+    if jax.process_count() == 1:
+      return jax.device_put(params, shardings)
+    # Across processes a resharding is a collective: a jitted identity does it.
+    return jax.jit(lambda p: p, out_shardings=shardings)(params)
 
   # ----------------------------------------------------------------------------- helpers
 
-  def _new_state(self):
+  def _init_state(self):
     c = self.cfg
-    state = S.SamplerState.init(self.model_cfg, c.batch_size, c.capacity, c.max_new_tokens)
-    if self.mesh is not None:
-      state = jax.device_put(state, S.state_shardings(state, self.mesh))
-    return state
+    return S.SamplerState.init(self.model_cfg, c.batch_size, c.capacity, c.max_new_tokens)
 
-  def _chunk(self, seqs: dict[int, list[int]]):
-    """{row: ids} -> right-padded (tokens, valid) [B, bucket] numpy arrays."""
-    width = _bucket(max(len(s) for s in seqs.values()), self.cfg.min_chunk)
+  def _new_state(self):
+    if self.mesh is None:
+      return self._init_state()
+    # Built in place on every device (never materialised on one device first).
+    return jax.jit(self._init_state, out_shardings=self._state_shardings)()
+
+  def _put(self, x: np.ndarray):
+    """A per-row host array [B, ...] as a device input. Across processes each fills only its
+    own rows, so the global array is assembled from every process's part."""
+    if self.mesh is None or jax.process_count() == 1:
+      return jnp.asarray(x)
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    spec = P(("data", "fsdp"), *([None] * (x.ndim - 1)))
+    return multihost.global_from_host(x, NamedSharding(self.mesh, spec))
+
+  @staticmethod
+  def _host(x) -> np.ndarray:
+    """A state array on the host; across processes only this process's rows are filled."""
+    return multihost.host_local(x)
+
+  def _chunk(self, seqs: dict[int, list[int]], width: int):
+    """{row: ids} -> right-padded (tokens, valid) [B, width] numpy arrays."""
     b = self.cfg.batch_size
     tokens = np.zeros((b, width), np.int32)
     valid = np.zeros((b, width), bool)
@@ -160,53 +188,63 @@ class RolloutEngine:
       valid[r, :len(s)] = True
     return tokens, valid
 
+  def _width(self, seqs: dict[int, list[int]]) -> int:
+    """This process's bucketed chunk width for `seqs` (0: nothing to send)."""
+    return _bucket(max(len(s) for s in seqs.values()), self.cfg.min_chunk) if seqs else 0
+
   def _extend(self, params, state, seqs: dict[int, list[int]], src: int, record: bool,
-              resume: set[int]):
-    tokens, valid = self._chunk(seqs)
+              resume: set[int], width: int):
+    tokens, valid = self._chunk(seqs, width)
     b = self.cfg.batch_size
     res = np.zeros(b, bool)
     res[list(resume)] = True
     temp = 1.0 if self.cfg.sampling.greedy else self.cfg.sampling.temperature
     self.stats.extend_calls += 1
-    return S.extend(self.model_cfg, state, params, self.tables, jnp.asarray(tokens),
-                    jnp.asarray(valid), jnp.full((b,), src, jnp.int8), jnp.asarray(res),
+    return S.extend(self.model_cfg, state, params, self.tables, self._put(tokens),
+                    self._put(valid), self._put(np.full((b,), src, np.int8)), self._put(res),
                     record=record, temperature=temp)
 
-  def _fill(self, params, state, rows: dict[int, _Row]):
-    """Resets the given rows and prefills their prompt (+ forced prefix)."""
+  def _check(self, req: Request) -> None:
+    c = self.cfg
+    if len(req.prompt_ids) + len(req.prefix_ids) > c.max_prompt_tokens:
+      raise ValueError(f"prompt {req.prompt_index} has {len(req.prompt_ids)} + "
+                       f"{len(req.prefix_ids)} tokens > max_prompt_tokens={c.max_prompt_tokens}")
+    if not req.prompt_ids:
+      raise ValueError(f"prompt {req.prompt_index} is empty")
+
+  def _fill(self, params, state, rows: dict[int, _Row], widths: tuple[int, int]):
+    """Resets the given rows and prefills their prompt (+ forced prefix). `widths` are the
+    agreed (prompt, prefix) chunk widths; every process calls this with the same ones."""
     b, c = self.cfg.batch_size, self.cfg
     mask = np.zeros(b, bool)
     keys = np.zeros((b, 2), np.uint32)
     ban = np.zeros(b, bool)
     for r, row in rows.items():
       req = row.req
-      if len(req.prompt_ids) + len(req.prefix_ids) > c.max_prompt_tokens:
-        raise ValueError(f"prompt {req.prompt_index} has {len(req.prompt_ids)} + "
-                         f"{len(req.prefix_ids)} tokens > max_prompt_tokens={c.max_prompt_tokens}")
-      if not req.prompt_ids:
-        raise ValueError(f"prompt {req.prompt_index} is empty")
       mask[r] = True
       keys[r] = np.asarray(S.row_key(c.seed, req.prompt_index, req.sample_index))
       ban[r] = req.ban
-    state = S.reset_rows(state, jnp.asarray(mask), jnp.asarray(keys),
-                         jnp.full((b,), c.max_new_tokens, jnp.int32), jnp.asarray(ban))
+    state = S.reset_rows(state, self._put(mask), self._put(keys),
+                         self._put(np.full((b,), c.max_new_tokens, np.int32)), self._put(ban))
     no_prefix = {r for r, row in rows.items() if not row.req.prefix_ids}
     state = self._extend(params, state, {r: row.req.prompt_ids for r, row in rows.items()},
-                         S.SRC_SAMPLED, False, no_prefix)
-    pre = {r: row.req.prefix_ids for r, row in rows.items() if row.req.prefix_ids}
-    if pre:
-      state = self._extend(params, state, pre, S.SRC_FORCED, True, set(pre))
+                         S.SRC_SAMPLED, False, no_prefix, widths[0])
+    if widths[1]:
+      pre = {r: row.req.prefix_ids for r, row in rows.items() if row.req.prefix_ids}
+      state = self._extend(params, state, pre, S.SRC_FORCED, True, set(pre), widths[1])
     return state
 
-  def _reprefill(self, params, state, ok: dict, rows: dict):
+  def _reprefill_seqs(self, state, ok: dict, rows: dict) -> dict[int, list[int]]:
+    n_out = self._host(state.n_out)
+    toks = self._host(state.out_tokens)
+    return {r: list(rows[r].req.prompt_ids) + [int(t) for t in toks[r, :n_out[r]]] for r in ok}
+
+  def _reprefill(self, params, state, full: dict, width: int):
     b = self.cfg.batch_size
     mask = np.zeros(b, bool)
-    mask[list(ok)] = True
-    n_out = np.asarray(state.n_out)
-    toks = np.asarray(state.out_tokens)
-    state = S.clear_cache_rows(state, jnp.asarray(mask))
-    full = {r: list(rows[r].req.prompt_ids) + [int(t) for t in toks[r, :n_out[r]]] for r in ok}
-    return self._extend(params, state, full, S.SRC_SAMPLED, False, set())
+    mask[list(full)] = True
+    state = S.clear_cache_rows(state, self._put(mask))
+    return self._extend(params, state, full, S.SRC_SAMPLED, False, set(), width)
 
   def _env_text(self, response_text: str, output: str) -> str:
     lead = "" if response_text.endswith("\n") else "\n"
@@ -231,8 +269,40 @@ class RolloutEngine:
   # ---------------------------------------------------------------------------- main loop
 
   def run(self, params, requests: Sequence[Request]) -> list[Trajectory]:
-    """Runs every request to completion; returns trajectories in request order."""
+    """Runs every request to completion; returns trajectories in request order.
+
+    Across processes every process passes the same `requests`; each runs the prompts it owns
+    (`multihost.owner_of` over prompt indices, so all samples of a prompt stay on one host) on
+    its own rows and sandbox, and the trajectories are all-gathered. Loops that want to keep
+    rollouts on their host (the E-step) call `run_local` instead.
+    """
+    if jax.process_count() == 1:
+      return self.run_local(params, requests)
+    for req in requests:
+      self._check(req)
+    owner = multihost.owner_of([r.prompt_index for r in requests])
+    me = jax.process_index()
+    mine = [i for i, r in enumerate(requests) if owner[r.prompt_index] == me]
+    local = self.run_local(params, [requests[i] for i in mine])
+    out: list[Trajectory | None] = [None] * len(requests)
+    for part in multihost.allgather_objects(list(zip(mine, local))):
+      for i, t in part:
+        out[i] = t
+    return out
+
+  def run_local(self, params, requests: Sequence[Request]) -> list[Trajectory]:
+    """Runs this process's `requests` on its rows; returns their trajectories in order.
+
+    A collective across processes: every process calls it (with its own requests, possibly
+    none) and the loop issues the same compiled calls everywhere. Before each call the
+    processes agree, with one small all-gather, on what to run and at which chunk width;
+    everything else (sandbox calls, stop confirmation, splicing text) stays on the host that
+    owns the row.
+    """
     c = self.cfg
+    for req in requests:
+      self._check(req)
+    multi = jax.process_count() > 1
     t_start = time.perf_counter()
     params = self.place_params(params)
     queue = collections.deque(enumerate(requests))
@@ -241,8 +311,11 @@ class RolloutEngine:
     rows: dict[int, _Row] = {}
     row_pos: dict[int, int] = {}
     state = self._new_state()
+    mine = self._rows
+    refill = max(1, (c.refill_rows or max(1, c.batch_size // 4)) * len(mine) // c.batch_size)
     idle_since = time.perf_counter()
     idle = 0.0
+    status = np.full(c.batch_size, S.EMPTY, np.int32)
 
     def busy():  # a compiled call is about to be dispatched
       nonlocal idle_since, idle
@@ -250,15 +323,15 @@ class RolloutEngine:
         idle += time.perf_counter() - idle_since
         idle_since = None
 
-    while queue or rows:
+    while True:
       # 1. Refill empty rows (continuous), or a whole new batch (barrier). A prefill runs the
       # model over every row, so free rows are refilled together: once `refill_rows` of them
       # are free (or the queue is that short), or at once when nothing else is decoding.
-      free = [r for r in range(c.batch_size) if r not in rows]
+      new: dict[int, _Row] = {}
+      free = [r for r in mine if r not in rows]
       decoding = any(row.future is None and row.pending_text is None for row in rows.values())
-      enough = len(free) >= min(c.refill_rows or max(1, c.batch_size // 4), len(queue))
+      enough = len(free) >= min(refill, len(queue))
       if queue and free and (not c.barrier or not rows) and (enough or not decoding or c.barrier):
-        new = {}
         for r in free:
           if not queue:
             break
@@ -266,9 +339,7 @@ class RolloutEngine:
           new[r] = _Row(req)
           order[id(new[r])] = k
         rows.update(new)
-        busy()
-        state = self._fill(params, state, new)
-      # 2. Splice finished tool outputs.
+      # 2. Collect finished tool outputs to splice.
       ready = {}
       for r, row in rows.items():
         if row.future is not None and row.future.done():
@@ -282,34 +353,54 @@ class RolloutEngine:
         if row.pending_text is not None and row.future is None:
           ready[r] = row
       waiting = [r for r, row in rows.items() if row.future is not None]
+      splice: dict[int, list[int]] = {}
       if ready and (not c.barrier or not waiting):
         ids = {r: self.tok.encode(row.pending_text) for r, row in ready.items()}
-        n_out = np.asarray(state.n_out)
-        ok = {r: v for r, v in ids.items() if n_out[r] + len(v) <= c.max_new_tokens}
+        n_out = self._host(state.n_out)
+        splice = {r: v for r, v in ids.items() if n_out[r] + len(v) <= c.max_new_tokens}
         for r in ready:
           ready[r].pending_text = None
-        for r in set(ids) - set(ok):  # no room for the output: the response is truncated
+        for r in set(ids) - set(splice):  # no room for the output: the response is truncated
           row_pos[r] = S.REASON_LENGTH
-        if ok:
-          busy()
-          if c.resume_mode == "reprefill":
-            state = self._reprefill(params, state, ok, rows)
-          state = self._extend(params, state, ok, S.SRC_ENV, True, set(ok))
-      # 3. Decode while any row runs.
-      status = np.asarray(state.status)
+      full = (self._reprefill_seqs(state, splice, rows)
+              if splice and c.resume_mode == "reprefill" else {})
+      # Agree on the compiled calls of this round (widths are maxima over processes).
+      widths = [self._width({r: row.req.prompt_ids for r, row in new.items()}),
+                self._width({r: row.req.prefix_ids for r, row in new.items()
+                             if row.req.prefix_ids}),
+                self._width(full), self._width(splice), int(bool(queue or rows))]
+      agreed = multihost.allgather_ints(widths).max(axis=0) if multi else widths
+      if not agreed[4]:
+        break
+      if agreed[0]:
+        busy()
+        state = self._fill(params, state, new, (int(agreed[0]), int(agreed[1])))
+      if agreed[3]:
+        busy()
+        if agreed[2]:
+          state = self._reprefill(params, state, full, int(agreed[2]))
+        state = self._extend(params, state, splice, S.SRC_ENV, True, set(splice),
+                             int(agreed[3]))
+      # 3. Decode while any row runs (any row of any process).
+      if agreed[0] or agreed[3]:
+        status = self._host(state.status).copy()
       running = [r for r in rows if status[r] == S.RUNNING]
-      if running and (not c.barrier or not waiting):
+      want = int(bool(running) and (not c.barrier or not waiting))
+      if (multihost.allgather_ints([want]).max() if multi else want):
         busy()
         state, steps = S.decode(self.model_cfg, c.sampling, state, params, self.tables,
                                 c.decode_steps, exit_on_pause=not c.barrier)
         self.stats.decode_calls += 1
-        status = np.asarray(state.status)  # waits for the decode; cells keep running meanwhile
+        status = self._host(state.status).copy()  # waits for the decode; cells keep running meanwhile
         idle_since = time.perf_counter()
         self.stats.decode_steps += int(steps)
       elif waiting and not ready:
         if idle_since is None:
           idle_since = time.perf_counter()
+        # Across processes wait briefly and go round again: another host may need this one
+        # in a collective call before this host's cells are done.
         concurrent.futures.wait([rows[r].future for r in waiting],
+                                timeout=0.002 if multi else None,
                                 return_when=(concurrent.futures.ALL_COMPLETED if c.barrier
                                              else concurrent.futures.FIRST_COMPLETED))
       # 4. Act on rows that paused or finished.
@@ -319,11 +410,15 @@ class RolloutEngine:
       if not paused and not done:
         continue
       need = sorted(set(paused) | set(done))
-      n_out = np.asarray(state.n_out)
-      reason = np.asarray(state.reason)
-      toks, logps, srcs = jax.device_get((state.out_tokens[np.asarray(need)],
-                                          state.out_logp[np.asarray(need)],
-                                          state.out_src[np.asarray(need)]))
+      n_out = self._host(state.n_out)
+      reason = self._host(state.reason)
+      if multi:
+        toks, logps, srcs = (self._host(x)[np.asarray(need)]
+                             for x in (state.out_tokens, state.out_logp, state.out_src))
+      else:
+        toks, logps, srcs = jax.device_get((state.out_tokens[np.asarray(need)],
+                                            state.out_logp[np.asarray(need)],
+                                            state.out_src[np.asarray(need)]))
       for i, r in enumerate(need):
         row, n = rows[r], int(n_out[r])
         if r in done:
@@ -336,6 +431,7 @@ class RolloutEngine:
           results[order.pop(id(row))] = traj
           self.stats.tokens += n
           del rows[r]
+          status[r] = S.EMPTY
           continue
         text = self.tok.decode([int(t) for t in toks[i, :n]])
         fence_at = text.rfind(FENCE)
