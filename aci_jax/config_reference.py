@@ -82,12 +82,14 @@ MEANINGS = {
     "task.warmup_examples": "toy warm-up demonstrations (the first N training problems)",
     "task.code_fraction": "fraction of toy warm-up demonstrations that use a code cell",
     "task.train_path": "JSONL training pool (`problem` or `question`, and `answer`)",
-    "task.train_benchmark": "field mapping of the pool: a registered benchmark name "
-                            "(`math500`, `gsm8k`, `aime24`, `amc23`) or `\"\"` for the generic "
-                            "`problem`/`question` + `answer`",
-    "task.eval_paths": "benchmarks evaluated during the run, `{name: JSONL path}`; a registered "
-                       "name picks its field mapping; set on the command line as "
-                       "`--config.task.eval_paths=\"{'math500': 'math500.jsonl'}\"`",
+    "task.train_benchmark": "field mapping of the pool: `\"\"` (generic: `problem` or "
+                            "`question`, and `answer`), or a registered benchmark's mapping: "
+                            "`math500` (MATH records; `answer` or the last box of `solution`), "
+                            "`gsm8k` (`#### N` answers), `aime24`, `amc23`",
+    "task.eval_paths": "benchmarks evaluated during the run, `{name: JSONL path}`; names are "
+                       "registered benchmarks (`math500`, `gsm8k`, `aime24`, `amc23`), which "
+                       "pick the field mapping; on the command line "
+                       "`--config.task.eval_paths=\"{'math500': 'data/math500.jsonl'}\"`",
     "task.eval_limit": "evaluate the first N problems of each benchmark (0: all)",
     "warmup.steps": "warm-up SFT steps (0: no warm-up, start EM from the loaded policy)",
     "warmup.batch_size": "warm-up sequences per step",
@@ -100,6 +102,8 @@ MEANINGS = {
     "warmup.weight_decay": "warm-up AdamW weight decay",
     "warmup.b2": "warm-up Adam beta2",
     "warmup.clip_norm": "warm-up gradient clipping (0: none)",
+    "warmup.pack_len": "pack each step's demonstrations into rows of this many tokens (0: one "
+                       "padded row per demonstration; needs `loss.aggregation=token_mean`)",
     "data.train_path": "sft mode: JSONL `{prompt, response}`; empty = toy demonstrations "
                        "(the autocode mode points it at the warm-up demonstrations)",
     "data.toy_examples": "sft mode: number of toy demonstrations when `train_path` is empty",
