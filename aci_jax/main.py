@@ -13,8 +13,9 @@ arrives by adding its module, without touching this file:
 
 Bad flags, config keys or values, and missing files fail with one line on stderr and exit
 status 2; anything that goes wrong *during* a run keeps its traceback. The workdir (default: a
-fresh folder under runs/) receives config.json, metrics.jsonl, tb/ (TensorBoard), checkpoints/
-and export/. Re-running with the same --workdir resumes from its latest checkpoint.
+fresh folder under runs/; or gs://bucket/path, docs/tpu.md) receives config.json, metrics.jsonl,
+tb/ (TensorBoard), checkpoints/ and export/. Re-running with the same --workdir resumes from its
+latest checkpoint.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from typing import Any, Callable
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from aci_jax import fileio
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +92,40 @@ def load_modes() -> dict[str, ModeFn]:
 # ---------------------------------------------------------------------- multi-host start
 
 
+def _gce_tpu_workers(timeout: float = 2.0) -> int:
+  """Number of workers of the Cloud TPU VM slice this host belongs to; 0 when not on one.
+
+  A TPU VM created with `gcloud compute tpus tpu-vm create` lists its slice's workers in the
+  GCE metadata (`worker-network-endpoints`), not in the environment (TPU_WORKER_HOSTNAMES is a
+  GKE variable); this is the list `jax.distributed.initialize()` itself reads there. Asked only
+  when the host has TPU chips, so other machines never wait on the metadata server.
+  """
+  try:
+    from jax._src import hardware_utils  # reads /sys only; imports no backend
+    chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+  except (ImportError, AttributeError, OSError, ValueError):
+    return 0
+  if not chips or os.environ.get("TPU_SKIP_MDS_QUERY"):
+    return 0
+  import urllib.request
+  host = os.environ.get("GCE_METADATA_IP", "metadata.google.internal")
+  req = urllib.request.Request(
+      f"http://{host}/computeMetadata/v1/instance/attributes/worker-network-endpoints",
+      headers={"Metadata-Flavor": "Google"})
+  try:
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+      return len([w for w in r.read().decode().split(",") if w.strip()])
+  except OSError:
+    return 0
+
+
 def _env_says_multihost() -> bool:
   env = os.environ
   if env.get("JAX_COORDINATOR_ADDRESS") or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
     return True
-  if "," in env.get("TPU_WORKER_HOSTNAMES", ""):  # a multi-host Cloud TPU slice
+  if "," in env.get("TPU_WORKER_HOSTNAMES", ""):  # a multi-host TPU slice on GKE
+    return True
+  if _gce_tpu_workers() > 1:  # a multi-host Cloud TPU VM slice (gcloud ... --worker=all)
     return True
   for key in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
     if int(env.get(key, "1") or 1) > 1:
@@ -106,7 +138,8 @@ def maybe_initialize_distributed(dist) -> bool:
 
   dist.coordinator set: explicit (coordinator address, num_processes, process_id), e.g. for
   several local CPU processes. dist.multihost: "auto" (initialise when the environment shows a
-  multi-host launch: a multi-host TPU slice, SLURM, Open MPI, JAX_COORDINATOR_ADDRESS), "on"
+  multi-host launch: a multi-host TPU slice (Cloud TPU VM metadata or GKE), SLURM, Open MPI,
+  JAX_COORDINATOR_ADDRESS), "on"
   (always; JAX detects the cluster), "off".
   """
   import jax
@@ -166,9 +199,24 @@ def run(config, workdir: str | None, config_path: str | None = None) -> str:
     if jax.process_count() > 1:
       raise UsageError("--workdir is required on multi-host runs (all hosts must share it)")
     workdir = default_workdir(config_path)
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    fileio.check(workdir)  # gs:// without gcsfs: one line now, not a traceback mid-run
+    if fileio.is_remote(workdir):  # an unreachable or forbidden bucket, likewise
+      quiet = logging.getLogger("gcsfs")  # it logs a traceback per retry before raising
+      level = quiet.level
+      quiet.setLevel(logging.CRITICAL)
+      try:
+        fileio.exists(workdir)
+      finally:
+        quiet.setLevel(level)
+  except fileio.StorageError as e:
+    raise UsageError(f"--workdir {e}") from None
+  except Exception as e:  # noqa: BLE001 - gcsfs/aiohttp raise many types; the user needs one line
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    raise UsageError(f"--workdir {workdir}: {type(e).__name__}: {msg}") from None
+  fileio.makedirs(workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    with fileio.atomic_open(fileio.join(workdir, "config.json")) as f:
       json.dump(config.to_dict(), f, indent=2, default=str)
   log.info("mode %s, workdir %s, %d devices over %d processes", mode, workdir,
                jax.device_count(), jax.process_count())

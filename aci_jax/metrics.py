@@ -5,6 +5,12 @@ from the metrics history stored in the checkpoint (`reset`), so lines logged aft
 checkpoint by a killed run disappear and the file equals that of an uninterrupted run.
 TensorBoard event files are append-only; TensorBoard itself shows the latest value written for a
 step, so re-logged steps after a resume simply overwrite the view.
+
+A remote workdir (gs://) cannot be appended to: both files are then written to a local mirror
+directory and copied to the workdir as whole objects by `sync()`, which runs at most every
+`sync_seconds` from `write`, and always from `reset`, `close` and every checkpoint save
+(Trainer.save). After a preemption the bucket therefore holds the metrics up to at least the
+last checkpoint, which is all that a resume keeps anyway.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import time
 from typing import Iterable, Mapping
 
 import jax
+
+from aci_jax import fileio
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +59,22 @@ def _clean(v):
 class MetricsWriter:
   """`write(step, {name: scalar})`; a no-op on processes other than 0."""
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
+  def __init__(self, workdir: str, *, tensorboard: bool = True, sync_seconds: float = 60.0):
     self.active = jax.process_index() == 0
-    self.path = os.path.join(workdir, JSONL)
+    self.workdir = workdir
+    self.remote = fileio.is_remote(workdir)
+    self.sync_seconds = sync_seconds
     self._tb = None
+    self._last_sync = time.monotonic()
+    # Where the files are written: the workdir itself, or a local mirror of a remote one.
+    self.local = fileio.local_mirror() if self.remote and self.active else workdir
+    self.path = os.path.join(self.local, JSONL)
     if self.active:
-      os.makedirs(workdir, exist_ok=True)
+      os.makedirs(self.local, exist_ok=True)
+      if self.remote and fileio.exists(fileio.join(workdir, JSONL)):
+        fileio.write_text(self.path, fileio.read_text(fileio.join(workdir, JSONL)))
       if tensorboard:
-        self._tb = _tb_writer(os.path.join(workdir, "tb"))
+        self._tb = _tb_writer(os.path.join(self.local, "tb"))
 
   def write(self, step: int, scalars: Mapping[str, float]) -> dict:
     """Logs one step; returns the JSON record (floats; NaN/inf as None)."""
@@ -70,23 +86,35 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb(step, {k: v for k, v in scalars.items() if math.isfinite(float(v))})
       self._tb.flush()
+    if self.remote and time.monotonic() - self._last_sync >= self.sync_seconds:
+      self.sync()
     return record
 
   def reset(self, history: Iterable[Mapping]) -> None:
     """Makes metrics.jsonl hold exactly `history` (atomically)."""
     if not self.active:
       return
-    tmp = f"{self.path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-      for record in history:
-        f.write(json.dumps(dict(record)) + "\n")
-    os.replace(tmp, self.path)
+    fileio.write_jsonl(self.path, (dict(record) for record in history))
+    self.sync()
+
+  def sync(self) -> None:
+    """Copies metrics.jsonl and the TensorBoard event files of a remote workdir to it."""
+    if not (self.active and self.remote):
+      return
+    if os.path.exists(self.path):
+      fileio.upload_file(self.path, fileio.join(self.workdir, JSONL))
+    tb = os.path.join(self.local, "tb")
+    for name in sorted(os.listdir(tb)) if os.path.isdir(tb) else []:
+      fileio.upload_file(os.path.join(tb, name), fileio.join(self.workdir, "tb", name))
+    self._last_sync = time.monotonic()
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+    self.sync()
 
 
 def read_jsonl(path: str) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
+  """The records of a metrics.jsonl (local or remote)."""
+  with fileio.open_read(path) as f:
     return [json.loads(line) for line in f if line.strip()]

@@ -151,13 +151,13 @@ def _spec(benchmark: str | BenchmarkSpec | None, path: str | None = None) -> Ben
 
 def load_jsonl(path: str, benchmark: str | BenchmarkSpec | None = None, *,
                limit: int | None = None) -> list[dict]:
-  """Reads a local JSONL file of problems with schema checks (one record per non-blank line).
+  """Reads a JSONL file of problems (local or gs://) with schema checks, one record per line.
 
   `benchmark` picks the field mapping (a registry name or a spec); None accepts the generic
   shape (`problem` or `question`, and `answer`). `limit` keeps the first N records.
   """
   spec = _spec(benchmark, path)
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):  # local or gs://
     raise DatasetError(f"{path}: no such file")
   out = []
   try:
@@ -239,8 +239,8 @@ def load_benchmark(name: str, *, path: str | None = None, data_dir: str | None =
   (when `hub` is True)."""
   spec = _spec(name)
   if path is None and data_dir is not None and spec.file_name:
-    candidate = os.path.join(data_dir, spec.file_name)
-    if os.path.isfile(candidate):
+    candidate = fileio.join(data_dir, spec.file_name)
+    if fileio.isfile(candidate):
       path = candidate
   if path is not None:
     return load_jsonl(path, spec, limit=limit)

@@ -18,11 +18,12 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
+import tempfile
 import time
 
 import jax
 
+from aci_jax import fileio
 from aci_jax.em.loop import EMConfig, EMLoop, Problem, restore_progress, save_progress
 from aci_jax.main import register_mode
 from aci_jax.train.runner import ConfigError, Trainer, dataclass_from
@@ -33,18 +34,32 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------- data
 
 
+def _barrier(name: str) -> None:
+  """Waits until every host gets here: a file process 0 just wrote is then visible to all."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"aci_jax:{name}")
+
+
 def _tokenizer(config, workdir):
   from aci_jax.tokenizer import Tokenizer
 
   name = config.tokenizer
-  out = os.path.join(workdir, "tokenizer")
+  out = fileio.join(workdir, "tokenizer")
   if name == "toy":
     from aci_jax.data.char_tokenizer import save_char_tokenizer
-    if not os.path.exists(os.path.join(out, "tokenizer.json")):
-      save_char_tokenizer(out)
-    return Tokenizer.from_pretrained(out), out
+    if jax.process_index() == 0 and not fileio.exists(fileio.join(out, "tokenizer.json")):
+      if fileio.is_remote(out):
+        with tempfile.TemporaryDirectory() as tmp:
+          fileio.upload_dir(save_char_tokenizer(tmp), out, last=("tokenizer.json",))
+      else:
+        save_char_tokenizer(out)
+    _barrier("tokenizer")
+    local = fileio.stage(out)  # `tokenizers` reads local files only
+    return Tokenizer.from_pretrained(local), local
   path = name or config.model.path
   try:
+    path = fileio.stage(path)
     return Tokenizer.from_pretrained(path), path
   except (OSError, ValueError) as e:
     raise ConfigError(f"config.tokenizer: cannot load {path!r}: {e}".splitlines()[0]) from None
@@ -89,15 +104,16 @@ def _warmup(config, workdir, tok_dir, train) -> str | None:
   w = config.warmup
   if not w.steps:
     return None
-  out = os.path.join(workdir, "warmup", "hf")
-  if os.path.exists(os.path.join(out, "config.json")):
-    return out
+  out = fileio.join(workdir, "warmup", "hf")
+  if fileio.exists(fileio.join(out, "config.json")):  # written last by the export
+    return fileio.stage(out)
   from aci_jax.data.sft import write_jsonl
   from aci_jax.train.modes import sft
 
-  data_path = os.path.join(workdir, "warmup", "demos.jsonl")
-  if jax.process_index() == 0 and not os.path.exists(data_path):
+  data_path = fileio.join(workdir, "warmup", "demos.jsonl")
+  if jax.process_index() == 0 and not fileio.exists(data_path):
     write_jsonl(data_path, _warmup_demos(config, train))
+  _barrier("warmup demos")
   c = copy.deepcopy(config)
   with c.unlocked():
     c.mode = "sft"
@@ -114,8 +130,9 @@ def _warmup(config, workdir, tok_dir, train) -> str | None:
     # The EM run checkpoints every iteration; a warm-up step is far cheaper than a save.
     c.checkpoint.every = max(50, w.steps // 4)
     c.train.log_every = max(1, min(25, w.steps // 10))
-  sft(c, os.path.join(workdir, "warmup"))
-  return out
+  sft(c, fileio.join(workdir, "warmup"))
+  _barrier("warmup export")  # process 0 writes the export; every host then reads it
+  return fileio.stage(out)  # the EM policy loads it with the mmap'd safetensors reader
 
 
 def _loss_for(config):
@@ -224,7 +241,7 @@ def autocode(config, workdir: str) -> None:
     def run_eval(name: str) -> dict:
       t0 = time.perf_counter()
       res = evaluate_benchmarks(engine, trainer.state.params, tok, evals, grader,
-                                out_dir=os.path.join(workdir, "eval", name),
+                                out_dir=fileio.join(workdir, "eval", name),
                                 samples=ev.samples, temperature=ev.temperature,
                                 selection=ev.selection)
       point = {b: _point(s) for b, s in res.items()}
@@ -270,8 +287,8 @@ def autocode(config, workdir: str) -> None:
     save_progress(trainer)
     if jax.process_index() == 0:
       from aci_jax.em.report import write_plots, write_summary
-      write_summary(os.path.join(workdir, "summary.json"), summary)
-      write_plots(summary, os.path.join(workdir, "plots"))
+      write_summary(fileio.join(workdir, "summary.json"), summary)
+      write_plots(summary, fileio.join(workdir, "plots"))
     if config.export.at_end:
       trainer.export(config.export.dir or None)
     trainer.close()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from aci_jax import fileio
 
 METRICS = ("accuracy", "code_rate", "selection_accuracy")
@@ -44,7 +42,6 @@ def write_plots(summary: dict, directory: str) -> list[str]:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  os.makedirs(directory, exist_ok=True)
   written = []
   for bench, series in curves(summary).items():
     for m in METRICS:
@@ -62,9 +59,10 @@ def write_plots(summary: dict, directory: str) -> list[str]:
       ax.set_title(f"{bench}: {m.replace('_', ' ')} ({summary.get('algorithm', '')})")
       ax.grid(alpha=0.3)
       ax.legend(fontsize=7, loc="best")
-      path = os.path.join(directory, f"{bench}_{m}.png")
+      path = fileio.join(directory, f"{bench}_{m}.png")
       fig.tight_layout()
-      fig.savefig(path)
+      with fileio.atomic_open(path, "wb") as f:  # local or gs://, never a torn PNG
+        fig.savefig(f, format="png")
       plt.close(fig)
       written.append(path)
   return written

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from aci_jax import fileio
 from aci_jax.model.config import ModelConfig
 from aci_jax.model.decoder import param_shapes
 from aci_jax.model.safetensors_io import CheckpointError, SafetensorsFile, write_safetensors
@@ -219,7 +220,9 @@ def export_params(params: dict, cfg: ModelConfig, directory: str, *,
   """Writes `params` as a Hugging Face checkpoint directory (config.json + safetensors).
 
   The directory appears atomically: everything is written into a temporary sibling which is
-  then renamed, so a crash never leaves a half-written export under `directory`. Tensors are
+  then renamed, so a crash never leaves a half-written export under `directory`. A gs://
+  `directory` is written locally and uploaded with config.json last: a crash leaves no
+  config.json, which every reader (and `from_pretrained`) treats as no checkpoint. Tensors are
   streamed one at a time; files are split at `max_shard_bytes` with an index. On multi-host
   runs every process must call this (the gather is collective); only process 0 writes.
   """
@@ -261,7 +264,10 @@ def export_params(params: dict, cfg: ModelConfig, directory: str, *,
       yield name, arr.astype(out_dtype)
 
   writer = jax.process_index() == 0
-  parent = os.path.dirname(os.path.abspath(directory))
+  remote = fileio.is_remote(directory)
+  # Written into a temporary directory next to the target and renamed into place; for gs://,
+  # written locally and uploaded with config.json last (readers take it as "complete").
+  parent = tempfile.gettempdir() if remote else os.path.dirname(os.path.abspath(directory))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".export-", dir=parent) if writer else None
   try:
@@ -291,6 +297,9 @@ def export_params(params: dict, cfg: ModelConfig, directory: str, *,
         if fname.startswith(("tokenizer", "special_tokens_map", "vocab.", "merges.",
                              "generation_config")):
           shutil.copy2(os.path.join(tokenizer_dir, fname), tmp)
+    if remote:
+      fileio.upload_dir(tmp, directory, last=("config.json",))
+      return  # `finally` removes the local copy
     if os.path.exists(directory):
       old = tempfile.mkdtemp(prefix=".old-", dir=parent)
       os.replace(directory, os.path.join(old, "x"))

@@ -11,7 +11,9 @@ directory (`<step>.orbax-checkpoint-tmp-*`) and renamed to `<step>` only after e
 commit marker are on disk; `latest_step()` never lists an uncommitted one, and leftover temporary
 directories are deleted when the next run opens the manager. A SIGKILL at any moment therefore
 leaves the previous committed checkpoint as the latest (tests/test_train_resume.py kills runs at
-random moments and checks this). Saves are asynchronous: device->host copies happen before
+random moments and checks this). On Cloud Storage (`gs://` directories), where nothing can be
+renamed, orbax marks a finished checkpoint with a `commit_success.txt` object instead, with the
+same guarantee. Saves are asynchronous: device->host copies happen before
 `save` returns (so the donated state may be overwritten by the next step right away) and the file
 writes overlap with the following train steps.
 """
@@ -26,6 +28,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from aci_jax import fileio
 from aci_jax.train.step import TrainState
 
 log = logging.getLogger(__name__)
@@ -39,7 +42,8 @@ class Checkpointer:
   """Keeps the last `max_to_keep` checkpoints of a run under `directory`."""
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    # gs:// strings go to orbax as they are: it and tensorstore write to Cloud Storage directly.
+    self.directory = directory if fileio.is_remote(directory) else os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
         cleanup_tmp_directories=True)

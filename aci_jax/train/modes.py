@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import jax
 
+from aci_jax import fileio
 from aci_jax.data.sft import build_sft_data, toy_demonstrations, write_jsonl
 from aci_jax.main import register_mode
 from aci_jax.train.runner import ConfigError, Trainer, load_tokenizer
@@ -36,7 +36,7 @@ def sft(config, workdir: str) -> None:
   if not source:  # the built-in toy demonstrations (process 0 also writes them for inspection)
     source = toy_demonstrations(d.toy_examples, seed=config.seed)
     if jax.process_index() == 0:
-      write_jsonl(os.path.join(workdir, "data", "toy_sft.jsonl"), source)
+      write_jsonl(fileio.join(workdir, "data", "toy_sft.jsonl"), source)
   try:
     data, stats = build_sft_data(source, tokenizer, batch_size=t.batch_size, seq_len=d.seq_len,
                                  seed=config.seed, system=d.system or None)

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from aci_jax import fileio
 from aci_jax.metrics import MetricsWriter
 from aci_jax.model import ModelConfig, init_params
 from aci_jax.parallel import MeshConfig, make_mesh
@@ -61,6 +62,7 @@ def model_config(c) -> tuple[ModelConfig, str | None]:
       raise ConfigError("config.model.path: required when config.model.init='hf'")
     runtime = {k: m[k] for k in _RUNTIME if k in m}
     try:
+      path = fileio.stage(path)  # gs://: safetensors are mmap'd, so each host reads a local copy
       return ModelConfig.from_pretrained(path, **runtime), path
     except (OSError, ValueError) as e:
       raise ConfigError(f"config.model.path: {e}") from None
@@ -76,7 +78,7 @@ def load_tokenizer(c, hf_path: str | None):
     return char_tokenizer()
   from aci_jax.tokenizer import Tokenizer
   try:
-    return Tokenizer.from_pretrained(name)
+    return Tokenizer.from_pretrained(fileio.stage(name))
   except (OSError, ValueError) as e:
     raise ConfigError(f"config.tokenizer: cannot load {name!r}: {e}".splitlines()[0]) from None
 
@@ -104,7 +106,7 @@ class Trainer:
                         f"({t.micro_batches}) x data-parallel devices ({dp})")
     self.optimizer, self.schedule = make_optimizer(self.optim_cfg)
     ck = config.checkpoint
-    self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=ck.max_to_keep,
+    self.ckpt = Checkpointer(fileio.join(workdir, "checkpoints"), max_to_keep=ck.max_to_keep,
                              async_save=ck.async_save)
     self.metrics = MetricsWriter(workdir)
     self.state: TrainState | None = None
@@ -160,12 +162,13 @@ class Trainer:
   def save(self, *, force: bool = True) -> None:
     meta = {**self.meta, "config": self.config.to_dict()}
     self.ckpt.save(self.step, self.state, meta, force=force)
+    self.metrics.sync()  # a remote workdir's metrics reach the bucket with every checkpoint
 
   def export(self, directory: str | None = None) -> str:
     """Writes the current policy as a Hugging Face directory (collective on multi-host)."""
     from aci_jax.model.weights import export_params
     e = self.config.export
-    directory = directory or os.path.join(self.workdir, "export", f"step_{self.step}")
+    directory = directory or fileio.join(self.workdir, "export", f"step_{self.step}")
     tok_dir = self.hf_path if self.hf_path and os.path.isdir(self.hf_path) else None
     export_params(self.state.params, self.model_cfg, directory, dtype=e.dtype or None,
                   tokenizer_dir=tok_dir)
