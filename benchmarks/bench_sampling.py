@@ -1,7 +1,7 @@
 """Sampling throughput and tool-integrated rollouts.
 
     python benchmarks/bench_sampling.py decode  [--batches 1,16] [--new 128]
-    python benchmarks/bench_sampling.py tools   [--prompts 48] [--batch 8]
+    python benchmarks/bench_sampling.py tools   [--prompts 48] [--batch 8] [--workload mixed]
 
 `decode`: greedy generation tokens/s of our jitted sampler (extend prefill + lax.while_loop
 decode) against `transformers` `generate` on the same CPU, same weights (a random Qwen2 of the
@@ -12,6 +12,9 @@ small shared CPU torch's thread pool can be far slower than one thread.
 with one or two code cells (sympy, loops, a 0.2 s sleep for a heavier cell), run through the real
 sandbox: wall time of continuous batching + extend (ours) against re-prefilling the whole row
 after every cell and against barrier mode, and the fraction of wall time the device is idle.
+`--workload uniform`: every answer has the same length and shape (barrier batches stay in lock
+step); `mixed`: answers of different lengths (0-3 paragraphs of prose before the cell, 0-2
+after) and cells from ~1 ms to 0.5 s, closer to real rollouts.
 """
 
 from __future__ import annotations
@@ -103,17 +106,29 @@ QUESTIONS = [
 ]
 
 
-def _scripts(tok, sb):
+# mixed workload: (paragraphs of prose before the cell, after it, extra seconds in the cell)
+MIXED = [(0, 0, 0.0), (3, 2, 0.0), (1, 0, 0.5), (2, 1, 0.05)]
+
+
+def _scripts(tok, sb, workload="uniform"):
   """(prompt ids, response ids) per question, with the real sandbox output spliced in."""
   prose = ("We reason step by step about the problem and check each part carefully before "
            "we answer. ")
   scripts = []
-  for q, code in QUESTIONS:
+  for i, (q, code) in enumerate(QUESTIONS):
+    before, after = 1, 1
+    if workload == "mixed":
+      before, after, sleep = MIXED[i]
+      code = code.replace("import time\ntime.sleep(0.2)\n", "")
+      if sleep:
+        code = f"import time\ntime.sleep({sleep})\n" + code
     out = sb.run(("script", q), code).output
     prompt = tok.chat_ids([{"role": "user", "content": q}])
-    resp = (tok.encode(prose + "Let me compute.\n```python\n" + code + "```\n```output")
+    resp = (tok.encode(prose * before + "Let me compute.\n```python\n" + code +
+                       "```\n```output")
             + tok.encode(f"\n{out}\n```\n")
-            + tok.encode(prose + f"The answer is \\boxed{{{out}}}.") + [tok.eos_ids[0]])
+            + tok.encode(prose * after + f"The answer is \\boxed{{{out}}}.")
+            + [tok.eos_ids[0]])
     scripts.append((prompt, resp))
   return scripts
 
@@ -165,23 +180,27 @@ def bench_tools(args):
 
   tmp = tempfile.mkdtemp()
   cache = args.model_cache or os.path.join(tmp, "model")
+  if args.workload != "uniform":
+    cache += f"-{args.workload}"
   tok_dir = os.path.join(cache + "-tok")
   if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
     build_tokenizer(tok_dir, vocab_size=400)
   tok = Tokenizer.from_pretrained(tok_dir)
   with Sandbox() as sb:
-    scripts = _scripts(tok, sb)
+    scripts = _scripts(tok, sb, args.workload)
     if not os.path.exists(os.path.join(cache, "config.json")):
       _train_scripted(tok, scripts, cache)
     cfg = ModelConfig.from_pretrained(cache)
     params = load_params(cache, cfg)
     reqs = [Request(scripts[i % len(scripts)][0], i) for i in range(args.prompts)]
-    base = dict(batch_size=args.batch, max_prompt_tokens=64, max_new_tokens=384,
+    base = dict(batch_size=args.batch, max_prompt_tokens=64,
+                max_new_tokens=384 if args.workload == "uniform" else 768,
                 sampling=SamplingParams(greedy=True), decode_steps=32)
     variants = [("continuous + extend (ours)", {}),
                 ("continuous + re-prefill", dict(resume_mode="reprefill")),
                 ("barrier + extend", dict(barrier=True))]
-    print(f"# {args.prompts} prompts, batch {args.batch}, model D=256 L=4, sandbox "
+    print(f"# {args.workload} workload, {args.prompts} prompts, batch {args.batch}, "
+          f"model D=256 L=4, sandbox "
           f"{sb.config.max_workers or os.cpu_count()} workers")
     print(f"{'variant':<30}{'wall s':>8}{'cells':>7}{'idle %':>8}{'vs ours':>9}")
     ref = None
@@ -198,7 +217,8 @@ def bench_tools(args):
       stops = dict(collections.Counter(t.stop_reason for t in out))
       print(f"{name:<30}{wall:>8.2f}{cells:>7}{100 * eng.stats.idle_fraction:>8.1f}"
             f"{wall / ref:>9.2f}   (scripted answers reproduced: {ok:.0%}, stops {stops}, "
-            f"decode calls {eng.stats.decode_calls})")
+            f"decode calls {eng.stats.decode_calls}, waiting for cells "
+            f"{100 * eng.stats.cell_wait_s / wall:.1f}%)")
 
 
 def main(argv=None):
@@ -211,6 +231,7 @@ def main(argv=None):
   p.add_argument("--size", choices=sorted(SIZES), default="small")
   p.add_argument("--prompts", type=int, default=48)
   p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--workload", choices=["uniform", "mixed"], default="uniform")
   p.add_argument("--model-cache", default="", help="directory to save/reuse the scripted model")
   args = p.parse_args(argv)
   bench_decode(args) if args.what == "decode" else bench_tools(args)

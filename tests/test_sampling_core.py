@@ -238,3 +238,15 @@ def test_device_tables_match_host_walk(tok):
     st, first = walk(jnp.asarray(seq, jnp.int32))
     assert (int(st), int(first)) == m.run(seq)
     assert int(first) == 1
+
+
+def test_row_keys_batched_equal_one_at_a_time():
+  """The engine derives keys for all new rows in one dispatch; they must be the per-row keys
+  (large sample indices included: the E-step offsets them by iteration * 1e6)."""
+  pairs = [(0, 0), (3, 7), (12, 1_000_000), (5, 2_300_017), (2**20, 41)]
+  for seed in (0, 17):
+    batched = np.asarray(S.row_keys(seed, np.asarray([p for p, _ in pairs], np.uint32),
+                                    np.asarray([s for _, s in pairs], np.uint32)))
+    single = np.stack([np.asarray(S.row_key(seed, p, s)) for p, s in pairs])
+    np.testing.assert_array_equal(batched, single)
+    assert len({tuple(k) for k in single}) == len(pairs)

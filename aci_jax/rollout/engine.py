@@ -83,12 +83,14 @@ class _Row:
   future: Any = None  # Future[CellResult] while a cell runs
   code: str = ""
   pending_text: str | None = None  # env text ready to splice
+  handed: bool = False  # paused, its tokens fetched; host work (read code, submit) pending
 
 
 @dataclasses.dataclass
 class RolloutStats:
   wall_s: float = 0.0
   device_idle_s: float = 0.0  # no compiled call in flight
+  cell_wait_s: float = 0.0  # of which: blocked because every live row waits for a cell
   decode_calls: int = 0
   decode_steps: int = 0
   extend_calls: int = 0
@@ -220,10 +222,13 @@ class RolloutEngine:
     keys = np.zeros((b, 2), np.uint32)
     ban = np.zeros(b, bool)
     for r, row in rows.items():
-      req = row.req
       mask[r] = True
-      keys[r] = np.asarray(S.row_key(c.seed, req.prompt_index, req.sample_index))
-      ban[r] = req.ban
+      ban[r] = row.req.ban
+    if rows:  # one dispatch for all new rows' keys
+      rs = list(rows)
+      keys[rs] = np.asarray(S.row_keys(
+          c.seed, np.asarray([rows[r].req.prompt_index for r in rs], np.uint32),
+          np.asarray([rows[r].req.sample_index for r in rs], np.uint32)))
     state = S.reset_rows(state, self._put(mask), self._put(keys),
                          self._put(np.full((b,), c.max_new_tokens, np.int32)), self._put(ban))
     no_prefix = {r for r, row in rows.items() if not row.req.prefix_ids}
@@ -265,6 +270,37 @@ class RolloutEngine:
   @staticmethod
   def _session(row: _Row):
     return (row.req.prompt_index, row.req.sample_index, row.req.mode, id(row))
+
+  def _host_work(self, item: tuple, results: dict, order: dict) -> None:
+    """Host side of a row handed off by the loop: a finished row becomes its trajectory; a
+    paused row's code is read from its text and sent to the sandbox (or it gets the limit /
+    no-code message, or resumes if the text has no fence after all)."""
+    c = self.cfg
+    if item[0] == "done":
+      _, row, toks, logps, srcs, why = item
+      results[order.pop(id(row))] = self._finish(row, toks, logps, srcs, why)
+      self.stats.tokens += len(toks)
+      return
+    _, row, toks = item
+    row.handed = False
+    text = self.tok.decode([int(t) for t in toks])
+    fence_at = text.rfind(FENCE)
+    if fence_at < 0:  # the device saw a fence the text does not have: resume the row
+      row.pending_text = ""
+      return
+    calls = sum(1 for cell in row.cells if cell.status != "limit")
+    if calls >= c.max_tool_calls:
+      row.cells.append(Cell("", c.limit_message, "limit", 0.0))
+      row.pending_text = self._env_text(text, c.limit_message)
+      return
+    m = _CODE_RE.search(text[:fence_at])
+    if m is None or self.executor is None:
+      row.cells.append(Cell("", c.no_code_message, "no_code", 0.0))
+      row.pending_text = self._env_text(text, c.no_code_message)
+      return
+    row.code = m.group(1)
+    row.pending_text = text
+    row.future = self.executor.submit(self._session(row), row.code)
 
   # ---------------------------------------------------------------------------- main loop
 
@@ -316,6 +352,7 @@ class RolloutEngine:
     idle_since = time.perf_counter()
     idle = 0.0
     status = np.full(c.batch_size, S.EMPTY, np.int32)
+    handoff: list[tuple] = []  # rows paused/finished last round, for host work this round
 
     def busy():  # a compiled call is about to be dispatched
       nonlocal idle_since, idle
@@ -329,7 +366,8 @@ class RolloutEngine:
       # are free (or the queue is that short), or at once when nothing else is decoding.
       new: dict[int, _Row] = {}
       free = [r for r in mine if r not in rows]
-      decoding = any(row.future is None and row.pending_text is None for row in rows.values())
+      decoding = any(row.future is None and row.pending_text is None and not row.handed
+                     for row in rows.values())
       enough = len(free) >= min(refill, len(queue))
       if queue and free and (not c.barrier or not rows) and (enough or not decoding or c.barrier):
         for r in free:
@@ -368,7 +406,7 @@ class RolloutEngine:
       widths = [self._width({r: row.req.prompt_ids for r, row in new.items()}),
                 self._width({r: row.req.prefix_ids for r, row in new.items()
                              if row.req.prefix_ids}),
-                self._width(full), self._width(splice), int(bool(queue or rows))]
+                self._width(full), self._width(splice), int(bool(queue or rows or handoff))]
       agreed = multihost.allgather_ints(widths).max(axis=0) if multi else widths
       if not agreed[4]:
         break
@@ -381,32 +419,46 @@ class RolloutEngine:
           state = self._reprefill(params, state, full, int(agreed[2]))
         state = self._extend(params, state, splice, S.SRC_ENV, True, set(splice),
                              int(agreed[3]))
-      # 3. Decode while any row runs (any row of any process).
+      # 3. Decode while any row runs (any row of any process). Dispatch is asynchronous.
       if agreed[0] or agreed[3]:
         status = self._host(state.status).copy()
       running = [r for r in rows if status[r] == S.RUNNING]
       want = int(bool(running) and (not c.barrier or not waiting))
-      if (multihost.allgather_ints([want]).max() if multi else want):
+      decoding_now = bool(multihost.allgather_ints([want]).max() if multi else want)
+      if decoding_now:
         busy()
         state, steps = S.decode(self.model_cfg, c.sampling, state, params, self.tables,
                                 c.decode_steps, exit_on_pause=not c.barrier)
         self.stats.decode_calls += 1
-        status = self._host(state.status).copy()  # waits for the decode; cells keep running meanwhile
+      # 4. Host work on the rows handed off last round (read the code and submit the cell,
+      # assemble finished trajectories) while the device decodes the others.
+      for item in handoff:
+        self._host_work(item, results, order)
+      handoff = []
+      if decoding_now:
+        status = self._host(state.status).copy()  # waits for the decode; cells keep running
         idle_since = time.perf_counter()
         self.stats.decode_steps += int(steps)
-      elif waiting and not ready:
-        if idle_since is None:
-          idle_since = time.perf_counter()
-        # Across processes wait briefly and go round again: another host may need this one
-        # in a collective call before this host's cells are done.
-        concurrent.futures.wait([rows[r].future for r in waiting],
-                                timeout=0.002 if multi else None,
-                                return_when=(concurrent.futures.ALL_COMPLETED if c.barrier
-                                             else concurrent.futures.FIRST_COMPLETED))
-      # 4. Act on rows that paused or finished.
+      elif not row_pos:
+        waiting = [r for r, row in rows.items() if row.future is not None]
+        ready_next = any(row.future is None and row.pending_text is not None
+                         for row in rows.values())
+        if waiting and (c.barrier or not ready_next):
+          if idle_since is None:
+            idle_since = time.perf_counter()
+          t_wait = time.perf_counter()
+          # Across processes wait briefly and go round again: another host may need this one
+          # in a collective call before this host's cells are done.
+          concurrent.futures.wait([rows[r].future for r in waiting],
+                                  timeout=0.002 if multi else None,
+                                  return_when=(concurrent.futures.ALL_COMPLETED if c.barrier
+                                               else concurrent.futures.FIRST_COMPLETED))
+          self.stats.cell_wait_s += time.perf_counter() - t_wait
+      # 5. Hand off rows that paused or finished: their tokens come to the host now (the next
+      # call donates the state); finished rows free their slot for the next refill at once.
       paused = [r for r in rows if status[r] == S.PAUSED and rows[r].future is None
-                and rows[r].pending_text is None]
-      done = [r for r in rows if status[r] == S.DONE or r in row_pos]
+                and rows[r].pending_text is None and not rows[r].handed]
+      done = [r for r in rows if (status[r] == S.DONE and not rows[r].handed) or r in row_pos]
       if not paused and not done:
         continue
       need = sorted(set(paused) | set(done))
@@ -427,30 +479,12 @@ class RolloutEngine:
               x in self.tok.decode([int(t) for t in toks[i, :n]]) for x in c.stop_strings):
             row.pending_text = ""  # a device stop the text does not confirm: resume the row
             continue
-          traj = self._finish(row, toks[i, :n], logps[i, :n], srcs[i, :n], why)
-          results[order.pop(id(row))] = traj
-          self.stats.tokens += n
           del rows[r]
           status[r] = S.EMPTY
-          continue
-        text = self.tok.decode([int(t) for t in toks[i, :n]])
-        fence_at = text.rfind(FENCE)
-        if fence_at < 0:  # device saw a fence the text does not have: resume the row
-          row.pending_text = ""
-          continue
-        calls = sum(1 for cell in row.cells if cell.status != "limit")
-        if calls >= c.max_tool_calls:
-          row.cells.append(Cell("", c.limit_message, "limit", 0.0))
-          row.pending_text = self._env_text(text, c.limit_message)
-          continue
-        m = _CODE_RE.search(text[:fence_at])
-        if m is None or self.executor is None:
-          row.cells.append(Cell("", c.no_code_message, "no_code", 0.0))
-          row.pending_text = self._env_text(text, c.no_code_message)
-          continue
-        row.code = m.group(1)
-        row.pending_text = text
-        row.future = self.executor.submit(self._session(row), row.code)
+          handoff.append(("done", row, toks[i, :n], logps[i, :n], srcs[i, :n], why))
+        else:
+          row.handed = True
+          handoff.append(("paused", row, toks[i, :n]))
     self.stats.wall_s += time.perf_counter() - t_start
     if idle_since is not None:
       idle += time.perf_counter() - idle_since

@@ -2,11 +2,11 @@
 
 from aci_jax.sampling.sampler import (
     DONE, EMPTY, PAUSED, RUNNING, SamplerState, SamplingParams, Tables, decode, extend,
-    reset_rows, row_key, sample_tokens, state_shardings)
+    reset_rows, row_key, row_keys, sample_tokens, state_shardings)
 from aci_jax.sampling.stops import StringMatcher, build_matcher, token_texts
 
 __all__ = [
     "DONE", "EMPTY", "PAUSED", "RUNNING", "SamplerState", "SamplingParams", "StringMatcher",
-    "Tables", "build_matcher", "decode", "extend", "reset_rows", "row_key", "sample_tokens",
-    "state_shardings", "token_texts",
+    "Tables", "build_matcher", "decode", "extend", "reset_rows", "row_key", "row_keys",
+    "sample_tokens", "state_shardings", "token_texts",
 ]

@@ -118,6 +118,12 @@ def row_key(seed: int, prompt_index: int, sample_index: int) -> jax.Array:
   return jax.random.key_data(k)
 
 
+@jax.jit
+def row_keys(seed, prompt_index, sample_index) -> jax.Array:
+  """`row_key` for many rows in one dispatch: [N] i32 indices -> [N, 2] u32."""
+  return jax.vmap(row_key, in_axes=(None, 0, 0))(seed, prompt_index, sample_index)
+
+
 # ------------------------------------------------------------------------------ sampling
 
 
