@@ -86,10 +86,12 @@ MEANINGS = {
                             "`question`, and `answer`), or a registered benchmark's mapping: "
                             "`math500` (MATH records; `answer` or the last box of `solution`), "
                             "`gsm8k` (`#### N` answers), `aime24`, `amc23`",
-    "task.eval_paths": "benchmarks evaluated during the run, `{name: JSONL path}`; names are "
-                       "registered benchmarks (`math500`, `gsm8k`, `aime24`, `amc23`), which "
-                       "pick the field mapping; on the command line "
-                       "`--config.task.eval_paths=\"{'math500': 'data/math500.jsonl'}\"`",
+    "task.eval_paths.math500": "MATH500 JSONL evaluated during the run (`\"\"`: skipped); "
+                               "e.g. `--config.task.eval_paths.math500=data/math500.jsonl`",
+    "task.eval_paths.gsm8k": "GSM8K test JSONL evaluated during the run (`\"\"`: skipped)",
+    "task.eval_paths.aime24": "AIME24 JSONL evaluated during the run (`\"\"`: skipped)",
+    "task.eval_paths.amc23": "AMC23 JSONL evaluated during the run (`\"\"`: skipped); at "
+                             "least one benchmark needs a path",
     "task.eval_limit": "evaluate the first N problems of each benchmark (0: all)",
     "warmup.steps": "warm-up SFT steps (0: no warm-up, start EM from the loaded policy)",
     "warmup.batch_size": "warm-up sequences per step",

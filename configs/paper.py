@@ -44,8 +44,11 @@ def get_config(model: str = "qwen2.5-7b"):
       init="hf", path=model_path, dtype="bfloat16", param_dtype="float32", remat="full"))
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # ours: FSDP over all
   c.task = ml_collections.ConfigDict(dict(
-      name="jsonl", train_path="", train_benchmark="math",
-      eval_paths=ml_collections.ConfigDict({}), eval_limit=0))
+      name="jsonl", train_path="", train_benchmark="",
+      # Benchmarks evaluated during the run: set a path to evaluate it ("" = skipped), e.g.
+      # --config.task.eval_paths.math500=data/math500.jsonl
+      eval_paths=ml_collections.ConfigDict(dict(math500="", gsm8k="", aime24="", amc23="")),
+      eval_limit=0))
   # Stage 0 warm-up SFT on demonstrations with both modes (paper); steps/lr are ours.
   c.warmup = ml_collections.ConfigDict(dict(
       steps=0, batch_size=64, lr=1e-5, warmup_steps=20, seq_len=2048, data_path=""))

@@ -29,15 +29,14 @@ the same M-step mini-batches and feeds its slice of rows to the train step.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import time
 from typing import Callable, Sequence
 
 import jax
 import numpy as np
 
+from aci_jax import fileio
 from aci_jax.em.batches import build_batch, minibatches
 from aci_jax.em.estep import (CODE, COT, EStepConfig, QueryGroup, curate, estep_stats,
                               native_outcomes, whiten)
@@ -67,18 +66,17 @@ def save_progress(trainer) -> bool:
     return True
   if jax.process_index() == 0:
     from aci_jax.em.report import write_summary
-    write_summary(os.path.join(trainer.workdir, PROGRESS_FILE), {"step": step,
+    write_summary(fileio.join(trainer.workdir, PROGRESS_FILE), {"step": step,
                                                                  "meta": trainer.meta})
   return False
 
 
 def restore_progress(trainer) -> None:
   """After `trainer.restore_or_init()`: newer bookkeeping saved at the same step wins."""
-  path = os.path.join(trainer.workdir, PROGRESS_FILE)
-  if not os.path.exists(path):
+  path = fileio.join(trainer.workdir, PROGRESS_FILE)
+  if not fileio.exists(path):  # a local path or gs://
     return
-  with open(path) as f:
-    saved = json.load(f)
+  saved = fileio.read_json(path)
   meta = saved.get("meta", {})
   if (saved.get("step") == trainer.step and
       meta.get("em_iteration", 0) >= trainer.meta.get("em_iteration", 0)):
@@ -133,6 +131,19 @@ class EMLoop:
     if not self.problems:
       raise ValueError("the EM loop needs at least one training problem")
     self._prefix = tokenizer.encode(cfg.code_prefix)
+    # A prompt that does not fit the sampler (with the forced code prefix) can never be rolled
+    # out; such problems leave the pool up front, as other RL trainers filter over-long prompts.
+    limit = engine.cfg.max_prompt_tokens - len(self._prefix)
+    fits = [p for p in self.problems if len(prompt_fn(p.problem)) <= limit]
+    if len(fits) < len(self.problems):
+      log.warning("EM: %d of %d training problems have prompts over %d tokens "
+                  "(rollout.max_prompt_tokens minus the code prefix) and are left out",
+                  len(self.problems) - len(fits), len(self.problems), limit)
+    if not fits:
+      from aci_jax.train.runner import ConfigError
+      raise ConfigError(f"config.rollout.max_prompt_tokens={engine.cfg.max_prompt_tokens}: no "
+                        f"training problem's prompt fits")
+    self.problems = fits
 
   # ------------------------------------------------------------------------ E-step
 

@@ -77,9 +77,13 @@ def _problems(config):
   from aci_jax.data import datasets
   try:
     train = datasets.load_jsonl(t.train_path, t.get("train_benchmark") or None)
-    evals = {name: datasets.load_jsonl(path, name) for name, path in dict(t.eval_paths).items()}
+    evals = {name: datasets.load_jsonl(path, name)
+             for name, path in dict(t.eval_paths).items() if path}  # "" = not evaluated
   except (OSError, ValueError) as e:
     raise ConfigError(f"config.task: {e}".splitlines()[0]) from None
+  if not evals:
+    raise ConfigError("config.task.eval_paths: no benchmark has a path; set one, e.g. "
+                      "--config.task.eval_paths.math500=math500.jsonl")
   limit = int(t.get("eval_limit", 0))
   if limit:
     evals = {k: v[:limit] for k, v in evals.items()}
