@@ -250,3 +250,33 @@ def test_row_keys_batched_equal_one_at_a_time():
     single = np.stack([np.asarray(S.row_key(seed, p, s)) for p, s in pairs])
     np.testing.assert_array_equal(batched, single)
     assert len({tuple(k) for k in single}) == len(pairs)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_sampling_copy_in_compute_dtype_changes_no_logit(tmp_path, tok, tied):
+  """float32 master weights with bf16 compute: the engine samples from a bf16 copy (half the
+  bytes per decode step); every layer casts to bf16 before use anyway, so logits, sampled
+  tokens and recorded log-probs must be bit-identical to sampling from the float32 weights."""
+  model = make_hf_model("qwen2", vocab_size=len(tok.hf), tie_word_embeddings=tied)
+  d = save_hf_model(model, tmp_path / "m")
+  cfg = ModelConfig.from_pretrained(d, dtype="bfloat16")
+  params = load_params(d, cfg)
+  eng = RolloutEngine(cfg, tok, RolloutConfig(batch_size=4, max_prompt_tokens=16,
+                                              max_new_tokens=20,
+                                              sampling=SamplingParams(temperature=1.0)))
+  placed = eng.place_params(params)
+  assert {x.dtype for x in jax.tree_util.tree_leaves(params)} == {jnp.dtype(jnp.float32)}
+  assert {x.dtype for x in jax.tree_util.tree_leaves(placed)} == {jnp.dtype(jnp.bfloat16)}
+  seq = jnp.asarray([list(range(3, 19))], jnp.int32)
+  pos = jnp.arange(16, dtype=jnp.int32)[None]
+  ref, got = (np.asarray(Decoder(cfg).apply({"params": p}, seq, pos)[0], np.float32)
+              for p in (params, placed))
+  np.testing.assert_array_equal(got, ref)
+  # The whole sampler, from the float32 weights (no engine cast) and through the engine.
+  prompts = [[5, 9, 2], [7] * 9, [11, 4, 4, 8, 1], [3]]
+  reqs = [Request(p, i) for i, p in enumerate(prompts)]
+  via_engine = eng.run(params, reqs)
+  eng.place_params = lambda p: p  # sample from the float32 weights themselves
+  direct = eng.run(params, reqs)
+  for a, b in zip(via_engine, direct):
+    assert a.response_ids == b.response_ids and a.logp == b.logp

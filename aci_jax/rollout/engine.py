@@ -143,16 +143,31 @@ class RolloutEngine:
     self.stats = RolloutStats()
 
   def place_params(self, params):
-    """Params for sampling on the engine's mesh: SAMPLING_RULES (replicated over the data axes,
-    split over `tensor`). A no-op for arrays already placed that way."""
+    """Params for sampling: cast to the compute dtype when it is narrower than the stored
+    weights, and on the engine's mesh placed by SAMPLING_RULES (replicated over the data axes,
+    split over `tensor`).
+
+    The cast changes no number: every layer casts its weights to the compute dtype before use
+    (dense kernels and biases, norm scales, embeddings, the head), so a bf16 copy of float32
+    master weights gives bit-identical logits while decode, which is bound by reading the
+    weights, reads half the bytes and each data-parallel replica holds half the memory.
+    """
+    cast = jnp.dtype(self.model_cfg.compute_dtype)
+
+    def wide(dtype) -> bool:
+      return jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits > jnp.finfo(cast).bits
+
+    narrow = lambda x: x.astype(cast) if wide(x.dtype) else x
+    needs_cast = any(wide(x.dtype) for x in jax.tree_util.tree_leaves(params))
     if self.mesh is None:
-      return params
+      return jax.jit(lambda p: jax.tree_util.tree_map(narrow, p))(params) if needs_cast else params
     from aci_jax.parallel import SAMPLING_RULES, param_shardings
     shardings = param_shardings(params, self.mesh, SAMPLING_RULES)
-    if jax.process_count() == 1:
+    if jax.process_count() == 1 and not needs_cast:
       return jax.device_put(params, shardings)
-    # Across processes a resharding is a collective: a jitted identity does it.
-    return jax.jit(lambda p: p, out_shardings=shardings)(params)
+    # A jitted copy casts and reshards in one pass (across processes resharding is a
+    # collective, which a jitted identity does).
+    return jax.jit(lambda p: jax.tree_util.tree_map(narrow, p), out_shardings=shardings)(params)
 
   # ----------------------------------------------------------------------------- helpers
 
