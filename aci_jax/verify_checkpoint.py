@@ -24,8 +24,9 @@ def _reference_logits(directory, tokens, valid, positions):
     import torch
     from transformers import AutoModelForCausalLM
   except ImportError as e:  # torch is a test/verification dependency only
-    raise SystemExit(f"error: verify_checkpoint needs torch and transformers ({e}); "
-                     "install the CPU build: pip install torch") from None
+    print(f"error: verify_checkpoint needs torch and transformers ({e}); install the CPU "
+          "build: pip install torch==2.13.0 (or the test extra)", file=sys.stderr)
+    raise SystemExit(2) from None
   model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32,
                                                attn_implementation="eager")
   model.eval()
