@@ -110,15 +110,29 @@ class SFTData:
   visits the data in a fresh permutation each epoch (permutation of epoch e seeded by
   (seed, e)). The cursor (an int) is the whole iterator state, so it checkpoints trivially and a
   resumed run sees exactly the batches an uninterrupted run would.
+
+  Packing (`pack_len` > 0): the same `batch_size` examples are packed first-fit-decreasing into
+  rows of `pack_len` tokens instead of one padded row each, with `segment_ids` (1, 2, ... per
+  row, 0 on padding) so attention stays within an example and positions restarting at 0 in each.
+  The trained tokens, and hence a token-mean loss and its gradient, are those of the unpacked
+  batch; only the padding goes. The row count varies with the examples' lengths and is rounded
+  up to a multiple of `row_multiple` (few distinct shapes, an even split over devices and
+  micro-batches). Short examples (the toy's ~60 of 96 tokens) make this ~1.4x fewer tokens.
   """
 
   def __init__(self, examples: Sequence[Example], *, batch_size: int, seq_len: int,
-               pad_id: int, seed: int = 0, shuffle: bool = True):
+               pad_id: int, seed: int = 0, shuffle: bool = True, pack_len: int = 0,
+               row_multiple: int = 1):
     if not examples:
       raise DataError("no examples")
+    if pack_len and pack_len < seq_len:
+      raise ValueError(f"pack_len ({pack_len}) must be 0 or >= seq_len ({seq_len})")
+    if row_multiple < 1:
+      raise ValueError(f"row_multiple must be >= 1, got {row_multiple}")
     self.examples = list(examples)
     self.batch_size, self.seq_len, self.pad_id = batch_size, seq_len, pad_id
     self.seed, self.shuffle = seed, shuffle
+    self.pack_len, self.row_multiple = pack_len, row_multiple
     self._perm_cache: dict[int, np.ndarray] = {}
 
   def __len__(self) -> int:
@@ -141,12 +155,17 @@ class SFTData:
     """(this process's rows of the global batch at `cursor`, the next cursor).
 
     Arrays: tokens, positions [rows, T] int32; valid [rows, T] bool; loss_mask [rows, T] float32.
-    Right-padded with `pad_id` (valid False, mask 0).
+    Right-padded with `pad_id` (valid False, mask 0). Packed (`pack_len`): T = pack_len, a
+    variable row count, and segment_ids [rows, T] int32 as well.
     """
     b, t = self.batch_size, self.seq_len
     if b % process_count:
       raise ValueError(f"batch_size {b} does not divide over {process_count} processes")
     rows = b // process_count
+    if self.pack_len:
+      every = self.indices(cursor, b)
+      return self._packed([every[p * rows:(p + 1) * rows] for p in range(process_count)],
+                          process_index), cursor + b
     idx = self.indices(cursor, b)[process_index * rows:(process_index + 1) * rows]
     tokens = np.full((rows, t), self.pad_id, np.int32)
     mask = np.zeros((rows, t), np.float32)
@@ -160,9 +179,51 @@ class SFTData:
     positions = np.broadcast_to(np.arange(t, dtype=np.int32), (rows, t)).copy()
     return dict(tokens=tokens, positions=positions, valid=valid, loss_mask=mask), cursor + b
 
+  def _pack_rows(self, idx: Sequence[int]) -> list[list[int]]:
+    """First-fit decreasing: example indices per row of `pack_len` tokens (deterministic)."""
+    order = sorted(range(len(idx)), key=lambda j: (-len(self.examples[idx[j]].tokens), j))
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for j in order:
+      n = min(len(self.examples[idx[j]].tokens), self.seq_len)
+      for r, room in enumerate(free):
+        if n <= room:
+          rows[r].append(idx[j])
+          free[r] -= n
+          break
+      else:
+        rows.append([idx[j]])
+        free.append(self.pack_len - n)
+    return rows
+
+  def _packed(self, per_process: Sequence[Sequence[int]], process_index: int) -> dict:
+    """This process's packed rows; every process gets the same (largest) row count."""
+    packs = [self._pack_rows(idx) for idx in per_process]
+    m = self.row_multiple
+    n_rows = -(-max(len(p) for p in packs) // m) * m
+    t = self.pack_len
+    tokens = np.full((n_rows, t), self.pad_id, np.int32)
+    positions = np.zeros((n_rows, t), np.int32)
+    segments = np.zeros((n_rows, t), np.int32)
+    mask = np.zeros((n_rows, t), np.float32)
+    for r, members in enumerate(packs[process_index]):
+      at = 0
+      for s, i in enumerate(members):
+        ex = self.examples[i]
+        n = min(len(ex.tokens), self.seq_len)
+        tokens[r, at:at + n] = ex.tokens[:n]
+        positions[r, at:at + n] = np.arange(n)
+        segments[r, at:at + n] = s + 1
+        mask[r, at:at + n] = ex.loss_mask[:n]
+        mask[r, at] = 0.0  # never a target across the boundary (it is a prompt token anyway)
+        at += n
+    return dict(tokens=tokens, positions=positions, valid=segments > 0, loss_mask=mask,
+                segment_ids=segments)
+
 
 def build_sft_data(source: str | Sequence[dict], tokenizer, *, batch_size: int, seq_len: int,
-                   seed: int = 0, system: str | None = None) -> tuple[SFTData, dict]:
+                   seed: int = 0, system: str | None = None, pack_len: int = 0,
+                   row_multiple: int = 1) -> tuple[SFTData, dict]:
   """Loads (from a JSONL path) or takes (a list of records), checks and tokenises
   demonstrations. Returns (data, stats)."""
   if isinstance(source, str):
@@ -184,8 +245,8 @@ def build_sft_data(source: str | Sequence[dict], tokenizer, *, batch_size: int, 
       "tokens": int(sum(len(e.tokens) for e in examples)),
       "trained_tokens": int(sum(e.loss_mask.sum() for e in examples)),
   }
-  return SFTData(examples, batch_size=batch_size, seq_len=seq_len,
-                 pad_id=tokenizer.pad_id, seed=seed), stats
+  return SFTData(examples, batch_size=batch_size, seq_len=seq_len, pad_id=tokenizer.pad_id,
+                 seed=seed, pack_len=pack_len, row_multiple=row_multiple), stats
 
 
 # ----------------------------------------------------------------- toy demonstrations

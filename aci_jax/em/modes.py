@@ -130,6 +130,7 @@ def _warmup(config, workdir, tok_dir, train) -> str | None:
       if key in w:
         c.optim[key] = w[key]
     c.data.train_path, c.data.seq_len = data_path, w.seq_len
+    c.data.pack_len = w.get("pack_len", 0)
     c.export.at_end, c.export.dir, c.export.every = True, out, 0
     # The EM run checkpoints every iteration; a warm-up step is far cheaper than a save.
     c.checkpoint.every = max(50, w.steps // 4)

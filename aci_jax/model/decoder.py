@@ -166,7 +166,7 @@ class Decoder(nn.Module):
       self.lm_head = LMHead(cfg)
 
   def __call__(self, tokens, positions, cache: KVCache | None = None, valid=None,
-               advance=None, *, return_hidden: bool = False):
+               advance=None, *, return_hidden: bool = False, segment_ids=None):
     """Runs T new tokens per row.
 
     Args:
@@ -179,6 +179,9 @@ class Decoder(nn.Module):
         advance by each row's real length so the padding slots are reused by the next write.
       return_hidden: return final-norm hidden states [B, T, D] instead of logits (for chunked
         log-probabilities that never materialise [B, T, V]).
+      segment_ids: [B, T] int32 or None; with several sequences packed into one row (training,
+        no cache), a token attends only to earlier tokens of its own segment. Positions should
+        restart at 0 in each segment.
 
     Returns:
       (logits [B, T, V] float32 or hidden [B, T, D], new cache or None).
@@ -197,6 +200,10 @@ class Decoder(nn.Module):
       kv = (cache.k, cache.v)
     key_slot = jnp.arange(key_valid.shape[1], dtype=jnp.int32)
     mask = key_valid[:, None, :] & (key_slot[None, None, :] <= slots[:, :, None])
+    if segment_ids is not None:
+      if cache is not None:
+        raise ValueError("segment_ids (packed rows) are for cache-free forward passes only")
+      mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
     layer_ids = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
     (x, new_kv), _ = self.layers((x, kv), layer_ids, (sin, cos, mask, slots))
     x = self.final_norm(x)

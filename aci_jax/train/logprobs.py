@@ -66,17 +66,20 @@ def chunked_logprobs(head_fn, hidden: jax.Array, targets: jax.Array, chunk: int,
 
 
 def token_logprobs(params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
-                   valid: jax.Array, *, chunk: int = 512, remat: bool = True):
+                   valid: jax.Array, *, chunk: int = 512, remat: bool = True,
+                   segment_ids: jax.Array | None = None):
   """Shifted log-probabilities of a batch under the policy.
 
   Args:
     tokens, positions, valid: [B, T] (int32, int32, bool) as for `Decoder`.
     chunk: sequence positions per logits chunk.
+    segment_ids: [B, T] int32 for rows that pack several sequences (see `Decoder`), or None.
   Returns:
     (logp [B, T-1], entropy [B, T-1]), float32; index t is log p(tokens[:, t+1] | tokens[:, :t+1]).
   """
   model = Decoder(cfg)
-  hidden, _ = model.apply({"params": params}, tokens, positions, valid=valid, return_hidden=True)
+  hidden, _ = model.apply({"params": params}, tokens, positions, valid=valid, return_hidden=True,
+                          segment_ids=segment_ids)
 
   def head(h):
     return model.apply({"params": params}, h, method=Decoder.logits)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import jax
 
@@ -37,9 +38,17 @@ def sft(config, workdir: str) -> None:
     source = toy_demonstrations(d.toy_examples, seed=config.seed)
     if jax.process_index() == 0:
       write_jsonl(fileio.join(workdir, "data", "toy_sft.jsonl"), source)
+  pack_len = int(d.get("pack_len", 0))
+  if pack_len and trainer.loss_cfg.aggregation != "token_mean":
+    raise ConfigError("config.data.pack_len needs config.loss.aggregation='token_mean' (a packed "
+                      "row holds several sequences)")
+  # Packed rows vary in number: keep it a multiple of what the step splits them into.
+  dp = trainer.mesh.shape["data"] * trainer.mesh.shape["fsdp"]
+  row_multiple = math.lcm(4, t.micro_batches * dp // jax.process_count())
   try:
     data, stats = build_sft_data(source, tokenizer, batch_size=t.batch_size, seq_len=d.seq_len,
-                                 seed=config.seed, system=d.system or None)
+                                 seed=config.seed, system=d.system or None, pack_len=pack_len,
+                                 row_multiple=row_multiple)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   log.info("SFT data: %s", stats)

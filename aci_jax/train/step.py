@@ -6,7 +6,9 @@
 `NamedSharding`s over the mesh: parameters and Adam moments by the `TRAINING_RULES` table (FSDP
 over the model dimension, tensor parallel over heads/MLP/vocab), scalars replicated. The batch is
 a dict of [B, T] arrays (plus [B] advantages / decision_mask) with rows split over the (data,
-fsdp) axes. The state argument is donated, so XLA updates parameters and moments in place.
+fsdp) axes; an optional `segment_ids` [B, T] marks rows that pack several sequences
+(`aci_jax.data.sft.SFTData` with `pack_len`). The state argument is donated, so XLA updates
+parameters and moments in place.
 
 Gradient accumulation: the batch is cut into `micro_batches` interleaved slices (row j goes to
 micro-batch j mod k, so every slice stays spread over all devices) and a `lax.scan` sums their
@@ -159,7 +161,8 @@ def make_train_step(model_cfg: ModelConfig, loss_cfg: L.LossConfig,
   def micro_loss(params, inputs, targets, weights):
     logp, ent = token_logprobs(params, model_cfg, inputs["tokens"], inputs["positions"],
                                inputs["valid"].astype(jnp.bool_), chunk=step_cfg.logprob_chunk,
-                               remat=step_cfg.logprob_remat)
+                               remat=step_cfg.logprob_remat,
+                               segment_ids=inputs.get("segment_ids"))
     total, metrics = L.objective(L.context(logp, ent, targets), weights, loss_cfg)
     reductions.update({name: red for name, (red, _) in metrics.items()})  # trace-time record
     return total, {name: v for name, (_, v) in metrics.items()}
@@ -178,7 +181,7 @@ def make_train_step(model_cfg: ModelConfig, loss_cfg: L.LossConfig,
   def step(state: TrainState, batch):
     targets = L.prepare_targets(batch)
     weights = L.term_weights(targets, loss_cfg)
-    inputs = {key: batch[key] for key in MODEL_KEYS}
+    inputs = {key: batch[key] for key in MODEL_KEYS + ("segment_ids",) if key in batch}
     xs = jax.tree.map(split, (inputs, targets, weights))
     if k == 1:  # no accumulation: skip the scan and the zero-initialised gradient buffer
       (_, metrics), grads = grad_fn(state.params, *jax.tree.map(lambda a: a[0], xs))
