@@ -139,6 +139,8 @@ MEANINGS = {
     "sandbox.memory_mb": "address-space limit of a session process (MiB)",
     "sandbox.mode": "cell state: `persistent`, `replay` (Qwen2.5-Math harness), `isolated` "
                     "(docs/sandbox.md)",
+    "sandbox.allow_weak": "as a non-root user, run cells with the weaker isolation a shared uid "
+                          "allows (docs/sandbox.md) instead of refusing to start",
     "grader.num_workers": "grading worker processes",
     "grader.timeout": "hard limit per comparison (seconds); a timeout grades as not equal",
     "eval.every": "evaluate after every N EM iterations (and after the last); 0: only "

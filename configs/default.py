@@ -59,7 +59,9 @@ def get_config():
   c.rollout = ml_collections.ConfigDict(dict(
       batch_size=64, max_prompt_tokens=64, max_new_tokens=128, max_tool_calls=2,
       decode_steps=64, temperature=1.0, top_p=1.0, top_k=0))
-  c.sandbox = ml_collections.ConfigDict(dict(timeout_s=5.0, memory_mb=1024, mode="persistent"))
+  # allow_weak: run cells without the root-only isolation (shared uid; docs/sandbox.md).
+  c.sandbox = ml_collections.ConfigDict(dict(timeout_s=5.0, memory_mb=1024, mode="persistent",
+                                             allow_weak=False))
   c.grader = ml_collections.ConfigDict(dict(num_workers=1, timeout=5.0))
   c.eval = ml_collections.ConfigDict(dict(every=1, samples=0, temperature=0.6, selection=True))
 

@@ -71,7 +71,9 @@ def get_config(model: str = "qwen2.5-7b"):
       batch_size=256, max_prompt_tokens=1024, max_new_tokens=3072,
       max_tool_calls=4,             # design brief default (Qwen2.5-Math harness)
       decode_steps=128, temperature=1.0, top_p=1.0, top_k=0))
-  c.sandbox = ml_collections.ConfigDict(dict(timeout_s=5.0, memory_mb=4096, mode="persistent"))
+  # allow_weak: run cells without the root-only isolation (shared uid; docs/sandbox.md).
+  c.sandbox = ml_collections.ConfigDict(dict(timeout_s=5.0, memory_mb=4096, mode="persistent",
+                                             allow_weak=False))
   c.grader = ml_collections.ConfigDict(dict(num_workers=8, timeout=5.0))
   c.eval = ml_collections.ConfigDict(dict(every=1, samples=4, temperature=0.6, selection=True))
   c.train = ml_collections.ConfigDict(dict(
