@@ -131,7 +131,6 @@ def test_two_processes_run_em_like_one(tmp_path):
       np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=f"step {a['step']} {key}")
   w1, w2 = read_export(tmp_path / "one"), read_export(tmp_path / "two")
   assert w1.keys() == w2.keys()
-  moved = False
   for name in w1:
     np.testing.assert_allclose(w2[name], w1[name], atol=1e-6, err_msg=name)
   w0 = SafetensorsFile(os.path.join(model_dir, "model.safetensors"))
