@@ -42,6 +42,12 @@ LIMITS = Limits()
 
 # ----------------------------------------------------------------------------- structures
 _VAR = re.compile(r"^(?:[a-zA-Z]|\\(?:alpha|beta|gamma|theta|phi|lambda|mu|omega|rho|sigma|tau))(?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-z]\))?$")
+# Labels of a value that are not a single variable: (a,b), |PQ|, XY, S_1:S_2, m+n, \angle ABC.
+# Letters, commands, subscripts, brackets, bars, ":", "+", and no digit outside a subscript.
+_LABEL = re.compile(r"^(?:[A-Za-z]|\\[a-zA-Z]+ ?|_\{?[A-Za-z0-9]{1,4}\}?|\^\{?-1\}?|[()|,:+\[\]{}' ])+$")
+_LABEL_TUPLE = re.compile(r"^\((?:[a-zA-Z](?:_\{?[a-zA-Z0-9]{1,3}\}?)?, ?)+[a-zA-Z](?:_\{?[a-zA-Z0-9]{1,3}\}?)?\)$")
+# y, f(x), g^{-1}(x): the value of a function of x (y = 4x-1 is the same answer as g(x) = 4x-1).
+_FUNC_LABEL = re.compile(r"^(?:y|[a-zA-Z](?:\^\{?-1\}?)?\(([a-z])\))$")
 _CHOICE_PAREN = re.compile(r"^\(\s*([A-E])\s*\)$")
 # Text answers: letters, spaces, hyphens, apostrophes, with at least one word of 2+ letters.
 _WORD = re.compile(r"^(?=.*[A-Za-z]{2})[A-Za-z][A-Za-z '\-]*[A-Za-z]$")
@@ -119,6 +125,10 @@ def _parse(s: str, depth: int = 0) -> Node:
         m = _parse_matrix(s, depth)
         if m is not None:
             return m
+    if "\\begin{" in s and ("matrix}" in s or "array}" in s):
+        m = _matrix_expr(s)
+        if m is not None:
+            return m
     union = _split_top(s, ("\\cup",))
     if len(union) > 1:
         return Node("union", items=tuple(_parse(u, depth + 1) for u in union))
@@ -155,12 +165,71 @@ def _parse(s: str, depth: int = 0) -> Node:
     return Node("atom", s)
 
 
+def _matrix_expr(s: str) -> Node | None:
+    """A sum, product, scalar multiple or small power of matrices, evaluated to its matrix value."""
+    if len(s) > 2 * LIMITS.max_sympy_len or s.count("\\begin{") > 6:
+        return None
+    if s.count("&") + s.count("\\\\") > 200 or not brace_stats(s)[1] or brace_stats(s)[0] > LIMITS.max_brace_depth:
+        return None
+    if re.search(r"\d{%d,}" % 30, s) or s.count("^") > 4 or _DIGIT_SPACE_DIGIT.search(s):
+        return None
+    sympy, parse = _sp()
+    try:
+        e = parse(s)
+    except Exception:  # the parser raises bare Exception on malformed LaTeX
+        return None
+    except RecursionError:
+        return None
+    if not isinstance(e, (sympy.MatrixBase, sympy.MatrixExpr)):
+        return None
+    for node in sympy.preorder_traversal(e):  # (matrix)^n: n a small non-negative integer
+        if (isinstance(node, sympy.MatPow) or (isinstance(node, sympy.Pow) and isinstance(
+                node.args[0], (sympy.MatrixBase, sympy.MatrixExpr)))) and not (
+                node.args[1].is_Integer and 0 <= int(node.args[1]) <= 8):
+            return None
+        if isinstance(node, sympy.MatrixBase) and node.rows * node.cols > 100:
+            return None
+    try:
+        v = e.doit()
+        if isinstance(v, sympy.MatrixExpr):
+            v = v.as_explicit()
+    except Exception:  # shape mismatch (ShapeError) and the like: not a matrix value
+        return None
+    if not isinstance(v, sympy.MatrixBase):
+        return None
+    try:
+        grid = tuple(tuple(Node("atom", sympy.latex(v[i, j]))
+                           for j in range(v.cols)) for i in range(v.rows))
+    except Exception:  # noqa: BLE001 - an entry sympy cannot print is not a value we can compare
+        return None
+    return Node("matrix", items=grid)
+
+
 def _flat(nodes) -> tuple:
     """List items, with ``a \\pm b`` items expanded in place (``\\{1\\pm\\sqrt5, -2\\}`` has 3 elements)."""
     out = []
     for n in nodes:
         out.extend(n.items if n.kind == "set" and n.brackets == "pm" else (n,))
     return tuple(out)
+
+
+def _is_label(lhs: str) -> bool:
+    """Whether ``lhs = value`` names the value rather than states an equation.
+
+    A single variable (``x = 3``), a function value (``f(3) = 7``), a tuple of variables
+    (``(a,b) = (5,1)``), an absolute value or length (``|PQ| = 7``), and letter-only names that
+    are not a polynomial in x, y, z (``XY``, ``m+n``, ``S_1:S_2``); ``x+y = 1`` and ``2x = 5`` are
+    equations.
+    """
+    k = _key(lhs)
+    if _VAR.match(k) or _LABEL_TUPLE.match(k):
+        return True
+    if not _LABEL.match(lhs) or "=" in lhs:
+        return False
+    if k.startswith("|") and k.endswith("|"):
+        return True
+    letters = set(re.sub(r"\\[a-zA-Z]+|_\{?[A-Za-z0-9]+\}?", "", k)) & set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    return bool(letters) and not letters <= set("xyz")
 
 
 def _parse_matrix(s: str, depth: int) -> Node | None:
@@ -174,6 +243,8 @@ def _parse_matrix(s: str, depth: int) -> Node | None:
     if not s.endswith(end):
         return None
     body = s[m.end(): len(s) - len(end)]
+    if "\\begin{" in body or "\\end{" in body:
+        return None  # several matrices: an expression (see _matrix_expr)
     if env == "array" and body.startswith("{"):
         close = body.find("}")
         body = body[close + 1:]
@@ -189,24 +260,42 @@ def _parse_matrix(s: str, depth: int) -> Node | None:
 # ----------------------------------------------------------------------------- numbers
 _INT = re.compile(r"^[+-]?\d+$")
 _DEC = re.compile(r"^[+-]?(?:\d+\.\d*|\.\d+)$")
-_SCI = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(?:[eE]|\\times ?10\^)\{?([+-]?\d{1,4})\}?$")
+_SCI = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(?:[eE]|\\(?:times|cdot) ?10\^)\{?([+-]?\d{1,4})\}?$")
 _FRAC = re.compile(r"^([+-]?)\\frac\{([+-]?\d+)\}\{([+-]?\d+)\}$")
 _SLASH = re.compile(r"^([+-]?\d+)/(\d+)$")
+# Two numbers side by side ("2 1/4", "12 345"); a subscript or exponent before the space is fine (\log_2 8).
+_DIGIT_SPACE_DIGIT = re.compile(r"(?:^|[^\d_^])\d+ \d")
+_DEC_LIT = re.compile(r"(?<![\d.])\d{0,30}\.\d{1,30}")
+_REPEATING = re.compile(r"^([+-]?)(\d*)\.(\d*)\\overline\{(\d{1,30})\}$")
 _MIXEDN = re.compile(r"^([+-]?)\((\d+)\+\\frac\{(\d+)\}\{(\d+)\}\)$")
 
 
-def _number(s: str) -> tuple[Fraction, bool] | None:
-    """(value, is_decimal_approximation) for plain numeric literals; None otherwise."""
+def _places(digits: str) -> int:
+    """Digits after the decimal point of a literal such as ``12.50`` (0 when there is none)."""
+    return len(digits.split(".", 1)[1]) if "." in digits else 0
+
+
+def _number(s: str) -> tuple[Fraction, Fraction | None] | None:
+    """(value, ulp) for plain numeric literals; None otherwise.
+
+    ``ulp`` is None for exact literals (integers, fractions) and the unit in the last written place
+    for decimals (``3.14`` -> 1/100, ``1.5e3`` -> 100): a decimal stands for every value that it
+    rounds or truncates to, and nothing further away.
+    """
+    if _DIGIT_SPACE_DIGIT.search(s):
+        return None  # "2 1/4" is not 21/4; spaced digits are handled by normalisation or not at all
     s = s.replace(" ", "")
     if len(s) > LIMITS.max_digits or not s:
         return None
     if _INT.match(s):
-        return Fraction(int(s)), False
+        return Fraction(int(s)), None
     if _DEC.match(s):
-        return Fraction(s), True
+        return Fraction(s), Fraction(1, 10 ** _places(s))
     m = _SCI.match(s)
     if m:
-        return Fraction(m.group(1)) * Fraction(10) ** int(m.group(2)), True
+        exp = int(m.group(2))
+        v = Fraction(m.group(1)) * Fraction(10) ** exp
+        return v, (None if "." not in m.group(1) else Fraction(10) ** (exp - _places(m.group(1))))
     m = _FRAC.match(s) or _SLASH.match(s)
     if m:
         g = m.groups()
@@ -214,15 +303,32 @@ def _number(s: str) -> tuple[Fraction, bool] | None:
         if int(den) == 0:
             return None
         v = Fraction(int(num), int(den))
-        return (-v if sign == "-" else v), False
+        return (-v if sign == "-" else v), None
     m = _MIXEDN.match(s)
     if m:
         sign, w, num, den = m.groups()
         if int(den) == 0:
             return None
         v = int(w) + Fraction(int(num), int(den))
-        return (-v if sign == "-" else v), False
+        return (-v if sign == "-" else v), None
+    m = _REPEATING.match(s)
+    if m:  # 0.\overline{3} = 1/3, 1.2\overline{45}
+        sign, whole, fixed, rep_ = m.groups()
+        v = Fraction(int(whole or "0")) + (Fraction(int(fixed), 10 ** len(fixed)) if fixed else 0)
+        v += Fraction(int(rep_), (10 ** len(rep_) - 1) * 10 ** len(fixed))
+        return (-v if sign == "-" else v), None
     return None
+
+
+def _decimal_rel(s: str) -> float:
+    """The relative precision of the least precise decimal literal written in ``s`` (inf if none):
+    ``3.14`` -> 0.01 / 3.14. A decimal is compared no more loosely than it was written."""
+    best = math.inf
+    for m in _DEC_LIT.finditer(s):
+        v = float(m.group(0))
+        if v:
+            best = min(best, 10.0 ** -_places(m.group(0)) / v)
+    return best
 
 
 def _close(a, b, rel_tol: float) -> bool:
@@ -311,8 +417,8 @@ def _to_sympy(s: str):
     depth, ok = brace_stats(s)
     if depth > LIMITS.max_brace_depth or not ok:
         return None
-    if s.count("^") > 12:
-        return None
+    if s.count("^") > 12 or _DIGIT_SPACE_DIGIT.search(s):
+        return None  # "2 1/4" would be read as 21/4
     sympy, parse = _sp()
     try:
         e = parse(s)
@@ -349,6 +455,14 @@ def _evalf(e, sympy, prec: int = 40):
     return z if mpmath.isfinite(z) else None
 
 
+def _undefined(e, sympy) -> bool:
+    """A division by zero or an indeterminate form anywhere in ``e``."""
+    if e.has(sympy.zoo, sympy.nan):
+        return True
+    return any(p.is_Pow and p.args[0] == 0 and p.args[1].is_number and bool(p.args[1].is_negative)
+               for p in sympy.preorder_traversal(e))
+
+
 def _has_float(e, sympy) -> bool:
     return any(isinstance(a, sympy.Float) for a in sympy.preorder_traversal(e))
 
@@ -362,10 +476,13 @@ def _expr_equal(a: str, b: str, rel_tol: float) -> bool:
     if ea is None or eb is None:
         return False
     sympy = _sp()[0]
+    if _undefined(ea, sympy) or _undefined(eb, sympy):
+        return False  # 3/0 is not 5/0: an undefined value equals nothing (but the same string)
     if ea == eb:
         return True
     approx = _has_float(ea, sympy) or _has_float(eb, sympy)
-    tol = rel_tol if approx else 1e-25  # exact sides: equal at 40 digits means equal
+    # exact sides: equal at 40 digits means equal; decimals: no looser than they were written
+    tol = min(rel_tol, _decimal_rel(a), _decimal_rel(b)) if approx else 1e-25
     free = ea.free_symbols | eb.free_symbols
     try:
         if not free:
@@ -464,15 +581,46 @@ def _atom_equal(a: str, b: str, rel_tol: float) -> bool:
     wa, wb = _WORD.match(a), _WORD.match(b)
     if wa or wb:
         return bool(wa and wb) and " ".join(a.lower().split()) == " ".join(b.lower().split())
+    ta, tb = _clock(a), _clock(b)
+    if ta is not None or tb is not None:  # 11:00 is a time of day, not the ratio 11/0
+        return ta is not None and ta == tb
     na, nb = _number(a), _number(b)
     if na is not None and nb is not None:
-        (va, xa), (vb, xb) = na, nb
+        (va, ua), (vb, ub) = na, nb
         if va == vb:
             return True
-        if not (xa or xb):
-            return False  # both exact: only exact equality counts
-        return _close(float(va), float(vb), rel_tol)
+        if (ua is None) == (ub is None):
+            return False  # both exact, or both decimals as written: only the same value counts
+        ulp = ua if ua is not None else ub
+        # The decimal must be the exact value rounded or truncated to its last place, and that
+        # many places must also carry rel_tol's significant digits (1/3 != 0.33, 7 != 7.0002).
+        return abs(va - vb) < ulp and abs(va - vb) <= Fraction(rel_tol) * max(abs(va), abs(vb))
     return _expr_equal(a, b, rel_tol)
+
+
+_CLOCK = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))? ?(?:([AaPp])\.? ?[Mm]\.?)?$")
+_CLOCK_H = re.compile(r"^(\d{1,2}) ?([AaPp])\.? ?[Mm]\.?$")
+
+
+def _clock(s: str) -> int | None:
+    """Seconds after midnight for a time of day (``14:05``, ``14:05:00``, ``2:05 P.M.``, ``2 pm``)."""
+    m = _CLOCK.match(s)
+    if m:
+        h, mi, sec, half = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0), m.group(4)
+    else:
+        m = _CLOCK_H.match(s)
+        if not m:
+            return None
+        h, mi, sec, half = int(m.group(1)), 0, 0, m.group(2)
+    if mi > 59 or sec > 59:
+        return None
+    if half:
+        if not 1 <= h <= 12:
+            return None
+        h = h % 12 + (12 if half in "Pp" else 0)
+    elif h > 24 or (h == 24 and (mi or sec)):
+        return None
+    return (h % 24) * 3600 + mi * 60 + sec
 
 
 # ----------------------------------------------------------------------------- intervals
@@ -528,16 +676,20 @@ def _endpoint(node: Node):
     return e
 
 
+_REL_SPLIT = re.compile(r"(\\leq|\\geq|<|>|\\ne(?![a-zA-Z]))")
+
+
 def _ineq_set(s: str):
-    """One-variable chain like ``-2 \\leq x < 5`` or ``x > 3`` as a sympy Interval."""
+    """One-variable chain like ``-2 \\leq x < 5`` or ``x > 3`` as a sympy Interval; other
+    one-variable chains (``-x < -2``, ``1 < |z| \\le 2``, ``x \\ne 3``) are solved over the reals."""
     sympy = _sp()[0]
-    tokens = re.split(r"(\\leq|\\geq|<|>)", s)
+    tokens = _REL_SPLIT.split(s)
     if len(tokens) not in (3, 5):
         return None
     exprs, ops = tokens[0::2], tokens[1::2]
     var_idx = [i for i, e in enumerate(exprs) if _VAR.match(e.strip())]
-    if len(var_idx) != 1:
-        return None
+    if len(var_idx) != 1 or "\\ne" in ops:
+        return _solve_chain(exprs, ops)
     vi = var_idx[0]
     lo, hi, lo_open, hi_open = -sympy.oo, sympy.oo, True, True
     for i, op in enumerate(ops):
@@ -568,16 +720,63 @@ def _ineq_set(s: str):
         return None
 
 
+_REL_OPS = {"<": "StrictLessThan", ">": "StrictGreaterThan", "\\leq": "LessThan", "\\geq": "GreaterThan",
+            "\\ne": "Unequality"}
+
+
+def _solve_chain(exprs: list[str], ops: list[str]):
+    """The real solution set of a chain of relations in one variable, or None.
+
+    Only low-degree polynomials and absolute values of them are solved (both are quick and exact);
+    anything else is left unparsed rather than handed to a general solver.
+    """
+    sympy = _sp()[0]
+    if sum(len(e) for e in exprs) > 160:
+        return None
+    try:
+        parts = [_to_sympy(e.strip()) for e in exprs]
+    except _Refused:
+        return None
+    if any(p is None for p in parts):
+        return None
+    free = set().union(*(p.free_symbols for p in parts))
+    if len(free) != 1:
+        return None
+    x = free.pop()
+    for p in parts:
+        for node in sympy.preorder_traversal(p):
+            if node.is_Function and not isinstance(node, sympy.Abs):
+                return None
+        q = p.replace(sympy.Abs, lambda a: a)
+        if not q.is_polynomial(x) or sympy.degree(sympy.expand(q), x) > 4:
+            return None
+    result = sympy.S.Reals
+    try:
+        for i, op in enumerate(ops):
+            rel = getattr(sympy, _REL_OPS[op])(parts[i], parts[i + 1], evaluate=False)
+            sol = sympy.solveset(rel, x, domain=sympy.S.Reals)
+            if not isinstance(sol, (sympy.Interval, sympy.Union, sympy.FiniteSet)) and sol not in (
+                    sympy.S.Reals, sympy.S.EmptySet):
+                return None
+            result = sympy.Intersection(result, sol)
+    except Exception:  # noqa: BLE001 - the solver's NotImplementedError and friends
+        return None
+    return result
+
+
 # ----------------------------------------------------------------------------- structures
 def _nodes_equal(g: Node, p: Node, rel_tol: float) -> bool:
     # Equation "x = 3" against a value: compare the value; a lone variable on the left is a label.
-    if g.kind == "eq" and p.kind != "eq" and _VAR.match(_key(g.text)):
+    if g.kind == "eq" and p.kind != "eq" and _is_label(g.text):
         return _nodes_equal(g.items[0], p, rel_tol)
-    if p.kind == "eq" and g.kind != "eq" and _VAR.match(_key(p.text)):
+    if p.kind == "eq" and g.kind != "eq" and _is_label(p.text):
         return _nodes_equal(g, p.items[0], rel_tol)
     if g.kind == "eq" and p.kind == "eq":
         if _key(g.text) == _key(p.text) and _nodes_equal(g.items[0], p.items[0], rel_tol):
             return True
+        fg, fp = _FUNC_LABEL.match(_key(g.text)), _FUNC_LABEL.match(_key(p.text))
+        if fg and fp and (fg.group(1) or "x") == (fp.group(1) or "x"):
+            return _nodes_equal(g.items[0], p.items[0], rel_tol)  # y = 4x-1 vs g(x) = 4x-1
         if g.items[0].kind == "atom" and p.items[0].kind == "atom":
             return _relation_equal(g.text, g.items[0].text, p.text, p.items[0].text, rel_tol)
         return False

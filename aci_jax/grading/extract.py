@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 
-from .normalize import match_braces
+from .normalize import SPECIAL_TOKENS, match_braces
 
-__all__ = ["extract_answer", "extract_gold", "last_boxed", "GOLD_STYLES"]
+__all__ = ["extract_answer", "extract_gold", "last_boxed", "final_boxes", "GOLD_STYLES"]
 
 # "The answer is X." fallback (opt-in): take the rest of the line after the last occurrence.
 _ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*", re.IGNORECASE)
@@ -20,40 +20,81 @@ GOLD_STYLES = ("auto", "math", "gsm8k", "plain")
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last complete ``\\boxed{...}``/``\\fbox{...}`` (or ``\\boxed 5``) in ``text``.
+# What may stand between the boxes of one final answer: commas, semicolons, "and"/"or" (plain or in
+# \text{}), math delimiters, spacing and line breaks. Any other word ends the run.
+_BOX_GAP = re.compile(r"(?:[\s$,;&]|\\[,;:! ]|\\q?quad|\\\\|\\[\[\]()]|\\text\{\s*(?:and|or)?\s*\}|\b(?:and|or)\b)*")
+_MAX_GAP = 60
 
-    Linear time: braces are matched in one pass, then box commands are tried from the last one
-    back (an unclosed last box is skipped).
-    """
+
+def _boxes(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every complete box, in order of their start (linear time)."""
     if "\\boxed" not in text and "\\fbox" not in text:
-        return None
+        return []
     match = match_braces(text)
-    for m in reversed(list(_BOX_RE.finditer(text))):
+    out = []
+    for m in _BOX_RE.finditer(text):
         k = m.end()
         while k < len(text) and text[k] == " ":
             k += 1
         if k < len(text) and text[k] == "{":
             end = match.get(k)
             if end is not None:
-                return text[k + 1 : end].strip()
+                out.append((m.start(), end + 1, text[k + 1 : end].strip()))
         elif k > m.end() and k < len(text):
             arg = re.match(r"[^\s$]+", text[k : k + 1000])  # "\\boxed 5": up to a space or '$'
             if arg:
-                return arg.group(0)
-    return None
+                out.append((m.start(), k + arg.end(), arg.group(0)))
+    return out
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete ``\\boxed{...}``/``\\fbox{...}`` (or ``\\boxed 5``) in ``text``.
+
+    Linear time: braces are matched in one pass, then box commands are tried from the last one
+    back (an unclosed last box is skipped).
+    """
+    boxes = _boxes(text)
+    return boxes[-1][2] if boxes else None
+
+
+def final_boxes(text: str) -> list[str]:
+    """The boxes of the final answer: the last box and the boxes right before it that are
+    separated from the next one only by commas, "and"/"or", delimiters or spacing.
+
+    ``\\boxed{2}, \\boxed{4}, \\boxed{6}`` -> ``['2', '4', '6']``; ``\\boxed{2} so \\boxed{3}`` -> ``['3']``.
+    A response that boxes several candidates gets one answer, the list of all of them, which
+    is then compared as a whole: an extra candidate makes it a different list, never a second try.
+    """
+    boxes = _boxes(text)
+    if not boxes:
+        return []
+    run = [boxes[-1]]
+    for box in reversed(boxes[:-1]):
+        gap_start, gap_end = box[1], run[0][0]
+        if gap_start > gap_end or gap_end - gap_start > _MAX_GAP:
+            break  # nested in the next box, or too far away to be one answer
+        if _BOX_GAP.fullmatch(text, gap_start, gap_end) is None:
+            break
+        run.insert(0, box)
+    return [b[2] for b in run]
 
 
 def extract_answer(response: str, *, fallback: bool = False) -> str | None:
     """The final answer of a model response, or None when it gives none.
 
-    The answer is the content of the last ``\\boxed{}``/``\\fbox{}`` (nested braces allowed).
+    The answer is the content of the last ``\\boxed{}``/``\\fbox{}`` (nested braces allowed); boxes
+    written one after another as one answer (``\\boxed{2}, \\boxed{4}``) are joined into the list
+    ``2, 4`` (``final_boxes``). Chat-template tokens such as ``<|im_end|>`` are ignored.
     With ``fallback=True`` a response without a box may still answer through the last
     "the answer is X" / "final answer: X" phrase (X runs to the end of its line, a trailing period
     and surrounding ``$`` are dropped). Off by default: training rewards need the boxed format.
     """
     if not isinstance(response, str):
         raise TypeError(f"response must be str, got {type(response).__name__}")
+    response = SPECIAL_TOKENS.sub(" ", response)  # <|im_end|> after the answer is not part of it
+    boxes = [b for b in final_boxes(response) if b]
+    if len(boxes) > 1:
+        return ", ".join(boxes)
     boxed = last_boxed(response)
     if boxed is not None:
         return boxed if boxed else None

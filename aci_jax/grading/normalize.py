@@ -10,8 +10,9 @@ Every regex here is linear (no nested quantifiers), so hostile strings cannot ma
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
-__all__ = ["normalize", "strip_text_wrappers", "match_braces", "brace_stats", "UNIT_WORDS"]
+__all__ = ["normalize", "strip_text_wrappers", "match_braces", "brace_stats", "UNIT_WORDS", "SPECIAL_TOKENS"]
 
 # Unit words dropped when they trail a quantity ("5 cm", "12\text{ inches}", "3 square units").
 UNIT_WORDS = (
@@ -21,7 +22,7 @@ UNIT_WORDS = (
     "degrees|degree|deg|radians|dollars|dollar|cents|cent|hours|hour|hrs|hr|minutes|minute|min|"
     "seconds|second|sec|s|days|day|weeks|week|months|month|years|year|pounds|pound|lbs|lb|"
     "ounces|ounce|oz|kg|grams|gram|g|liters|liter|l|ml|gallons|gallon|people|students|ways|"
-    "percent|points|point|times|marbles|apples|coins|cups|pages|books|boxes|minutes"
+    "percent|per cent|pct|points|point|times|marbles|apples|coins|cups|pages|books|boxes|minutes"
 )
 _UNIT_TAIL = re.compile(r"^(.*?[0-9}).)])\s*(?:\\text\{\s*(?:" + UNIT_WORDS + r")\s*\}|\s(?:" + UNIT_WORDS
                         + r"))(?:\^\{?[23]\}?)?$")
@@ -34,10 +35,26 @@ _SIZING = ("\\left", "\\right", "\\bigl", "\\bigr", "\\Bigl", "\\Bigr", "\\biggl
 _THOUSANDS = re.compile(r"^([+-]?)(\d{1,3}(?:,\d{3})+)(\.\d+)?$")
 _BASE_SUB = re.compile(r"^([0-9A-Fa-f]+)_\{?(\d{1,2})\}?$")
 _MIXED = re.compile(r"(^|[^\w}^_.])(\d+)\\frac\{(\d+)\}\{(\d+)\}")
-_FRAC_SHORT = re.compile(r"\\frac(\d)(\d)")
-_FRAC_SHORT1 = re.compile(r"\\frac(\d)\{")
-_FRAC_SHORT2 = re.compile(r"\\frac\{([^{}]*)\}(\d)")
-_SQRT_SHORT = re.compile(r"\\sqrt(\d+|[a-zA-Z])")
+# One-token arguments, as TeX reads them: \frac12, \frac 1 4, \frac ab, \frac{1} 4, \sqrt 3, \sqrt[3] 27.
+_FRAC_SHORT = re.compile(r"\\frac(?: ?(\d)| ([a-zA-Z])) ?([0-9a-zA-Z])")
+_FRAC_SHORT1 = re.compile(r"\\frac(?: ?(\d)| ([a-zA-Z])) ?\{")
+_FRAC_SHORT2 = re.compile(r"\\frac ?\{([^{}]*)\} ?([0-9a-zA-Z])")
+_SQRT_SHORT = re.compile(r"\\sqrt(\[[^\[\]{}]{1,20}\])?(?: ?(\d+)| ([a-zA-Z])|(?<=\]) ?([a-zA-Z]))")
+# Tokens of chat templates that a decoder may leave after the answer (<|im_end|>, </s>, ...).
+SPECIAL_TOKENS = re.compile(r"<\|[^|<>\s]{1,40}\|>|<\uff5c[^\uff5c<>]{1,40}\uff5c>|</?s>|<(?:eos|bos|pad|unk|end_of_turn|start_of_turn)>")
+# A trig function of a degree angle: \sin 30^\circ -> \sin(\frac{30\pi}{180}) (before degrees are dropped).
+_TRIG_DEG = re.compile(r"\\(sin|cos|tan|sec|csc|cot)(\^\{?[0-9]\}?)? ?(\(?) ?(\d{1,6}(?:\.\d{1,6})?) ?"
+                       r"(?:\^ ?\{? ?\\circ ?\}?|\^\{?\\degree\}?|\\degree|\u00b0) ?(\)?)")
+# Mixed numbers written with a space: 3 \frac{1}{4}, 2 1/4 (proper fractions only; 2 5/4 is left alone).
+_MIXED_SP = re.compile(r"(^|[\s,;(\[{=])([+-]?)(\d+) (?:\\frac\{(\d+)\}\{(\d+)\}|(\d+)/(\d+))(?=$|[\s,;)\]}])")
+# Number words: 2 million, 3.5\text{ billion}.
+_SCALE = {"thousand": 3, "million": 6, "billion": 9, "trillion": 12}
+_SCALE_WORD = re.compile(r"^([+-]?)(\d{1,15}(?:\.\d{1,15})?) ?(thousand|million|billion|trillion)$", re.IGNORECASE)
+# "or"/"and" as list separators, also glued to their neighbours by \text{or}; an Oxford comma before them.
+_TEXT_CONJ = re.compile(r"\\(?:text|textbf|textrm|mbox|mathrm) ?\{ ?(?:or|and) ?\}")
+_CONJ = re.compile(r"(?:\s*,)?\s+(?:or|and)\s+|(?:\s*,)?\s*\x00\s*(?:,\s*)?")
+# A matrix environment wrapped in brackets: \left[\begin{array}{cc}...\end{array}\right].
+_BRACKETED_ENV = re.compile(r"^[\[(] ?(\\begin\{(array|matrix|smallmatrix)\}.*\\end\{\2\}) ?[\])]$")
 _IN_PREFIX = re.compile(r"^[a-zA-Z]\s*\\in\s*")
 # A backslash that is itself escaped (the "\\\\" row separator of a matrix) starts no command.
 _DELIMS = re.compile(r"(?<!\\)\\[()\[\]]")
@@ -105,8 +122,17 @@ def strip_text_wrappers(s: str) -> str:
     return "".join(c for i, c in enumerate(s) if i not in drop) if drop else s
 
 
+def _mixed_spaced(m: re.Match) -> str:
+    lead, sign, whole = m.group(1), m.group(2), m.group(3)
+    num, den = (m.group(4), m.group(5)) if m.group(4) is not None else (m.group(6), m.group(7))
+    if not int(num) < int(den):
+        return m.group(0)
+    return f"{lead}{sign}({whole}+\\frac{{{num}}}{{{den}}})"
+
+
 def normalize(s: str) -> str:
     """Canonical string for a MATH-style answer (see module docstring). Never raises on str input."""
+    s = SPECIAL_TOKENS.sub(" ", s)
     s = " ".join(s.split())  # first: no regex below ever sees a run of whitespace
     # Math-mode delimiters.
     s = _DELIMS.sub("", s)
@@ -120,7 +146,8 @@ def normalize(s: str) -> str:
     for c in _SIZING:
         # \left( -> (, \left\{ -> \{, \left. -> (nothing)
         s = s.replace(c + ".", "").replace(c, "")
-    # Degrees, percent.
+    # Degrees, percent (a trig function of a degree angle first gets its angle in radians).
+    s = _TRIG_DEG.sub(lambda m: f"\\{m.group(1)}{m.group(2) or ''}(\\frac{{{m.group(4)}\\pi}}{{180}})", s)
     for c in ("^{\\circ}", "^\\circ", "{}^\\circ", "^{\\circ }", "\\circ", "°", "\\degree"):
         s = s.replace(c, "")
     s = s.replace("\\%", "").replace("%", "")
@@ -129,19 +156,21 @@ def normalize(s: str) -> str:
     m = _UNIT_TAIL.match(s)
     if m:
         s = m.group(1)
+    s = _TEXT_CONJ.sub("\x00", s)
     s = strip_text_wrappers(s)
-    # "or"/"and" between answers are list separators.
-    s = re.sub(r"\s+(?:or|and)\s+", ",", s)
+    s = " ".join(s.split())  # unwrapping may have joined spaces; _CONJ must see single ones
+    # "or"/"and" between answers are list separators (an Oxford comma before them is one separator).
+    s = _CONJ.sub(",", s)
     s = s.replace("infinity", "\\infty")
     s = _LE.sub(r"\\leq", s)
     s = _GE.sub(r"\\geq", s)
     s = s.replace("\\lt", "<").replace("\\gt", ">").replace("\\leqslant", "\\leq").replace("\\geqslant", "\\geq")
     s = s.replace("≤", "\\leq").replace("≥", "\\geq")
     s = s.replace("\\neq", "\\ne").replace("\\emptyset", "\\varnothing")
-    s = _FRAC_SHORT.sub(r"\\frac{\1}{\2}", s)
-    s = _FRAC_SHORT1.sub(r"\\frac{\1}{", s)
+    s = _FRAC_SHORT.sub(lambda m: f"\\frac{{{m.group(1) or m.group(2)}}}{{{m.group(3)}}}", s)
+    s = _FRAC_SHORT1.sub(lambda m: f"\\frac{{{m.group(1) or m.group(2)}}}{{", s)
     s = _FRAC_SHORT2.sub(r"\\frac{\1}{\2}", s)
-    s = _SQRT_SHORT.sub(r"\\sqrt{\1}", s)
+    s = _SQRT_SHORT.sub(lambda m: f"\\sqrt{m.group(1) or ''}{{{m.group(2) or m.group(3) or m.group(4)}}}", s)
     s = s.strip()
     # Trailing sentence period; units written without \text.
     while s.endswith(".") and not s.endswith(".."):
@@ -151,6 +180,13 @@ def normalize(s: str) -> str:
         s = m.group(1)
     s = _IN_PREFIX.sub("", s)
     s = " ".join(s.split())
+    m = _SCALE_WORD.match(s)
+    if m:
+        v = Fraction(m.group(2)) * 10 ** _SCALE[m.group(3).lower()]
+        s = m.group(1) + (str(v.numerator) if v.denominator == 1 else m.group(2) + f"\\times10^{{{_SCALE[m.group(3).lower()]}}}")
+    m = _BRACKETED_ENV.match(s)
+    if m:
+        s = m.group(1)
     # Thousands separators: only the strict 1,234,567 shape (with no spaces) is a single number.
     m = _THOUSANDS.match(s)
     if m:
@@ -164,6 +200,7 @@ def normalize(s: str) -> str:
     if m:
         s = m.group(1)
     # Mixed numbers (MATH convention): 1\frac{4}{5} -> (1+\frac{4}{5}).
+    s = _MIXED_SP.sub(_mixed_spaced, s)
     s = _MIXED.sub(lambda mm: f"{mm.group(1)}({mm.group(2)}+\\frac{{{mm.group(3)}}}{{{mm.group(4)}}})", s)
     m = _CHOICE.match(s)
     if m:
