@@ -155,8 +155,8 @@ def _parse(s: str, depth: int = 0) -> Node:
     eq = _split_top(s, ("=",))
     if len(eq) == 2 and eq[0].strip() and eq[1].strip():
         return Node("eq", eq[0].strip(), items=(_parse(eq[1], depth + 1),))
-    if len(eq) > 2:  # x = y = 3: keep the last value
-        return Node("eq", eq[-2].strip(), items=(_parse(eq[-1], depth + 1),))
+    if len(eq) > 2:  # x = 5+5+1 = 11: the label and the last value
+        return Node("eq", eq[0].strip(), items=(_parse(eq[-1], depth + 1),))
     pm = _split_top(s, ("\\pm",))
     if len(pm) == 2 and pm[1].strip():
         a, b = pm
@@ -180,7 +180,7 @@ def _matrix_expr(s: str) -> Node | None:
         return None
     except RecursionError:
         return None
-    if not isinstance(e, (sympy.MatrixBase, sympy.MatrixExpr)):
+    if not _has_matrix(e, sympy):
         return None
     for node in sympy.preorder_traversal(e):  # (matrix)^n: n a small non-negative integer
         if (isinstance(node, sympy.MatPow) or (isinstance(node, sympy.Pow) and isinstance(
@@ -190,9 +190,7 @@ def _matrix_expr(s: str) -> Node | None:
         if isinstance(node, sympy.MatrixBase) and node.rows * node.cols > 100:
             return None
     try:
-        v = e.doit()
-        if isinstance(v, sympy.MatrixExpr):
-            v = v.as_explicit()
+        v = _mat_eval(e, sympy)
     except Exception:  # shape mismatch (ShapeError) and the like: not a matrix value
         return None
     if not isinstance(v, sympy.MatrixBase):
@@ -203,6 +201,36 @@ def _matrix_expr(s: str) -> Node | None:
     except Exception:  # noqa: BLE001 - an entry sympy cannot print is not a value we can compare
         return None
     return Node("matrix", items=grid)
+
+
+def _mat_eval(e, sympy):
+    """Value of a parsed matrix expression: sums, products with scalars or matrices, integer powers."""
+    if isinstance(e, sympy.MatrixBase):
+        return sympy.Matrix(e)
+    if isinstance(e, (sympy.MatAdd, sympy.Add)):
+        args = [_mat_eval(a, sympy) for a in e.args]
+        out = args[0]
+        for a in args[1:]:
+            out = out + a
+        return out
+    if isinstance(e, (sympy.MatMul, sympy.Mul)):
+        out = sympy.Integer(1)
+        for a in e.args:
+            out = out * _mat_eval(a, sympy)
+        return out
+    if isinstance(e, (sympy.MatPow, sympy.Pow)):
+        base, n = _mat_eval(e.args[0], sympy), e.args[1]
+        if isinstance(base, sympy.MatrixBase):
+            return base ** int(n)  # n checked: a small non-negative integer
+        return sympy.Pow(base, n)
+    if _has_matrix(e, sympy):
+        raise ValueError("unsupported matrix expression")
+    return e
+
+
+def _has_matrix(e, sympy) -> bool:
+    kinds = (sympy.MatrixBase, sympy.MatrixExpr)
+    return isinstance(e, kinds) or any(isinstance(a, kinds) for a in sympy.preorder_traversal(e))
 
 
 def _flat(nodes) -> tuple:
@@ -228,7 +256,7 @@ def _is_label(lhs: str) -> bool:
         return False
     if k.startswith("|") and k.endswith("|"):
         return True
-    letters = set(re.sub(r"\\[a-zA-Z]+|_\{?[A-Za-z0-9]+\}?", "", k)) & set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    letters = set(re.sub(r"\\[a-zA-Z]+|_\{?[A-Za-z0-9]+\}?", "", lhs)) & set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
     return bool(letters) and not letters <= set("xyz")
 
 

@@ -138,6 +138,7 @@ def normalize(s: str) -> str:
     s = _DELIMS.sub("", s)
     s = s.replace("\\$", "").replace("$", "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
+    s = s.replace("{,}", ",")  # 14{,}916: TeX's way to keep a thousands comma tight
     s = _NEGSPACE.sub("", s)  # "10,\\! 080": \! glues digit groups, spaces after it included
     s = _SPACES.sub("", s)
     for c in _SPACING[5:]:
@@ -165,7 +166,8 @@ def normalize(s: str) -> str:
     s = _LE.sub(r"\\leq", s)
     s = _GE.sub(r"\\geq", s)
     s = s.replace("\\lt", "<").replace("\\gt", ">").replace("\\leqslant", "\\leq").replace("\\geqslant", "\\geq")
-    s = s.replace("≤", "\\leq").replace("≥", "\\geq")
+    s = s.replace("≤", "\\leq").replace("≥", "\\geq").replace("\\approx", "=")
+    s = s.replace(">=", "\\geq ").replace("<=", "\\leq ").replace("!=", "\\ne ").replace("≠", "\\ne ")
     s = s.replace("\\neq", "\\ne").replace("\\emptyset", "\\varnothing")
     s = _FRAC_SHORT.sub(lambda m: f"\\frac{{{m.group(1) or m.group(2)}}}{{{m.group(3)}}}", s)
     s = _FRAC_SHORT1.sub(lambda m: f"\\frac{{{m.group(1) or m.group(2)}}}{{", s)
