@@ -268,6 +268,40 @@ NEW_CASES = [
     ("real", r"\text{(D)}", "(E)", F, F),
     ("real", r"\text{Tuesday}", r"\text{tuesday}", T, F),
     ("real", "12", "The answer is 12", F, F),                 # a bare pred is not a response
+    ("real", "3 4", "34", F, F),                              # two numbers side by side are not 34
+    ("real", "12 500", "12500", T, F),                        # a space as the thousands separator
+    ("real", r"\{\}", r"\emptyset", T, F),
+    ("real", r"\{\}", r"\{0\}", F, F),
+    ("real", "(4;-1;2)", "(4,-1,2)", T, F),
+    ("real", "(4;-1;2)", "(4,1,2)", F, F),
+    ("real", "(3,8)or(8,3)", "(8,3),(3,8)", T, F),
+    ("real", "(3,8)or(8,3)", "(8,3)", F, F),
+    ("real", "(5,-2)", "x=5, y=-2", T, F),
+    ("real", "(5,-2)", "y=-2, x=5", T, F),
+    ("real", "(5,-2)", "x=-2, y=5", F, F),
+    ("real", "28 percentage", "28", T, F),
+    # a percent is also the fraction it stands for
+    ("percent_value", r"40\%", "0.4", T, F),
+    ("percent_value", r"40\%", r"\frac{2}{5}", T, F),
+    ("percent_value", r"40\%", "0.04", F, F),
+    ("percent_value", "0.075", r"7.5\%", T, F),
+    ("percent_value", "0.075", r"7.6\%", F, F),
+    ("percent_value", "0.4", "40", F, F),                    # without the sign, 40 is forty
+    # gold answers written over several boxes, and the opt-in plain-text fallback
+    ("gold_boxes", r"The solutions are $\boxed{-3}$ and $\boxed{3}$.", "3,-3", T, F),
+    ("gold_boxes", r"The solutions are $\boxed{-3}$ and $\boxed{3}$.", "3", F, F),
+]
+
+
+# (gold, response, expected) graded with fallback=True: no box, "the answer is" phrase.
+FALLBACK_CASES = [
+    ("28", r"Final Answer: The final answer is $28$. I hope it is correct.", T),
+    (r"\frac{2}{3}", r"So the answer is \(\frac{2}{3}\), as claimed.", T),
+    ("3.5", "Thus the answer is 3.5. Next we check it.", T),
+    ("29", "The answer is 29<|im_end|>", T),
+    ("29", "The answer is 29.<|endoftext|>", T),
+    ("29", "The answer is 28<|im_end|>", F),
+    ("28", r"Final Answer: The final answer is $27$. I hope it is correct.", F),
 ]
 
 
@@ -294,3 +328,17 @@ def test_case(verdicts, idx):
     res = verdicts[idx]
     assert res.status in ("ok", "parse_error")
     assert res.equal is expected, f"[{cls}] gold={gold!r} pred={pred!r}: got {res}"
+
+
+@pytest.fixture(scope="module")
+def fallback_verdicts():
+    from aci_jax.grading import Grader
+
+    with Grader(num_workers=1, fallback=True) as grader:
+        return grader.grade_batch([(g, r, True) for g, r, _ in FALLBACK_CASES])
+
+
+@pytest.mark.parametrize("idx", range(len(FALLBACK_CASES)))
+def test_fallback_answer_phrase(fallback_verdicts, idx):
+    gold, response, expected = FALLBACK_CASES[idx]
+    assert fallback_verdicts[idx].equal is expected, (gold, response, fallback_verdicts[idx])

@@ -12,6 +12,7 @@ LIMIT = 5.0     # the default per-comparison limit the issue asks for
 SLACK = 3.0     # scheduling slack on a loaded 2-core CI machine
 
 BIG = "7" * 10_000
+MAT10 = r"\begin{pmatrix}" + r"\\".join("&".join("99" for _ in range(10)) for _ in range(10)) + r"\end{pmatrix}"
 MAT = r"\begin{pmatrix}" + r"\\".join("&".join(str(50 * i + j) for j in range(50)) for i in range(50)) + r"\end{pmatrix}"
 
 # (gold, pred, verdict a careful human gives, or None where only "returns in time" is checked)
@@ -52,6 +53,24 @@ PATHOLOGICAL = [
     ("1" + " " * 60_000 + "or" + " " * 60_000 + "2", "2,1", None),
     ("1" * 999 + "x", "1" * 999 + "y", False),
     (r"\text{" * 3000 + "a" + "}" * 3000, "a", None),
+    # parsing paths added for issue 17: matrix expressions, solved relations, labels, times, percent
+    (r"\begin{pmatrix}9^{9^{9}}\end{pmatrix}+\begin{pmatrix}1\end{pmatrix}", "1", False),
+    (r"\begin{pmatrix}1&1\\1&1\end{pmatrix}^{1000000}", r"\begin{pmatrix}1&1\\1&1\end{pmatrix}", False),
+    (" ".join([MAT10] * 6), MAT10, False),
+    ((r"\begin{pmatrix}1\end{pmatrix}+" * 300) + "0", "1", None),
+    ("x^4 + 3x^3 - 7x^2 + x - 13 > 0", "x > 1", False),     # a quartic is not handed to the solver
+    (r"|x^{2}-5| < 3 < |x^{2}-7| < 9", "x > 1", False),
+    ("\\" + "a" * 5000 + "1=3", "3", False),               # label regex backtracking bait
+    ("(" + "a," * 3000 + "b)=(1,2)", "(1,2)", None),
+    ("%" + " " * 60_000 + "x", "1", False),                  # percent regex backtracking bait
+    ("1 1/2 " * 10_000, "1", None),
+    ("12:00" + ":00" * 10_000, "12:00", False),
+    ("(" + "1;" * 20_000 + "1)", "1", None),
+    (")or(" * 20_000, "1", None),
+    (r"\sin " + "9" * 2000 + r"^\circ", "0", False),
+    ("x=" * 5000 + "1", "1", None),
+    (r"\sqrt[" + "3" * 30 + "] 27", "3", False),
+    ("2 " + "0" * 5000 + r"\text{ million}", "2", False),
 ]
 
 
@@ -85,3 +104,13 @@ def test_whole_batch_at_once(grader):
     assert len(res) == len(PATHOLOGICAL)
     # worst case: every item hits the limit, spread over 2 workers
     assert time.monotonic() - t0 < LIMIT * len(PATHOLOGICAL) / 2 + SLACK
+
+
+def test_many_boxes_in_a_response(grader):
+    """A response boxing 50,000 candidates: extraction stays linear and the joined list is one
+    (wrong) answer, compared as a whole, not 50,000 tries."""
+    response = "Maybe " + ", ".join(f"\\boxed{{{i}}}" for i in range(50_000)) + "."
+    t0 = time.monotonic()
+    r = grader.grade("7", response, response=True)
+    assert time.monotonic() - t0 < LIMIT + SLACK
+    assert r.status == "ok" and r.equal is False

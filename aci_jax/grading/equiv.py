@@ -44,7 +44,7 @@ LIMITS = Limits()
 _VAR = re.compile(r"^(?:[a-zA-Z]|\\(?:alpha|beta|gamma|theta|phi|lambda|mu|omega|rho|sigma|tau))(?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-z]\))?$")
 # Labels of a value that are not a single variable: (a,b), |PQ|, XY, S_1:S_2, m+n, \angle ABC.
 # Letters, commands, subscripts, brackets, bars, ":", "+", and no digit outside a subscript.
-_LABEL = re.compile(r"^(?:[A-Za-z]|\\[a-zA-Z]+ ?|_\{?[A-Za-z0-9]{1,4}\}?|\^\{?-1\}?|[()|,:+\[\]{}' ])+$")
+_LABEL = re.compile(r"^(?:[A-Za-z]|\\[a-zA-Z]+(?![a-zA-Z]) ?|_\{?[A-Za-z0-9]{1,4}\}?|\^\{?-1\}?|[()|,:+\[\]{}' ])+$")
 _LABEL_TUPLE = re.compile(r"^\((?:[a-zA-Z](?:_\{?[a-zA-Z0-9]{1,3}\}?)?, ?)+[a-zA-Z](?:_\{?[a-zA-Z0-9]{1,3}\}?)?\)$")
 # y, f(x), g^{-1}(x): the value of a function of x (y = 4x-1 is the same answer as g(x) = 4x-1).
 _FUNC_LABEL = re.compile(r"^(?:y|[a-zA-Z](?:\^\{?-1\}?)?\(([a-z])\))$")
@@ -142,6 +142,8 @@ def _parse(s: str, depth: int = 0) -> Node:
         op, cl = grp
         inner = s[len(op): len(s) - len(cl)]
         inner_parts = _split_top(inner, (",",))
+        if len(inner_parts) == 1 and op != "\\{":
+            inner_parts = _split_top(inner, (";",))  # (0;-2;6): a tuple written with semicolons
         if op == "\\{":
             return Node("set", items=_flat(_parse(p, depth + 1) for p in inner_parts if p.strip()))
         if len(inner_parts) > 1:
@@ -181,6 +183,13 @@ def _matrix_expr(s: str) -> Node | None:
     except RecursionError:
         return None
     if not _has_matrix(e, sympy):
+        return None
+    try:
+        for node in sympy.preorder_traversal(e):
+            if isinstance(node, sympy.MatrixBase):
+                for entry in node:
+                    _guard(entry, sympy)  # 9^{9^{9}} as an entry must not be computed by a sum
+    except _Refused:
         return None
     for node in sympy.preorder_traversal(e):  # (matrix)^n: n a small non-negative integer
         if (isinstance(node, sympy.MatPow) or (isinstance(node, sympy.Pow) and isinstance(
@@ -249,6 +258,8 @@ def _is_label(lhs: str) -> bool:
     are not a polynomial in x, y, z (``XY``, ``m+n``, ``S_1:S_2``); ``x+y = 1`` and ``2x = 5`` are
     equations.
     """
+    if len(lhs) > 80:
+        return False
     k = _key(lhs)
     if _VAR.match(k) or _LABEL_TUPLE.match(k):
         return True
@@ -590,8 +601,12 @@ def _relation_equal(la: str, ra: str, lb: str, rb: str, rel_tol: float) -> bool:
 
 
 # ----------------------------------------------------------------------------- atoms
+_SPACE_KEY = re.compile(r"(?<!\d) | (?!\d)")
+
+
 def _key(s: str) -> str:
-    return s.replace(" ", "")
+    """``s`` without spaces, except one between two digits: "3 4" is not "34"."""
+    return _SPACE_KEY.sub("", s)
 
 
 def _atom_equal(a: str, b: str, rel_tol: float) -> bool:
@@ -755,8 +770,8 @@ _REL_OPS = {"<": "StrictLessThan", ">": "StrictGreaterThan", "\\leq": "LessThan"
 def _solve_chain(exprs: list[str], ops: list[str]):
     """The real solution set of a chain of relations in one variable, or None.
 
-    Only low-degree polynomials and absolute values of them are solved (both are quick and exact);
-    anything else is left unparsed rather than handed to a general solver.
+    Only quotients of polynomials of degree <= 2 and absolute values of them are solved (quick and
+    exact: cubics and quartics take the solver seconds); anything else is left unsolved.
     """
     sympy = _sp()[0]
     if sum(len(e) for e in exprs) > 160:
@@ -775,9 +790,10 @@ def _solve_chain(exprs: list[str], ops: list[str]):
         for node in sympy.preorder_traversal(p):
             if node.is_Function and not isinstance(node, sympy.Abs):
                 return None
-        q = p.replace(sympy.Abs, lambda a: a)
-        if not q.is_polynomial(x) or sympy.degree(sympy.expand(q), x) > 4:
-            return None
+        for q in [p] + [a.args[0] for a in p.atoms(sympy.Abs)]:
+            num, den = sympy.fraction(sympy.together(q.replace(sympy.Abs, lambda a: x)))
+            if any(not t.is_polynomial(x) or sympy.degree(sympy.expand(t), x) > 2 for t in (num, den)):
+                return None
     result = sympy.S.Reals
     try:
         for i, op in enumerate(ops):
@@ -823,6 +839,10 @@ def _nodes_equal(g: Node, p: Node, rel_tol: float) -> bool:
         sg, sp_ = _as_set(g), _as_set(p)  # (-\infty, \infty) vs \mathbb{R}
         if sg is not None and sp_ is not None:
             return bool(sg == sp_)
+    if g.kind == "set" and p.kind == "seq" or p.kind == "set" and g.kind == "seq":
+        named = _named_tuple(g if g.kind == "set" else p)  # x=2, y=3 is the pair (2,3)
+        if named is not None:
+            return _nodes_equal(named, p, rel_tol) if g.kind == "set" else _nodes_equal(g, named, rel_tol)
     if g.kind == "set" and len(g.items) == 1:
         return _nodes_equal(g.items[0], p, rel_tol)
     if p.kind == "set" and len(p.items) == 1:
@@ -837,6 +857,18 @@ def _nodes_equal(g: Node, p: Node, rel_tol: float) -> bool:
     if g.kind == "atom" and p.kind == "atom":
         return _atom_equal(g.text, p.text, rel_tol)
     return False
+
+
+def _named_tuple(node: Node) -> Node | None:
+    """``x=2, y=3`` (or ``y=3, x=2``) as the tuple ``(2,3)``: equations whose labels are distinct
+    single letters, ordered alphabetically (x, y, z; a, b, c; m, n; p, q)."""
+    if len(node.items) < 2 or any(n.kind != "eq" for n in node.items):
+        return None
+    labels = [_key(n.text) for n in node.items]
+    if len(set(labels)) != len(labels) or not all(re.fullmatch(r"[a-zA-Z]", x) for x in labels):
+        return None
+    order = sorted(range(len(labels)), key=lambda i: labels[i])
+    return Node("seq", items=tuple(node.items[i].items[0] for i in order), brackets="()")
 
 
 def _multiset_equal(a: list, b: list, rel_tol: float) -> bool:
@@ -895,4 +927,29 @@ def compare(gold: str, pred: str | None, rel_tol: float = DEFAULT_REL_TOL) -> tu
         return True, "ok"
     if not p:
         return False, "parse_error"
-    return _nodes_equal(_parse(g), _parse(p), rel_tol), "ok"
+    if _nodes_equal(_parse(g), _parse(p), rel_tol):
+        return True, "ok"
+    # 35% is also the number 0.35: a percent on one side only may be read either way.
+    pg, pp = bool(_PERCENT.search(gold)), bool(_PERCENT.search(pred))
+    if pg != pp:
+        scaled = _percent_value(g if pg else p)
+        if scaled is not None:
+            return _atom_equal(scaled, p, rel_tol) if pg else _atom_equal(g, scaled, rel_tol), "ok"
+    return False, "ok"
+
+
+_PERCENT = re.compile(r"(?:\\?%|\b(?:percent|percentage|pct|per cent))[\s}$.]*$")
+
+
+def _percent_value(s: str) -> str | None:
+    """``s`` (a plain number) divided by 100, written so that a decimal keeps its precision."""
+    n = _number(s)
+    if n is None:
+        return None
+    value, ulp = n
+    if ulp is None:
+        v = value / 100
+        return f"\\frac{{{v.numerator}}}{{{v.denominator}}}"
+    from decimal import Decimal
+
+    return format(Decimal(s.replace(" ", "")).scaleb(-2), "f")

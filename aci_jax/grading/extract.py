@@ -101,10 +101,28 @@ def extract_answer(response: str, *, fallback: bool = False) -> str | None:
     if fallback:
         matches = list(_ANSWER_IS.finditer(response))
         if matches:
-            rest = response[matches[-1].end() :].split("\n", 1)[0].strip()
-            rest = rest.strip().rstrip(".").strip().strip("$").strip()
-            return rest or None
+            return _answer_phrase(response[matches[-1].end() :].split("\n", 1)[0].strip())
     return None
+
+
+_MATH_SPAN = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+_SENTENCE_END = re.compile(r"\.(?:\s|$)")
+
+
+def _answer_phrase(rest: str) -> str | None:
+    """The answer at the start of the rest of an "the answer is" line: a math span ``$...$``
+    (what follows it, such as "I hope it is correct.", is not part of it), else the text up to the
+    end of the sentence."""
+    for opener, closer in _MATH_SPAN:
+        if rest.startswith(opener):
+            end = rest.find(closer, len(opener))
+            if end > len(opener):
+                return rest[len(opener):end].strip() or None
+    m = _SENTENCE_END.search(rest)
+    if m:
+        rest = rest[: m.start()]
+    rest = rest.strip().rstrip(".").strip().strip("$").strip()
+    return rest or None
 
 
 def extract_gold(text: str | int | float, style: str = "auto") -> str:
@@ -126,6 +144,9 @@ def extract_gold(text: str | int | float, style: str = "auto") -> str:
     if style == "gsm8k":
         raise ValueError("gsm8k-style gold has no '####' marker")
     if style in ("math", "auto"):
+        boxes = [b for b in final_boxes(text) if b]
+        if len(boxes) > 1:
+            return ", ".join(boxes)  # \\boxed{1} and \\boxed{-2}: one answer, as for responses
         boxed = last_boxed(text)
         if boxed is not None:
             return boxed

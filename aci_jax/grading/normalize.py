@@ -22,7 +22,7 @@ UNIT_WORDS = (
     "degrees|degree|deg|radians|dollars|dollar|cents|cent|hours|hour|hrs|hr|minutes|minute|min|"
     "seconds|second|sec|s|days|day|weeks|week|months|month|years|year|pounds|pound|lbs|lb|"
     "ounces|ounce|oz|kg|grams|gram|g|liters|liter|l|ml|gallons|gallon|people|students|ways|"
-    "percent|per cent|pct|points|point|times|marbles|apples|coins|cups|pages|books|boxes|minutes"
+    "percentage|percent|per cent|pct|points|point|times|marbles|apples|coins|cups|pages|books|boxes|minutes"
 )
 _UNIT_TAIL = re.compile(r"^(.*?[0-9}).)])\s*(?:\\text\{\s*(?:" + UNIT_WORDS + r")\s*\}|\s(?:" + UNIT_WORDS
                         + r"))(?:\^\{?[23]\}?)?$")
@@ -32,7 +32,7 @@ _SPACING = ("\\!", "\\,", "\\;", "\\:", "\\>", "\\quad", "\\qquad", "~", "\\disp
             "\\textstyle", "\\limits")
 _SIZING = ("\\left", "\\right", "\\bigl", "\\bigr", "\\Bigl", "\\Bigr", "\\biggl", "\\biggr",
            "\\big", "\\Big", "\\bigg", "\\Bigg")
-_THOUSANDS = re.compile(r"^([+-]?)(\d{1,3}(?:,\d{3})+)(\.\d+)?$")
+_THOUSANDS = re.compile(r"^([+-]?)(\d{1,3}(?:,\d{3})+|\d{1,3}(?: \d{3})+)(\.\d+)?$")
 _BASE_SUB = re.compile(r"^([0-9A-Fa-f]+)_\{?(\d{1,2})\}?$")
 _MIXED = re.compile(r"(^|[^\w}^_.])(\d+)\\frac\{(\d+)\}\{(\d+)\}")
 # One-token arguments, as TeX reads them: \frac12, \frac 1 4, \frac ab, \frac{1} 4, \sqrt 3, \sqrt[3] 27.
@@ -52,7 +52,7 @@ _SCALE = {"thousand": 3, "million": 6, "billion": 9, "trillion": 12}
 _SCALE_WORD = re.compile(r"^([+-]?)(\d{1,15}(?:\.\d{1,15})?) ?(thousand|million|billion|trillion)$", re.IGNORECASE)
 # "or"/"and" as list separators, also glued to their neighbours by \text{or}; an Oxford comma before them.
 _TEXT_CONJ = re.compile(r"\\(?:text|textbf|textrm|mbox|mathrm) ?\{ ?(?:or|and) ?\}")
-_CONJ = re.compile(r"(?:\s*,)?\s+(?:or|and)\s+|(?:\s*,)?\s*\x00\s*(?:,\s*)?")
+_CONJ = re.compile(r"(?:\s*,)?\s+(?:or|and)\s+|(?:\s*,)?\s*\x00\s*(?:,\s*)?|(?<=[)\]])\s?(?:or|and)\s?(?=[(\[])")
 # A matrix environment wrapped in brackets: \left[\begin{array}{cc}...\end{array}\right].
 _BRACKETED_ENV = re.compile(r"^[\[(] ?(\\begin\{(array|matrix|smallmatrix)\}.*\\end\{\2\}) ?[\])]$")
 _IN_PREFIX = re.compile(r"^[a-zA-Z]\s*\\in\s*")
@@ -169,6 +169,8 @@ def normalize(s: str) -> str:
     s = s.replace("≤", "\\leq").replace("≥", "\\geq").replace("\\approx", "=")
     s = s.replace(">=", "\\geq ").replace("<=", "\\leq ").replace("!=", "\\ne ").replace("≠", "\\ne ")
     s = s.replace("\\neq", "\\ne").replace("\\emptyset", "\\varnothing")
+    if s.strip() in ("\\{\\}", "\\{ \\}", "{}"):
+        s = "\\varnothing"
     s = _FRAC_SHORT.sub(lambda m: f"\\frac{{{m.group(1) or m.group(2)}}}{{{m.group(3)}}}", s)
     s = _FRAC_SHORT1.sub(lambda m: f"\\frac{{{m.group(1) or m.group(2)}}}{{", s)
     s = _FRAC_SHORT2.sub(r"\\frac{\1}{\2}", s)
@@ -192,7 +194,7 @@ def normalize(s: str) -> str:
     # Thousands separators: only the strict 1,234,567 shape (with no spaces) is a single number.
     m = _THOUSANDS.match(s)
     if m:
-        s = m.group(1) + m.group(2).replace(",", "") + (m.group(3) or "")
+        s = m.group(1) + m.group(2).replace(",", "").replace(" ", "") + (m.group(3) or "")
     # Trailing zero decimals of a plain number: 27.0 -> 27, 18.50 stays (handled numerically).
     m = _INT_DOT0.match(s)
     if m:
