@@ -106,6 +106,8 @@ _SYSCALLS = {
         arch=0xC000003E, socket=41, setsid=112, setpgid=109, clone=56, clone3=435, prctl=157,
         kill=62, tkill=200, tgkill=234, rt_sigqueueinfo=129, rt_tgsigqueueinfo=297,
         pidfd_send_signal=424, pidfd_open=434, pidfd_getfd=438,
+        memfd_create=319, flock=73, fcntl=72, inotify=[253, 294, 300], timer_create=222,
+        sysv_ipc=[29, 64, 68], memfd_secret=447,
         deny=[101, 310, 311, 246, 320, 321, 298, 323, 250, 248, 249, 165, 166, 155, 272, 308, 442,
               428, 429, 430, 431, 432, 433, 167, 168, 169, 175, 313, 176, 172, 173, 163, 164, 227,
               305, 159, 179, 303, 304, 425, 426, 427, 161, 135, 212, 103, 153, 134, 170, 171]),
@@ -113,6 +115,8 @@ _SYSCALLS = {
         arch=0xC00000B7, socket=198, setsid=157, setpgid=154, clone=220, clone3=435, prctl=167,
         kill=129, tkill=130, tgkill=131, rt_sigqueueinfo=138, rt_tgsigqueueinfo=240,
         pidfd_send_signal=424, pidfd_open=434, pidfd_getfd=438,
+        memfd_create=279, flock=32, fcntl=25, inotify=[26, 262], timer_create=107,
+        sysv_ipc=[194, 190, 186], memfd_secret=447,
         deny=[117, 270, 271, 104, 294, 280, 241, 282, 219, 217, 218, 40, 39, 41, 97, 268, 442, 428,
               429, 430, 431, 432, 433, 224, 225, 142, 105, 273, 106, 89, 170, 112, 266, 171, 60,
               264, 265, 425, 426, 427, 51, 92, 18, 116, 58, 161, 162]),
@@ -121,11 +125,18 @@ _SYSCALLS = {
 # keyrings, every mount/namespace call, swap, reboot, modules, raw I/O ports, accounting, clocks,
 # quotas, file handles, io_uring (its operations bypass seccomp), chroot, personality,
 # lookup_dcookie, syslog, vhangup, uselib, host/domain names.
+# inotify/fanotify: sessions share the read-only library tree, so a watch there would show other
+# sessions' (and the host's) file accesses. File locks (flock, fcntl record and OFD locks) are
+# kept per inode, bind mounts or not, so a lock on a shared library file would be a channel
+# between sessions and to the host: they fail with ENOLCK, as on a filesystem without locks.
+# timer_create: a POSIX timer is invisible to the runner (it resets the itimers after each cell)
+# and would let a signal handler run between cells.
+_LOCK_CMDS = (5, 6, 7, 36, 37, 38)  # F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK/SETLK/SETLKW
 
 _RET_ALLOW = 0x7FFF0000
 _RET_ERRNO = 0x00050000
 _RET_KILL_PROCESS = 0x80000000
-EPERM, ENOSYS = 1, 38
+EPERM, ENOSYS, ENOLCK = 1, 38, 37
 _LD_W_ABS, _JEQ_K, _JSET_K, _JGE_K, _RET_K = 0x20, 0x15, 0x45, 0x35, 0x06
 
 
@@ -134,7 +145,8 @@ def seccomp_supported() -> bool:
 
 
 def build_filter(*, block_sockets: bool, block_setsid: bool,
-                 block_signals_except: int | None) -> bytes:
+                 block_signals_except: int | None, block_memfd: bool = False,
+                 block_sysv_ipc: bool = False) -> bytes:
   """A classic-BPF seccomp program (packed sock_filter array).
 
   Always: non-native ABIs are killed, the deny list returns EPERM, namespace-creating clone()
@@ -145,6 +157,11 @@ def build_filter(*, block_sockets: bool, block_setsid: bool,
     descendant (used when there is no PID namespace).
   block_signals_except: if a pid is given, kill()/tgkill() etc. may only target that pid, its
     process group or 0 (used when sessions share a uid with the host).
+  block_memfd: memfd_create returns EPERM (used when no memory cgroup counts memfd pages).
+  block_sysv_ipc: shmget/semget/msgget return EPERM (used without an IPC namespace, where
+    System V objects would outlive the session on the host).
+  Always also: inotify/fanotify return EPERM, file locks ENOLCK, timer_create EPERM,
+  memfd_secret EPERM (see the comments above).
   """
   t = _SYSCALLS[platform.machine()]
   prog: list[tuple[int, int, int, int]] = []
@@ -153,8 +170,19 @@ def build_filter(*, block_sockets: bool, block_setsid: bool,
   # Each rule: (syscall nr, list of instructions run with A = nr already matched).
   rules: list[tuple[int, list[tuple[int, int, int, int]]]] = []
   deny = lambda e=EPERM: [(_RET_K, 0, 0, errno(e))]
-  for nr in t["deny"]:
+  for nr in t["deny"] + t["inotify"] + [t["timer_create"], t["memfd_secret"]]:
     rules.append((nr, deny()))
+  rules.append((t["flock"], deny(ENOLCK)))
+  lock = [(_LD_W_ABS, 0, 0, 24)]
+  for i, cmd in enumerate(_LOCK_CMDS):
+    lock.append((_JEQ_K, len(_LOCK_CMDS) - i, 0, cmd))
+  lock += [(_RET_K, 0, 0, _RET_ALLOW), (_RET_K, 0, 0, errno(ENOLCK))]
+  rules.append((t["fcntl"], lock))
+  if block_memfd:
+    rules.append((t["memfd_create"], deny()))
+  if block_sysv_ipc:
+    for nr in t["sysv_ipc"]:
+      rules.append((nr, deny()))
   rules.append((t["clone3"], deny(ENOSYS)))
   rules.append((t["clone"], [(_LD_W_ABS, 0, 0, 16), (_JSET_K, 0, 1, NS_FLAGS),
                              (_RET_K, 0, 0, errno(EPERM)), (_RET_K, 0, 0, _RET_ALLOW)]))

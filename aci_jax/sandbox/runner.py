@@ -1,13 +1,15 @@
 """The session child: locks itself down, then executes cells sent by the server (stdlib only).
 
 File descriptors after setup: 0 = /dev/null, 1/2 = stdout/stderr pipes read by the server,
-3 = requests from the server, 4 = replies to the server, 5/6 = copies of 1/2 (restored before
-each cell). Nothing else is open.
+3 = requests from the server, 4 = replies to the server (a unix SEQPACKET socket: the server
+checks the kernel-attached sender pid of every frame, so a child the cell forks cannot forge
+one), 5/6 = copies of 1/2 (restored before each cell). Nothing else is open.
 """
 
 from __future__ import annotations
 
 import ast
+import errno
 import io
 import os
 import resource
@@ -214,7 +216,27 @@ def run_cell(msg: dict, g: dict, cpu_s: float, cpu_hard: int, display_last_expr:
   except BaseException as e:
     status, detail = "error", exc_line(e)
   _flush()
+  # Timers the cell armed would run its signal handlers between cells, burning CPU while the
+  # session looks idle (POSIX timers are refused by seccomp; these are the setitimer ones).
+  for which in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
+    try:
+      signal.setitimer(which, 0)
+    except BaseException:
+      pass
   return {"op": "result", "status": status, "detail": detail, "lingering": _lingering()}
+
+
+def _reply(reply: dict) -> None:
+  """One frame = one datagram on the reply socket. A frame larger than the socket buffer
+  (an error line of ~64K characters) is retried with the error line cut to head and tail."""
+  try:
+    protocol.write_all(4, protocol.encode(reply))
+  except OSError as e:
+    if e.errno != errno.EMSGSIZE:
+      raise
+    d = reply.get("detail", "")
+    reply = dict(reply, detail=d[:8192] + "..." + d[-8192:])
+    protocol.write_all(4, protocol.encode(reply))
 
 
 def serve(spec: dict) -> None:
@@ -236,7 +258,7 @@ def serve(spec: dict) -> None:
     if os.getpid() != me:
       os._exit(0)  # a child the cell forked fell through to here: it ends like a script would
     try:
-      protocol.write_all(4, protocol.encode(reply))
+      _reply(reply)
     except OSError:
       os._exit(0)
 
@@ -249,6 +271,11 @@ def child_main(spec: dict, ctl_r: int, ctl_w: int, out_w: int, err_w: int) -> No
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if spec.get("cgroup_fd", -1) >= 0:
+      # Into the session's memory cgroup while still root, before anything is allocated: from
+      # here on every page of this process and of its children is charged there.
+      os.write(spec["cgroup_fd"], b"0")
+      os.close(spec["cgroup_fd"])
     _place_fds(ctl_r, ctl_w, out_w, err_w)
     setup(spec)
   except BaseException as e:

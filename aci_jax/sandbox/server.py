@@ -15,6 +15,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -24,6 +25,10 @@ from aci_jax.sandbox.config import SandboxConfig
 READ_CHUNK = 1 << 16
 EXIT_GRACE_S = 0.5   # after a child's control pipe closes, wait this long for its exit status
 MAX_REPLY = 1 << 20  # a child's reply frame larger than this is a protocol violation
+IDLE_CHECK_S = 1.0   # how often idle sessions are checked for work running between cells
+IDLE_CPU_S = 0.2     # CPU-s an idle session may use between two checks before it is killed
+_UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class Cell:
@@ -46,7 +51,8 @@ class Cell:
 
 class Session:
   __slots__ = ("sid", "zid", "uid", "pid", "req", "rep", "out", "err", "reader", "wbuf", "cell",
-               "dying", "exit_status", "idle_bytes")
+               "dying", "exit_status", "idle_bytes", "rep_sock", "ready", "oom", "tasks",
+               "cpu_mark", "ran")
 
   def __init__(self, zid: int, uid: int):
     self.sid: int | None = None  # the host's session id; None while it is a spare
@@ -58,13 +64,21 @@ class Session:
     self.dying = False
     self.exit_status: int | None = None
     self.idle_bytes = 0
+    self.rep_sock: socket.socket | None = None
+    self.ready = False         # sent "ready": from now on a setup_error frame is forged
+    self.oom = False           # the kernel OOM-killed a process of its memory cgroup
+    self.tasks: str | None = None  # its memory cgroup's list of threads (None: no cgroup)
+    self.cpu_mark: float | None = None  # CPU seconds at the last idle check
+    self.ran = False           # has run a cell (spares that never did cannot burn CPU)
 
 
-def _describe_exit(status: int | None) -> tuple[str, str]:
+def _describe_exit(status: int | None, oom: bool = False) -> tuple[str, str]:
   """(status category, detail) for a process that died without reporting."""
   if status is None:
     return "killed", "Killed: the process stopped responding"
   code = os.waitstatus_to_exitcode(status)
+  if code == -signal.SIGKILL and oom:
+    return "memory", "MemoryError: the session went over its memory limit"
   if code < 0:
     sig = -code
     if sig == signal.SIGXCPU:
@@ -176,9 +190,11 @@ class Server:
       except (RuntimeError, OSError):
         return
 
-  def _attach(self, s: Session, pid: int, fds: list[int]) -> None:
+  def _attach(self, s: Session, pid: int, fds: list[int], tasks: str | None) -> None:
     s.pid = pid
+    s.tasks = tasks
     s.req, s.rep, s.out, s.err = fds
+    s.rep_sock = socket.socket(fileno=s.rep)
     for fd in fds:
       os.set_blocking(fd, False)
     self.sel.register(s.rep, selectors.EVENT_READ, ("rep", s))
@@ -191,14 +207,21 @@ class Server:
 
   def _close_fds(self, s: Session) -> None:
     for name in ("req", "rep", "out", "err"):
-      fd = getattr(s, name)
-      if fd >= 0:
-        try:
-          self.sel.unregister(fd)
-        except KeyError:
-          pass
-        os.close(fd)
-        setattr(s, name, -1)
+      if getattr(s, name) >= 0:
+        self._close_one(s, name)
+
+  def _close_one(self, s: Session, name: str) -> None:
+    fd = getattr(s, name)
+    try:
+      self.sel.unregister(fd)
+    except KeyError:
+      pass
+    if name == "rep":
+      s.rep_sock.close()
+      s.rep_sock = None
+    else:
+      os.close(fd)
+    setattr(s, name, -1)
 
   def _kill(self, s: Session) -> None:
     """Asks the zygote (the parent) to SIGKILL the session; uid is freed when it is reaped."""
@@ -298,26 +321,40 @@ class Server:
   def _read(self, s: Session, name: str) -> bool:
     """One read from a session pipe; False when nothing more is available now."""
     fd = getattr(s, name)
+    sender = s.pid
     try:
-      data = os.read(fd, READ_CHUNK)
+      if name == "rep":
+        data, anc, flags, _ = s.rep_sock.recvmsg(MAX_REPLY + 8, socket.CMSG_SPACE(_UCRED.size))
+        sender = 0
+        for level, kind, body in anc:
+          if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            sender = _UCRED.unpack(body[:_UCRED.size])[0]
+        if not data and anc:
+          data = None  # an empty datagram is a message, not the end of the stream
+        if flags & socket.MSG_TRUNC:
+          sender = 0
+      else:
+        data = os.read(fd, READ_CHUNK)
     except BlockingIOError:
       return False
     except OSError:
       data = b""
-    if not data:
-      self.sel.unregister(fd)
-      os.close(fd)
-      setattr(s, name, -1)
+    if data == b"":
+      self._close_one(s, name)
       if name == "rep" and s.cell is not None:
         s.cell.grace = time.monotonic() + EXIT_GRACE_S  # died: wait briefly for its status
         if s.exit_status is not None:
-          self._finish(s, *_describe_exit(s.exit_status), kill=True)
+          self._finish(s, *_describe_exit(s.exit_status, s.oom), kill=True)
       return False
     if name == "rep":
+      if sender != s.pid or data is None:
+        # Written by another process (a child of the cell) or malformed: a forgery attempt.
+        self._protocol_violation(s)
+        return False
       try:
         msgs = s.reader.feed(data)
       except (ValueError, UnicodeDecodeError):
-        self._finish(s, "killed", "Killed: the process broke the sandbox protocol", kill=True)
+        self._protocol_violation(s)
         return False
       for m in msgs:
         self._on_reply(s, m)
@@ -336,22 +373,33 @@ class Server:
       return False
     return True
 
+  def _protocol_violation(self, s: Session) -> None:
+    if s.cell is not None:
+      self._finish(s, "killed", "Killed: the process broke the sandbox protocol", kill=True)
+    else:
+      self._kill(s)  # a frame while idle: the cell's code is still running after its result
+
   def _on_reply(self, s: Session, m: dict) -> None:
     op = m.get("op")
-    if op == "ready":
+    if op == "ready" and not s.ready:
+      s.ready = True
       return
-    if op == "setup_error":
+    if op == "setup_error" and not s.ready:
+      # Only before "ready": afterwards model code runs in the process, and a setup error
+      # (sandbox_failure, not the cell's fault) would be the cell's own forgery.
       self._finish(s, "sandbox_failure", f"SandboxFailure: session setup: {m.get('detail')}",
                    kill=True)
       return
     if op != "result" or s.cell is None:
-      self._finish(s, "killed", "Killed: the process broke the sandbox protocol", kill=True)
+      self._protocol_violation(s)
       return
     status = m.get("status")
     if status not in ("ok", "error", "memory"):
       status = "error"
     detail = m.get("detail")
     detail = detail[:65536] if isinstance(detail, str) else ""
+    s.ran = True
+    s.cpu_mark = None
     self._finish(s, status, detail, kill=bool(m.get("lingering")))
 
   def on_zygote(self) -> None:
@@ -370,15 +418,16 @@ class Server:
           os.close(fd)
         self.zsock.send(json.dumps({"op": "kill", "sid": zid}).encode())
         return
-      self._attach(s, msg["pid"], fds)
+      self._attach(s, msg["pid"], fds, msg.get("tasks"))
     elif op in ("spawn_error", "exit"):
       if s is None:
         return
       if op == "exit":
         s.exit_status = msg["status"]
+        s.oom = bool(msg.get("oom"))
       if s.cell is not None:
         if op == "exit":
-          self._finish(s, *_describe_exit(s.exit_status), kill=True)
+          self._finish(s, *_describe_exit(s.exit_status, s.oom), kill=True)
         else:
           c, s.cell = s.cell, None
           self.busy.pop(s.sid, None)
@@ -433,7 +482,7 @@ class Server:
         continue
       if c.grace:
         if now >= c.grace:
-          self._finish(s, *_describe_exit(s.exit_status), kill=True)
+          self._finish(s, *_describe_exit(s.exit_status, s.oom), kill=True)
           continue
         nxt = min(nxt, c.grace)
       if now >= c.deadline:
@@ -441,6 +490,29 @@ class Server:
       else:
         nxt = min(nxt, c.deadline)
     return max(0.0, nxt - now)
+
+  def check_idle(self) -> None:
+    """Kills idle sessions that run work between cells: more than one thread or process left
+    (the runner is alone once a cell has finished), or CPU burnt since the last check (e.g. a
+    timer's signal handler, or a cell that replaced the runner's read loop). The session is
+    rebuilt by replay if it gets another cell."""
+    for s in list(self.sessions.values()):
+      if s.cell is not None or s.dying or not s.pid or not s.ran:
+        continue
+      try:
+        with open(f"/proc/{s.pid}/stat", "rb") as f:
+          fields = f.read().rsplit(b")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        busy = int(fields[17]) > 1  # threads of the runner
+        if s.tasks is not None and not busy:
+          with open(s.tasks, "rb") as f:
+            busy = f.read().count(b"\n") > 1  # any other process in its cgroup
+      except (OSError, IndexError, ValueError):
+        continue  # exiting: the zygote reports it
+      if busy or (s.cpu_mark is not None and cpu - s.cpu_mark > IDLE_CPU_S):
+        self._kill(s)
+      else:
+        s.cpu_mark = cpu
 
   def serve(self) -> None:
     os.set_blocking(self.host_in, False)
@@ -450,8 +522,14 @@ class Server:
     self.report["spares"] = self.cfg.spares
     self.to_host({"op": "hello", "report": self.report})
     self._top_up_spares()
+    next_idle = time.monotonic() + IDLE_CHECK_S
     while True:
       timeout = self.check_deadlines()
+      now = time.monotonic()
+      if now >= next_idle:
+        self.check_idle()
+        next_idle = now + IDLE_CHECK_S
+      timeout = min(timeout, max(0.0, next_idle - now))
       for key, events in self.sel.select(timeout):
         data = key.data
         if data == "host":

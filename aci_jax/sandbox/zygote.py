@@ -7,18 +7,19 @@ session process: it alone kills and reaps them, so a pid is never signalled afte
 
 from __future__ import annotations
 
+import errno
 import gc
 import importlib
 import json
 import os
 import select
-import shutil
 import signal
 import socket
+import stat
 import sys
 import time
 
-from aci_jax.sandbox import isolation, runner
+from aci_jax.sandbox import cgroups, isolation, runner
 from aci_jax.sandbox.config import SandboxConfig
 
 SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # world-writable places a uid can leave files
@@ -33,6 +34,88 @@ sympy.nsimplify(0.5); sympy.N(sympy.pi, 20); sympy.latex(x**2); str(x**2); repr(
 import numpy
 numpy.linalg.det(numpy.eye(2)); numpy.array([1.5]).sum(); repr(numpy.arange(3))
 """
+
+
+_HOIST_DEPTH = 64  # remove_tree holds at most this many directory levels open
+
+
+def remove_tree(path: str) -> None:
+  """Removes a file, symlink or directory tree, whatever its shape: no recursion (a 100,000-deep
+  tree cannot exhaust the Python stack), no path longer than one name (relative to descriptors
+  we hold, opened with O_NOFOLLOW, so a symlink swapped in is removed, never followed), and at
+  most _HOIST_DEPTH open levels: deeper directories are moved up to the top and removed from
+  there. Raises OSError for what it could not remove."""
+  try:
+    st = os.lstat(path)
+  except FileNotFoundError:
+    return
+  if not stat.S_ISDIR(st.st_mode):
+    os.unlink(path)
+    return
+  parent = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+  try:
+    _remove_dir_at(parent, os.path.basename(os.path.abspath(path)))
+  finally:
+    os.close(parent)
+
+
+def _open_dir(dir_fd: int, name: str) -> int:
+  return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+
+
+def _remove_dir_at(parent_fd: int, name: str) -> None:
+  top = _open_dir(parent_fd, name)
+  stack = [(top, name, os.scandir(top))]  # (fd, name in the level above, its listing)
+  hoisted = 0
+  try:
+    while stack:
+      fd, _, it = stack[-1]
+      descended = False
+      for e in it:
+        try:
+          is_dir = e.is_dir(follow_symlinks=False)
+        except OSError:
+          is_dir = False
+        if not is_dir:
+          try:
+            os.unlink(e.name, dir_fd=fd)
+          except FileNotFoundError:
+            pass
+          except IsADirectoryError:  # replaced by a directory since it was listed
+            is_dir = True
+          if not is_dir:
+            continue
+        if len(stack) >= _HOIST_DEPTH:
+          hoisted += 1
+          os.rename(e.name, f".aci_hoisted_{hoisted}", src_dir_fd=fd, dst_dir_fd=top)
+          continue
+        try:
+          sub = _open_dir(fd, e.name)
+        except FileNotFoundError:
+          continue
+        except OSError:  # not a directory any more (a symlink swapped in)
+          os.unlink(e.name, dir_fd=fd)
+          continue
+        stack.append((sub, e.name, os.scandir(sub)))
+        descended = True
+        break
+      if descended:
+        continue
+      fd, nm, it = stack.pop()
+      it.close()
+      up = stack[-1][0] if stack else parent_fd
+      try:
+        os.rmdir(nm, dir_fd=up)
+        os.close(fd)
+      except OSError as e:
+        if e.errno != errno.ENOTEMPTY:
+          os.close(fd)
+          raise
+        stack.append((fd, nm, os.scandir(fd)))  # entries added while we listed (hoisted ones)
+  finally:
+    for fd, _, it in stack:
+      it.close()
+      os.close(fd)
 
 
 def _vm_bytes() -> int:
@@ -54,6 +137,11 @@ class Zygote:
     self.tier = ""
     self.spec_base: dict = {}
     self.pidns_fd = -1
+    self.cg: cgroups.MemoryCgroups | None = None
+    self.cg_reasons: list[str] = []
+    self.cg_of: dict[int, tuple[str, int]] = {}  # pid -> (its memory cgroup, OOM kills before)
+    self.cleanup_errors = 0
+    self.last_cleanup_error = ""
 
   # --- set-up ---------------------------------------------------------------------------------
   def warm(self) -> None:
@@ -71,7 +159,8 @@ class Zygote:
     seccomp = isolation.seccomp_supported()
     # socket() is refused in both tiers: in the namespaces tier sessions share one empty network
     # namespace, where abstract unix sockets would otherwise connect concurrent sessions.
-    blocks = dict(block_sockets=True, block_setsid=tier != "namespaces")
+    blocks = dict(block_sockets=True, block_setsid=tier != "namespaces",
+                  block_memfd=self.cg is None, block_sysv_ipc=tier != "namespaces")
     prebuilt = None
     if seccomp and root:
       prebuilt = isolation.build_filter(**blocks, block_signals_except=None)
@@ -87,6 +176,10 @@ class Zygote:
     """Probes the strongest isolation that works here; returns the report for the host."""
     root = os.geteuid() == 0
     errors = {}
+    if root:
+      self.cg, self.cg_reasons = cgroups.detect(int(self.cfg.memory_mb) << 20)
+    else:
+      self.cg_reasons = ["not root"]
     tiers = ["namespaces", "seccomp"] if self.cfg.isolation == "auto" else [self.cfg.isolation]
     for tier in tiers:
       if tier == "seccomp" and not isolation.seccomp_supported():
@@ -126,6 +219,12 @@ class Zygote:
                        else "per-session directory, uid permissions"),
         "user": "per-session uid" if root else "shared uid (weak)",
         "seccomp": "deny-list" if self.spec_base["seccomp"] else "unavailable",
+        "memory": (f"{self.cg.kind} memory cgroup per session ({self.cfg.memory_mb} MiB for all "
+                   "its processes, memfds and tmpfs files)" if self.cg else
+                   f"RLIMIT_AS per process only ({self.cfg.memory_mb} MiB each, up to nproc="
+                   f"{self.cfg.nproc} processes); memfd_create refused"),
+        "memory_cgroup": self.cg.parent if self.cg else None,
+        "cgroup_probe": self.cg_reasons,
         "probe_errors": errors,
         "warnings": self._warnings(),
         "zygote_pid": os.getpid(),
@@ -158,6 +257,9 @@ class Zygote:
 
   def _warnings(self) -> list[str]:
     w = []
+    if self.cg is None:
+      w.append("no memory cgroup (" + "; ".join(self.cg_reasons) + "): the memory limit is "
+               "per process, so forked children multiply it")
     if os.geteuid() != 0:
       w.append("not root: sessions share the host uid (signals and /proc of the host's processes "
                "are filtered by seccomp only)")
@@ -192,27 +294,54 @@ class Zygote:
 
   # --- sessions -------------------------------------------------------------------------------
   def _fork(self, sid: int, uid: int) -> tuple[int, list[int], str | None]:
-    spec = dict(self.spec_base, uid=uid)
+    spec = dict(self.spec_base, uid=uid, cgroup_fd=-1)
     workdir = None
     if self.tier != "namespaces":
-      workdir = os.path.join(self.root, f"s{sid}_{uid}")
-      os.mkdir(workdir, 0o700)
+      # Unique per zygote: a directory a failed cleanup left behind never blocks a later
+      # session (a restarted server counts sids and hands out uids from the start again).
+      for k in range(1000):
+        workdir = os.path.join(self.root, f"s{sid}_{uid}_{os.getpid()}" + (f"_{k}" if k else ""))
+        try:
+          os.mkdir(workdir, 0o700)
+          break
+        except FileExistsError:
+          continue
       if spec["drop_uid"]:
         os.chown(workdir, uid, uid)
       spec["workdir"] = workdir
-    pipes = [os.pipe() for _ in range(4)]  # requests, replies, stdout, stderr
-    (req_r, req_w), (rep_r, rep_w), (out_r, out_w), (err_r, err_w) = pipes
+    pipes = [os.pipe() for _ in range(3)]  # requests, stdout, stderr
+    (req_r, req_w), (out_r, out_w), (err_r, err_w) = pipes
+    # Replies travel on a SEQPACKET socket: the kernel attaches the sending process's pid to
+    # every message (SO_PASSCRED on the server's end), so the server accepts frames from the
+    # session's own process only, never from a child the cell forked.
+    rep_srv, rep_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    rep_srv.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    try:  # room for the largest reply frame (a 64K-character error line) in one datagram
+      rep_child.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)  # SO_SNDBUFFORCE (root)
+    except OSError:
+      pass
+    rep_r, rep_w = rep_srv.detach(), rep_child.detach()
+    pipes.append((rep_r, rep_w))
+    cg_name = None
     ns = self.tier == "namespaces"
     pid = -1
     try:
+      if self.cg is not None:
+        cg_name = self.cg.acquire()
+        spec["cgroup_fd"] = self.cg.procs_fd(cg_name)
+        oom_before = self.cg.oom_kills(cg_name)
       if ns:
         isolation.unshare(isolation.CLONE_NEWPID)  # our next child is pid 1 of a new namespace
       pid = os.fork()
     except OSError:
       for fd in (fd for p in pipes for fd in p):
         os.close(fd)
+      if spec["cgroup_fd"] >= 0:
+        os.close(spec["cgroup_fd"])
+      if cg_name is not None:
+        self.cg.release(cg_name)
       if workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
+        self._remove(workdir)
       raise
     finally:
       if ns and pid != 0:
@@ -221,6 +350,9 @@ class Zygote:
       runner.child_main(spec, req_r, rep_w, out_w, err_w)  # never returns
     for fd in (req_r, rep_w, out_w, err_w):
       os.close(fd)
+    if cg_name is not None:
+      os.close(spec["cgroup_fd"])
+      self.cg_of[pid] = (cg_name, oom_before)
     self.children[pid] = (sid, workdir)
     self.uids[pid] = uid
     self.by_sid[sid] = pid
@@ -265,14 +397,22 @@ class Zygote:
         try:
           if e.stat(follow_symlinks=False).st_uid != uid:
             continue
-          if e.is_dir(follow_symlinks=False):
-            shutil.rmtree(e.path, ignore_errors=True)
-          else:
-            os.unlink(e.path)
+          self._remove(e.path)
         except OSError:
           pass
 
-  def _cleanup(self, pid: int) -> None:
+  def _remove(self, path: str) -> None:
+    """remove_tree, with failures counted and reported instead of raised: one session's
+    cleanup must never take down the zygote, and with it every other session."""
+    try:
+      remove_tree(path)
+    except Exception as e:  # noqa: BLE001 - contained per session by design
+      self.cleanup_errors += 1
+      self.last_cleanup_error = f"{path}: {type(e).__name__}: {e}"[:500]
+
+  def _cleanup(self, pid: int) -> bool:
+    """Everything of a dead session: its process group (fallback tier), files, cgroup.
+    Returns whether the kernel OOM-killed one of its processes."""
     sid, workdir = self.children.pop(pid, (None, None))
     uid = self.uids.pop(pid, None)
     if sid is not None and self.by_sid.get(sid) == pid:
@@ -280,9 +420,15 @@ class Zygote:
     if self.tier != "namespaces":
       self._killpg(pid, wait=True)
     if workdir:
-      shutil.rmtree(workdir, ignore_errors=True)
+      self._remove(workdir)
     if uid is not None and self.tier != "namespaces" and self.spec_base["drop_uid"]:
       self._sweep_shared_dirs(uid)
+    oom = False
+    if pid in self.cg_of:
+      name, before = self.cg_of.pop(pid)
+      oom = self.cg.oom_kills(name) > before
+      self.cg.release(name)
+    return oom
 
   def _send(self, msg: dict, fds: list[int] = ()) -> None:
     data = json.dumps(msg).encode()
@@ -301,8 +447,9 @@ class Zygote:
         return
       if pid in self.children:
         sid = self.children[pid][0]
-        self._cleanup(pid)
-        self._send({"op": "exit", "sid": sid, "status": status})
+        oom = self._cleanup(pid)
+        self._send({"op": "exit", "sid": sid, "status": status, "oom": oom,
+                    "cleanup_errors": self.cleanup_errors})
 
   def serve(self) -> None:
     wake_r, wake_w = os.pipe()
@@ -328,7 +475,10 @@ class Zygote:
           except OSError as e:
             self._send({"op": "spawn_error", "sid": sid, "detail": str(e)})
             continue
-          self._send({"op": "spawned", "sid": sid, "pid": pid}, fds)
+          cg = self.cg_of.get(pid)
+          self._send({"op": "spawned", "sid": sid, "pid": pid,
+                      "tasks": (self.cg.path(cg[0]) + "/" + self.cg.tasks_file) if cg else None},
+                     fds)
           for fd in fds:
             os.close(fd)
         elif msg["op"] == "kill":
@@ -344,6 +494,8 @@ class Zygote:
         except ChildProcessError:
           pass
         self._cleanup(pid)
+      if self.cg is not None:
+        self.cg.close()
 
 
 def zygote_main(sock: socket.socket, cfg: SandboxConfig, sandbox_root: str) -> None:
@@ -352,6 +504,7 @@ def zygote_main(sock: socket.socket, cfg: SandboxConfig, sandbox_root: str) -> N
   # Sessions get the default SIGPIPE action, as an ordinary process would; the server that
   # forked us ignores it (see server.main).
   signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+  z = None
   try:
     isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)  # orphans come to us to be reaped
     z = Zygote(sock, cfg, sandbox_root)
@@ -362,6 +515,8 @@ def zygote_main(sock: socket.socket, cfg: SandboxConfig, sandbox_root: str) -> N
     z._send({"op": "hello", "report": report})
     z.serve()
   except BaseException as e:
+    if z is not None and z.cg is not None:
+      z.cg.close()  # no session lives on (they die with us): leave no cgroup behind
     try:
       z_msg = {"op": "fatal", "detail": f"{type(e).__name__}: {e}"}
       sock.send(json.dumps(z_msg).encode())
