@@ -93,7 +93,7 @@ def test_pause_extend_mixed_rows_equals_full_forward(tmp_path, tok):
     valid[r, :len(p)] = True
   resume = jnp.ones(b, bool)
   state = S.extend(cfg, state, params, tables, jnp.asarray(tokens), jnp.asarray(valid),
-                   jnp.zeros(b, jnp.int8), resume, record=False, temperature=temp)
+                   jnp.zeros(b, jnp.int8), resume, record=False)
   state, _ = S.decode(cfg, sp, state, params, tables, 5, exit_on_pause=False)
   # Pause rows 0 and 2 by hand (as a tool call would), splice different lengths into them
   # while rows 1 and 3 keep running, then decode everyone again; twice.
@@ -107,8 +107,7 @@ def test_pause_extend_mixed_rows_equals_full_forward(tmp_path, tok):
       chunk[r, :n] = rng.integers(0, v, n)
       cvalid[r, :n] = True
     state = S.extend(cfg, state, params, tables, jnp.asarray(chunk), jnp.asarray(cvalid),
-                     jnp.full(b, S.SRC_ENV, jnp.int8), jnp.asarray(paused), record=True,
-                     temperature=temp)
+                     jnp.full(b, S.SRC_ENV, jnp.int8), jnp.asarray(paused), record=True)
     state, _ = S.decode(cfg, sp, state, params, tables, 3, exit_on_pause=False)
   n_out = np.asarray(state.n_out)
   out_tokens, out_logp = np.asarray(state.out_tokens), np.asarray(state.out_logp)
@@ -121,8 +120,9 @@ def test_pause_extend_mixed_rows_equals_full_forward(tmp_path, tok):
     full = np.asarray(full)
     # Next-token logits of the live cache == full forward at the last position.
     np.testing.assert_allclose(np.asarray(state.logits)[r], full[-1], atol=1e-4, rtol=0)
-    # Every recorded log-prob (sampled and spliced) == the full forward's, at temperature.
-    ref = jax.nn.log_softmax(full / temp, axis=-1)
+    # Every recorded log-prob (sampled and spliced) == the full forward's at T = 1 (what the
+    # trainer scores), although the tokens were sampled at T = 0.8.
+    ref = jax.nn.log_softmax(full, axis=-1)
     p = len(prompts[r])
     want = np.asarray([ref[p - 1 + j, seq[p + j]] for j in range(n_out[r])])
     np.testing.assert_allclose(out_logp[r, :n_out[r]], want, atol=1e-4, rtol=0)
@@ -170,8 +170,8 @@ def test_sampling_frequencies_match_distribution(sp, expected):
   wrong[0] *= 1.02
   wrong[keep.nonzero()[0][-1]] -= target[0] * 0.02
   assert _chi2(counts[keep], wrong[keep] / wrong[keep].sum()) < 1e-3
-  # Behaviour log-probs are of the temperature-scaled, untruncated distribution.
-  np.testing.assert_allclose(np.asarray(logp), np.log(probs)[np.asarray(toks)], atol=1e-5)
+  # Behaviour log-probs are the policy's own (T = 1, untruncated): the trainer's quantity.
+  np.testing.assert_allclose(np.asarray(logp), logits[np.asarray(toks)], atol=1e-5)
 
 
 # ------------------------------------------------------------ stop strings, every tokenisation

@@ -31,7 +31,7 @@ from aci_jax.model import ModelConfig
 from aci_jax.parallel import multihost
 from aci_jax.rollout.trajectory import Cell, Trajectory
 from aci_jax.sampling import sampler as S
-from aci_jax.sampling.stops import build_matcher, token_texts
+from aci_jax.sampling.stops import ban_table, build_matcher, token_texts
 
 FENCE = "```output"
 _CODE_RE = re.compile(r"```python\s*\n(.*?)```\s*$", re.DOTALL)
@@ -47,9 +47,10 @@ class RolloutConfig:
   sampling: S.SamplingParams = S.SamplingParams()
   seed: int = 0
   stop_strings: tuple[str, ...] = ()  # user stop strings (end the response)
-  # Banned where a request asks (forced reasoning mode): no code cell can open and no output
-  # fence can be requested, in any tokenisation.
-  ban_strings: tuple[str, ...] = ("```python", FENCE)
+  # Banned where a request asks (forced reasoning mode): a banned string can neither complete
+  # nor begin, in any tokenisation (stops.ban_table). "```" covers every fence: a code cell of
+  # any language, the output fence, a closing fence.
+  ban_strings: tuple[str, ...] = ("```",)
   limit_message: str = "Reached the maximum number of code executions; no more code is run."
   no_code_message: str = "Error: no ```python code block precedes this output block."
   barrier: bool = False
@@ -128,7 +129,7 @@ class RolloutEngine:
     self.tables = S.Tables(
         stop_next=jnp.asarray(sm.next), stop_hit=jnp.asarray(sm.hit),
         stop_is_tool=jnp.asarray([False, True] + [False] * len(cfg.stop_strings)),
-        ban_next=jnp.asarray(bm.next), ban_hit=jnp.asarray(bm.hit),
+        ban_next=jnp.asarray(bm.next), ban_hit=jnp.asarray(ban_table(bm), jnp.int32),
         eos_ids=jnp.asarray(eos, jnp.int32))
     self._state_shardings = None
     self._rows = list(range(cfg.batch_size))  # the rows this process drives
@@ -215,11 +216,10 @@ class RolloutEngine:
     b = self.cfg.batch_size
     res = np.zeros(b, bool)
     res[list(resume)] = True
-    temp = 1.0 if self.cfg.sampling.greedy else self.cfg.sampling.temperature
     self.stats.extend_calls += 1
     return S.extend(self.model_cfg, state, params, self.tables, self._put(tokens),
                     self._put(valid), self._put(np.full((b,), src, np.int8)), self._put(res),
-                    record=record, temperature=temp)
+                    record=record)
 
   def _check(self, req: Request) -> None:
     c = self.cfg

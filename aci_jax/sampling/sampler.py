@@ -8,8 +8,9 @@ Per row b the state holds (B rows, R response slots, V vocab):
   cache        KVCache, one cursor per row
   logits       [B, V] f32  next-token logits after the last token written to the row
   out_tokens   [B, R] i32  response tokens (sampled, forced prefix, tool output)
-  out_logp     [B, R] f32  log-prob of each response token under the sampling policy
-                           (log_softmax(logits / temperature), before top-k/top-p truncation)
+  out_logp     [B, R] f32  behaviour log-prob of each response token: log_softmax(logits) of
+                           the policy itself (T = 1, no ban, no top-k/top-p), the quantity the
+                           trainer scores, so rho = 1 at theta_old (docs/em.md)
   out_src      [B, R] i8   SRC_SAMPLED / SRC_FORCED / SRC_ENV
   n_out        [B]    i32  response tokens recorded
   n_real       [B]    i32  real tokens in the row = the RoPE position of the next token
@@ -67,7 +68,7 @@ class Tables:
   stop_hit: jax.Array  # [Ss, V] i32, pattern id (1-based) or 0
   stop_is_tool: jax.Array  # [P + 1] bool, indexed by pattern id; False at 0
   ban_next: jax.Array  # [Sb, V] i32
-  ban_hit: jax.Array  # [Sb, V] i32
+  ban_hit: jax.Array  # [Sb, V] i32, nonzero: the token is banned there (stops.ban_table)
   eos_ids: jax.Array  # [E] i32 (padded with -1)
 
 
@@ -127,15 +128,23 @@ def row_keys(seed, prompt_index, sample_index) -> jax.Array:
 # ------------------------------------------------------------------------------ sampling
 
 
-def sample_tokens(keys: jax.Array, logits: jax.Array, sp: SamplingParams):
-  """keys [B, 2] u32 (already folded with the token index), logits [B, V] f32 ->
-  (tokens [B] i32, behaviour log-probs [B] f32)."""
+def sample_tokens(keys: jax.Array, logits: jax.Array, sp: SamplingParams,
+                  banned: jax.Array | None = None):
+  """keys [B, 2] u32 (already folded with the token index), logits [B, V] f32, banned [B, V]
+  bool or None -> (tokens [B] i32, behaviour log-probs [B] f32).
+
+  The token is drawn from the policy at `sp.temperature`, with `banned` tokens masked and
+  top-k / top-p applied; its behaviour log-prob is that of the policy itself,
+  log_softmax(logits) at T = 1 over the whole vocabulary: what the trainer computes for the
+  same token, so the ratio at theta_old is exactly 1 (the convention of docs/em.md).
+  """
+  logp_all = jax.nn.log_softmax(logits, axis=-1)
+  if banned is not None:
+    logits = jnp.where(banned, _NEG, logits)
   if sp.greedy:
     tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return tok, jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+    return tok, jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
   scaled = logits / sp.temperature
-  logp_all = jax.nn.log_softmax(scaled, axis=-1)
   filtered = scaled
   if sp.top_k:
     kth = jax.lax.top_k(scaled, sp.top_k)[0][:, -1:]
@@ -165,10 +174,12 @@ def _fold_keys(keys: jax.Array, index: jax.Array) -> jax.Array:
 def _decode_step(cfg: ModelConfig, sp: SamplingParams, params, tables: Tables,
                  s: SamplerState) -> SamplerState:
   running = s.status == RUNNING
-  logits = s.logits
-  banned = tables.ban_hit[s.ban_state] > 0  # [B, V]: tokens that would complete a ban
-  logits = jnp.where(s.ban_active[:, None] & banned, _NEG, logits)
-  tok, logp = sample_tokens(_fold_keys(s.keys, s.n_out), logits, sp)
+  # [B, V]: tokens that would complete a banned string or leave the text ending in a prefix
+  # of one (stops.ban_table). A row whose every token is banned is never left without one:
+  # the ban is lifted for that token (cannot happen with the default ban; a guard).
+  banned = s.ban_active[:, None] & (tables.ban_hit[s.ban_state] > 0)
+  banned &= ~jnp.all(banned, axis=-1, keepdims=True)
+  tok, logp = sample_tokens(_fold_keys(s.keys, s.n_out), s.logits, sp, banned)
   r = s.out_tokens.shape[1]
   slot = jnp.where(running, s.n_out, r)  # non-running rows write nowhere (dropped)
   rows = jnp.arange(s.batch)
@@ -242,9 +253,10 @@ def state_shardings(state: SamplerState, mesh):
 # ----------------------------------------------------------------------- extend / prefill
 
 
-def _chunk_logp(cfg, params, hidden, first_logits, tokens, temperature, block):
-  """log-probs [B, T] of each chunk token under the policy, from the logits of the position
-  before it, in blocks of `block` positions so [B, T, V] is never materialised."""
+def _chunk_logp(cfg, params, hidden, first_logits, tokens, block):
+  """log-probs [B, T] of each chunk token under the policy (T = 1, as `sample_tokens` records),
+  from the logits of the position before it, in blocks of `block` positions so [B, T, V] is
+  never materialised."""
   b, t, d = hidden.shape
   # Position j's token is predicted by hidden j-1; position 0 by the stored logits.
   prev_hidden = jnp.concatenate([jnp.zeros((b, 1, d), hidden.dtype), hidden[:, :-1]], axis=1)
@@ -254,20 +266,20 @@ def _chunk_logp(cfg, params, hidden, first_logits, tokens, temperature, block):
 
   def one(args):
     h, tk = args
-    lg = Decoder(cfg).apply({"params": params}, h, method=Decoder.logits) / temperature
+    lg = Decoder(cfg).apply({"params": params}, h, method=Decoder.logits)
     lp = jax.nn.log_softmax(lg, axis=-1)
     return jnp.take_along_axis(lp, tk[..., None], axis=-1)[..., 0]
 
   logp = jax.lax.map(one, (hb, tb)).transpose(1, 0, 2).reshape(b, t)
-  lp0 = jax.nn.log_softmax(first_logits / temperature, axis=-1)
+  lp0 = jax.nn.log_softmax(first_logits, axis=-1)
   first = jnp.take_along_axis(lp0, tokens[:, :1], axis=-1)[:, 0]
   return logp.at[:, 0].set(first)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "record", "temperature", "logp_block"),
+@functools.partial(jax.jit, static_argnames=("cfg", "record", "logp_block"),
                    donate_argnums=(1,))
 def extend(cfg: ModelConfig, state: SamplerState, params, tables: Tables, tokens, valid,
-           src, resume, *, record: bool, temperature: float = 1.0, logp_block: int = 16):
+           src, resume, *, record: bool, logp_block: int = 16):
   """Appends a right-padded chunk to each row at the row's own cursor.
 
   Args:
@@ -276,7 +288,8 @@ def extend(cfg: ModelConfig, state: SamplerState, params, tables: Tables, tokens
     src: [B] i8 source tag of the chunk (SRC_FORCED for a response prefix, SRC_ENV for tool
       output); ignored when `record` is False (prompts: not part of the response).
     resume: [B] bool, rows that are RUNNING afterwards (others keep their status).
-    record: static; append the chunk to the response buffers with log-probs.
+    record: static; append the chunk to the response buffers with log-probs (the policy's own,
+      T = 1: a forced prefix is recorded as if the policy had written it, docs/em.md).
   """
   n = jnp.sum(valid, axis=1, dtype=jnp.int32)
   has = n > 0
@@ -291,7 +304,7 @@ def extend(cfg: ModelConfig, state: SamplerState, params, tables: Tables, tokens
   if record:
     t = tokens.shape[1]
     blk = logp_block if t % logp_block == 0 else t
-    logp = _chunk_logp(cfg, params, hidden, state.logits, tokens, temperature, blk)
+    logp = _chunk_logp(cfg, params, hidden, state.logits, tokens, blk)
     r = state.out_tokens.shape[1]
     idx = state.n_out[:, None] + jnp.arange(t, dtype=jnp.int32)
     idx = jnp.where(valid, idx, r)  # padding writes nowhere

@@ -9,7 +9,8 @@ pre-compose it with the vocabulary on the host: for automaton state s and token 
     hit[s, t]   the id (1-based) of the first pattern completed while reading them, else 0
 
 On the device a row's stop state is then one gather per generated token, and banning a pattern
-is masking every token t with hit[s, t] > 0 before sampling. A match inside a token (a token
+is masking every token t with hit[s, t] > 0 or next[s, t] != 0 before sampling (`ban_table`:
+a banned string can neither complete nor begin). A match inside a token (a token
 that runs past the end of the pattern) is caught too. The host confirms every device stop
 against the decoded text, so an approximation in the token-to-text table (e.g. a token that is
 an incomplete UTF-8 sequence) can at worst cost one extra host check, never a missed splice.
@@ -130,6 +131,20 @@ def _aho_corasick(patterns: tuple[str, ...]):
       else:
         goto[s, c] = goto[fail[s], c]
   return goto, np.asarray(out, np.int32), cid
+
+
+def ban_table(matcher: StringMatcher) -> np.ndarray:
+  """[S, V] bool: the tokens a ban masks in each automaton state.
+
+  Masking only the tokens that *complete* a banned string is not a ban: every strict prefix
+  stays allowed, so a policy that wants the string writes all of it but the last character
+  and derails ("```pytho7)..."), and a vocabulary with a token for the prefix ("```") plus
+  one for the rest gets through whenever the last token is not masked at the right moment.
+  A token is therefore banned when reading it completes a pattern *or* leaves the text ending
+  in a non-empty prefix of one (automaton state != 0): a banned string cannot even begin,
+  under any tokenisation, and a row whose ban is active stays in state 0.
+  """
+  return (matcher.hit > 0) | (matcher.next != 0)
 
 
 def build_matcher(patterns, texts: list[str], max_vector_chars: int = 32) -> StringMatcher:
