@@ -35,6 +35,31 @@ def test_fallback_is_opt_in():
     assert extract_answer(r"the answer is 3 but \boxed{4}", fallback=True) == "4"  # a box wins
 
 
+@pytest.mark.parametrize("response, expected", [
+    (r"so $\boxed{2}$, $\boxed{4}$, $\boxed{6}$.", "2, 4, 6"),
+    (r"\boxed{(1,3)} \text{ and } \boxed{(3,1)}", "(1,3), (3,1)"),
+    (r"\[\boxed{-1}\quad\text{or}\quad\boxed{1}\]", "-1, 1"),
+    (r"try \boxed{2}; it fails, so \boxed{3}", "3"),            # words between: separate boxes
+    (r"\boxed{1}" + " " * 100 + r"\boxed{2}", "2"),              # too far apart to be one answer
+    (r"\boxed{\boxed{5}}", "5"),                                  # nested: the inner box, as before
+    (r"\boxed{29}<|im_end|>", "29"),
+    (r"\boxed{2}, \boxed{3}<|eot_id|>", "2, 3"),
+])
+def test_final_boxes_are_joined(response, expected):
+    assert extract_answer(response) == expected
+
+
+@pytest.mark.parametrize("response, expected", [
+    ("Final Answer: The final answer is $28$. I hope it is correct.", "28"),
+    ("The answer is 29<|im_end|>", "29"),
+    ("The answer is: **42**.", "42"),
+    ("Thus the answer is 3.5. Next we check it.", "3.5"),
+    ("3 + 4 = 7\n#### 7", "7"),
+])
+def test_fallback_phrase(response, expected):
+    assert extract_answer(response, fallback=True) == expected
+
+
 def test_extract_answer_is_linear_on_long_input():
     import time
 

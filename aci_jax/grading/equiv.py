@@ -157,8 +157,9 @@ def _parse(s: str, depth: int = 0) -> Node:
     eq = _split_top(s, ("=",))
     if len(eq) == 2 and eq[0].strip() and eq[1].strip():
         return Node("eq", eq[0].strip(), items=(_parse(eq[1], depth + 1),))
-    if len(eq) > 2:  # x = 5+5+1 = 11: the label and the last value
-        return Node("eq", eq[0].strip(), items=(_parse(eq[-1], depth + 1),))
+    if len(eq) > 2:  # x = 5+5+1 = 11: the label (first part, else the one before the value) and the value
+        lhs = eq[0].strip() if _is_label(eq[0].strip()) else eq[-2].strip()
+        return Node("eq", lhs, items=(_parse(eq[-1], depth + 1),))
     pm = _split_top(s, ("\\pm",))
     if len(pm) == 2 and pm[1].strip():
         a, b = pm

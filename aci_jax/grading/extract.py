@@ -13,7 +13,7 @@ from .normalize import SPECIAL_TOKENS, match_braces
 __all__ = ["extract_answer", "extract_gold", "last_boxed", "final_boxes", "GOLD_STYLES"]
 
 # "The answer is X." fallback (opt-in): take the rest of the line after the last occurrence.
-_ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"(?:(?:final answer|the answer)\s*(?:is|:)\s*:?|^####)[ \t]*", re.IGNORECASE | re.MULTILINE)
 GOLD_STYLES = ("auto", "math", "gsm8k", "plain")
 
 
@@ -86,8 +86,9 @@ def extract_answer(response: str, *, fallback: bool = False) -> str | None:
     written one after another as one answer (``\\boxed{2}, \\boxed{4}``) are joined into the list
     ``2, 4`` (``final_boxes``). Chat-template tokens such as ``<|im_end|>`` are ignored.
     With ``fallback=True`` a response without a box may still answer through the last
-    "the answer is X" / "final answer: X" phrase (X runs to the end of its line, a trailing period
-    and surrounding ``$`` are dropped). Off by default: training rewards need the boxed format.
+    "the answer is X" / "final answer: X" phrase or a GSM8K-style ``#### X`` line: X is the math
+    span ``$...$``/``\\(...\\)`` right after the phrase, else the rest of its sentence (markdown
+    ``**`` dropped). Off by default: training rewards need the boxed format.
     """
     if not isinstance(response, str):
         raise TypeError(f"response must be str, got {type(response).__name__}")
@@ -113,6 +114,7 @@ def _answer_phrase(rest: str) -> str | None:
     """The answer at the start of the rest of an "the answer is" line: a math span ``$...$``
     (what follows it, such as "I hope it is correct.", is not part of it), else the text up to the
     end of the sentence."""
+    rest = rest.replace("**", "")  # markdown bold around the answer
     for opener, closer in _MATH_SPAN:
         if rest.startswith(opener):
             end = rest.find(closer, len(opener))

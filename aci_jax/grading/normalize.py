@@ -10,7 +10,7 @@ Every regex here is linear (no nested quantifiers), so hostile strings cannot ma
 from __future__ import annotations
 
 import re
-from fractions import Fraction
+from decimal import Decimal
 
 __all__ = ["normalize", "strip_text_wrappers", "match_braces", "brace_stats", "UNIT_WORDS", "SPECIAL_TOKENS"]
 
@@ -48,8 +48,15 @@ _TRIG_DEG = re.compile(r"\\(sin|cos|tan|sec|csc|cot)(\^\{?[0-9]\}?)? ?(\(?) ?(\d
 # Mixed numbers written with a space: 3 \frac{1}{4}, 2 1/4 (proper fractions only; 2 5/4 is left alone).
 _MIXED_SP = re.compile(r"(^|[\s,;(\[{=])([+-]?)(\d+) (?:\\frac\{(\d+)\}\{(\d+)\}|(\d+)/(\d+))(?=$|[\s,;)\]}])")
 # Number words: 2 million, 3.5\text{ billion}.
-_SCALE = {"thousand": 3, "million": 6, "billion": 9, "trillion": 12}
-_SCALE_WORD = re.compile(r"^([+-]?)(\d{1,15}(?:\.\d{1,15})?) ?(thousand|million|billion|trillion)$", re.IGNORECASE)
+_SCALE = {"dozen": 12, "hundred": 100, "thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
+_SCALE_WORD = re.compile(r"^([+-]?)(\d{1,15}(?:\.\d{1,15})?) ?(dozen|hundred|thousand|million|billion|trillion)$",
+                         re.IGNORECASE)
+# Words after a plain number ("12 cookies", "17\text{ any text}"): what is counted, not part of the value.
+_WORD_TAIL = re.compile(r"^([+-]?(?:\d[\d,]*(?:\.\d+)?|\.\d+|\\frac\{\d+\}\{\d+\})) ([A-Za-z]{3,}(?: [A-Za-z]{2,}){0,2})$")
+_NOT_A_NOUN = {"and", "or", "not", "but", "less", "more", "than", "over", "plus", "minus", "times", "divided",
+               "squared", "cubed", "percent", "percentage", "pct", "factorial"}
+# A choice letter followed by its option text: "C. x = 42", "(B) 7".
+_CHOICE_TEXT = re.compile(r"^(?:\(([A-E])\)|([A-E])[.)]) \S")
 # "or"/"and" as list separators, also glued to their neighbours by \text{or}; an Oxford comma before them.
 _TEXT_CONJ = re.compile(r"\\(?:text|textbf|textrm|mbox|mathrm) ?\{ ?(?:or|and) ?\}")
 _CONJ = re.compile(r"(?:\s*,)?\s+(?:or|and)\s+|(?:\s*,)?\s*\x00\s*(?:,\s*)?|(?<=[)\]])\s?(?:or|and)\s?(?=[(\[])")
@@ -130,6 +137,21 @@ def _mixed_spaced(m: re.Match) -> str:
     return f"{lead}{sign}({whole}+\\frac{{{num}}}{{{den}}})"
 
 
+_LONE_LABEL = re.compile(r"^[a-zA-Z](?:_\{?[a-zA-Z0-9]{1,3}\}?)?$")
+
+
+def _approx(s: str) -> str:
+    """``a \\approx b``: the exact ``a`` is the answer and ``b`` a comment on it, unless ``a`` only
+    names the value (``x \\approx 11`` is ``x = 11``) or is missing (``\\approx 3.14`` is ``3.14``)."""
+    parts = s.split("\\approx")
+    lhs = parts[0].strip()
+    if not lhs:
+        return parts[-1].strip()
+    if _LONE_LABEL.match(lhs):
+        return f"{lhs} = {parts[-1].strip()}"
+    return lhs
+
+
 def normalize(s: str) -> str:
     """Canonical string for a MATH-style answer (see module docstring). Never raises on str input."""
     s = SPECIAL_TOKENS.sub(" ", s)
@@ -166,7 +188,9 @@ def normalize(s: str) -> str:
     s = _LE.sub(r"\\leq", s)
     s = _GE.sub(r"\\geq", s)
     s = s.replace("\\lt", "<").replace("\\gt", ">").replace("\\leqslant", "\\leq").replace("\\geqslant", "\\geq")
-    s = s.replace("≤", "\\leq").replace("≥", "\\geq").replace("\\approx", "=")
+    s = s.replace("≤", "\\leq").replace("≥", "\\geq")
+    if "\\approx" in s:
+        s = _approx(s)
     s = s.replace(">=", "\\geq ").replace("<=", "\\leq ").replace("!=", "\\ne ").replace("≠", "\\ne ")
     s = s.replace("\\neq", "\\ne").replace("\\emptyset", "\\varnothing")
     if s.strip() in ("\\{\\}", "\\{ \\}", "{}"):
@@ -186,8 +210,12 @@ def normalize(s: str) -> str:
     s = " ".join(s.split())
     m = _SCALE_WORD.match(s)
     if m:
-        v = Fraction(m.group(2)) * 10 ** _SCALE[m.group(3).lower()]
-        s = m.group(1) + (str(v.numerator) if v.denominator == 1 else m.group(2) + f"\\times10^{{{_SCALE[m.group(3).lower()]}}}")
+        v = Decimal(m.group(2)) * _SCALE[m.group(3).lower()]
+        s = m.group(1) + format(v.normalize() if v == v.to_integral_value() else v, "f")
+    m = _WORD_TAIL.match(s)
+    if m and m.group(2).split()[0].lower() not in _NOT_A_NOUN:
+        s = m.group(1)
+    s = re.sub(r"(?:\\\\|\\)+$", "", s).rstrip()  # a trailing line break "185\\\\"
     m = _BRACKETED_ENV.match(s)
     if m:
         s = m.group(1)
@@ -206,9 +234,9 @@ def normalize(s: str) -> str:
     # Mixed numbers (MATH convention): 1\frac{4}{5} -> (1+\frac{4}{5}).
     s = _MIXED_SP.sub(_mixed_spaced, s)
     s = _MIXED.sub(lambda mm: f"{mm.group(1)}({mm.group(2)}+\\frac{{{mm.group(3)}}}{{{mm.group(4)}}})", s)
-    m = _CHOICE.match(s)
+    m = _CHOICE.match(s) or _CHOICE_TEXT.match(s)
     if m:
-        s = m.group(1)
+        s = m.group(1) or m.group(2)
     # Wrapping braces {x} -> x.
     k = 0
     while k < 64 and len(s) >= 2 and s[0] == "{" and match_braces(s).get(0) == len(s) - 1:
