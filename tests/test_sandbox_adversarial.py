@@ -502,3 +502,120 @@ def test_the_cell_cannot_forge_a_sandbox_failure(tsb):
   r = tsb.submit("forge2", code).result()
   tsb.close_session("forge2")
   assert r.status != Status.SANDBOX_FAILURE and "forged" not in r.output, (r.status, r.output)
+
+
+def _fs_isolated(sb: Sandbox) -> bool:
+  """Whether the tier confines the filesystem view (else the tests below are skipped for it,
+  and docs/sandbox.md says so)."""
+  return sb.isolation["tier"] == "namespaces" or "landlock" in sb.isolation["filesystem"]
+
+
+def test_no_host_pseudo_terminal_is_created(tsb):
+  if not _fs_isolated(tsb):
+    pytest.skip("this tier leaves /dev/ptmx to uid permissions")
+  before = set(os.listdir("/dev/pts"))
+  code = ("import os, time\nres = []\nfor f in (os.openpty, lambda: os.open('/dev/ptmx', os.O_RDWR),"
+          " lambda: os.open('/dev/pts/ptmx', os.O_RDWR)):\n  try:\n    res.append(f())\n"
+          "  except OSError as e:\n    res.append(type(e).__name__)\ntime.sleep(1.0)\nprint(res)")
+  fut = tsb.submit("pty", code)
+  seen = set()
+  while not fut.done():
+    seen |= set(os.listdir("/dev/pts"))
+    time.sleep(0.05)
+  r = fut.result()
+  tsb.close_session("pty")
+  assert seen - before == set(), f"the cell allocated host terminals: {r.output}"
+  assert r.status == Status.OK and "'" in r.output, r.output  # every attempt failed (names)
+
+
+def _lib_file() -> str:
+  import importlib.util
+  return importlib.util.find_spec("sympy").origin
+
+
+def test_file_locks_are_not_shared_with_the_host(tsb):
+  import fcntl
+  path = _lib_file()
+  host = os.open(path, os.O_RDONLY)
+  try:
+    fcntl.flock(host, fcntl.LOCK_EX)
+    # The host holds a lock on a library file the cell can read: the cell must not see it ...
+    code = (f"import fcntl, os\nfd = os.open({path!r}, os.O_RDONLY)\nres = []\n"
+            "for f in (lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB),"
+            " lambda: fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)):\n"
+            "  try:\n    f()\n    res.append('locked')\n  except OSError as e:\n"
+            "    res.append(e.errno)\nprint(res)")
+    r = tsb.submit("locks", code).result()
+    assert r.status == Status.OK, r.output
+    assert "11" not in r.output, f"the cell saw the host's lock: {r.output}"
+    fcntl.flock(host, fcntl.LOCK_UN)
+    # ... and a lock the cell takes must not be seen by the host.
+    code = (f"import fcntl, os, time\nfd = os.open({path!r}, os.O_RDONLY)\ntry:\n"
+            "  fcntl.flock(fd, fcntl.LOCK_EX)\nexcept OSError:\n  pass\ntime.sleep(1.0)")
+    fut = tsb.submit("locks", code)
+    time.sleep(0.5)
+    try:
+      fcntl.flock(host, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      seen = False
+      fcntl.flock(host, fcntl.LOCK_UN)
+    except BlockingIOError:
+      seen = True
+    fut.result()
+    assert not seen, "a lock taken in the sandbox was visible on the host"
+  finally:
+    os.close(host)
+    tsb.close_session("locks")
+
+
+def test_file_access_notifications_are_refused(tsb):
+  lib_dir = os.path.dirname(_lib_file())
+  code = ("import ctypes, os, select\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+          "fd = libc.inotify_init1(0)\nif fd < 0:\n  print('refused', ctypes.get_errno())\nelse:\n"
+          f"  libc.inotify_add_watch(fd, {lib_dir.encode()!r}, 0x20 | 0x1)\n  n = 0\n"
+          "  while select.select([fd], [], [], 1.5)[0]:\n    n += len(os.read(fd, 65536))\n"
+          "  print('events', n)")
+  fut = tsb.submit("inotify", code)
+  while not fut.done():  # the host (standing in for another session) reads the library
+    for name in os.listdir(lib_dir)[:20]:
+      p = os.path.join(lib_dir, name)
+      if os.path.isfile(p):
+        with open(p, "rb") as f:
+          f.read(1)
+    time.sleep(0.05)
+  r = fut.result()
+  tsb.close_session("inotify")
+  assert r.output.startswith("refused"), f"the cell watched the shared library: {r.output}"
+
+
+def test_host_files_outside_what_python_needs_are_unreadable(tsb):
+  if not _fs_isolated(tsb):
+    pytest.skip("this tier leaves the host's files to uid permissions")
+  secret = "aci-answer-" + os.urandom(6).hex()
+  run = f"/var/tmp/aci_run_{os.urandom(4).hex()}"
+  os.makedirs(run)
+  os.chmod(run, 0o755)
+  planted = [f"{run}/answers.jsonl", f"{run}/eval_scores.jsonl"]
+  try:
+    for p in planted:
+      with open(p, "w") as f:
+        f.write(secret + "\n")
+      os.chmod(p, 0o644)  # world-readable, as a run's files usually are
+    targets = planted + [os.path.abspath(__file__), "/etc/hostname", "/etc/passwd",
+                         f"/proc/{os.getpid()}/cmdline"]  # the host test process
+    code = ("import os\nhits, errs = 0, []\n"
+            f"for p in {targets!r}:\n  try:\n    hits += {secret!r} in open(p, errors='replace').read()\n"
+            "    errs.append('read')\n  except OSError as e:\n    errs.append(type(e).__name__)\n"
+            "print(hits, errs, sorted(os.listdir('/')))")
+    r = tsb.submit("files", code).result()
+    tsb.close_session("files")
+    assert r.status == Status.OK, r.output
+    assert secret not in r.output and r.output.startswith("0 "), r.output
+    errs = r.output.split("[", 1)[1].split("]", 1)[0]
+    assert "read" not in errs, f"host files were readable: {r.output}"
+    top = r.output.rsplit("[", 1)[1]
+    for name in ("'var'", "'home'", "'opt'", "'srv'", "'mnt'", "'sys'"):
+      assert name not in top, f"{name} is visible: {r.output}"
+  finally:
+    for p in planted:
+      os.unlink(p)
+    os.rmdir(run)

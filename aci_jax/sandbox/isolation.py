@@ -62,6 +62,19 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
                             ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)), f"prctl({option})")
 
 
+MNT_DETACH = 2
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+  _check(_libc.syscall(ctypes.c_long(_PIVOT_ROOT[platform.machine()]), new_root.encode(),
+                       put_old.encode()), "pivot_root")
+
+
+def umount2(target: str, flags: int) -> None:
+  _check(_libc.umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}")
+
+
 class _MountAttr(ctypes.Structure):
   _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
               ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]

@@ -34,14 +34,18 @@ def _place_fds(ctl_r: int, ctl_w: int, out_w: int, err_w: int) -> None:
   os.closerange(5, 1 << 16)  # the zygote's socket, other sessions' pipes: nothing survives
 
 
-MASKED = ("/root", "/home")  # replaced by an empty tmpfs in the namespace tier
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _python_paths() -> list[str]:
-  """Directories the interpreter may import from (minimal set: no path under another)."""
-  pkg = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  cands = {os.path.realpath(p) for p in sys.path + [sys.prefix, sys.base_prefix, pkg]
+  """Directories the interpreter may import from (minimal set: no path under another). The
+  checkout holding aci_jax itself is left out (and any directory above it): the sessions never
+  import it (the runner is loaded before they fork), and it holds the run's data and workdirs.
+  A virtual environment inside the checkout stays in."""
+  cands = {os.path.realpath(p) for p in sys.path + [sys.prefix, sys.base_prefix, sys.exec_prefix,
+                                                     sys.base_exec_prefix]
            if p and os.path.isdir(p)}
+  cands = {p for p in cands if not (p == _PKG_PARENT or _PKG_PARENT.startswith(p.rstrip("/") + "/"))}
   out = []
   for p in sorted(cands):
     if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in out):
@@ -59,35 +63,63 @@ def _blocked_ancestor(path: str) -> str | None:
   return None
 
 
-def mask_plan() -> tuple[list[str], list[str]]:
-  """(directories to hide behind an empty tmpfs, interpreter directories to bind back).
-  Computed once in the zygote: /root, /home, and any directory other users cannot enter that
-  holds the interpreter (e.g. a pyenv under /root)."""
-  paths = _python_paths()
-  masks = {m for m in MASKED if os.path.isdir(m)}
+# What a session sees in the namespaces tier, besides the interpreter's own directories: the
+# system's programs and shared libraries (Python loads extension modules' dependencies from
+# them, and cells may run /bin/sh), the loader's cache and the time zone, a few device nodes.
+# Nothing else of the host: no /etc beyond these, no /home, /root, /work, /var, /opt, /srv,
+# /mnt, no /sys, no host /proc or /tmp, no /dev/pts or /dev/ptmx.
+SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr/bin", "/usr/sbin",
+               "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libx32", "/usr/libexec", "/usr/share")
+SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
+DEVICES = ("null", "zero", "full", "random", "urandom")
+DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+             "stderr": "/proc/self/fd/2", "shm": "/tmp"}  # shm: the session's capped tmpfs
+
+
+def exposed_paths() -> list[str]:
+  """Host directories and files bound read-only into the sessions' root (namespaces tier):
+  symlinks are recreated as they are, directories and files bound (minimal set, parents first,
+  so nothing is ever created inside a bound host directory)."""
+  cands = [p for p in SYSTEM_DIRS + SYSTEM_FILES + tuple(_python_paths())
+           if p != "/" and os.path.lexists(p)]
+  links = sorted({p for p in cands if os.path.islink(p)})
+  out: list[str] = []
+  for p in sorted({p for p in cands if not os.path.islink(p)}):
+    if not any(p.startswith(q + "/") for q in out):
+      out.append(p)
+  return links + out
+
+
+def build_root(new_root: str, paths: list[str]) -> None:
+  """Mounts a small tmpfs at new_root holding only `paths` (bind mounts of the host's, or the
+  same symlinks), /dev with a few device nodes, and empty /proc and /tmp for each session to
+  mount its own on. Must run as root inside a private mount namespace."""
+  isolation.mount("tmpfs", new_root, "tmpfs", isolation.MS_NOSUID | isolation.MS_NODEV,
+                  "size=1m,nr_inodes=4096,mode=755")
+  def inside(p):
+    return os.path.join(new_root, p.lstrip("/"))
   for p in paths:
-    b = _blocked_ancestor(p)
-    if b and b != "/":
-      masks.add(b)
-  masks = {m for m in masks if not any(m != o and m.startswith(o + "/") for o in masks)}
-  return sorted(masks), [p for p in paths if any(p.startswith(m + "/") for m in masks)]
-
-
-def mask_and_expose(masks: list[str], binds: list[str]) -> None:
-  """Hides `masks` behind empty read-only tmpfs mounts, then binds `binds` back, read-only.
-  Must run as root inside a private mount namespace."""
-  keep = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in binds}
-  for m in sorted(masks):
-    isolation.mount("tmpfs", m, "tmpfs", isolation.MS_NOSUID | isolation.MS_NODEV,
-                    "size=1m,mode=755")
-  for p, fd in keep.items():
-    os.makedirs(p, exist_ok=True)
-    isolation.mount(f"/proc/self/fd/{fd}", p, None, isolation.MS_BIND | isolation.MS_REC)
-    isolation.mount(None, p, None, isolation.MS_REMOUNT | isolation.MS_BIND | isolation.MS_RDONLY)
-    os.close(fd)
-  for m in masks:
-    isolation.mount(None, m, None, isolation.MS_REMOUNT | isolation.MS_RDONLY | isolation.MS_NOSUID
-                    | isolation.MS_NODEV)
+    target = inside(p)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.islink(p):
+      os.symlink(os.readlink(p), target)
+      continue
+    if os.path.isdir(p):
+      os.makedirs(target, exist_ok=True)
+    else:
+      open(target, "w").close()
+    isolation.mount(p, target, None, isolation.MS_BIND | isolation.MS_REC)
+  dev = inside("/dev")
+  os.makedirs(dev, exist_ok=True)
+  for name in DEVICES:
+    if os.path.exists(f"/dev/{name}"):
+      open(os.path.join(dev, name), "w").close()
+      isolation.mount(f"/dev/{name}", os.path.join(dev, name), None, isolation.MS_BIND)
+  for name, target in DEV_LINKS.items():
+    os.symlink(target, os.path.join(dev, name))
+  for d in ("/proc", "/tmp"):
+    os.makedirs(inside(d), exist_ok=True)
+  os.chmod(inside("/tmp"), 0o1777)
 
 
 def setup(spec: dict) -> None:

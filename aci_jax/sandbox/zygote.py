@@ -155,7 +155,7 @@ class Zygote:
   def _spec(self, tier: str) -> dict:
     cfg = self.cfg
     root = os.geteuid() == 0
-    masks, binds = runner.mask_plan() if tier == "namespaces" else ([], [])
+    exposed = runner.exposed_paths() if tier == "namespaces" else []
     seccomp = isolation.seccomp_supported()
     # socket() is refused in both tiers: in the namespaces tier sessions share one empty network
     # namespace, where abstract unix sockets would otherwise connect concurrent sessions.
@@ -165,7 +165,7 @@ class Zygote:
     if seccomp and root:
       prebuilt = isolation.build_filter(**blocks, block_signals_except=None)
     return dict(
-        masks=masks, binds=binds, filter=prebuilt, **blocks,
+        exposed=exposed, filter=prebuilt, **blocks,
         tier=tier, drop_uid=root, uid=0, workdir="/tmp",
         memory=int(cfg.memory_mb) << 20, cpu_s=float(cfg.cpu_s),
         cpu_soft=int(cfg.cpu_s) + 1, cpu_hard=int(cfg.session_cpu_s) + 1,
@@ -176,6 +176,7 @@ class Zygote:
     """Probes the strongest isolation that works here; returns the report for the host."""
     root = os.geteuid() == 0
     errors = {}
+    vm_bytes, threads = _vm_bytes(), len(os.listdir("/proc/self/task"))  # before any pivot_root
     if root:
       self.cg, self.cg_reasons = cgroups.detect(int(self.cfg.memory_mb) << 20)
     else:
@@ -205,18 +206,22 @@ class Zygote:
     if not root and not self.cfg.allow_weak:
       raise RuntimeError("the sandbox needs root (per-session uids); running as uid "
                          f"{os.geteuid()} shares the host's uid, pass allow_weak=True to accept")
-    need = _vm_bytes() + (64 << 20)
+    need = vm_bytes + (64 << 20)
     if self.spec_base["memory"] < need:
       raise RuntimeError(f"memory_mb={self.cfg.memory_mb} is below the warm image's address "
                          f"space ({need >> 20} MiB needed)")
     ns = self.tier == "namespaces"
     return {
-        "masked": self.spec_base["masks"],
+        "exposed": self.spec_base["exposed"],
         "tier": self.tier,
         "network": "netns+seccomp" if ns else "seccomp",
         "processes": "pid-namespace" if ns else "process-group (setsid blocked)",
-        "filesystem": ("read-only mount namespace, private tmpfs /tmp" if ns
-                       else "per-session directory, uid permissions"),
+        "filesystem": ("minimal read-only root (interpreter, its libraries, system programs and "
+                       "libraries, /etc/ld.so.cache, /etc/localtime, /dev/{null,zero,full,"
+                       "random,urandom}), private /proc and size-capped tmpfs /tmp" if ns
+                       else "host filesystem by uid permissions, per-session directory"),
+        "devices": ("null, zero, full, random, urandom (no ptmx, no pts)" if ns
+                    else "host /dev by permissions"),
         "user": "per-session uid" if root else "shared uid (weak)",
         "seccomp": "deny-list" if self.spec_base["seccomp"] else "unavailable",
         "memory": (f"{self.cg.kind} memory cgroup per session ({self.cfg.memory_mb} MiB for all "
@@ -228,21 +233,28 @@ class Zygote:
         "probe_errors": errors,
         "warnings": self._warnings(),
         "zygote_pid": os.getpid(),
-        "threads": len(os.listdir("/proc/self/task")),
+        "threads": threads,
     }
 
   def _prepare_namespaces(self) -> None:
-    """Once, in the zygote itself: an empty network namespace and a mount tree that is
-    read-only everywhere, with /root, /home (and any directory other users cannot enter that
-    holds the interpreter) hidden behind empty tmpfs mounts and the interpreter's directories
-    bound back. Every session starts from this; doing it here saves ~1 ms per session."""
+    """Once, in the zygote itself: an empty network namespace, and a new root filesystem that
+    holds only what running Python needs (runner.build_root), read-only everywhere; the
+    zygote moves into it with pivot_root and detaches the host's tree, so no session can reach
+    anything else of the host. Every session starts from this; doing it here keeps the
+    per-session cost to its own /proc and /tmp."""
     self._host_ns = {t: os.open(f"/proc/self/ns/{n}", os.O_RDONLY)
                      for t, n in ((isolation.CLONE_NEWNS, "mnt"), (isolation.CLONE_NEWNET, "net"))}
     self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY)
     try:
       isolation.unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWNET)
       isolation.mount(None, "/", None, isolation.MS_REC | isolation.MS_PRIVATE)
-      runner.mask_and_expose(self.spec_base["masks"], self.spec_base["binds"])
+      new_root = os.path.join(self.root, "rootfs")
+      os.makedirs(new_root, exist_ok=True)
+      runner.build_root(new_root, self.spec_base["exposed"])
+      os.chdir(new_root)
+      isolation.pivot_root(".", ".")  # the old root is now stacked under the new one ...
+      isolation.umount2(".", isolation.MNT_DETACH)  # ... and detached: gone from our tree
+      os.chdir("/")
       isolation.make_tree_readonly("/")
     except OSError:
       self._leave_namespaces()
