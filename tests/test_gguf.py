@@ -22,8 +22,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from aci_jax.model import gguf as conv  # noqa: E402
 from aci_jax.model.config import UnsupportedConfigError  # noqa: E402
-from tests.hf_fixtures import hf_logits, make_hf_model  # noqa: E402
-from tests.tokenizer_fixtures import CHATML, build_tokenizer  # noqa: E402
+from hf_fixtures import hf_logits, make_hf_model  # noqa: E402
+from tokenizer_fixtures import CHATML, build_tokenizer  # noqa: E402
 
 VOCAB = 300
 _LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",

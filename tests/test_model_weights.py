@@ -230,10 +230,9 @@ def test_verify_checkpoint_cli(tmp_path):
   d = save_hf_model(make_hf_model("qwen2", tie_word_embeddings=True), tmp_path / "ok")
   good = _cli(d)
   assert good.returncode == 0, good.stderr
-  assert "max |logit diff|" in good.stdout and "OK" in good.stdout
-  # bf16 cannot meet the float32 tolerance: nonzero exit with the measured difference.
-  bad = _cli(d, "--dtype", "bfloat16", "--atol", "1e-4")
-  assert bad.returncode == 1 and "FAIL" in bad.stdout
+  assert "max |logit diff|" in good.stdout and good.stdout.rstrip().splitlines()[-1].startswith(
+      "OK")
+  # Broken loaders failing: tests/test_verify_checkpoint.py.
   # Bad input: a one-line error and exit 2.
   os.remove(os.path.join(d, "model.safetensors"))
   missing = _cli(d)
