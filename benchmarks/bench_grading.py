@@ -9,7 +9,7 @@ JSONL file (field ``answer``): the gold itself, a reformatted copy (\\dfrac, spa
 with ``Grader`` (cache off, workers already started) and with ``math_verify.verify(parse(..),
 parse(..))`` in this process, then prints pairs/s for each, the ratio, and the verdict agreement.
 
-Case mode grades tests/test_grading_cases.py's table with both engines (math-verify runs inside
+Case mode grades tests/test_grading_cases.py's table and tests/test_grading_classes.py's table with both engines (math-verify runs inside
 our killable workers, so its hangs cannot stall the run) and prints accuracy against the human
 labels per class, plus the "either says equal" combination — the measurement behind the engine
 decision in docs/grading.md.
@@ -99,8 +99,16 @@ def bench_throughput(args) -> None:
 
 def bench_cases(args) -> None:
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from test_grading_cases import CASES
+    from test_grading_cases import CASES as TABLE
+    from test_grading_classes import NEW_CASES
 
+    print("== the 210-case table (tests/test_grading_cases.py)")
+    _bench_table(TABLE, args)
+    print("\n== the issue-17 class table (tests/test_grading_classes.py)")
+    _bench_table(NEW_CASES, args)
+
+
+def _bench_table(CASES, args) -> None:
     items = [(g, p, r) for _, g, p, _, r in CASES]
     verdicts = {}
     for engine in ("native", "math_verify"):

@@ -145,6 +145,11 @@ NEW_CASES = [
     ("label", "f(x)=2x+5", "y=2x-5", F, F),
     ("label", "f(x)=2x+5", "2x+5", T, F),
     ("label", "f^{-1}(x)=3x-2", "y=3x-2", T, F),
+    ("label", "f(3)=7", "7", T, F),
+    ("label", "7", "g(-2) = 7", T, F),
+    ("label", "f(3)=7", "8", F, F),
+    ("label", "x = 5+5+1 = 11", "11", T, F),
+    ("label", "xy=6", "6", F, F),         # a curve
     ("label", "x+y=1", "1", F, F),        # the equation of a line, not a labelled value
     ("label", "2x=6", "6", F, F),
     ("label", "x=3", "y=3", F, F),
@@ -280,6 +285,15 @@ NEW_CASES = [
     ("real", "(5,-2)", "y=-2, x=5", T, F),
     ("real", "(5,-2)", "x=-2, y=5", F, F),
     ("real", "28 percentage", "28", T, F),
+    ("real", "12 cookies", "12", T, F),
+    ("real", r"17\text{ any text}", "17", T, F),
+    ("real", "10 choose 3", "10", F, F),
+    ("real", "1.5 dozen", "18", T, F),
+    ("real", "185\\\\", "185", T, F),
+    ("real", r"\frac{\sqrt{3}}{3} \approx 0.577", r"\frac{1}{\sqrt3}", T, F),
+    ("real", r"\frac{\sqrt{3}}{3} \approx 0.577", "0.577", F, F),
+    ("real", "C. x = 42", r"\text{(C)}", T, F),
+    ("real", "C. x = 42", "D", F, F),
     # a percent is also the fraction it stands for
     ("percent_value", r"40\%", "0.4", T, F),
     ("percent_value", r"40\%", r"\frac{2}{5}", T, F),

@@ -46,6 +46,8 @@ _VAR = re.compile(r"^(?:[a-zA-Z]|\\(?:alpha|beta|gamma|theta|phi|lambda|mu|omega
 # Letters, commands, subscripts, brackets, bars, ":", "+", and no digit outside a subscript.
 _LABEL = re.compile(r"^(?:[A-Za-z]|\\[a-zA-Z]+(?![a-zA-Z]) ?|_\{?[A-Za-z0-9]{1,4}\}?|\^\{?-1\}?|[()|,:+\[\]{}' ])+$")
 _LABEL_TUPLE = re.compile(r"^\((?:[a-zA-Z](?:_\{?[a-zA-Z0-9]{1,3}\}?)?, ?)+[a-zA-Z](?:_\{?[a-zA-Z0-9]{1,3}\}?)?\)$")
+# f(3), g(-2), P(0.5): the value of a function at a number.
+_FUNC_VALUE = re.compile(r"^[a-zA-Z](?:\^\{?-1\}?)?\(-?\d{1,6}(?:\.\d{1,6})?\)$")
 # y, f(x), g^{-1}(x): the value of a function of x (y = 4x-1 is the same answer as g(x) = 4x-1).
 _FUNC_LABEL = re.compile(r"^(?:y|[a-zA-Z](?:\^\{?-1\}?)?\(([a-z])\))$")
 _CHOICE_PAREN = re.compile(r"^\(\s*([A-E])\s*\)$")
@@ -262,7 +264,7 @@ def _is_label(lhs: str) -> bool:
     if len(lhs) > 80:
         return False
     k = _key(lhs)
-    if _VAR.match(k) or _LABEL_TUPLE.match(k):
+    if _VAR.match(k) or _LABEL_TUPLE.match(k) or _FUNC_VALUE.match(k):
         return True
     if not _LABEL.match(lhs) or "=" in lhs:
         return False

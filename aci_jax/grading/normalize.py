@@ -54,7 +54,9 @@ _SCALE_WORD = re.compile(r"^([+-]?)(\d{1,15}(?:\.\d{1,15})?) ?(dozen|hundred|tho
 # Words after a plain number ("12 cookies", "17\text{ any text}"): what is counted, not part of the value.
 _WORD_TAIL = re.compile(r"^([+-]?(?:\d[\d,]*(?:\.\d+)?|\.\d+|\\frac\{\d+\}\{\d+\})) ([A-Za-z]{3,}(?: [A-Za-z]{2,}){0,2})$")
 _NOT_A_NOUN = {"and", "or", "not", "but", "less", "more", "than", "over", "plus", "minus", "times", "divided",
-               "squared", "cubed", "percent", "percentage", "pct", "factorial"}
+               "squared", "cubed", "percent", "percentage", "pct", "factorial", "choose", "mod", "modulo",
+               "power", "root", "roots", "inverse", "halves", "thirds", "fourths", "quarters", "fifths",
+               "sixths", "eighths", "tenths", "hundredths", "thousandths"}
 # A choice letter followed by its option text: "C. x = 42", "(B) 7".
 _CHOICE_TEXT = re.compile(r"^(?:\(([A-E])\)|([A-E])[.)]) \S")
 # "or"/"and" as list separators, also glued to their neighbours by \text{or}; an Oxford comma before them.
