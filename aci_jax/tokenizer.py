@@ -5,21 +5,90 @@ relies on: ids are plain Python ints, the pad id always exists (Qwen and Llama c
 often lack one; we fall back to EOS, which is safe because padding is masked everywhere), and a
 chat prompt can be rendered with or without the generation prompt so the E-step can append a
 forced response prefix after it.
+
+End of turn. A response ends on any id in `eos_ids`: the union of the tokenizer's EOS, the
+checkpoint's generation-config EOS list (generation_config.json, else config.json, in the same
+directory) and the chat template's end-of-turn token (`<|im_end|>` for ChatML/Qwen,
+`<|eot_id|>` for Llama 3: found by rendering an assistant turn and reading the special token
+that closes it). A base checkpoint's tokenizer often names `<|endoftext|>` as EOS while its
+template closes turns with `<|im_end|>`; stopping on EOS alone would run every response to the
+token limit. `eos_ids[0]` is the end-of-turn token when the template has one: it is the token SFT
+appends to every target (aci_jax.data.sft), so the model learns to emit the token we stop on.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Sequence
+from typing import Iterable, Sequence
+
+_MARK = "\u2063ACI_JAX_END_OF_TURN_PROBE\u2063"
+# Used only when a template cannot be rendered with a plain user/assistant exchange.
+_KNOWN_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
+
+
+def _end_of_turn_id(hf) -> int | None:
+  """The special token a chat template writes right after an assistant message, if any."""
+  template = getattr(hf, "chat_template", None)
+  if not template or not isinstance(template, str):
+    return None
+  special = set(int(i) for i in hf.all_special_ids)
+  special |= {int(i) for i, t in getattr(hf, "added_tokens_decoder", {}).items()
+              if getattr(t, "special", False)}
+  try:
+    text = hf.apply_chat_template(
+        [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": _MARK}],
+        tokenize=False, add_generation_prompt=False)
+    after = text[text.index(_MARK) + len(_MARK):]
+    ids = hf.encode(after, add_special_tokens=False) if after else []
+    prompt = hf.apply_chat_template([{"role": "user", "content": "1+1?"}], tokenize=False,
+                                    add_generation_prompt=True)
+    prompt_ids = hf.encode(prompt, add_special_tokens=False)
+    # A token the generation prompt ends with opens the response (the toy template closes the
+    # prompt with <|im_end|> and has no assistant turn of its own): not an end of turn.
+    if ids and int(ids[0]) in special and not (prompt_ids and prompt_ids[-1] == ids[0]):
+      return int(ids[0])
+    return None
+  except Exception:  # noqa: BLE001 - templates may raise on anything; fall back to names
+    pass
+  for name in _KNOWN_END_OF_TURN:
+    if name in template:
+      i = hf.convert_tokens_to_ids(name)
+      if isinstance(i, int) and i in special:
+        return i
+  return None
+
+
+def checkpoint_eos_ids(directory: str) -> tuple[int, ...]:
+  """EOS ids a checkpoint directory's generation_config.json (else config.json) lists."""
+  for name in ("generation_config.json", "config.json"):
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+      continue
+    try:
+      with open(path) as f:
+        eos = json.load(f).get("eos_token_id")
+    except (OSError, ValueError):
+      continue
+    if eos is None:
+      continue
+    return tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+  return ()
 
 
 class Tokenizer:
   """Wraps a Hugging Face tokenizer loaded from a checkpoint directory (or hub id when online)."""
 
-  def __init__(self, hf_tokenizer):
+  def __init__(self, hf_tokenizer, extra_eos_ids: Iterable[int] = ()):
     self.hf = hf_tokenizer
     eos = hf_tokenizer.eos_token_id
-    self.eos_ids: tuple[int, ...] = () if eos is None else (int(eos),)
+    self.end_of_turn_id: int | None = _end_of_turn_id(hf_tokenizer)
+    ids: list[int] = []
+    for i in (self.end_of_turn_id, eos, *extra_eos_ids):
+      if i is not None and int(i) not in ids:
+        ids.append(int(i))
+    # Every id that ends a response; [0] is the one SFT targets end with (module docstring).
+    self.eos_ids: tuple[int, ...] = tuple(ids)
     pad = hf_tokenizer.pad_token_id
     self.pad_id: int = int(pad) if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
 
@@ -30,7 +99,8 @@ class Tokenizer:
     if os.path.isdir(path) and not any(
         f.startswith("tokenizer") for f in os.listdir(path)):
       raise FileNotFoundError(f"{path}: no tokenizer files (tokenizer.json / tokenizer_config)")
-    return cls(AutoTokenizer.from_pretrained(path, **kw))
+    extra = checkpoint_eos_ids(path) if os.path.isdir(path) else ()
+    return cls(AutoTokenizer.from_pretrained(path, **kw), extra)
 
   @property
   def vocab_size(self) -> int:
@@ -42,6 +112,17 @@ class Tokenizer:
 
   def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
     return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+  def strip_special(self, text: str) -> str:
+    """`text` without the tokenizer's special-token strings (e.g. a trailing `<|im_end|>`),
+    for reading an answer out of a response: the grader must see "29", not "29<|im_end|>"."""
+    names = set(getattr(self.hf, "all_special_tokens", ()))
+    names |= {str(t) for t in getattr(self.hf, "added_tokens_decoder", {}).values()
+              if getattr(t, "special", False)}
+    for t in sorted(names, key=len, reverse=True):
+      if t:
+        text = text.replace(t, "")
+    return text
 
   @property
   def has_chat_template(self) -> bool:

@@ -3,7 +3,7 @@
 import pytest
 
 from aci_jax.tokenizer import Tokenizer
-from tokenizer_fixtures import build_tokenizer
+from tokenizer_fixtures import LLAMA3, LLAMA3_SPECIALS, build_tokenizer
 
 
 def test_round_trip_and_special_ids(tmp_path):
@@ -41,3 +41,70 @@ def test_missing_tokenizer_files(tmp_path):
   (tmp_path / "config.json").write_text("{}")
   with pytest.raises(FileNotFoundError, match="no tokenizer files"):
     Tokenizer.from_pretrained(str(tmp_path))
+
+
+# ------------------------------------------------------------ end of turn (issue 12, item 3)
+
+
+def _qwen_base(tmp_path):
+  # A Qwen2.5 *base* checkpoint: EOS is <|endoftext|>, but its ChatML template closes every
+  # turn with <|im_end|>, which a chat-tuned response ends with.
+  return Tokenizer.from_pretrained(build_tokenizer(tmp_path / "qb", eos_token="<|endoftext|>"))
+
+
+def _llama3_base(tmp_path):
+  return Tokenizer.from_pretrained(build_tokenizer(
+      tmp_path / "l3", chat_template=LLAMA3, specials=LLAMA3_SPECIALS,
+      eos_token="<|end_of_text|>", bos_token="<|begin_of_text|>"))
+
+
+@pytest.mark.parametrize("make,end,eos", [
+    (_qwen_base, "<|im_end|>", "<|endoftext|>"),
+    (_llama3_base, "<|eot_id|>", "<|end_of_text|>")])
+def test_end_of_turn_token_stops_and_ends_sft_targets(tmp_path, make, end, eos):
+  from aci_jax.data.sft import encode_demonstration
+
+  tok = make(tmp_path)
+  end_id, eos_id = (tok.hf.convert_tokens_to_ids(t) for t in (end, eos))
+  assert tok.end_of_turn_id == end_id
+  assert set(tok.eos_ids) == {end_id, eos_id}
+  # SFT targets end with the token the sampler stops on (eos_ids[0]), trained (mask 1).
+  ex = encode_demonstration(tok, "1+1?", "The answer is 2.", max_len=256)
+  assert int(ex.tokens[-1]) == end_id == tok.eos_ids[0] and ex.loss_mask[-1] == 1.0
+  # The template renders that token after an assistant turn, so the two agree.
+  conv = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]
+  assert end_id in tok.chat_ids(conv, add_generation_prompt=False)
+
+
+def test_rollout_engine_stops_on_every_end_token(tmp_path):
+  from aci_jax.model import ModelConfig
+  from aci_jax.rollout.engine import RolloutConfig, RolloutEngine
+
+  tok = _qwen_base(tmp_path)
+  cfg = ModelConfig(arch="qwen2", vocab_size=320, hidden_size=16, intermediate_size=16,
+                    num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, qkv_bias=True,
+                    eos_token_ids=(7,))  # a generation-config id the tokenizer does not know
+  engine = RolloutEngine(cfg, tok, RolloutConfig(batch_size=1, max_new_tokens=4))
+  stops = set(int(i) for i in engine.tables.eos_ids) - {-1}
+  assert stops == {tok.hf.convert_tokens_to_ids("<|im_end|>"),
+                   tok.hf.convert_tokens_to_ids("<|endoftext|>"), 7}
+
+
+def test_generation_config_eos_list_is_read(tmp_path):
+  import json
+  d = build_tokenizer(tmp_path / "g", eos_token="<|endoftext|>")
+  with open(tmp_path / "g" / "generation_config.json", "w") as f:
+    json.dump({"eos_token_id": [5, 6]}, f)
+  tok = Tokenizer.from_pretrained(d)
+  assert {5, 6} <= set(tok.eos_ids)
+
+
+def test_no_template_means_eos_only(tmp_path):
+  tok = Tokenizer.from_pretrained(build_tokenizer(tmp_path / "n", chat_template=None))
+  assert tok.end_of_turn_id is None
+  assert tok.eos_ids == (tok.hf.convert_tokens_to_ids("<|im_end|>"),)
+
+
+def test_strip_special_for_grading(tmp_path):
+  tok = _qwen_base(tmp_path)
+  assert tok.strip_special("so the answer is 29<|im_end|>") == "so the answer is 29"

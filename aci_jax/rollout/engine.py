@@ -125,7 +125,8 @@ class RolloutEngine:
     sm = build_matcher(stops, texts)
     bm = build_matcher(cfg.ban_strings or ("\x00never\x00",), texts)
     self.stop_matcher, self.ban_matcher = sm, bm
-    eos = list(tokenizer.eos_ids) or [-1]
+    # Stop on the tokenizer's end tokens (EOS, template end-of-turn) and the model config's.
+    eos = list(dict.fromkeys([*tokenizer.eos_ids, *model_cfg.eos_token_ids])) or [-1]
     self.tables = S.Tables(
         stop_next=jnp.asarray(sm.next), stop_hit=jnp.asarray(sm.hit),
         stop_is_tool=jnp.asarray([False, True] + [False] * len(cfg.stop_strings)),
