@@ -105,6 +105,23 @@ def test_bf16_export_loads_in_transformers(tmp_path):
   assert torch.equal(back.model.embed_tokens.weight, ref)
 
 
+def test_export_keeps_tokenizer_and_chat_template(qwen_dir, tmp_path):
+  # transformers saves a chat template to chat_template.jinja; an export without it renders
+  # every prompt of the trained model without its template.
+  from aci_jax.tokenizer import Tokenizer
+  from tokenizer_fixtures import build_tokenizer
+
+  _, d = qwen_dir
+  tok_dir = build_tokenizer(tmp_path / "tok")
+  assert os.path.exists(os.path.join(tok_dir, "chat_template.jinja"))
+  cfg = ModelConfig.from_pretrained(d)
+  export_params(load_params(d, cfg), cfg, str(tmp_path / "exp"), tokenizer_dir=tok_dir)
+  before, after = Tokenizer.from_pretrained(tok_dir), Tokenizer.from_pretrained(
+      str(tmp_path / "exp"))
+  msgs = [{"role": "user", "content": "1+1?"}]
+  assert after.has_chat_template and after.chat_prompt(msgs) == before.chat_prompt(msgs)
+
+
 def test_export_replaces_directory_atomically(qwen_dir, tmp_path):
   _, d = qwen_dir
   cfg = ModelConfig.from_pretrained(d)

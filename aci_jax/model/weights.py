@@ -294,8 +294,10 @@ def export_params(params: dict, cfg: ModelConfig, directory: str, *,
       json.dump(hf_cfg, f, indent=2)
     if tokenizer_dir is not None:
       for fname in os.listdir(tokenizer_dir):
+        # chat_template.jinja: transformers >= 4.43 saves the template there, not in
+        # tokenizer_config.json; without it an exported model renders prompts template-less.
         if fname.startswith(("tokenizer", "special_tokens_map", "vocab.", "merges.",
-                             "generation_config")):
+                             "generation_config", "chat_template", "added_tokens")):
           shutil.copy2(os.path.join(tokenizer_dir, fname), tmp)
     if remote:
       fileio.upload_dir(tmp, directory, last=("config.json",))
