@@ -110,17 +110,21 @@ MEANINGS = {
                        "(the autocode mode points it at the warm-up demonstrations)",
     "data.toy_examples": "sft mode: number of toy demonstrations when `train_path` is empty",
     "data.seq_len": "sft mode: sequence length (the autocode mode uses `warmup.seq_len`)",
-    "data.system": "system message of every SFT prompt (empty: none)",
+    "data.system": "system message of every prompt: warm-up SFT, E-step rollouts and "
+                   "evaluation (empty: none)",
     "em.algorithm": "`autocode` (EM), `em_no_decision` (lambda = 0), `grpo` (standard RL), "
-                    "`rft` (SFT on correct native rollouts); docs/em.md",
+                    "`rejection_sft` (SFT on correct native rollouts); docs/em.md",
     "em.iterations": "EM iterations",
     "em.queries_per_iteration": "queries drawn per iteration (a seeded pass over the pool)",
     "em.native_samples": "unforced rollouts per query, for pi_hat(code|x)",
     "em.k_per_decision": "K: forced rollouts per decision (code, reasoning), for Q_hat(x, c)",
     "em.keep_per_query": "rollouts per query kept for the M-step, drawn by s*(c|x)",
-    "em.alpha": "alpha of s* = softmax(alpha pi_hat Q_hat); `inf` = hard argmax",
+    "em.alpha": "alpha of s* = softmax(alpha pi_hat Q_hat); `inf` = hard argmax (ties: higher "
+                "Q_hat, then reasoning); below ln 9 the paper form cannot separate decisions",
     "em.form": "`paper` (softmax of the product, Eq. 5) or `posterior` (s* proportional to "
-               "pi_hat Q_hat)",
+               "(pi_hat Q_hat)^alpha)",
+    "em.adv_whiten": "advantages whitened per query over the `kept` rollouts or over all "
+                     "`forced` rollouts of the query (docs/em.md)",
     "em.pi_prior": "pseudo-count per decision added to the native counts of pi_hat",
     "em.epochs": "passes over the curated set per M-step",
     "em.code_prefix": "response prefix that forces code mode",

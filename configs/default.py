@@ -55,7 +55,7 @@ def get_config():
   c.em = ml_collections.ConfigDict(dict(
       algorithm="autocode", iterations=6, queries_per_iteration=64, native_samples=4,
       k_per_decision=4, keep_per_query=4, alpha=float("inf"), form="paper", pi_prior=0.5,
-      epochs=2, code_prefix="```python\n", batch_length=0))
+      adv_whiten="kept", epochs=2, code_prefix="```python\n", batch_length=0))
   c.rollout = ml_collections.ConfigDict(dict(
       batch_size=64, max_prompt_tokens=64, max_new_tokens=128, max_tool_calls=2,
       decode_steps=64, temperature=1.0, top_p=1.0, top_k=0))

@@ -61,9 +61,17 @@ def get_config(model: str = "qwen2.5-7b"):
       native_samples=8,             # ours: native rollouts per query for pi_hat
       k_per_decision=8,             # paper: K = 8 rollouts per decision
       keep_per_query=8,             # ours
-      alpha=1.0,                    # paper's Eq. 5 form softmax(alpha*pi*Q); alpha is ours
+      # s* = softmax(alpha * pi_hat * Q_hat) is the paper's Eq. 5 (form="paper"); alpha and
+      # pi_prior are ours. pi_hat * Q_hat lies in [0, 1], so alpha = 1 keeps s* within
+      # [0.27, 0.73] whatever the estimates: curation near 50/50, the decision barely learned
+      # (docs/em.md). alpha = inf is the hard argmax of pi_hat * Q_hat (ties: higher Q_hat, then
+      # reasoning), decisive by construction, as the toy needed. pi_prior = 0.5 pseudo-counts
+      # per decision keep pi_hat(code) > 0 for a query the policy never coded on, so a query
+      # only code solves can still move to code (with 0, pi*Q = 0 for code there).
+      alpha=float("inf"),
       form="paper",
-      pi_prior=0.0,
+      pi_prior=0.5,
+      adv_whiten="kept",            # ours (docs/em.md, "Advantage whitening")
       epochs=1,                     # ours
       code_prefix="```python\n",    # code mode forced by a response prefix (paper)
       batch_length=0))

@@ -1,13 +1,16 @@
 """E-step estimates and curation against a scripted policy with known probabilities."""
 
+import collections
+import logging
 import math
 
 import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from aci_jax.em.estep import (CODE, COT, EStepConfig, QueryGroup, curate, decision_of,
-                              estimate, reference_strategy)
+from aci_jax.em.estep import (CODE, COT, EStepConfig, QueryGroup, alpha_floor_warning,
+                              capped_counts, chosen_decision, curate, decision_of, estep_stats,
+                              estimate, polarisation, reference_strategy)
 from aci_jax.rollout.trajectory import Cell, Trajectory
 
 
@@ -48,15 +51,16 @@ def test_reference_strategy_formulas():
     a, b = math.exp(alpha * 0.18), math.exp(alpha * 0.1)
     np.testing.assert_allclose(reference_strategy(pi, q, alpha, "paper"), [a / (a + b),
                                                                           b / (a + b)])
-  # Posterior form: pi*Q normalised = [0.18, 0.1] / 0.28.
+  # Posterior form: pi*Q normalised = [0.18, 0.1] / 0.28; alpha is its exponent (tempered
+  # posterior), never silently ignored: alpha = 2 gives [0.18^2, 0.1^2] normalised.
   np.testing.assert_allclose(reference_strategy(pi, q, 1.0, "posterior"), [0.18 / 0.28,
                                                                           0.1 / 0.28])
-  # alpha = inf: argmax of pi*Q, ties split evenly; alpha = 0: uniform.
+  np.testing.assert_allclose(reference_strategy(pi, q, 2.0, "posterior"),
+                             [0.0324 / 0.0424, 0.01 / 0.0424])
+  np.testing.assert_allclose(reference_strategy(pi, q, 0.0, "posterior"), [0.5, 0.5])
+  # alpha = inf: argmax of pi*Q; alpha = 0: uniform.
   np.testing.assert_array_equal(reference_strategy(pi, q, math.inf, "paper"), [1.0, 0.0])
   np.testing.assert_array_equal(reference_strategy(pi, q, math.inf, "posterior"), [1.0, 0.0])
-  np.testing.assert_array_equal(reference_strategy(np.asarray([0.5, 0.5]),
-                                                   np.asarray([1.0, 1.0]), math.inf, "paper"),
-                                [0.5, 0.5])
   np.testing.assert_allclose(reference_strategy(pi, q, 0.0, "paper"), [0.5, 0.5])
   # The paper form with pi(code) = 0 and code the only working mode: still 50/50, while the
   # posterior form gives code nothing (why pi_prior exists).
@@ -64,6 +68,111 @@ def test_reference_strategy_formulas():
                                                 5.0, "paper"), [0.5, 0.5])
   np.testing.assert_allclose(reference_strategy(np.asarray([1.0, 0.0]), np.asarray([0.0, 1.0]),
                                                 5.0, "posterior"), [0.5, 0.5])
+
+
+def test_ties_are_broken_explicitly():
+  """A tie in pi*Q goes to the higher Q_hat (pi(code) = 0, only code works: code), a tie in
+  both to reasoning; alpha = inf is one-hot on that choice in either form."""
+  cases = [((1.0, 0.0), (0.0, 1.0), CODE),  # pi*Q = [0, 0]; Q says code
+           ((0.0, 1.0), (1.0, 0.0), COT),  # pi*Q = [0, 0]; Q says reasoning
+           ((0.5, 0.5), (1.0, 1.0), COT),  # a full tie: reasoning
+           ((0.5, 0.5), (0.6, 0.6), COT),
+           ((0.2, 0.8), (1.0, 0.25), COT)]  # pi*Q = [0.2, 0.2]; Q says reasoning
+  for pi, q, want in cases:
+    assert chosen_decision(np.asarray(pi), np.asarray(q)) == want, (pi, q)
+    for form in ("paper", "posterior"):
+      np.testing.assert_array_equal(
+          reference_strategy(np.asarray(pi), np.asarray(q), math.inf, form),
+          [1.0, 0.0] if want == COT else [0.0, 1.0])
+
+
+def test_paper_preset_strategy_is_decisive():
+  """configs/paper.py: a query only code solves, on which the policy never coded (8 native
+  rollouts, none with code), gets s*(code) >= 0.9; one both modes solve where the policy
+  reasons gets s*(cot) >= 0.9 (at alpha = 1, pi_prior = 0 both were within [0.27, 0.73])."""
+  import importlib.util
+  import pathlib
+
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "paper.py"
+  spec = importlib.util.spec_from_file_location("paper_cfg", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  em = mod.get_config().em
+  cfg = EStepConfig(alpha=em.alpha, form=em.form, pi_prior=em.pi_prior,
+                    keep_per_query=em.keep_per_query)
+  rng = np.random.default_rng(5)
+  only_code = scripted_group(0, rng, 0.0, 0.0, 1.0, em.native_samples, em.k_per_decision)
+  both = scripted_group(1, rng, 0.0, 1.0, 1.0, em.native_samples, em.k_per_decision)
+  assert estimate(only_code, cfg).s_star[CODE] >= 0.9
+  assert estimate(both, cfg).s_star[COT] >= 0.9
+  assert alpha_floor_warning(em.alpha, em.form) is None
+
+
+def test_alpha_too_small_to_separate_is_warned(caplog):
+  assert "0.27, 0.73" in alpha_floor_warning(1.0, "paper")
+  assert alpha_floor_warning(3.0, "paper") is None
+  assert alpha_floor_warning(math.inf, "paper") is None
+  assert alpha_floor_warning(1.0, "posterior") is None
+  rng = np.random.default_rng(6)
+  groups = [scripted_group(i, rng, 0.5, 0.2, 0.9, 8, 8) for i in range(20)]
+  with caplog.at_level(logging.WARNING, logger="aci_jax.em.estep"):
+    cur = curate(groups, EStepConfig(alpha=1.0), np.random.default_rng(0))
+  assert any("does not separate" in r.message for r in caplog.records)
+  assert cur.stats["estep/undecided_fraction"] == 1.0
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="aci_jax.em.estep"):
+    cur = curate(groups, EStepConfig(alpha=math.inf), np.random.default_rng(0))
+  assert not caplog.records and cur.stats["estep/undecided_fraction"] == 0.0
+
+
+def test_multinomial_counts_capped_at_k_with_redistribution():
+  """keep 8 from K = 4 per decision: a draw of 6/2 becomes 4/4, so every query keeps 8
+  (before: 4 + 2); a one-hot s* never borrows from the decision it gives no weight."""
+  rng = np.random.default_rng(7)
+  groups = [scripted_group(i, rng, 0.5, 0.5, 0.5, 8, 4) for i in range(50)]
+  cur = curate(groups, EStepConfig(alpha=0.0, keep_per_query=8), np.random.default_rng(1))
+  live = [e.query_id for e in cur.estimates if not e.dropped]
+  per_q = collections.Counter(t.prompt_index for t in cur.trajectories)
+  assert live and all(per_q[q] == 8 for q in live)
+  np.testing.assert_array_equal(capped_counts([6, 2], [4, 4], [0.5, 0.5]), [4, 4])
+  np.testing.assert_array_equal(capped_counts([0, 8], [4, 4], [0.0, 1.0]), [0, 4])
+  np.testing.assert_array_equal(capped_counts([7, 1], [4, 2], [0.9, 0.1]), [4, 2])
+
+
+def test_advantages_whitened_over_kept_or_all_forced():
+  rng = np.random.default_rng(8)
+  g = scripted_group(0, rng, 0.5, 0.3, 0.8, 8, 8)
+  forced_r = np.asarray([t.reward for c in (COT, CODE) for t in g.forced[c]])
+  assert 0 < forced_r.mean() < 1
+  for whiten_set in ("kept", "forced"):
+    cur = curate([g], EStepConfig(alpha=math.inf, keep_per_query=4, adv_whiten=whiten_set),
+                 np.random.default_rng(0))
+    r = np.asarray([t.reward for t in cur.trajectories])
+    ref = r if whiten_set == "kept" else forced_r
+    np.testing.assert_allclose(cur.advantages, (r - ref.mean()) / (ref.std() + 1e-6))
+  with pytest.raises(ValueError, match="adv_whiten"):
+    EStepConfig(adv_whiten="all")
+
+
+def test_polarisation_of_the_native_code_rate():
+  """Per-query native code rates 0, 0, 1/4, 1, 1 (by hand): 2 of 5 below 0.05, 2 above 0.95."""
+  native = [(q, code, 0.0) for q, codes in enumerate(
+      [[0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]) for code in codes]
+  st = polarisation(native)
+  assert st["estep/native_code_rate_below_05"] == pytest.approx(0.4)
+  assert st["estep/native_code_rate_above_95"] == pytest.approx(0.4)
+  assert st["estep/native_code_rate_query_hist"] == [2, 0, 1, 0, 0, 0, 0, 0, 0, 2]
+  assert estep_stats(native, [], [])["estep/native_code_rate_below_05"] == pytest.approx(0.4)
+
+
+def test_no_code_and_limit_records_are_not_code_use():
+  t = _traj(0, "native", False, 1.0)
+  t.cells = [Cell("", "Error: no ```python code block precedes this output block.", "no_code")]
+  assert not t.used_code and decision_of(t) == COT
+  t.cells = [Cell("", "Reached the maximum number of code executions", "limit")]
+  assert not t.used_code
+  t.cells.append(Cell("print(1)", "1", "ok"))
+  assert t.used_code and decision_of(t) == CODE
 
 
 def test_pi_prior_smooths_native_counts():
@@ -100,14 +209,11 @@ def test_no_signal_queries_dropped_and_targets():
                np.random.default_rng(0))
   assert [e.dropped for e in cur.estimates] == [True, False]
   assert all(t.prompt_index == 1 for t in cur.trajectories)
-  # pi(code) = 0 so pi*Q = [0, 0]: a tie, split evenly -> both decisions kept.
-  np.testing.assert_array_equal(cur.estimates[1].s_star, [0.5, 0.5])
-  rewards = np.asarray([t.reward for t in cur.trajectories])
-  adv = np.asarray(cur.advantages)
-  np.testing.assert_allclose(adv, (rewards - rewards.mean()) / (rewards.std() + 1e-6))
-  # Decision term: correct rollouts of the chosen decision (argmax s* -> first of a tie: CoT,
-  # whose rollouts all fail) -> nobody; with pi_prior the code decision wins.
-  assert not any(cur.decision)
+  # pi(code) = 0 so pi*Q = [0, 0]: a tie, broken by Q_hat -> code (before: split evenly and
+  # the decision term given to CoT, whose rollouts all fail, so nobody got it).
+  np.testing.assert_array_equal(cur.estimates[1].s_star, [0.0, 1.0])
+  assert all(decision_of(t) == CODE for t in cur.trajectories)
+  assert cur.decision == [t.reward > 0 for t in cur.trajectories] and any(cur.decision)
   cur2 = curate([good], EStepConfig(alpha=math.inf, keep_per_query=6, pi_prior=1.0),
                 np.random.default_rng(0))
   assert all(decision_of(t) == CODE for t in cur2.trajectories)

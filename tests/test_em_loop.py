@@ -92,7 +92,7 @@ def test_one_autocode_iteration(setup):
   tr2.close()
 
 
-@pytest.mark.parametrize("algorithm, policy", [("grpo", "grpo"), ("rft", "sft_nll")])
+@pytest.mark.parametrize("algorithm, policy", [("grpo", "grpo"), ("rejection_sft", "sft_nll")])
 def test_baselines_use_native_rollouts_only(setup, algorithm, policy):
   tok, cfg, model_dir, sb, grader, tmp = setup
   tr = _trainer(model_dir, tmp / f"run_{algorithm}", policy=policy, decision_coef=0.0)
@@ -110,7 +110,7 @@ def test_baselines_use_native_rollouts_only(setup, algorithm, policy):
   trajs = stats["trajectories"]
   assert all(t.mode == "native" for t in trajs) and len(trajs) == 8
   kept = stats["estep/kept_rollouts"]
-  if algorithm == "rft":
+  if algorithm == "rejection_sft":
     assert kept == sum(t.reward > 0 for t in trajs)
   else:  # grpo keeps only the queries whose rewards differ
     by_q = {}

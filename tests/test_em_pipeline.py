@@ -24,7 +24,7 @@ def _main(workdir, *extra):
 
 
 def test_default_pipeline_tiny(tmp_path):
-  run = _main(tmp_path / "run", "--config.progress=False")
+  run = _main(tmp_path / "run", "--config.progress=False", "--config.data.system=Be brief.")
   assert run.returncode == 0, run.stderr[-3000:]
   summary = json.loads((tmp_path / "run" / "summary.json").read_text())
   assert set(summary) >= {"warmup", "iterations", "final", "wall_seconds"}
@@ -37,10 +37,19 @@ def test_default_pipeline_tiny(tmp_path):
   it = summary["iterations"][0]
   assert it["em/rollouts"] == 4 * (4 + 4 + 4)  # queries x (native + 2 K)
   assert (tmp_path / "run" / "plots" / "toy_accuracy.png").exists()
+  # Polarisation of the native code rate per query: in the summary and plotted.
+  assert 0.0 <= it["estep/native_code_rate_below_05"] <= 1.0
+  assert sum(it["estep/native_code_rate_query_hist"]) == 4
+  assert (tmp_path / "run" / "plots" / "polarisation.png").exists()
+  # data.system frames the evaluation prompts as it framed the warm-up's (char tokenizer:
+  # one id per byte).
+  rec = json.loads((tmp_path / "run" / "eval" / "warmup" / "toy.trajectories.jsonl")
+                   .read_text().splitlines()[0])
+  assert bytes(i for i in rec["prompt_ids"] if i < 256).startswith(b"Be brief.")
   assert (tmp_path / "run" / "warmup" / "hf" / "config.json").exists()
   assert (tmp_path / "run" / "eval" / "warmup" / "toy.trajectories.jsonl").exists()
   # Re-running the finished command resumes and does nothing new: same summary numbers.
-  again = _main(tmp_path / "run", "--config.progress=False")
+  again = _main(tmp_path / "run", "--config.progress=False", "--config.data.system=Be brief.")
   assert again.returncode == 0, again.stderr[-3000:]
   summary2 = json.loads((tmp_path / "run" / "summary.json").read_text())
   assert summary2["final"] == summary["final"]

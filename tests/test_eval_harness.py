@@ -221,10 +221,46 @@ def test_bad_inputs_are_clear_errors(setup, grader):
   with pytest.raises(ValueError, match="problem 1 needs 'problem'"):
     ev.evaluate(engine, None, tok, [problems[0], {"question": "x"}], grader)
   long = [{"problem": "x" * 80, "answer": "1", "id": "long"}]
-  with pytest.raises(ValueError, match=r"problem 'long' .* > max_prompt_tokens=64"):
+  with pytest.raises(ValueError, match=r"every prompt of 'eval' is over max_prompt_tokens=64"):
     ev.evaluate(engine, None, tok, long, grader)
   with pytest.raises(ValueError, match="graded"):
     ev.response_metrics([Trajectory(0, 0, "native", [1], [1], [0.0], [0], [], "eos", "x")])
+
+
+def test_overlong_prompts_are_skipped_and_counted(setup, grader):
+  """One prompt over max_prompt_tokens no longer aborts the evaluation: it is left out of
+  every pass and counted; the metrics are those of the other problems."""
+  tok, cls, engine, problems = setup
+  long = {"problem": "x" * 80, "answer": "1", "id": "long", "family": "add"}
+  s = ev.evaluate(engine, None, tok, [problems[0], long, problems[1]], grader, samples=0)
+  ref = ev.evaluate(engine, None, tok, [problems[0], problems[1]], grader, samples=0)
+  assert s["skipped_overlong"] == 1 and s["skipped_ids"] == ["long"]
+  assert ref["skipped_overlong"] == 0 and ref["skipped_ids"] == []
+  for key in ("num_problems", "accuracy", "code_rate", "selection_accuracy"):
+    assert s[key] == ref[key], key
+  sent = [r.meta["problem_id"] for r in cls.runs[0][1]]
+  assert "long" not in sent and "idP1" in sent
+
+
+def test_system_message_frames_the_prompt():
+  tok = char_tokenizer()
+  plain = ev.chat_prompt(tok, "P0")
+  framed = ev.chat_prompt(tok, "P0", system="Be brief.")
+  assert tok.decode(framed) == "<|im_start|>Be brief.<|im_end|>" + tok.decode(plain)
+  assert ev.chat_prompt(tok, "P0", system="") == plain
+
+
+def test_no_code_and_limit_records_are_not_code_use():
+  """A response whose only "cells" are the no-code / limit messages ran no code: it is a
+  reasoning choice for the code rate and for selection."""
+  def t(reward, *statuses):
+    cells = [Cell("", "msg", s) for s in statuses]
+    return Trajectory(0, 0, "native", [1], [1], [0.0], [0], cells, "eos", "", reward=reward)
+
+  m = ev.response_metrics([t(1.0, "no_code"), t(1.0, "limit"), t(1.0, "ok"), t(0.0)])
+  assert m["code_rate"] == 0.25
+  sel = ev.selection_metrics([t(1.0, "no_code")], [t(1.0, "ok")], [t(1.0)])
+  assert sel["accuracy"] == 1.0 and sel["confusion"]["right_cot_chose_cot"] == 1
 
 
 def test_selection_metric_edge_cases():

@@ -90,17 +90,24 @@ def encode_demonstration(tokenizer, prompt: str, response: str, *, max_len: int,
   messages = ([{"role": "system", "content": system}] if system else []) + [
       {"role": "user", "content": prompt}]
   ids = list(tokenizer.chat_ids(messages, add_generation_prompt=True))
+  prompt_len = len(ids)
   mask = [0.0] * len(ids)
   for text, by_model in split_response(response):
     seg = tokenizer.encode(text)
     ids += seg
     mask += [1.0 if by_model else 0.0] * len(seg)
-  if add_eos and tokenizer.eos_ids:
+  eos = add_eos and bool(tokenizer.eos_ids)
+  if eos:
     ids.append(tokenizer.eos_ids[0])
     mask.append(1.0)
   truncated = len(ids) > max_len
-  return Example(np.asarray(ids[:max_len], np.int32), np.asarray(mask[:max_len], np.float32),
-                 truncated)
+  ids, mask = ids[:max_len], mask[:max_len]
+  if truncated and eos and prompt_len < max_len - 1:
+    # A cut demonstration still ends its turn: its last position becomes the end token (trained),
+    # so the policy does not learn that a response runs on to the context limit. (A cut that
+    # leaves no response token keeps no end token either: nothing of the answer to end.)
+    ids[-1], mask[-1] = tokenizer.eos_ids[0], 1.0
+  return Example(np.asarray(ids, np.int32), np.asarray(mask, np.float32), truncated)
 
 
 class SFTData:

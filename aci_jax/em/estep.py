@@ -6,20 +6,33 @@ Decisions: c = 0 is pure reasoning (CoT), c = 1 is code. For one query x:
                (optionally smoothed with `pi_prior` pseudo-counts per decision)
   Q_hat(x, c)  mean reward of the K rollouts *forced* into decision c
   s*(c|x)      "paper" form (default):  softmax_c(alpha * pi_hat(c|x) * Q_hat(x, c))
-               "posterior" form:        pi_hat * Q_hat / sum_c(pi_hat * Q_hat)
-               alpha = inf:             one-hot argmax of pi_hat * Q_hat (ties split evenly)
+               "posterior" form:        (pi_hat * Q_hat)^alpha normalised (alpha = 1: the
+                                        plain posterior; alpha = 0: uniform)
+               alpha = inf (either form): one-hot on the chosen decision (below)
 
 The paper exponentiates the *product* (its Eq. 5), which still leans toward the mode the policy
-already prefers when both modes work; the posterior form is offered as an ablation. Curation
-draws `keep_per_query` rollouts per query: counts per decision ~ Multinomial(keep, s*), then
-rollouts of that decision uniformly without replacement. Queries whose forced rollouts all fail
-carry no signal and are dropped. Advantages are whitened per query over the kept rollouts, and
-the decision term covers the correct kept rollouts of the chosen decision argmax_c s*(c|x).
+already prefers when both modes work; the posterior form is offered as an ablation. Since
+pi_hat * Q_hat is in [0, 1], the paper form at alpha = 1 keeps s* within [0.27, 0.73] whatever
+the estimates: `alpha_floor_warning` and the `estep/undecided_fraction` statistic say when
+alpha is too small to separate the decisions.
+
+The chosen decision of a query (its decision-term target, and the one-hot of alpha = inf) is
+argmax_c pi_hat * Q_hat with ties broken explicitly: the higher Q_hat wins (so a query whose
+policy never tried code, pi_hat(code) = 0, still picks code when only code works), and a tie in
+both goes to reasoning (no tool call when both do equally well).
+
+Curation draws `keep_per_query` rollouts per query: counts per decision ~ Multinomial(keep, s*),
+capped at the K forced rollouts of that decision with the excess moved to the other decision
+when s* gives it any weight; then rollouts of each decision uniformly without replacement.
+Queries whose forced rollouts all fail carry no signal and are dropped. Advantages are whitened
+per query, over the kept rollouts (`adv_whiten="kept"`) or over all forced rollouts of the query
+(`"forced"`), and the decision term covers the correct kept rollouts of the chosen decision.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Callable, Sequence
 
@@ -27,8 +40,14 @@ import numpy as np
 
 from aci_jax.rollout.trajectory import Trajectory
 
+log = logging.getLogger(__name__)
+
 COT, CODE = 0, 1
 FORMS = ("paper", "posterior")
+WHITEN_SETS = ("kept", "forced")
+# s* must reach this for a query to count as decided (estep/undecided_fraction); the paper form
+# can only get there when alpha * pi_hat * Q_hat differ by ln(9).
+DECIDED = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +57,14 @@ class EStepConfig:
   pi_prior: float = 0.0  # pseudo-counts added per decision to the native counts
   keep_per_query: int = 8  # rollouts kept per query for the M-step
   adv_eps: float = 1e-6  # delta in A = (r - mean) / (std + delta)
+  adv_whiten: str = "kept"  # mean/std over the kept rollouts, or over all forced ones
   drop_all_fail: bool = True
 
   def __post_init__(self):
     if self.form not in FORMS:
       raise ValueError(f"estep form must be one of {FORMS}, got {self.form!r}")
+    if self.adv_whiten not in WHITEN_SETS:
+      raise ValueError(f"adv_whiten must be one of {WHITEN_SETS}, got {self.adv_whiten!r}")
     if not self.alpha >= 0:
       raise ValueError(f"alpha must be >= 0 (or inf), got {self.alpha}")
     if self.keep_per_query < 1:
@@ -95,23 +117,42 @@ def estimate_q(forced: dict[int, Sequence[Trajectory]]) -> np.ndarray:
                      if forced.get(c) else np.nan for c in (COT, CODE)])
 
 
+def chosen_decision(pi: np.ndarray, q: np.ndarray) -> int:
+  """argmax_c pi_hat * Q_hat, ties to the higher Q_hat, then to reasoning (module docstring)."""
+  qq = np.nan_to_num(np.asarray(q, np.float64))
+  score = np.asarray(pi, np.float64) * qq
+  # Lexicographic (score, Q, prefer CoT): CoT = 0 wins a full tie by coming first.
+  return max((COT, CODE), key=lambda c: (score[c], qq[c], -c))
+
+
 def reference_strategy(pi: np.ndarray, q: np.ndarray, alpha: float, form: str) -> np.ndarray:
   """s*(c|x) for c in (CoT, code); see the module docstring. NaN Q counts as 0."""
   score = np.asarray(pi, np.float64) * np.nan_to_num(np.asarray(q, np.float64))
-  if form == "posterior":
-    total = score.sum()
-    if math.isinf(alpha):
-      pass  # posterior with alpha = inf is the same argmax as the paper form
-    elif total > 0:
-      return score / total
-    else:
-      return np.full(2, 0.5)
   if math.isinf(alpha):
-    best = score == score.max()
-    return best / best.sum()
+    out = np.zeros(2)
+    out[chosen_decision(pi, q)] = 1.0
+    return out
+  if form == "posterior":
+    if alpha == 0:
+      return np.full(2, 0.5)
+    w = score ** alpha
+    total = w.sum()
+    return w / total if total > 0 else np.full(2, 0.5)
   z = alpha * score
   z = np.exp(z - z.max())
   return z / z.sum()
+
+
+def alpha_floor_warning(alpha: float, form: str) -> str | None:
+  """A warning when the paper form's alpha cannot separate decisions for any query: with
+  pi_hat * Q_hat in [0, 1], s* never exceeds sigmoid(alpha), so below alpha = ln 9 no query can
+  reach s* = 0.9 (alpha = 1: s* in [0.27, 0.73], curation close to 50/50)."""
+  if form != "paper" or math.isinf(alpha) or alpha >= math.log(DECIDED / (1 - DECIDED)):
+    return None
+  hi = 1 / (1 + math.exp(-alpha))
+  return (f"em.alpha={alpha:g} with the paper form: s* = softmax(alpha * pi * Q) stays within "
+          f"[{1 - hi:.2f}, {hi:.2f}] for every query, so curation is close to uniform whatever "
+          f"the estimates; use alpha >= {math.log(DECIDED / (1 - DECIDED)):.1f} or inf")
 
 
 def estimate(group: QueryGroup, cfg: EStepConfig) -> QueryEstimate:
@@ -155,27 +196,72 @@ def curate(groups: Sequence[QueryGroup], cfg: EStepConfig,
     if est.dropped:
       continue
     counts = g_rng.multinomial(cfg.keep_per_query, est.s_star)
-    chosen = int(np.argmax(est.s_star))
+    pools = [list(g.forced.get(c, [])) for c in (COT, CODE)]
+    counts = capped_counts(counts, [len(p) for p in pools], est.s_star)
+    chosen = chosen_decision(est.pi, est.q)
     picked: list[Trajectory] = []
     for c in (COT, CODE):
-      pool = list(g.forced.get(c, []))
-      n = min(int(counts[c]), len(pool))
+      pool, n = pools[c], int(counts[c])
       idx = g_rng.choice(len(pool), size=n, replace=False) if n else []
       picked += [pool[i] for i in idx]
     if not picked:
       continue
-    a = whiten([_reward(t) for t in picked], cfg.adv_eps)
+    if cfg.adv_whiten == "forced":
+      ref = np.asarray([_reward(t) for p in pools for t in p], np.float64)
+      a = (np.asarray([_reward(t) for t in picked]) - ref.mean()) / (ref.std() + cfg.adv_eps)
+    else:
+      a = whiten([_reward(t) for t in picked], cfg.adv_eps)
     for t, ai in zip(picked, a):
       kept.append(t)
       adv.append(float(ai))
       dec.append(bool(_reward(t) > 0 and decision_of(t) == chosen))
+  live = [e for e in ests if not e.dropped]
+  if live and cfg.form == "paper" and not math.isinf(cfg.alpha):
+    # The largest separation any query could get this iteration: below ln 9 no query's s*
+    # reaches 0.9, and curation is close to uniform whatever Q_hat says.
+    top = cfg.alpha * max(float(np.max(e.pi * np.nan_to_num(e.q))) for e in live)
+    if top < math.log(DECIDED / (1 - DECIDED)):
+      log.warning("E-step: alpha * max(pi_hat * Q_hat) = %.2f < ln 9 over %d queries: s* < 0.9 "
+                  "everywhere, the reference strategy does not separate the decisions "
+                  "(raise em.alpha, or inf)", top, len(live))
   stats = estep_stats(native_outcomes(groups), ests, kept)
   return Curated(kept, adv, dec, ests, stats)
+
+
+def capped_counts(counts, sizes, s_star) -> np.ndarray:
+  """Multinomial counts capped at each decision's pool size, the excess moved to the other
+  decision where s* gives it weight (so a query keeps `keep` rollouts when it can)."""
+  counts = np.asarray(counts, np.int64).copy()
+  for c in (COT, CODE):
+    excess = int(counts[c]) - int(sizes[c])
+    if excess > 0:
+      counts[c] = sizes[c]
+      other = 1 - c
+      if s_star[other] > 0:
+        counts[other] = min(int(sizes[other]), int(counts[other]) + excess)
+  return counts
 
 
 def native_outcomes(groups: Sequence[QueryGroup]) -> list[tuple[int, bool, float]]:
   """(query id, used code, reward) of every native rollout: what the statistics need."""
   return [(g.query_id, t.used_code, _reward(t)) for g in groups for t in g.native]
+
+
+def polarisation(native: Sequence[tuple[int, bool, float]]) -> dict:
+  """Per-query native code rate: its 10-bin histogram (counts of queries) and the mass of
+  queries that (almost) never code (< 0.05) or (almost) always do (> 0.95) -- the measure of
+  the paper's claim that RL polarises the decision."""
+  by_q: dict[int, list[bool]] = {}
+  for qid, code, _ in native:
+    by_q.setdefault(qid, []).append(bool(code))
+  rates = np.asarray([np.mean(v) for v in by_q.values()], np.float64)
+  if not len(rates):
+    return {}
+  return {
+      "estep/native_code_rate_query_hist": np.histogram(rates, np.linspace(0, 1, 11))[0].tolist(),
+      "estep/native_code_rate_below_05": float(np.mean(rates < 0.05)),
+      "estep/native_code_rate_above_95": float(np.mean(rates > 0.95)),
+  }
 
 
 def estep_stats(native: Sequence[tuple[int, bool, float]], ests: Sequence[QueryEstimate],
@@ -194,7 +280,10 @@ def estep_stats(native: Sequence[tuple[int, bool, float]], ests: Sequence[QueryE
                                    if kept else 0.0),
       "estep/native_code_rate": (float(np.mean([c for _, c, _ in native])) if native else 0.0),
       "estep/native_accuracy": (float(np.mean([r for _, _, r in native])) if native else 0.0),
+      # Queries whose s* does not reach 0.9 for either decision (alpha too small to separate).
+      "estep/undecided_fraction": (float(np.mean(s.max(axis=1) < DECIDED)) if len(s) else 0.0),
   }
+  out.update(polarisation(native))
   for c, name in ((COT, "cot"), (CODE, "code")):
     if len(q):
       qc = q[:, c][~np.isnan(q[:, c])]

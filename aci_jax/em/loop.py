@@ -13,9 +13,11 @@ Algorithms (the paper's ablations share everything but the marked step):
   em_no_decision  the same curated data, lambda = 0
   grpo            "standard RL": native rollouts only (n per query), advantages whitened per
                   query, on-policy loss; no forced rollouts, no decision term
-  rft             rejection-sampling fine-tuning: SFT on the correct native rollouts
+  rejection_sft   rejection-sampling fine-tuning: SFT on the policy's own correct native
+                  rollouts (not the paper's "SFT only" row: that is the warm-up checkpoint,
+                  evaluation point 0 of every run)
 
-For a fair comparison the rollout budget per query is the same: `grpo`/`rft` draw
+For a fair comparison the rollout budget per query is the same: `grpo`/`rejection_sft` draw
 `native_samples + 2 * k_per_decision` native rollouts where `autocode` draws `native_samples`
 native and `2 * k_per_decision` forced ones.
 
@@ -38,14 +40,14 @@ import numpy as np
 
 from aci_jax import fileio
 from aci_jax.em.batches import build_batch, minibatches
-from aci_jax.em.estep import (CODE, COT, EStepConfig, QueryGroup, curate, estep_stats,
-                              native_outcomes, whiten)
+from aci_jax.em.estep import (CODE, COT, EStepConfig, QueryGroup, alpha_floor_warning, curate,
+                              estep_stats, native_outcomes, whiten)
 from aci_jax.parallel import multihost
 from aci_jax.rollout import Request, Trajectory
 
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ("autocode", "em_no_decision", "grpo", "rft")
+ALGORITHMS = ("autocode", "em_no_decision", "grpo", "rejection_sft")
 
 
 PROGRESS_FILE = "em_progress.json"
@@ -94,20 +96,25 @@ class EMConfig:
   alpha: float = 1.0
   form: str = "paper"
   pi_prior: float = 0.0
+  adv_whiten: str = "kept"  # advantages whitened over the kept rollouts or all forced ones
   epochs: int = 1
   code_prefix: str = "```python\n"
   batch_length: int = 0  # 0 = bucketed longest trajectory
 
   def __post_init__(self):
+    if self.algorithm == "rft":
+      raise ValueError("em.algorithm 'rft' is now 'rejection_sft' (SFT on the correct native "
+                       "rollouts; the paper's SFT-only row is the warm-up checkpoint)")
     if self.algorithm not in ALGORITHMS:
       raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
     if self.iterations < 0 or self.queries_per_iteration < 1 or self.epochs < 1:
       raise ValueError("need iterations >= 0, queries_per_iteration >= 1, epochs >= 1")
+    _ = self.estep  # the E-step settings (form, alpha, adv_whiten) checked with the rest
 
   @property
   def estep(self) -> EStepConfig:
     return EStepConfig(alpha=self.alpha, form=self.form, pi_prior=self.pi_prior,
-                       keep_per_query=self.keep_per_query)
+                       keep_per_query=self.keep_per_query, adv_whiten=self.adv_whiten)
 
 
 @dataclasses.dataclass
@@ -131,6 +138,10 @@ class EMLoop:
     if not self.problems:
       raise ValueError("the EM loop needs at least one training problem")
     self._prefix = tokenizer.encode(cfg.code_prefix)
+    if cfg.algorithm in ("autocode", "em_no_decision"):
+      warning = alpha_floor_warning(cfg.alpha, cfg.form)
+      if warning:
+        log.warning("%s", warning)
     # A prompt that does not fit the sampler (with the forced code prefix) can never be rolled
     # out; such problems leave the pool up front, as other RL trainers filter over-long prompts.
     limit = engine.cfg.max_prompt_tokens - len(self._prefix)
@@ -161,7 +172,7 @@ class EMLoop:
     c = self.cfg
     reqs = []
     native = c.native_samples
-    if c.algorithm in ("grpo", "rft"):
+    if c.algorithm in ("grpo", "rejection_sft"):
       native += 2 * c.k_per_decision  # same rollout budget as the E-step
     for q in queries:
       ids = self.prompt_fn(self.problems[q].problem)
@@ -208,7 +219,7 @@ class EMLoop:
         if len(set(rewards)) > 1:  # all-equal groups carry no policy-gradient signal
           kept += g.native
           adv += whiten(rewards, c.estep.adv_eps).tolist()
-      else:  # rft: the correct ones, plain SFT
+      else:  # rejection_sft: the correct ones, plain SFT
         good = [t for t in g.native if t.reward > 0]
         kept += good
         adv += [1.0] * len(good)

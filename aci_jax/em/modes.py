@@ -150,7 +150,7 @@ def _loss_for(config):
     # registered `grpo` term fixes the ratio at 1 (strictly on-policy), which is wrong from the
     # second M-step epoch on; measured: it collapsed the toy policy within two iterations.
     loss.update(policy="ppo_clip", decision_coef=0.0)
-  elif algo == "rft":
+  elif algo == "rejection_sft":
     loss.update(policy="sft_nll", decision_coef=0.0)
   elif algo == "em_no_decision":
     loss["decision_coef"] = 0.0
@@ -160,7 +160,7 @@ def _loss_for(config):
 def _point(summary: dict) -> dict:
   """The numbers summary.json keeps per evaluation point (overall and per family/subject)."""
   out = {k: summary.get(k) for k in ("accuracy", "code_rate", "selection_accuracy",
-                                     "mean_at_k")}
+                                     "mean_at_k", "skipped_overlong")}
   g = summary.get("greedy") or {}
   out.update(tool_error_rate=g.get("tool_error_rate"), truncation_rate=g.get("truncation_rate"),
              cells_per_answer=g.get("cells_per_answer"))
@@ -202,7 +202,7 @@ def validate(config) -> None:
 @register_mode("autocode", validate=validate)
 def autocode(config, workdir: str) -> None:
   """Warm-up SFT, then EM (or a baseline, `config.em.algorithm`), evaluated along the way."""
-  from aci_jax.eval.harness import evaluate_benchmarks
+  from aci_jax.eval.harness import chat_prompt, evaluate_benchmarks
   from aci_jax.grading import Grader
   from aci_jax.rollout import RolloutEngine
   from aci_jax.sandbox import Sandbox, SandboxConfig
@@ -239,7 +239,10 @@ def autocode(config, workdir: str) -> None:
     engine = RolloutEngine(trainer.model_cfg, tok, rollout_cfg, executor=sandbox,
                            mesh=trainer.mesh)
     ev = config.eval
-    prompt_fn = lambda text: list(tok.chat_ids([{"role": "user", "content": text}]))
+    # The warm-up's system message (data.system) frames every prompt the policy sees after it:
+    # E-step rollouts and evaluation alike.
+    system = config.data.get("system") or None
+    prompt_fn = lambda text: chat_prompt(tok, text, system=system)
     history = trainer.meta.setdefault("summary", {"warmup": None, "iterations": []})
     history.setdefault("wall_seconds_before", 0.0)
 
@@ -248,7 +251,8 @@ def autocode(config, workdir: str) -> None:
       res = evaluate_benchmarks(engine, trainer.state.params, tok, evals, grader,
                                 out_dir=fileio.join(workdir, "eval", name),
                                 samples=ev.samples, temperature=ev.temperature,
-                                selection=ev.selection)
+                                selection=ev.selection,
+                                prompt_fn=lambda t, text: chat_prompt(t, text, system=system))
       point = {b: _point(s) for b, s in res.items()}
       flat = {f"eval/{b}/{k}": v for b, p in point.items() for k, v in p.items()
               if isinstance(v, (int, float))}
@@ -261,9 +265,11 @@ def autocode(config, workdir: str) -> None:
       save_progress(trainer)
 
     def on_iteration(it: int, stats: dict) -> None:
+      # Scalars, and the per-query native code-rate histogram (polarisation, plotted).
       entry = {"iteration": it, **{k: v for k, v in stats.items()
                                    if k.startswith(("estep/", "em/")) and
-                                   not isinstance(v, list)}}
+                                   (not isinstance(v, list) or
+                                    k == "estep/native_code_rate_query_hist")}}
       if ev.every and (it % ev.every == 0 or it == em_cfg.iterations):
         entry["eval"] = run_eval(f"iteration_{it}")
       history["iterations"].append(entry)

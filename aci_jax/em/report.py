@@ -1,10 +1,16 @@
-"""summary.json and PNG curves of an EM run (accuracy, code rate, selection accuracy)."""
+"""summary.json and PNG curves of an EM run (accuracy, code rate, selection accuracy, and the
+polarisation of the native code rate per query over the E-steps)."""
 
 from __future__ import annotations
 
 from aci_jax import fileio
 
 METRICS = ("accuracy", "code_rate", "selection_accuracy")
+# E-step statistics per iteration (estep.polarisation): the overall native code rate and the
+# mass of queries that (almost) never / (almost) always code natively.
+POLARISATION = (("estep/native_code_rate", "native code rate (all rollouts)"),
+                ("estep/native_code_rate_below_05", "queries with code rate < 0.05"),
+                ("estep/native_code_rate_above_95", "queries with code rate > 0.95"))
 
 
 def write_summary(path: str, summary: dict) -> None:
@@ -35,6 +41,24 @@ def curves(summary: dict) -> dict:
   return out
 
 
+def polarisation_curves(summary: dict) -> dict:
+  """{series label: ([iteration], [value])} of the E-step polarisation statistics."""
+  out: dict = {}
+  for e in summary.get("iterations", []):
+    for key, label in POLARISATION:
+      if e.get(key) is not None:
+        xs, ys = out.setdefault(label, ([], []))
+        xs.append(e["iteration"])
+        ys.append(e[key])
+  return out
+
+
+def _save(fig, path: str) -> None:
+  fig.tight_layout()
+  with fileio.atomic_open(path, "wb") as f:  # local or gs://, never a torn PNG
+    fig.savefig(f, format="png")
+
+
 def write_plots(summary: dict, directory: str) -> list[str]:
   """One PNG per benchmark and metric: the overall curve and one line per family/subject."""
   import matplotlib
@@ -60,9 +84,23 @@ def write_plots(summary: dict, directory: str) -> list[str]:
       ax.grid(alpha=0.3)
       ax.legend(fontsize=7, loc="best")
       path = fileio.join(directory, f"{bench}_{m}.png")
-      fig.tight_layout()
-      with fileio.atomic_open(path, "wb") as f:  # local or gs://, never a torn PNG
-        fig.savefig(f, format="png")
+      _save(fig, path)
       plt.close(fig)
       written.append(path)
+  pol = polarisation_curves(summary)
+  if pol:
+    # The E-step of iteration i samples the policy of iteration i - 1: x is the iteration.
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for (label, (xs, ys)), style in zip(pol.items(), ("k-o", "b--o", "r--o")):
+      ax.plot(xs, ys, style, ms=4, label=label)
+    ax.set_xlabel("EM iteration (its E-step samples the previous policy)")
+    ax.set_ylabel("fraction")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"native code rate per query ({summary.get('algorithm', '')})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    path = fileio.join(directory, "polarisation.png")
+    _save(fig, path)
+    plt.close(fig)
+    written.append(path)
   return written

@@ -8,11 +8,14 @@ Passes (all through `RolloutEngine.run`, so the same sampler, sandbox and limits
 - greedy: one native response per problem (the model decides whether to write code);
 - sampled: `samples` native responses per problem at `temperature` / `top_p` (mean@k);
 - selection: two more greedy responses per problem, one forced into code (response prefix
-  "```python\\n") and one forced into reasoning (```python and the output fence banned on the
-  device). The right choice for a problem is reasoning if the forced-reasoning response is
-  correct, code if only the forced-code one is; problems neither solves are excluded. Selection
-  accuracy compares the right choice with the native greedy response's choice (used a cell or
-  not). Exact definitions: docs/evaluation.md.
+  "```python\\n") and one forced into reasoning (every code fence banned on the device from
+  its first backtick, in any tokenisation). The right choice for a problem is reasoning if the
+  forced-reasoning response is correct, code if only the forced-code one is; problems neither
+  solves are excluded. Selection accuracy compares the right choice with the native greedy
+  response's choice (ran a cell or not). Exact definitions: docs/evaluation.md.
+
+Prompts over the engine's `max_prompt_tokens` (with the forced prefix) are skipped and counted
+(`skipped_overlong`), not allowed to abort the evaluation.
 
 Every trajectory gets its reward (1.0 / 0.0; truncated responses score 0 without grading) and
 `meta` (benchmark, problem id, pass, gold, prediction, group keys); they are written as JSONL
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import os
 import time
 import weakref
@@ -34,19 +38,23 @@ from aci_jax import fileio
 from aci_jax.rollout import Request, Trajectory, write_jsonl
 from aci_jax.sampling import SamplingParams
 
+log = logging.getLogger(__name__)
+
 CODE_PREFIX = "```python\n"
 GROUP_KEYS = ("family", "subject")  # problem fields that get a per-group breakdown
 PASSES = ("greedy", "sampled", "forced_code", "forced_cot")
 _VARIANTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def chat_prompt(tokenizer, problem: str) -> list[int]:
-  """Default prompt: the problem as the single user message of the tokenizer's chat template.
+def chat_prompt(tokenizer, problem: str, system: str | None = None) -> list[int]:
+  """Default prompt: the problem as the user message of the tokenizer's chat template, after
+  `system` as the system message if given (the run's `data.system`, as in warm-up SFT).
 
   For checkpoints without a template the tokenizer falls back to plain text; the toy's char
   tokenizer has a two-token template (`<|im_start|>problem<|im_end|>`), so this serves it too.
   """
-  return list(tokenizer.chat_ids([{"role": "user", "content": problem}]))
+  messages = [{"role": "system", "content": system}] if system else []
+  return list(tokenizer.chat_ids(messages + [{"role": "user", "content": problem}]))
 
 
 def engine_with_sampling(engine, sampling: SamplingParams):
@@ -250,11 +258,21 @@ def evaluate(engine, params, tokenizer, problems: Sequence[dict], grader, *,
   prompts = [list(prompt_fn(tokenizer, p["problem"])) for p in problems]
   prefix = list(tokenizer.encode(code_prefix)) if selection else []
   limit = engine.cfg.max_prompt_tokens
-  for i, ids in enumerate(prompts):
-    if len(ids) + len(prefix) > limit:
-      pid = problems[i].get("id", i)
-      raise ValueError(f"evaluate: problem {pid!r} of {name!r} has {len(ids)} prompt tokens "
-                       f"(+{len(prefix)} forced prefix) > max_prompt_tokens={limit}")
+  # A prompt that does not fit the sampler (with the forced prefix) cannot be answered: it is
+  # skipped and counted (`skipped_overlong`, its ids in `skipped_ids`), not allowed to abort
+  # the whole evaluation; the metrics cover the problems that were run.
+  fits = [i for i, ids in enumerate(prompts) if len(ids) + len(prefix) <= limit]
+  fit_set = set(fits)
+  skipped = [str(p.get("id", i)) for i, p in enumerate(problems) if i not in fit_set]
+  if not fits:
+    raise ValueError(f"evaluate: every prompt of {name!r} is over max_prompt_tokens={limit} "
+                     f"(with the {len(prefix)}-token forced prefix)")
+  if skipped:
+    log.warning("evaluate %s: %d of %d prompts over max_prompt_tokens=%d are skipped",
+                name, len(skipped), len(problems), limit)
+    ids_of = {i: problems[i].get("id", i) for i in fits}
+    problems = [{**problems[i], "id": ids_of[i]} for i in fits]
+    prompts = [prompts[i] for i in fits]
 
   def meta(i: int, pass_name: str) -> dict:
     p = problems[i]
@@ -293,7 +311,8 @@ def evaluate(engine, params, tokenizer, problems: Sequence[dict], grader, *,
   for (pass_name, i), t in zip(tags, trajs):
     passes.setdefault(pass_name, [[] for _ in problems])[i].append(t)
 
-  summary = {"benchmark": name, **summarize(problems, passes)}
+  summary = {"benchmark": name, **summarize(problems, passes),
+             "skipped_overlong": len(skipped), "skipped_ids": skipped}
   if "sampled" in passes:
     summary["sampled"].update(temperature=temperature, top_p=top_p)
   summary["wall_seconds"] = time.perf_counter() - t0

@@ -49,7 +49,9 @@ class Trajectory:
 
   @property
   def used_code(self) -> bool:
-    return bool(self.cells)
+    """Whether a cell ran: a "no_code" record (an output fence with no code before it) or a
+    "limit" record (the call budget was spent) is no use of code."""
+    return any(c.status not in ("limit", "no_code") for c in self.cells)
 
   @property
   def truncated(self) -> bool:
