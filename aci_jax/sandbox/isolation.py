@@ -243,3 +243,97 @@ def install_filter(program: bytes) -> None:
   buf = ctypes.create_string_buffer(program, len(program))
   fprog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
   prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+
+
+# --- Landlock (the seccomp tier's filesystem view) --------------------------------------------
+# Unprivileged path-based access control (Linux >= 5.13): a session of the seccomp tier gets
+# read access to what Python needs, read-write access to its own directory and a few device
+# nodes, and nothing else: no other host file, no /dev/ptmx, no other process's /proc entry.
+_LL_CREATE, _LL_ADD_RULE, _LL_RESTRICT = 444, 445, 446  # same numbers on x86_64 and aarch64
+LL_EXECUTE, LL_WRITE_FILE, LL_READ_FILE, LL_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+LL_TRUNCATE, LL_IOCTL_DEV = 1 << 14, 1 << 15
+LL_FILE_RIGHTS = LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | LL_TRUNCATE | LL_IOCTL_DEV
+
+
+def landlock_abi() -> int:
+  """The kernel's Landlock ABI version, 0 if Landlock is unavailable."""
+  ret = _libc.syscall(ctypes.c_long(_LL_CREATE), None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+  return max(0, ret)
+
+
+def landlock_handled(abi: int) -> int:
+  """Every filesystem right the ABI knows (all of them are denied unless a rule allows)."""
+  rights = (1 << 13) - 1          # v1: execute ... make_sym
+  if abi >= 2:
+    rights |= 1 << 13             # refer (rename/link across directories)
+  if abi >= 3:
+    rights |= LL_TRUNCATE
+  if abi >= 5:
+    rights |= LL_IOCTL_DEV
+  return rights
+
+
+class _RulesetAttr(ctypes.Structure):
+  _fields_ = [("handled_access_fs", ctypes.c_uint64)]
+
+
+class _PathBeneath(ctypes.Structure):
+  _pack_ = 1
+  _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def landlock_ruleset(handled: int) -> int:
+  attr = _RulesetAttr(handled)
+  return _check(_libc.syscall(ctypes.c_long(_LL_CREATE), ctypes.byref(attr),
+                              ctypes.c_size_t(ctypes.sizeof(attr)), ctypes.c_uint32(0)),
+                "landlock_create_ruleset")
+
+
+def landlock_allow(ruleset_fd: int, path_fd: int, access: int) -> None:
+  """Allows `access` beneath the file or directory open as path_fd (O_PATH is enough)."""
+  rule = _PathBeneath(access, path_fd)
+  _check(_libc.syscall(ctypes.c_long(_LL_ADD_RULE), ctypes.c_int(ruleset_fd), ctypes.c_int(1),
+                       ctypes.byref(rule), ctypes.c_uint32(0)), "landlock_add_rule")
+
+
+def landlock_restrict(ruleset_fd: int) -> None:
+  """Enforces the ruleset on this process and every child it will have (needs NO_NEW_PRIVS)."""
+  _check(_libc.syscall(ctypes.c_long(_LL_RESTRICT), ctypes.c_int(ruleset_fd), ctypes.c_uint32(0)),
+         "landlock_restrict_self")
+
+
+class LandlockView:
+  """Built once in the zygote: descriptors on what every session may read. ruleset(workdir)
+  makes a session's own ruleset (its directory read-write) before the fork."""
+
+  DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+
+  def __init__(self, abi: int, read_paths: list[str]):
+    self.abi = abi
+    self.handled = landlock_handled(abi)
+    self.rules: list[tuple[int, int]] = []
+    dev_rights = (LL_READ_FILE | LL_WRITE_FILE | LL_TRUNCATE | LL_IOCTL_DEV) & self.handled
+    for p, rights in [(p, LL_EXECUTE | LL_READ_FILE | LL_READ_DIR) for p in read_paths] + \
+                     [(d, dev_rights) for d in self.DEVICES]:
+      try:
+        fd = os.open(p, os.O_PATH | os.O_CLOEXEC)
+      except OSError:
+        continue
+      if not os.path.isdir(p):
+        rights &= LL_FILE_RIGHTS
+      self.rules.append((fd, rights & self.handled))
+
+  def ruleset(self, workdir: str) -> int:
+    fd = landlock_ruleset(self.handled)
+    try:
+      for path_fd, rights in self.rules:
+        landlock_allow(fd, path_fd, rights)
+      wd = os.open(workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+      try:
+        landlock_allow(fd, wd, self.handled)
+      finally:
+        os.close(wd)
+    except OSError:
+      os.close(fd)
+      raise
+    return fd

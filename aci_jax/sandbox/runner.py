@@ -308,6 +308,17 @@ def child_main(spec: dict, ctl_r: int, ctl_w: int, out_w: int, err_w: int) -> No
       # here on every page of this process and of its children is charged there.
       os.write(spec["cgroup_fd"], b"0")
       os.close(spec["cgroup_fd"])
+    if spec.get("landlock_fd", -1) >= 0:
+      # The seccomp tier's filesystem view (the namespaces tier has its own root instead): the
+      # ruleset the zygote made for us, plus our own /proc entry (the runner counts its threads
+      # there; no other process's entry, so no host command line, is readable).
+      isolation.prctl(isolation.PR_SET_NO_NEW_PRIVS, 1)
+      me = os.open(f"/proc/{os.getpid()}", os.O_PATH | os.O_DIRECTORY)
+      isolation.landlock_allow(spec["landlock_fd"], me,
+                               isolation.LL_READ_FILE | isolation.LL_READ_DIR)
+      os.close(me)
+      isolation.landlock_restrict(spec["landlock_fd"])
+      os.close(spec["landlock_fd"])
     _place_fds(ctl_r, ctl_w, out_w, err_w)
     setup(spec)
   except BaseException as e:

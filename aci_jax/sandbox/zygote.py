@@ -142,6 +142,8 @@ class Zygote:
     self.cg_of: dict[int, tuple[str, int]] = {}  # pid -> (its memory cgroup, OOM kills before)
     self.cleanup_errors = 0
     self.last_cleanup_error = ""
+    self.landlock: isolation.LandlockView | None = None  # the seccomp tier's filesystem view
+    self.work_root = sandbox_root  # where the seccomp tier's session directories live
 
   # --- set-up ---------------------------------------------------------------------------------
   def warm(self) -> None:
@@ -186,6 +188,8 @@ class Zygote:
       if tier == "seccomp" and not isolation.seccomp_supported():
         errors[tier] = f"no seccomp syscall table for {os.uname().machine}"
         continue
+      if tier == "seccomp":
+        self._prepare_fallback()
       self.tier, self.spec_base = tier, self._spec(tier)
       if tier == "namespaces":
         try:
@@ -219,9 +223,17 @@ class Zygote:
         "filesystem": ("minimal read-only root (interpreter, its libraries, system programs and "
                        "libraries, /etc/ld.so.cache, /etc/localtime, /dev/{null,zero,full,"
                        "random,urandom}), private /proc and size-capped tmpfs /tmp" if ns
+                       else f"landlock (ABI {self.landlock.abi}): reads only the interpreter, its "
+                       "libraries, system programs and libraries, /etc/ld.so.cache, "
+                       "/etc/localtime, 5 device nodes and its own /proc entry; writes only its "
+                       "own directory" if self.landlock
                        else "host filesystem by uid permissions, per-session directory"),
-        "devices": ("null, zero, full, random, urandom (no ptmx, no pts)" if ns
+        "devices": ("null, zero, full, random, urandom (no ptmx, no pts)" if ns or self.landlock
                     else "host /dev by permissions"),
+        "disk": (f"private tmpfs of file_mb={self.cfg.file_mb} MiB" if ns else
+                 "own directory on tmpfs, counted by the memory cgroup"
+                 if self.work_root != self.root else
+                 f"RLIMIT_FSIZE={self.cfg.file_mb} MiB per file only (no total limit)"),
         "user": "per-session uid" if root else "shared uid (weak)",
         "seccomp": "deny-list" if self.spec_base["seccomp"] else "unavailable",
         "memory": (f"{self.cg.kind} memory cgroup per session ({self.cfg.memory_mb} MiB for all "
@@ -229,12 +241,47 @@ class Zygote:
                    f"RLIMIT_AS per process only ({self.cfg.memory_mb} MiB each, up to nproc="
                    f"{self.cfg.nproc} processes); memfd_create refused"),
         "memory_cgroup": self.cg.parent if self.cg else None,
+        "workdirs": None if ns else self.work_root,
         "cgroup_probe": self.cg_reasons,
         "probe_errors": errors,
         "warnings": self._warnings(),
         "zygote_pid": os.getpid(),
         "threads": threads,
     }
+
+  def _prepare_fallback(self) -> None:
+    """The seccomp tier's filesystem view, where the kernel has Landlock: sessions read only
+    what Python needs and write only their own directory. With a memory cgroup as well, that
+    directory lives on a tmpfs (/dev/shm), so its files count against the session's memory
+    limit: a total disk limit. Without Landlock the host's files are left to uid permissions
+    (reported)."""
+    abi = isolation.landlock_abi()
+    if not abi:
+      return
+    self.landlock = isolation.LandlockView(abi, runner.exposed_paths())
+    if self.cg is not None and cgroups._is_fs("/dev/shm", "tmpfs"):
+      self._sweep_stale_work_roots()
+      d = f"/dev/shm/aci_sandbox_{os.getpid()}_{os.urandom(4).hex()}"
+      try:
+        os.mkdir(d, 0o711)
+        os.chmod(d, 0o711)
+        self.work_root = d
+      except OSError:
+        pass
+
+  def _sweep_stale_work_roots(self) -> None:
+    """Directories of zygotes that were killed (a crashed server takes its zygote with it)."""
+    for name in os.listdir("/dev/shm"):
+      parts = name.split("_")
+      if not name.startswith("aci_sandbox_") or len(parts) != 4 or not parts[2].isdigit():
+        continue
+      try:
+        os.kill(int(parts[2]), 0)
+        continue  # its zygote is alive
+      except ProcessLookupError:
+        self._remove(os.path.join("/dev/shm", name))
+      except OSError:
+        continue
 
   def _prepare_namespaces(self) -> None:
     """Once, in the zygote itself: an empty network namespace, and a new root filesystem that
@@ -275,9 +322,13 @@ class Zygote:
     if os.geteuid() != 0:
       w.append("not root: sessions share the host uid (signals and /proc of the host's processes "
                "are filtered by seccomp only)")
+    if self.tier != "namespaces" and self.landlock is None:
+      w.append("no mount namespace and no Landlock: sessions can read every world-readable host "
+               "file and the host's /proc, and write to world-writable directories while they "
+               "run (what their uid left there is deleted when the session ends)")
     if self.tier != "namespaces":
-      w.append("no mount namespace: sessions can write to world-writable directories while "
-               "they run (what their uid left there is deleted when the session ends)")
+      if self.work_root == self.root:
+        w.append("no total disk limit: a session may write many files of up to file_mb each")
       if self.spec_base["drop_uid"] and any(runner._blocked_ancestor(p)
                                             for p in runner._python_paths()):
         w.append("the interpreter's directories are not readable by other users: sessions can "
@@ -312,7 +363,8 @@ class Zygote:
       # Unique per zygote: a directory a failed cleanup left behind never blocks a later
       # session (a restarted server counts sids and hands out uids from the start again).
       for k in range(1000):
-        workdir = os.path.join(self.root, f"s{sid}_{uid}_{os.getpid()}" + (f"_{k}" if k else ""))
+        workdir = os.path.join(self.work_root,
+                               f"s{sid}_{uid}_{os.getpid()}" + (f"_{k}" if k else ""))
         try:
           os.mkdir(workdir, 0o700)
           break
@@ -337,7 +389,10 @@ class Zygote:
     cg_name = None
     ns = self.tier == "namespaces"
     pid = -1
+    spec["landlock_fd"] = -1
     try:
+      if self.landlock is not None and workdir:
+        spec["landlock_fd"] = self.landlock.ruleset(workdir)
       if self.cg is not None:
         cg_name = self.cg.acquire()
         spec["cgroup_fd"] = self.cg.procs_fd(cg_name)
@@ -348,8 +403,9 @@ class Zygote:
     except OSError:
       for fd in (fd for p in pipes for fd in p):
         os.close(fd)
-      if spec["cgroup_fd"] >= 0:
-        os.close(spec["cgroup_fd"])
+      for k in ("cgroup_fd", "landlock_fd"):
+        if spec[k] >= 0:
+          os.close(spec[k])
       if cg_name is not None:
         self.cg.release(cg_name)
       if workdir:
@@ -362,6 +418,8 @@ class Zygote:
       runner.child_main(spec, req_r, rep_w, out_w, err_w)  # never returns
     for fd in (req_r, rep_w, out_w, err_w):
       os.close(fd)
+    if spec["landlock_fd"] >= 0:
+      os.close(spec["landlock_fd"])
     if cg_name is not None:
       os.close(spec["cgroup_fd"])
       self.cg_of[pid] = (cg_name, oom_before)
@@ -508,6 +566,8 @@ class Zygote:
         self._cleanup(pid)
       if self.cg is not None:
         self.cg.close()
+      if self.work_root != self.root:
+        self._remove(self.work_root)
 
 
 def zygote_main(sock: socket.socket, cfg: SandboxConfig, sandbox_root: str) -> None:
@@ -529,6 +589,8 @@ def zygote_main(sock: socket.socket, cfg: SandboxConfig, sandbox_root: str) -> N
   except BaseException as e:
     if z is not None and z.cg is not None:
       z.cg.close()  # no session lives on (they die with us): leave no cgroup behind
+    if z is not None and z.work_root != z.root:
+      z._remove(z.work_root)
     try:
       z_msg = {"op": "fatal", "detail": f"{type(e).__name__}: {e}"}
       sock.send(json.dumps(z_msg).encode())
