@@ -1,7 +1,8 @@
 """Grading benchmark: our worker pool vs math-verify called directly in one process.
 
     python benchmarks/bench_grading.py [--data /work/shared/data/math500.jsonl] [--workers N]
-    python benchmarks/bench_grading.py --cases      # accuracy on the hand-labelled case table
+    python benchmarks/bench_grading.py --cpu        # also CPU seconds of both engines in process
+    python benchmarks/bench_grading.py --cases      # accuracy on the hand-labelled case tables
 
 Throughput mode builds MATH500-style (gold, pred) pairs from the gold answers of a MATH-style
 JSONL file (field ``answer``): the gold itself, a reformatted copy (\\dfrac, spaces, $...$,
@@ -87,6 +88,41 @@ def _measure(pairs, args, label: str) -> None:
         print(f"  gold={gold!r:40} pred={pred!r:40} ours={a} math-verify={b}")
 
 
+def _cpu(pairs, label: str, repeats: int = 3) -> None:
+    """Engine cost without the pool: CPU seconds (time.process_time, this process only) of our
+    ``compare`` and of math-verify's ``verify(parse, parse)`` on the same pairs, best of ``repeats``.
+    CPU time is what a loaded machine does not distort: wall-clock rates on a shared 2-core VM
+    move by 2-3x between runs, CPU seconds by a few percent."""
+    from math_verify import parse, verify
+
+    from aci_jax.grading.equiv import compare
+
+    def ours():
+        for gold, pred in pairs:
+            compare(gold, pred)
+
+    def theirs():
+        for gold, pred in pairs:
+            try:
+                verify(parse(f"${gold}$"), parse(f"${pred}$"))
+            except Exception:  # noqa: BLE001
+                pass
+
+    ours(), theirs()  # imports and first-call caches out of the measurement
+    best = {}
+    for name, fn in (("ours", ours), ("mverify", theirs)):
+        times = []
+        for _ in range(repeats):
+            t0 = time.process_time()
+            fn()
+            times.append(time.process_time() - t0)
+        best[name] = min(times)
+    print(f"== engine CPU time, in process, {label}: {len(pairs)} pairs, best of {repeats}")
+    print(f"ours   : {best['ours']:7.2f} s CPU = {1e3 * best['ours'] / len(pairs):6.2f} ms/pair")
+    print(f"mverify: {best['mverify']:7.2f} s CPU = {1e3 * best['mverify'] / len(pairs):6.2f} ms/pair")
+    print(f"ratio (math-verify CPU / ours): {best['mverify'] / best['ours']:.2f}x")
+
+
 def bench_throughput(args) -> None:
     with open(args.data, encoding="utf-8") as f:
         answers = [str(json.loads(line)["answer"]) for line in f if line.strip()]
@@ -95,6 +131,9 @@ def bench_throughput(args) -> None:
     _measure(pairs, args, "all pairs")
     # Identical strings are decided before any parsing; the rest is the harder share.
     _measure([p for p in pairs if p[0] != p[1]], args, "non-identical pairs only")
+    if args.cpu:
+        _cpu(pairs, "all pairs")
+        _cpu([p for p in pairs if p[0] != p[1]], "non-identical pairs only")
 
 
 def bench_cases(args) -> None:
@@ -147,6 +186,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=5.0)
     ap.add_argument("--cases", action="store_true", help="accuracy on the case table instead of throughput")
     ap.add_argument("--show", type=int, default=15, help="disagreements to print")
+    ap.add_argument("--cpu", action="store_true", help="also time both engines in process (CPU seconds)")
     args = ap.parse_args()
     if args.cases:
         bench_cases(args)

@@ -294,6 +294,15 @@ NEW_CASES = [
     ("real", r"\frac{\sqrt{3}}{3} \approx 0.577", "0.577", F, F),
     ("real", "C. x = 42", r"\text{(C)}", T, F),
     ("real", "C. x = 42", "D", F, F),
+    ("real", "3s^2", "3*s**2", T, F),                         # Python's power
+    ("real", "3s^2", "3*s**3", F, F),
+    ("real", "42", "**42**", T, F),                           # markdown bold
+    ("real", r"(-\sqrt{3},\sqrt{3})", "(-1.732, 1.732)", T, F),
+    ("real", r"(-\sqrt{3},\sqrt{3})", "(-1.7, 1.7)", F, F),
+    ("number_words", "2000000", "2 million dollars", T, F),
+    ("number_words", "2", "2 million dollars", F, F),
+    ("separators", "1, 2", "1or2", T, F),
+    ("separators", "12", "1or2", F, F),
     # a percent is also the fraction it stands for
     ("percent_value", r"40\%", "0.4", T, F),
     ("percent_value", r"40\%", r"\frac{2}{5}", T, F),

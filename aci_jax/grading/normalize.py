@@ -40,6 +40,7 @@ _FRAC_SHORT = re.compile(r"\\frac(?: ?(\d)| ([a-zA-Z])) ?([0-9a-zA-Z])")
 _FRAC_SHORT1 = re.compile(r"\\frac(?: ?(\d)| ([a-zA-Z])) ?\{")
 _FRAC_SHORT2 = re.compile(r"\\frac ?\{([^{}]*)\} ?([0-9a-zA-Z])")
 _SQRT_SHORT = re.compile(r"\\sqrt(\[[^\[\]{}]{1,20}\])?(?: ?(\d+)| ([a-zA-Z])|(?<=\]) ?([a-zA-Z]))")
+_PY_POW = re.compile(r"(?<=[\w)}])\*\*(?=[\w({-])")
 # Tokens of chat templates that a decoder may leave after the answer (<|im_end|>, </s>, ...).
 SPECIAL_TOKENS = re.compile(r"<\|[^|<>\s]{1,40}\|>|<\uff5c[^\uff5c<>]{1,40}\uff5c>|</?s>|<(?:eos|bos|pad|unk|end_of_turn|start_of_turn)>")
 # A trig function of a degree angle: \sin 30^\circ -> \sin(\frac{30\pi}{180}) (before degrees are dropped).
@@ -49,19 +50,20 @@ _TRIG_DEG = re.compile(r"\\(sin|cos|tan|sec|csc|cot)(\^\{?[0-9]\}?)? ?(\(?) ?(\d
 _MIXED_SP = re.compile(r"(^|[\s,;(\[{=])([+-]?)(\d+) (?:\\frac\{(\d+)\}\{(\d+)\}|(\d+)/(\d+))(?=$|[\s,;)\]}])")
 # Number words: 2 million, 3.5\text{ billion}.
 _SCALE = {"dozen": 12, "hundred": 100, "thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
-_SCALE_WORD = re.compile(r"^([+-]?)(\d{1,15}(?:\.\d{1,15})?) ?(dozen|hundred|thousand|million|billion|trillion)$",
-                         re.IGNORECASE)
+_SCALE_WORD = re.compile(r"^([+-]?)(\d{1,15}(?:\.\d{1,15})?) ?(dozen|hundred|thousand|million|billion|trillion)"
+                         r"(?: [A-Za-z]{2,20}){0,2}$", re.IGNORECASE)  # "2 million dollars"
 # Words after a plain number ("12 cookies", "17\text{ any text}"): what is counted, not part of the value.
 _WORD_TAIL = re.compile(r"^([+-]?(?:\d[\d,]*(?:\.\d+)?|\.\d+|\\frac\{\d+\}\{\d+\})) ([A-Za-z]{3,}(?: [A-Za-z]{2,}){0,2})$")
 _NOT_A_NOUN = {"and", "or", "not", "but", "less", "more", "than", "over", "plus", "minus", "times", "divided",
                "squared", "cubed", "percent", "percentage", "pct", "factorial", "choose", "mod", "modulo",
                "power", "root", "roots", "inverse", "halves", "thirds", "fourths", "quarters", "fifths",
-               "sixths", "eighths", "tenths", "hundredths", "thousandths"}
+               "sixths", "eighths", "tenths", "hundredths", "thousandths", "dozen", "dozens", "hundred",
+               "hundreds", "thousand", "thousands", "million", "millions", "billion", "billions", "trillion"}
 # A choice letter followed by its option text: "C. x = 42", "(B) 7".
 _CHOICE_TEXT = re.compile(r"^(?:\(([A-E])\)|([A-E])[.)]) \S")
 # "or"/"and" as list separators, also glued to their neighbours by \text{or}; an Oxford comma before them.
 _TEXT_CONJ = re.compile(r"\\(?:text|textbf|textrm|mbox|mathrm) ?\{ ?(?:or|and) ?\}")
-_CONJ = re.compile(r"(?:\s*,)?\s+(?:or|and)\s+|(?:\s*,)?\s*\x00\s*(?:,\s*)?|(?<=[)\]])\s?(?:or|and)\s?(?=[(\[])")
+_CONJ = re.compile(r"(?:\s*,)?\s+(?:or|and)\s+|(?:\s*,)?\s*\x00\s*(?:,\s*)?|(?<=[)\]\d])\s?(?:or|and)\s?(?=[(\[\d-])")
 # A matrix environment wrapped in brackets: \left[\begin{array}{cc}...\end{array}\right].
 _BRACKETED_ENV = re.compile(r"^[\[(] ?(\\begin\{(array|matrix|smallmatrix)\}.*\\end\{\2\}) ?[\])]$")
 _IN_PREFIX = re.compile(r"^[a-zA-Z]\s*\\in\s*")
@@ -163,6 +165,9 @@ def normalize(s: str) -> str:
     s = s.replace("\\$", "").replace("$", "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
     s = s.replace("{,}", ",")  # 14{,}916: TeX's way to keep a thousands comma tight
+    if len(s) > 4 and s.startswith("**") and s.endswith("**"):
+        s = s[2:-2]  # markdown bold around the whole answer
+    s = _PY_POW.sub("^", s)  # 3*s**2: Python's power
     s = _NEGSPACE.sub("", s)  # "10,\\! 080": \! glues digit groups, spaces after it included
     s = _SPACES.sub("", s)
     for c in _SPACING[5:]:
