@@ -187,6 +187,11 @@ NEW_CASES = [
     ("relation", r"1 \le |z| \le 4", r"[-4,-1)\cup[1,4]", F, F),
     ("relation", r"-3 < 2x+1 < 5", "(-2,2)", T, F),
     ("relation", r"-3 < 2x+1 < 5", "[-2,2]", F, F),
+    ("relation", r"x > -1 \text{ and } x < 5", "(-1,5)", T, F),   # "and" between relations: both hold
+    ("relation", r"x > -1 \text{ and } x < 5", r"\mathbb{R}", F, F),
+    ("relation", r"x < -1 \text{ or } x > 5", r"(-\infty,-1)\cup(5,\infty)", T, F),
+    ("relation", r"|w| > 2 \text{ and } |w| \le 3", r"[-3,-2)\cup(2,3]", T, F),
+    ("relation", r"|w| > 2 \text{ and } |w| \le 3", "(2,3]", F, F),
     ("time", "9:15", "9:15:00", T, F),
     ("time", "9:15", "9:15:30", F, F),
     ("time", "21:40", r"9:40\text{ P.M.}", T, F),
@@ -294,6 +299,9 @@ NEW_CASES = [
     ("real", r"\frac{\sqrt{3}}{3} \approx 0.577", "0.577", F, F),
     ("real", "C. x = 42", r"\text{(C)}", T, F),
     ("real", "C. x = 42", "D", F, F),
+    ("real", r"(3, \frac{\pi}{2})", r"\\left( 3, \\frac{\\pi}{2} \\right)", T, F),   # escaped twice
+    ("real", r"(1, \pi)", r"\begin{pmatrix}1\\\pi\end{pmatrix}", T, F),      # a row break before \pi
+    ("real", r"(1, \pi)", r"\begin{pmatrix}1\\\pi^2\end{pmatrix}", F, F),
     ("real", "3s^2", "3*s**2", T, F),                         # Python's power
     ("real", "3s^2", "3*s**3", F, F),
     ("real", "42", "**42**", T, F),                           # markdown bold

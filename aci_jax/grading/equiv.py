@@ -131,6 +131,9 @@ def _parse(s: str, depth: int = 0) -> Node:
         m = _matrix_expr(s)
         if m is not None:
             return m
+    both = _split_top(s, ("\\wedge",))
+    if len(both) > 1:  # x > 1 \wedge x < 5 (from "and" between relations): all must hold
+        return Node("inter", items=tuple(_parse(u, depth + 1) for u in both))
     union = _split_top(s, ("\\cup",))
     if len(union) > 1:
         return Node("union", items=tuple(_parse(u, depth + 1) for u in union))
@@ -681,11 +684,11 @@ def _as_set(node: Node):
             return sympy.Interval(lo, hi, left_open=node.brackets[0] == "(", right_open=node.brackets[1] == ")")
         except (TypeError, ValueError):
             return None
-    if node.kind == "union":
+    if node.kind in ("union", "inter"):
         sets = [_as_set(n) for n in node.items]
         if any(x is None for x in sets):
             return None
-        return sympy.Union(*sets)
+        return sympy.Union(*sets) if node.kind == "union" else sympy.Intersection(*sets)
     if node.kind == "ineq":
         return _ineq_set(node.text)
     if node.kind == "set" and node.items and all(n.kind == "ineq" for n in node.items):
@@ -828,7 +831,7 @@ def _nodes_equal(g: Node, p: Node, rel_tol: float) -> bool:
             return _relation_equal(g.text, g.items[0].text, p.text, p.items[0].text, rel_tol)
         return False
     # Intervals / unions / inequalities as real sets.
-    if {"union", "ineq"} & {g.kind, p.kind} or (
+    if {"union", "ineq", "inter"} & {g.kind, p.kind} or (
             g.kind == "set" and any(n.kind == "ineq" for n in g.items)) or (
             p.kind == "set" and any(n.kind == "ineq" for n in p.items)):
         sg, sp_ = _as_set(g), _as_set(p)

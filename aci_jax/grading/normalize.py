@@ -40,6 +40,13 @@ _FRAC_SHORT = re.compile(r"\\frac(?: ?(\d)| ([a-zA-Z])) ?([0-9a-zA-Z])")
 _FRAC_SHORT1 = re.compile(r"\\frac(?: ?(\d)| ([a-zA-Z])) ?\{")
 _FRAC_SHORT2 = re.compile(r"\\frac ?\{([^{}]*)\} ?([0-9a-zA-Z])")
 _SQRT_SHORT = re.compile(r"\\sqrt(\[[^\[\]{}]{1,20}\])?(?: ?(\d+)| ([a-zA-Z])|(?<=\]) ?([a-zA-Z]))")
+# A command written with two backslashes (a string escaped twice on its way, "\\\\left("): only
+# commands a matrix row break "\\\\" is never followed by without a space in answers.
+_DOUBLE_ESCAPED = re.compile(r"(?<!\\)\\\\(?=(?:left|right|frac|dfrac|tfrac|sqrt|leq?|geq?|neq?|pi|cdot|times|infty|"
+                             r"in|text|mathrm|boxed|pm|cup|cap)(?![a-zA-Z]))")
+_RELATION = re.compile(r"<|>|\\[lg]eq?(?![a-zA-Z])|\\[lg]eqslant|\\[lg]t(?![a-zA-Z])|≤|≥")
+_AND_RELATIONS = re.compile(r"\s*(?:\\(?:text|textbf|textrm|mbox|mathrm) ?\{ ?and ?\}|\\land(?![a-zA-Z])|"
+                            r"\\wedge(?![a-zA-Z])|(?<=\s)and(?=\s))\s*")
 _PY_POW = re.compile(r"(?<=[\w)}])\*\*(?=[\w({-])")
 # Tokens of chat templates that a decoder may leave after the answer (<|im_end|>, </s>, ...).
 SPECIAL_TOKENS = re.compile(r"<\|[^|<>\s]{1,40}\|>|<\uff5c[^\uff5c<>]{1,40}\uff5c>|</?s>|<(?:eos|bos|pad|unk|end_of_turn|start_of_turn)>")
@@ -159,6 +166,7 @@ def _approx(s: str) -> str:
 def normalize(s: str) -> str:
     """Canonical string for a MATH-style answer (see module docstring). Never raises on str input."""
     s = SPECIAL_TOKENS.sub(" ", s)
+    s = _DOUBLE_ESCAPED.sub(r"\\", s)  # \\frac from a doubly escaped string is \frac
     s = " ".join(s.split())  # first: no regex below ever sees a run of whitespace
     # Math-mode delimiters.
     s = _DELIMS.sub("", s)
@@ -186,6 +194,8 @@ def normalize(s: str) -> str:
     m = _UNIT_TAIL.match(s)
     if m:
         s = m.group(1)
+    if _RELATION.search(s):  # "x > 1 and x < 5" is an intersection, not a list of answers
+        s = _AND_RELATIONS.sub(r" \\wedge ", s)
     s = _TEXT_CONJ.sub("\x00", s)
     s = strip_text_wrappers(s)
     s = " ".join(s.split())  # unwrapping may have joined spaces; _CONJ must see single ones
