@@ -63,8 +63,9 @@ _SCALE_WORD = re.compile(r"^([+-]?)(\d{1,15}(?:\.\d{1,15})?) ?(dozen|hundred|tho
 _WORD_TAIL = re.compile(r"^([+-]?(?:\d[\d,]*(?:\.\d+)?|\.\d+|\\frac\{\d+\}\{\d+\})) ([A-Za-z]{3,}(?: [A-Za-z]{2,}){0,2})$")
 _NOT_A_NOUN = {"and", "or", "not", "but", "less", "more", "than", "over", "plus", "minus", "times", "divided",
                "squared", "cubed", "percent", "percentage", "pct", "factorial", "choose", "mod", "modulo",
-               "power", "root", "roots", "inverse", "halves", "thirds", "fourths", "quarters", "fifths",
-               "sixths", "eighths", "tenths", "hundredths", "thousandths", "dozen", "dozens", "hundred",
+               "power", "root", "roots", "inverse", "half", "halves", "third", "thirds", "fourth", "fourths",
+               "quarter", "quarters", "fifth", "fifths", "sixth", "sixths", "seventh", "sevenths", "eighth",
+               "eighths", "ninth", "ninths", "tenth", "tenths", "hundredth", "hundredths", "thousandths", "dozen", "dozens", "hundred",
                "hundreds", "thousand", "thousands", "million", "millions", "billion", "billions", "trillion"}
 # A choice letter followed by its option text: "C. x = 42", "(B) 7".
 _CHOICE_TEXT = re.compile(r"^(?:\(([A-E])\)|([A-E])[.)]) \S")
