@@ -278,6 +278,17 @@ class EMLoop:
     self.grade(trajs)
     kept, adv, decision, ests, native = self.gather(queries, self.curate(trajs, curate_rng))
     stats = estep_stats(native, ests, kept)
+    if not kept:  # no signal: the M-step cannot run and the policy will not change
+      correct = sum(1 for t in trajs if t.reward)
+      boxed = sum(1 for t in trajs if "\\boxed" in t.text)
+      log.warning(
+          "\n%s\nE-STEP HAS NO SIGNAL: iteration %d kept no rollout, the M-step is SKIPPED and "
+          "the policy is unchanged.\nCause: %d of %d rollouts were correct (%d wrote \\boxed{}, "
+          "%d ran a code cell) on %d queries; a query needs a correct forced rollout to be kept."
+          "\nTypical fixes: a format warm-up (warmup.steps, warmup.data_path; docs/real_model.md),"
+          " an answer-format instruction (data.system), more samples (em.k_per_decision) or "
+          "max_new_tokens.\n%s", "!" * 78, it + 1, correct, len(trajs), boxed,
+          sum(1 for t in trajs if t.used_code), len(queries), "!" * 78)
     t1 = time.perf_counter()
     mstep = self.mstep(kept, adv, decision, rng)
     stats.update({
@@ -287,6 +298,7 @@ class EMLoop:
         "em/rollout_seconds": t_roll,
         "em/mstep_seconds": time.perf_counter() - t1,
         "em/mstep_steps": len(mstep),
+        "em/mstep_skipped": int(not kept),
         "em/device_idle_fraction": self.engine.stats.idle_fraction,
     })
     if mstep:

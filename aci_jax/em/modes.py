@@ -75,8 +75,13 @@ def _problems(config):
     test = toy.make_problems(t.eval_per_family, split="test", families=fams, seed=config.seed)
     return train, {"toy": test}
   from aci_jax.data import datasets
-  try:
-    train = datasets.load_jsonl(t.train_path, t.get("train_benchmark") or None)
+  if not t.train_path and int(config.em.iterations) > 0:
+    raise ConfigError(f"config.task.train_path: required for EM iterations (em.iterations="
+                      f"{config.em.iterations}); set it, or --config.em.iterations=0 to evaluate "
+                      "only")
+  try:  # an evaluation-only run (em.iterations=0) needs no training pool
+    train = (datasets.load_jsonl(t.train_path, t.get("train_benchmark") or None)
+             if t.train_path else [])
     evals = {name: datasets.load_jsonl(path, name)
              for name, path in dict(t.eval_paths).items() if path}  # "" = not evaluated
   except (OSError, ValueError) as e:
@@ -278,14 +283,19 @@ def autocode(config, workdir: str) -> None:
                                                     if k not in ("problem", "answer")})
                 for p in train]
     loop = EMLoop(em_cfg, trainer, engine, grader, tok, problems, prompt_fn, seed=config.seed,
-                  on_iteration=on_iteration)
+                  on_iteration=on_iteration) if problems else None  # None: evaluation only
     for _ in range(em_cfg.iterations - int(trainer.meta.get("em_iteration", 0))):
       stats = loop.run_iteration()
       log.info("EM iteration %d: %s", stats["em/iteration"],
                {k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()
                 if k != "trajectories" and not isinstance(v, list)})
     last = history["iterations"][-1] if history["iterations"] else None
-    final = last["eval"] if last and "eval" in last else run_eval("final")
+    if last and "eval" in last:
+      final = last["eval"]
+    elif not em_cfg.iterations:  # evaluation only: the warm-up point is the final one
+      final = history["warmup"]
+    else:
+      final = run_eval("final")
     summary = {
         "algorithm": em_cfg.algorithm,
         "warmup": history["warmup"],

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import logging
 import re
 import time
 from typing import Any, Sequence
@@ -116,6 +117,10 @@ class RolloutEngine:
   def __init__(self, model_cfg: ModelConfig, tokenizer, cfg: RolloutConfig, executor=None,
                mesh=None):
     self.model_cfg, self.tok, self.cfg, self.executor = model_cfg, tokenizer, cfg, executor
+    if jax.default_backend() == "cpu" and model_cfg.dtype == "bfloat16":
+      logging.getLogger(__name__).warning(
+          "decoding in bfloat16 on a CPU: 1.6-7.8x slower than float32 on x86 CPUs without "
+          "bf16 matmul units (docs/benchmarks.md); use --config.model.dtype=float32 here")
     self.mesh = mesh
     texts = token_texts(tokenizer.hf)
     if len(texts) < model_cfg.vocab_size:  # embedding rows past the tokenizer: never a match
@@ -143,6 +148,8 @@ class RolloutEngine:
       self._state_shardings = S.state_shardings(abstract, mesh)
       self._rows = multihost.addressable_rows(self._state_shardings.status, (cfg.batch_size,))
     self.stats = RolloutStats()
+    self.show_progress = True  # tqdm over rows in long runs (run_local)
+    self._bar, self._bar_t0 = None, 0.0
 
   def place_params(self, params):
     """Params for sampling: cast to the compute dtype when it is narrower than the stored
@@ -195,6 +202,11 @@ class RolloutEngine:
   @staticmethod
   def _host(x) -> np.ndarray:
     """A state array on the host; across processes only this process's rows are filled."""
+    # Wait in short sleeps, not inside XLA: a thread blocked in a C++ wait ignores Ctrl-C for a
+    # whole decode call (minutes on a CPU); Python handles SIGINT between the sleeps.
+    is_ready = getattr(x, "is_ready", None)
+    while is_ready is not None and not is_ready():
+      time.sleep(0.002)
     return multihost.host_local(x)
 
   def _chunk(self, seqs: dict[int, list[int]], width: int):
@@ -296,6 +308,10 @@ class RolloutEngine:
       _, row, toks, logps, srcs, why = item
       results[order.pop(id(row))] = self._finish(row, toks, logps, srcs, why)
       self.stats.tokens += len(toks)
+      if self._bar is not None:  # rows done, cells run, tokens/s (evaluation and E-step)
+        rate = self.stats.tokens / max(time.perf_counter() - self._bar_t0, 1e-9)
+        self._bar.update(1)
+        self._bar.set_postfix_str(f"cells {self.stats.cells}, {rate:.0f} tok/s", refresh=False)
       return
     _, row, toks = item
     row.handed = False
@@ -356,6 +372,11 @@ class RolloutEngine:
       self._check(req)
     multi = jax.process_count() > 1
     t_start = time.perf_counter()
+    # A progress bar for runs longer than a couple of batches (minutes on a CPU), process 0.
+    self._bar, self._bar_t0 = None, t_start
+    if self.show_progress and len(requests) > 2 * c.batch_size and jax.process_index() == 0:
+      from tqdm.auto import tqdm
+      self._bar = tqdm(total=len(requests), desc="rollouts", unit="row", mininterval=5.0)
     params = self.place_params(params)
     queue = collections.deque(enumerate(requests))
     order: dict[int, int] = {}
@@ -505,4 +526,7 @@ class RolloutEngine:
     if idle_since is not None:
       idle += time.perf_counter() - idle_since
     self.stats.device_idle_s += idle
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
     return [results[k] for k in range(len(requests))]

