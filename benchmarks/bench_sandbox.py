@@ -1,6 +1,7 @@
 """Cells per second of the sandbox pool against the usual alternatives, measured in one run.
 
   python benchmarks/bench_sandbox.py [--workers N] [--quick]
+  python benchmarks/bench_sandbox.py --baseline-tree DIR [--rounds R]   (A/B against DIR)
 
 Cells: a print cell and a sympy cell. Baselines, all with the same concurrency (N workers):
   (a) cold: a fresh `python -c CELL` subprocess per cell;
@@ -9,6 +10,11 @@ Cells: a print cell and a sympy cell. Baselines, all with the same concurrency (
 Ours, the pool: persistent mode in steady state (cells into sessions that are already running:
 the per-cell cost), persistent mode with 4 cells per session (a rollout trajectory: session
 start and close included), and isolated mode (a fresh sandboxed process per cell, worst case).
+
+--baseline-tree DIR compares this checkout's pool with another checkout's (e.g. `git archive
+<commit> | tar -x -C DIR`): the same pool measurements, alternating between the two trees in
+fresh processes R times, so load changes on a shared machine hit both alike; prints the median
+cells/s of each and the ratio.
 """
 
 from __future__ import annotations
@@ -88,6 +94,34 @@ def bench_pool(code: str, n: int, workers: int, mode: str, per_session: int) -> 
   return n / dt
 
 
+_AB_CHILD = ("import sys, json; sys.path.insert(0, sys.argv[1]); "
+             "from benchmarks.bench_sandbox import bench_pool, CELLS; "
+             "a = json.loads(sys.argv[2]); "
+             "print(bench_pool(CELLS[a[0]], a[1], a[2], a[3], a[4]))")
+
+
+def bench_ab(baseline: str, workers: int, rounds: int) -> None:
+  import json
+  import statistics
+  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cases = [("print", 2000, "persistent", 500), ("print", 400, "persistent", 4),
+           ("print", 200, "isolated", 1), ("sympy", 1000, "persistent", 250),
+           ("sympy", 200, "persistent", 4)]
+  print(f"A/B: {here} (new) vs {baseline} (baseline), {rounds} alternating rounds, "
+        f"workers={workers}")
+  print(f"{'cell':6} {'mode':11} {'cells/sess':>10} {'baseline':>9} {'new':>9} {'new/base':>9}")
+  for kind, n, mode, per in cases:
+    rates = {baseline: [], here: []}
+    for _ in range(rounds):
+      for tree in (baseline, here):
+        out = subprocess.run([sys.executable, "-c", _AB_CHILD, tree,
+                              json.dumps([kind, n, workers, mode, per])],
+                             capture_output=True, text=True, check=True, cwd=tree)
+        rates[tree].append(float(out.stdout.strip().splitlines()[-1]))
+    b, h = statistics.median(rates[baseline]), statistics.median(rates[here])
+    print(f"{kind:6} {mode:11} {per:10d} {b:9.1f} {h:9.1f} {h / b:9.3f}")
+
+
 def kind_of(code: str) -> str:
   return next(k for k, c in CELLS.items() if c == code)
 
@@ -97,7 +131,12 @@ def main() -> None:
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--workers", type=int, default=os.cpu_count())
   ap.add_argument("--quick", action="store_true", help="fewer cells (noisier)")
+  ap.add_argument("--baseline-tree", help="another checkout to compare the pool with (A/B)")
+  ap.add_argument("--rounds", type=int, default=5, help="A/B rounds per measurement")
   args = ap.parse_args()
+  if args.baseline_tree:
+    bench_ab(os.path.abspath(args.baseline_tree), args.workers, args.rounds)
+    return
   w, q = args.workers, 4 if args.quick else 1
   print(f"workers={w}  python={sys.version.split()[0]}  cpus={os.cpu_count()}")
   with Sandbox() as sb:

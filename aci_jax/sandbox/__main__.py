@@ -20,7 +20,7 @@ def _parse(argv):
   ap.add_argument("cells", help="JSONL file of {\"session\", \"code\"} lines, or - for stdin")
   ap.add_argument("--mode", choices=("persistent", "replay", "isolated"), default="persistent")
   ap.add_argument("--timeout", type=float, default=5.0, help="wall-clock seconds per cell")
-  ap.add_argument("--memory-mb", type=int, default=4096, help="address-space limit per session")
+  ap.add_argument("--memory-mb", type=int, default=4096, help="memory limit per session (all its processes; docs/sandbox.md)")
   ap.add_argument("--max-chars", type=int, default=400, help="display truncation length")
   ap.add_argument("--max-output-bytes", type=int, default=16 << 20)
   ap.add_argument("--workers", type=int, default=0, help="concurrent cells (0: all cores)")

@@ -25,7 +25,8 @@ class SandboxConfig:
   """All limits and display options. Units: seconds, MiB, bytes, characters."""
   mode: str = "persistent"          # persistent | replay | isolated
   timeout_s: float = 5.0            # wall clock per cell, enforced by the server
-  memory_mb: int = 4096             # RLIMIT_AS of a session process (whole address space)
+  memory_mb: int = 4096             # per session: memory cgroup limit of all its processes
+                                    # (where available) and RLIMIT_AS of each of them
   max_output_bytes: int = 16 << 20  # stdout+stderr bytes per cell before output_limit
   max_chars: int = 400              # display: longer text becomes first N/2 + "..." + last N/2
   max_workers: int = 0              # cells executing at once; 0 = os.cpu_count()

@@ -23,7 +23,6 @@ import logging
 import os
 import queue
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
@@ -348,7 +347,13 @@ class Sandbox:
       time.sleep(0.05)
 
   def _cleanup_files(self) -> None:
-    shutil.rmtree(self._root, ignore_errors=True)
+    # What a session left here (seccomp tier) may have any shape: remove_tree cannot recurse
+    # into a RecursionError, and a failure must not break the host's shutdown.
+    from aci_jax.sandbox.zygote import remove_tree
+    try:
+      remove_tree(self._root)
+    except Exception as e:  # noqa: BLE001
+      log.warning("sandbox: could not remove %s: %s", self._root, e)
     for fd in (self._wake_r, self._wake_w, self._uid_lock_fd):
       if fd >= 0:
         try:

@@ -295,10 +295,10 @@ class Zygote:
     try:
       isolation.unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWNET)
       isolation.mount(None, "/", None, isolation.MS_REC | isolation.MS_PRIVATE)
-      new_root = os.path.join(self.root, "rootfs")
-      os.makedirs(new_root, exist_ok=True)
-      runner.build_root(new_root, self.spec_base["exposed"])
-      os.chdir(new_root)
+      # Mounted on the pool's own directory, in our private mount namespace only: the host
+      # sees that directory as it was (empty), and nothing is left to remove afterwards.
+      runner.build_root(self.root, self.spec_base["exposed"])
+      os.chdir(self.root)
       isolation.pivot_root(".", ".")  # the old root is now stacked under the new one ...
       isolation.umount2(".", isolation.MNT_DETACH)  # ... and detached: gone from our tree
       os.chdir("/")
