@@ -140,7 +140,8 @@ MEANINGS = {
     "rollout.top_p": "nucleus sampling (1: off)",
     "rollout.top_k": "top-k sampling (0: off)",
     "sandbox.timeout_s": "wall-clock limit per cell (seconds)",
-    "sandbox.memory_mb": "address-space limit of a session process (MiB)",
+    "sandbox.memory_mb": "memory limit of a session: all its processes together (memory cgroup) "
+                         "and each one's address space (MiB)",
     "sandbox.mode": "cell state: `persistent`, `replay` (Qwen2.5-Math harness), `isolated` "
                     "(docs/sandbox.md)",
     "sandbox.allow_weak": "as a non-root user, run cells with the weaker isolation a shared uid "
