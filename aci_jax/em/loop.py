@@ -188,7 +188,10 @@ class EMLoop:
     return reqs
 
   def grade(self, trajs: Sequence[Trajectory]) -> None:
-    """Sets `reward` (1.0 iff the last boxed answer equals the gold; truncated = 0)."""
+    """Sets `reward` (1.0 iff the final boxed answer equals the gold; truncated = 0).
+
+    The final answer is the last box, or the run of boxes written as one answer just before the
+    end (docs/grading.md, section 1)."""
     results = self.grader.grade_batch(
         [(self.problems[t.prompt_index].answer, t.text, True) for t in trajs])
     for t, r in zip(trajs, results):
