@@ -45,7 +45,8 @@ def _python_paths() -> list[str]:
   cands = {os.path.realpath(p) for p in sys.path + [sys.prefix, sys.base_prefix, sys.exec_prefix,
                                                      sys.base_exec_prefix]
            if p and os.path.isdir(p)}
-  cands = {p for p in cands if not (p == _PKG_PARENT or _PKG_PARENT.startswith(p.rstrip("/") + "/"))}
+  cands = {p for p in cands
+           if not (p == _PKG_PARENT or _PKG_PARENT.startswith(p.rstrip("/") + "/"))}
   out = []
   for p in sorted(cands):
     if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in out):
