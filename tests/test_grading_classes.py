@@ -64,6 +64,11 @@ NEW_CASES = [
     ("latex_short", r"\sqrt[3] 64", "8", F, F),
     ("latex_short", r"\sqrt[3] 2", r"2^{1/3}", T, F),
     ("latex_short", r"\frac12 + \frac 1 3", r"\frac{5}{6}", T, F),
+    ("latex_short", r"\frac{\sqrt{3}}{2}", r"\frac{\sqrt{3}}2", T, F),
+    ("latex_short", r"\frac{\sqrt{3}}{2}", r"\frac{\sqrt{3}}3", F, F),
+    ("latex_short", "-2", r"\sqrt[3]{-8}", T, F),             # the real cube root
+    ("latex_short", "2", r"\sqrt[3]{-8}", F, F),
+    ("latex_short", "4", r"(-8)^{2/3}", T, F),
     ("oxford", r"2, 5, \text{ and } 7", "2,5,7", T, F),
     ("oxford", r"-3, 0,\text{ and }8", r"\{-3, 0, 8\}", T, F),
     ("oxford", r"1, 2, and 3", "3,2,1", T, F),

@@ -479,7 +479,27 @@ def _to_sympy(s: str):
         with sympy.evaluate(False):
             e = e.xreplace({x: sympy.I for x in syms})
     _guard(e, sympy)
-    return e
+    return _real_odd_roots(e, sympy)
+
+
+def _real_odd_roots(e, sympy):
+    """An odd root of a negative number is the real one, as in school algebra: \\sqrt[3]{-8} = -2
+    (sympy's principal root would be the complex 1 + 1.73i)."""
+    def exponent(p):  # parsed unevaluated: 1/3 arrives as Pow(3, -1)
+        x = p.exp
+        return x if x.is_Rational else (x.doit() if x.is_number and len(str(x)) < 40 else x)
+
+    def odd_root_of_negative(p):
+        if not (p.is_Pow and p.base.is_number and bool(p.base.is_extended_negative)):
+            return False
+        x = exponent(p)
+        return bool(x.is_Rational) and not x.is_Integer and x.q % 2 == 1
+
+    found = [(p, exponent(p)) for p in sympy.preorder_traversal(e) if odd_root_of_negative(p)]
+    if not found:
+        return e
+    with sympy.evaluate(False):  # (exponents computed above: under evaluate(False) 1/3 stays Pow(3, -1))
+        return e.xreplace({p: sympy.Mul(-1 if x.p % 2 else 1, sympy.Pow(sympy.Mul(-1, p.base), x)) for p, x in found})
 
 
 def _evalf(e, sympy, prec: int = 40):

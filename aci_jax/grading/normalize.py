@@ -141,6 +141,25 @@ def strip_text_wrappers(s: str) -> str:
     return "".join(c for i, c in enumerate(s) if i not in drop) if drop else s
 
 
+def _frac_bare_denominator(s: str) -> str:
+    """``\\frac{\\sqrt{3}}2`` -> ``\\frac{\\sqrt{3}}{2}``: a one-token denominator after a braced
+    numerator that itself has braces (the regex above handles flat numerators). One pass."""
+    match = match_braces(s)
+    inserts = []
+    for m in re.finditer(r"\\frac ?\{", s):
+        close = match.get(m.end() - 1)
+        if close is None:
+            continue
+        k = close + 1
+        if k < len(s) and s[k] == " ":
+            k += 1
+        if k < len(s) and (s[k].isdigit() or s[k].isalpha()):
+            inserts.append((close + 1, k, s[k]))
+    for start, k, ch in reversed(inserts):
+        s = s[:start] + "{" + ch + "}" + s[k + 1:]
+    return s
+
+
 def _mixed_spaced(m: re.Match) -> str:
     lead, sign, whole = m.group(1), m.group(2), m.group(3)
     num, den = (m.group(4), m.group(5)) if m.group(4) is not None else (m.group(6), m.group(7))
@@ -216,6 +235,8 @@ def normalize(s: str) -> str:
     s = _FRAC_SHORT.sub(lambda m: f"\\frac{{{m.group(1) or m.group(2)}}}{{{m.group(3)}}}", s)
     s = _FRAC_SHORT1.sub(lambda m: f"\\frac{{{m.group(1) or m.group(2)}}}{{", s)
     s = _FRAC_SHORT2.sub(r"\\frac{\1}{\2}", s)
+    if "\\frac{" in s:
+        s = _frac_bare_denominator(s)
     s = _SQRT_SHORT.sub(lambda m: f"\\sqrt{m.group(1) or ''}{{{m.group(2) or m.group(3) or m.group(4)}}}", s)
     s = s.strip()
     # Trailing sentence period; units written without \text.
