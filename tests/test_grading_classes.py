@@ -156,6 +156,12 @@ NEW_CASES = [
     ("label", "x = 5+5+1 = 11", "11", T, F),
     ("label", "xy=6", "6", F, F),         # a curve
     ("label", "x+y=1", "1", F, F),        # the equation of a line, not a labelled value
+    ("label", "7", r"\overline{PQ} = 7", T, F),
+    ("label", "45", r"m\angle B = 45^\circ", T, F),
+    ("label", "24", "[ABC]=24", T, F),
+    ("label", r"\frac16", r"P(E) = \frac{1}{6}", T, F),
+    ("label", r"\frac16", r"P(E) = \frac{1}{5}", F, F),
+    ("label", "(2,3)", r"x=2 \text{ and } y=3", T, F),
     ("label", "2x=6", "6", F, F),
     ("label", "x=3", "y=3", F, F),
     # --- 4. answers split over several boxes (whole responses)

@@ -55,6 +55,8 @@ def test_final_boxes_are_joined(response, expected):
     ("The answer is: **42**.", "42"),
     ("Thus the answer is 3.5. Next we check it.", "3.5"),
     ("3 + 4 = 7\n#### 7", "7"),
+    ("Here is the result.\nAnswer: 25", "25"),
+    ("Here is the result.\nAnswer: $\\frac{1}{2}$ (rounded)", "\\frac{1}{2}"),
 ])
 def test_fallback_phrase(response, expected):
     assert extract_answer(response, fallback=True) == expected

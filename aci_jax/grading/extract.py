@@ -13,7 +13,8 @@ from .normalize import SPECIAL_TOKENS, match_braces
 __all__ = ["extract_answer", "extract_gold", "last_boxed", "final_boxes", "GOLD_STYLES"]
 
 # "The answer is X." fallback (opt-in): take the rest of the line after the last occurrence.
-_ANSWER_IS = re.compile(r"(?:(?:final answer|the answer)\s*(?:is|:)\s*:?|^####)[ \t]*", re.IGNORECASE | re.MULTILINE)
+_ANSWER_IS = re.compile(r"(?:(?:final answer|the answer)\s*(?:is|:)\s*:?|^####|^[ \t]*answer[ \t]*:)[ \t]*",
+                        re.IGNORECASE | re.MULTILINE)
 GOLD_STYLES = ("auto", "math", "gsm8k", "plain")
 
 
@@ -86,7 +87,7 @@ def extract_answer(response: str, *, fallback: bool = False) -> str | None:
     written one after another as one answer (``\\boxed{2}, \\boxed{4}``) are joined into the list
     ``2, 4`` (``final_boxes``). Chat-template tokens such as ``<|im_end|>`` are ignored.
     With ``fallback=True`` a response without a box may still answer through the last
-    "the answer is X" / "final answer: X" phrase or a GSM8K-style ``#### X`` line: X is the math
+    "the answer is X" / "final answer: X" phrase, an ``Answer: X`` line or a GSM8K-style ``#### X`` line: X is the math
     span ``$...$``/``\\(...\\)`` right after the phrase, else the rest of its sentence (markdown
     ``**`` dropped). Off by default: training rewards need the boxed format.
     """
