@@ -71,6 +71,10 @@ PATHOLOGICAL = [
     ("x=" * 5000 + "1", "1", None),
     (r"\sqrt[" + "3" * 30 + "] 27", "3", False),
     ("2 " + "0" * 5000 + r"\text{ million}", "2", False),
+    ("\\" * 50_001 + "x", "1", False),                      # trailing-backslash rule: linear
+    ("\\frac{" * 3000 + "1", "1", None),                   # bare-denominator pass: one match of braces
+    ("x > 1 and " * 5000 + "x < 2", "(1,2)", None),
+
 ]
 
 

@@ -254,7 +254,7 @@ def normalize(s: str) -> str:
     m = _WORD_TAIL.match(s)
     if m and m.group(2).split()[0].lower() not in _NOT_A_NOUN:
         s = m.group(1)
-    s = re.sub(r"(?:\\\\|\\)+$", "", s).rstrip()  # a trailing line break "185\\\\"
+    s = s.rstrip("\\").rstrip()  # a trailing line break "185\\\\" (rstrip: linear on any run)
     m = _BRACKETED_ENV.match(s)
     if m:
         s = m.group(1)
