@@ -112,6 +112,10 @@ NEW_CASES = [
     ("trig_degrees", r"\tan 45^{\circ}", r"\tan 45", F, F),      # radians
     ("trig_degrees", r"\sin 60^\circ", r"\frac{1}{2}", F, F),
     ("trig_degrees", r"\sin 60^\circ", r"\cos 30^\circ", T, F),
+    ("trig_degrees", r"\frac12", r"\cos{60^\circ}", T, F),
+    ("trig_degrees", r"-\frac12", r"\sin(-30^\circ)", T, F),
+    ("trig_degrees", r"\frac12", r"\sin(-30^\circ)", F, F),
+    ("trig_degrees", r"\frac12", r"\sin 30°", T, F),
     ("mixed_latex", r"2 \frac{3}{5}", r"\frac{13}{5}", T, F),
     ("mixed_latex", r"2 \frac{3}{5}", "2.6", T, F),
     ("mixed_latex", r"2 \frac{3}{5}", r"\frac{6}{5}", F, F),

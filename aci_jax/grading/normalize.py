@@ -51,8 +51,9 @@ _PY_POW = re.compile(r"(?<=[\w)}])\*\*(?=[\w({-])")
 # Tokens of chat templates that a decoder may leave after the answer (<|im_end|>, </s>, ...).
 SPECIAL_TOKENS = re.compile(r"<\|[^|<>\s]{1,40}\|>|<\uff5c[^\uff5c<>]{1,40}\uff5c>|</?s>|<(?:eos|bos|pad|unk|end_of_turn|start_of_turn)>")
 # A trig function of a degree angle: \sin 30^\circ -> \sin(\frac{30\pi}{180}) (before degrees are dropped).
-_TRIG_DEG = re.compile(r"\\(sin|cos|tan|sec|csc|cot)(\^\{?[0-9]\}?)? ?(\(?) ?(\d{1,6}(?:\.\d{1,6})?) ?"
-                       r"(?:\^ ?\{? ?\\circ ?\}?|\^\{?\\degree\}?|\\degree|\u00b0) ?(\)?)")
+_DEG_ANGLE = r"(-?\d{1,6}(?:\.\d{1,6})?) ?(?:\^ ?\{? ?\\circ ?\}?|\^\{?\\degree\}?|\\degree|\u00b0)"
+_TRIG_DEG = re.compile(r"\\(sin|cos|tan|sec|csc|cot)(\^\{?[0-9]\}?)? ?(?:\( ?" + _DEG_ANGLE + r" ?\)|\{ ?" + _DEG_ANGLE
+                       + r" ?\}|" + _DEG_ANGLE + ")")
 # Mixed numbers written with a space: 3 \frac{1}{4}, 2 1/4 (proper fractions only; 2 5/4 is left alone).
 _MIXED_SP = re.compile(r"(^|[\s,;(\[{=])([+-]?)(\d+) (?:\\frac\{(\d+)\}\{(\d+)\}|(\d+)/(\d+))(?=$|[\s,;)\]}])")
 # Number words: 2 million, 3.5\text{ billion}.
@@ -205,7 +206,8 @@ def normalize(s: str) -> str:
         # \left( -> (, \left\{ -> \{, \left. -> (nothing)
         s = s.replace(c + ".", "").replace(c, "")
     # Degrees, percent (a trig function of a degree angle first gets its angle in radians).
-    s = _TRIG_DEG.sub(lambda m: f"\\{m.group(1)}{m.group(2) or ''}(\\frac{{{m.group(4)}\\pi}}{{180}})", s)
+    s = _TRIG_DEG.sub(lambda m: f"\\{m.group(1)}{m.group(2) or ''}(\\frac{{{m.group(3) or m.group(4) or m.group(5)}"
+                      f"\\pi}}{{180}})", s)
     for c in ("^{\\circ}", "^\\circ", "{}^\\circ", "^{\\circ }", "\\circ", "°", "\\degree"):
         s = s.replace(c, "")
     s = s.replace("\\%", "").replace("%", "")
