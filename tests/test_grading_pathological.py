@@ -55,6 +55,8 @@ PATHOLOGICAL = [
     (r"\text{" * 3000 + "a" + "}" * 3000, "a", None),
     # parsing paths added for issue 17: matrix expressions, solved relations, labels, times, percent
     (r"\begin{pmatrix}9^{9^{9}}\end{pmatrix}+\begin{pmatrix}1\end{pmatrix}", "1", False),
+    (r"9^{9^{9}}\begin{pmatrix}1\\2\end{pmatrix}", "(1,2)", False),   # a huge scalar factor
+    (r"\begin{pmatrix}10^{999}&1\\1&1\end{pmatrix}^{8}", "1", False),
     (r"\begin{pmatrix}1&1\\1&1\end{pmatrix}^{1000000}", r"\begin{pmatrix}1&1\\1&1\end{pmatrix}", False),
     (" ".join([MAT10] * 6), MAT10, False),
     ((r"\begin{pmatrix}1\end{pmatrix}+" * 300) + "0", "1", None),

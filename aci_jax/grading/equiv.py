@@ -190,11 +190,16 @@ def _matrix_expr(s: str) -> Node | None:
         return None
     if not _has_matrix(e, sympy):
         return None
+    # Every number is computed by the sums and products below, so all of them (matrix entries and
+    # scalar factors alike) must be small: 9^{9^{9}} anywhere is refused, not multiplied.
+    scalars = [n for n in sympy.preorder_traversal(e) if not isinstance(n, (sympy.MatrixBase, sympy.MatrixExpr))]
+    entries = [x for n in sympy.preorder_traversal(e) if isinstance(n, sympy.MatrixBase) for x in n]
     try:
-        for node in sympy.preorder_traversal(e):
-            if isinstance(node, sympy.MatrixBase):
-                for entry in node:
-                    _guard(entry, sympy)  # 9^{9^{9}} as an entry must not be computed by a sum
+        for x in scalars + entries:
+            _guard(x, sympy)
+            for node in sympy.preorder_traversal(x):
+                if node.is_number and (node.is_Pow or node.func.__name__ in _GROWTH) and _log10_bound(node, sympy) > 1000:
+                    return None
     except _Refused:
         return None
     for node in sympy.preorder_traversal(e):  # (matrix)^n: n a small non-negative integer
