@@ -75,6 +75,8 @@ PATHOLOGICAL = [
     ("2 " + "0" * 5000 + r"\text{ million}", "2", False),
     ("\\" * 50_001 + "x", "1", False),                      # trailing-backslash rule: linear
     ("\\frac{" * 3000 + "1", "1", None),                   # bare-denominator pass: one match of braces
+    (r"\frac{\sqrt{3}}2" * 8000, "1", None),                 # ... and one join for 8,000 inserts
+    (r"x^2 < 10^{99999}", "(-1,1)", False),
     ("x > 1 and " * 5000 + "x < 2", "(1,2)", None),
 
 ]

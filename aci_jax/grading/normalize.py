@@ -156,9 +156,14 @@ def _frac_bare_denominator(s: str) -> str:
             k += 1
         if k < len(s) and (s[k].isdigit() or s[k].isalpha()):
             inserts.append((close + 1, k, s[k]))
-    for start, k, ch in reversed(inserts):
-        s = s[:start] + "{" + ch + "}" + s[k + 1:]
-    return s
+    if not inserts:
+        return s
+    out, pos = [], 0
+    for start, k, ch in sorted(inserts):  # one join, not one copy of the string per insert
+        out += [s[pos:start], "{", ch, "}"]
+        pos = k + 1
+    out.append(s[pos:])
+    return "".join(out)
 
 
 def _mixed_spaced(m: re.Match) -> str:
