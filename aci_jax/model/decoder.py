@@ -28,12 +28,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aci_jax.model.attention import attention
 from aci_jax.model.cache import KVCache, scatter_layer_rows, scatter_rows, write_slots
 from aci_jax.model.config import ModelConfig
 from aci_jax.model.rope import apply_rope, rope_tables
+from aci_jax.parallel.rules import constrain
 
 _INIT = nn.initializers.normal(stddev=0.02)  # the Qwen2/Llama `initializer_range`
-_MASKED = float(jnp.finfo(jnp.float32).min)  # finite, so a fully-masked row gives no NaN
+# Logical axes of activations, for `constrain` (a no-op unless the caller traces under
+# `aci_jax.parallel.activation_sharding`, as the train step does).
+_X = ("batch", "length", "act_embed")
 
 
 class RMSNorm(nn.Module):
@@ -65,17 +69,24 @@ class Attention(nn.Module):
 
   cfg: ModelConfig
 
+  attn_block: int = 512
+
   @nn.compact
-  def __call__(self, x, sin, cos, mask, slots, kv, layer):
-    """x [B, T, D]; sin/cos [B, T, Dh/2]; mask [B, T, S] bool; slots [B, T] int32;
+  def __call__(self, x, sin, cos, slots, key_valid, segment_ids, kv, layer):
+    """x [B, T, D]; sin/cos [B, T, Dh/2]; slots [B, T] int32 (each token's cache slot);
+    key_valid [B, S] bool; segment_ids [B, T] int32 or None (packed rows, no cache);
     kv: None, or the whole cache (k, v) each [L, B, S, K, Dh] with `layer` the index of this
     layer in it. Returns ([B, T, D], updated kv or None)."""
     cfg = self.cfg
     b, t, _ = x.shape
     h, k_heads, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = _dense(cfg, h * dh, cfg.qkv_bias, "q_proj")(x).reshape(b, t, h, dh)
-    k = _dense(cfg, k_heads * dh, cfg.qkv_bias, "k_proj")(x).reshape(b, t, k_heads, dh)
-    v = _dense(cfg, k_heads * dh, cfg.qkv_bias, "v_proj")(x).reshape(b, t, k_heads, dh)
+    heads = ("batch", "length", "heads", "head_dim")
+    kv_heads = ("batch", "length", "kv_heads", "head_dim")
+    q = constrain(_dense(cfg, h * dh, cfg.qkv_bias, "q_proj")(x).reshape(b, t, h, dh), heads)
+    k = constrain(_dense(cfg, k_heads * dh, cfg.qkv_bias, "k_proj")(x).reshape(
+        b, t, k_heads, dh), kv_heads)
+    v = constrain(_dense(cfg, k_heads * dh, cfg.qkv_bias, "v_proj")(x).reshape(
+        b, t, k_heads, dh), kv_heads)
     q = apply_rope(q, sin, cos)
     k = apply_rope(k, sin, cos)
     if kv is None:
@@ -87,14 +98,12 @@ class Attention(nn.Module):
                 scatter_layer_rows(kv[1], layer, slots, v))
       keys = jax.lax.dynamic_index_in_dim(new_kv[0], layer, keepdims=False)
       values = jax.lax.dynamic_index_in_dim(new_kv[1], layer, keepdims=False)
-    # Query heads are grouped by the kv head they share: [B, T, K, G, Dh] with G = H / K.
-    qg = q.reshape(b, t, k_heads, h // k_heads, dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys, preferred_element_type=jnp.float32)
-    scores = scores * (dh ** -0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, values).reshape(b, t, h * dh)
-    return _dense(cfg, cfg.hidden_size, cfg.o_bias, "o_proj")(out), new_kv
+    # Dense scores for short chunks and decode steps; blocked (no [T, S] scores) otherwise.
+    out = attention(q, keys, values, slots, key_valid, segment_ids,
+                    segment_ids if kv is None else None, kv_block=self.attn_block,
+                    q_block=self.attn_block)
+    out = constrain(out, heads).reshape(b, t, h * dh)
+    return constrain(_dense(cfg, cfg.hidden_size, cfg.o_bias, "o_proj")(out), _X), new_kv
 
 
 class MLP(nn.Module):
@@ -105,9 +114,11 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
-    gate = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "gate_proj")(x)
-    up = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "up_proj")(x)
-    return _dense(cfg, cfg.hidden_size, cfg.mlp_bias, "down_proj")(nn.silu(gate) * up)
+    hidden = ("batch", "length", "mlp")
+    gate = constrain(_dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "gate_proj")(x), hidden)
+    up = constrain(_dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "up_proj")(x), hidden)
+    return constrain(_dense(cfg, cfg.hidden_size, cfg.mlp_bias, "down_proj")(
+        nn.silu(gate) * up), _X)
 
 
 class Block(nn.Module):
@@ -115,15 +126,16 @@ class Block(nn.Module):
   ((x, kv), None), where kv is the whole stacked cache or None."""
 
   cfg: ModelConfig
+  attn_block: int = 512
 
   @nn.compact
   def __call__(self, carry, layer, shared):
     x, kv = carry
-    sin, cos, mask, slots = shared
-    attn_out, kv = Attention(self.cfg, name="attn")(
-        _norm(self.cfg, "attn_norm")(x), sin, cos, mask, slots, kv, layer)
-    x = x + attn_out
-    x = x + MLP(self.cfg, name="mlp")(_norm(self.cfg, "mlp_norm")(x))
+    sin, cos, slots, key_valid, segment_ids = shared
+    attn_out, kv = Attention(self.cfg, self.attn_block, name="attn")(
+        _norm(self.cfg, "attn_norm")(x), sin, cos, slots, key_valid, segment_ids, kv, layer)
+    x = constrain(x + attn_out, _X)
+    x = constrain(x + MLP(self.cfg, name="mlp")(_norm(self.cfg, "mlp_norm")(x)), _X)
     return (x, kv), None
 
 
@@ -136,8 +148,15 @@ class LMHead(nn.Module):
   def __call__(self, hidden):
     cfg = self.cfg
     w = self.param("kernel", _INIT, (cfg.hidden_size, cfg.vocab_size), cfg.weight_dtype)
-    return jnp.einsum("...d,dv->...v", hidden, w.astype(cfg.compute_dtype),
-                      preferred_element_type=jnp.float32)
+    logits = jnp.einsum("...d,dv->...v", hidden, w.astype(cfg.compute_dtype),
+                        preferred_element_type=jnp.float32)
+    return _constrain_logits(logits)
+
+
+def _constrain_logits(logits):
+  if logits.ndim == 3:
+    return constrain(logits, ("batch", "length", "vocab"))
+  return logits
 
 
 _REMAT_POLICIES = {
@@ -150,6 +169,8 @@ class Decoder(nn.Module):
   """Causal LM. See the module docstring for the parameter tree and the calling convention."""
 
   cfg: ModelConfig
+  # Key/query block of the blocked attention path (long chunks); tests make it small.
+  attn_block: int = 512
 
   def setup(self):
     cfg = self.cfg
@@ -160,7 +181,7 @@ class Decoder(nn.Module):
                           param_dtype=cfg.weight_dtype, embedding_init=_INIT)
     self.layers = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(0, nn.broadcast), length=cfg.num_layers)(cfg)
+        in_axes=(0, nn.broadcast), length=cfg.num_layers)(cfg, self.attn_block)
     self.final_norm = _norm(cfg, "final_norm")
     if not cfg.tie_word_embeddings:
       self.lm_head = LMHead(cfg)
@@ -189,7 +210,7 @@ class Decoder(nn.Module):
     b, t = tokens.shape
     if valid is None:
       valid = jnp.ones((b, t), jnp.bool_)
-    x = self.embed(tokens)
+    x = constrain(self.embed(tokens), _X)
     sin, cos = rope_tables(self.cfg, positions)
     if cache is None:
       slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -198,14 +219,12 @@ class Decoder(nn.Module):
       slots = write_slots(cache.cursor, t)
       key_valid = scatter_rows(cache.valid, slots, valid)
       kv = (cache.k, cache.v)
-    key_slot = jnp.arange(key_valid.shape[1], dtype=jnp.int32)
-    mask = key_valid[:, None, :] & (key_slot[None, None, :] <= slots[:, :, None])
-    if segment_ids is not None:
-      if cache is not None:
-        raise ValueError("segment_ids (packed rows) are for cache-free forward passes only")
-      mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    if segment_ids is not None and cache is not None:
+      raise ValueError("segment_ids (packed rows) are for cache-free forward passes only")
+    # The attention mask (key valid, causal by slot, same segment) is built block by block
+    # inside `attention` from these, never as a [B, T, S] array here.
     layer_ids = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
-    (x, new_kv), _ = self.layers((x, kv), layer_ids, (sin, cos, mask, slots))
+    (x, new_kv), _ = self.layers((x, kv), layer_ids, (sin, cos, slots, key_valid, segment_ids))
     x = self.final_norm(x)
     new_cache = None
     if cache is not None:
@@ -219,7 +238,8 @@ class Decoder(nn.Module):
     """[..., D] final hidden states -> [..., V] float32 logits (accumulated in float32)."""
     if self.cfg.tie_word_embeddings:
       w = self.embed.embedding.astype(self.cfg.compute_dtype)
-      return jnp.einsum("...d,vd->...v", hidden, w, preferred_element_type=jnp.float32)
+      return _constrain_logits(jnp.einsum("...d,vd->...v", hidden, w,
+                                          preferred_element_type=jnp.float32))
     return self.lm_head(hidden)
 
 

@@ -2,9 +2,11 @@
 
 from aci_jax.parallel.mesh import MeshConfig, make_mesh
 from aci_jax.parallel.rules import (
-    SAMPLING_RULES, TRAINING_RULES, batch_sharding, logical_axes, param_shardings, spec_for)
+    ACTIVATION_RULES, SAMPLING_RULES, TRAINING_RULES, activation_sharding, batch_sharding,
+    constrain, logical_axes, param_shardings, spec_for)
 
 __all__ = [
-    "MeshConfig", "make_mesh", "SAMPLING_RULES", "TRAINING_RULES", "batch_sharding",
-    "logical_axes", "param_shardings", "spec_for",
+    "MeshConfig", "make_mesh", "ACTIVATION_RULES", "SAMPLING_RULES", "TRAINING_RULES",
+    "activation_sharding", "batch_sharding", "constrain", "logical_axes", "param_shardings",
+    "spec_for",
 ]

@@ -30,7 +30,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from aci_jax.model import ModelConfig
-from aci_jax.parallel import TRAINING_RULES, batch_sharding, param_shardings
+from aci_jax.parallel import TRAINING_RULES, activation_sharding, batch_sharding, param_shardings
 from aci_jax.train import losses as L
 from aci_jax.train.logprobs import token_logprobs
 
@@ -159,10 +159,12 @@ def make_train_step(model_cfg: ModelConfig, loss_cfg: L.LossConfig,
   reductions: dict[str, str] = {}
 
   def micro_loss(params, inputs, targets, weights):
-    logp, ent = token_logprobs(params, model_cfg, inputs["tokens"], inputs["positions"],
-                               inputs["valid"].astype(jnp.bool_), chunk=step_cfg.logprob_chunk,
-                               remat=step_cfg.logprob_remat,
-                               segment_ids=inputs.get("segment_ids"))
+    # Activations pinned to ACTIVATION_RULES so fsdp gathers weights, not activations.
+    with activation_sharding(mesh):
+      logp, ent = token_logprobs(params, model_cfg, inputs["tokens"], inputs["positions"],
+                                 inputs["valid"].astype(jnp.bool_),
+                                 chunk=step_cfg.logprob_chunk, remat=step_cfg.logprob_remat,
+                                 segment_ids=inputs.get("segment_ids"))
     total, metrics = L.objective(L.context(logp, ent, targets), weights, loss_cfg)
     reductions.update({name: red for name, (red, _) in metrics.items()})  # trace-time record
     return total, {name: v for name, (_, v) in metrics.items()}

@@ -1,0 +1,212 @@
+"""Grouped-query attention with a general mask, without [T, S] score tensors for long inputs.
+
+The mask is the decoder's: query t may attend key slot s when
+
+    key_valid[b, s]  and  s <= q_slot[b, t]  and  q_seg[b, t] == k_seg[b, s]
+
+(per-row validity for padding holes, causal order by cache slot, packing segments). Two paths
+compute the same function:
+
+- `dense_attention`: the whole [B, K, G, T, S] float32 score tensor, then softmax. Cheapest for
+  short inputs and for one-token decode steps (T = 1: the scores are [S] per head).
+- `blocked_attention`: flash-attention's online softmax over key blocks of `kv_block` slots,
+  queries in blocks of `q_block`, with a custom VJP whose backward pass recomputes each block
+  from the saved log-sum-exp: memory O(q_block x kv_block) per head instead of O(T x S), in
+  the forward and the backward pass alike. Pure JAX, so it runs (and compiles for TPU) on every
+  backend.
+
+`attention` picks: dense when the scores are small (T < 16 or S <= kv_block), blocked
+otherwise. A fully masked query row (a padding token) gets the mean of the values in both paths,
+as a softmax over equal scores gives; nothing reads those rows.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+MASKED = float(jnp.finfo(jnp.float32).min)  # finite, so a fully masked row gives no NaN
+
+
+def _mask(q_slot, q_seg, key_valid, k_seg, k_slot):
+  """[B, T, S'] bool for key slots `k_slot` [S'] (block of the key axis)."""
+  m = key_valid[:, None, :] & (k_slot[None, None, :] <= q_slot[:, :, None])
+  if q_seg is not None:
+    m = m & (q_seg[:, :, None] == k_seg[:, None, :])
+  return m
+
+
+def dense_attention(q, k, v, q_slot, key_valid, q_seg=None, k_seg=None):
+  """q [B, T, H, Dh], k/v [B, S, K, Dh], q_slot [B, T] i32, key_valid [B, S] bool, segments
+  [B, T] / [B, S] i32 or None -> [B, T, H, Dh] in v's dtype."""
+  b, t, h, dh = q.shape
+  kh = k.shape[2]
+  qg = q.reshape(b, t, kh, h // kh, dh)
+  scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+  scores = scores * (dh ** -0.5)
+  mask = _mask(q_slot, q_seg, key_valid, k_seg, jnp.arange(k.shape[1], dtype=jnp.int32))
+  scores = jnp.where(mask[:, None, None, :, :], scores, MASKED)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, dh)
+
+
+# ------------------------------------------------------------------------ blocked path
+
+
+def _blocks(x, n, axis=1):
+  """Split `axis` into n blocks and move the block index to the front."""
+  shape = x.shape[:axis] + (n, x.shape[axis] // n) + x.shape[axis + 1:]
+  return jnp.moveaxis(x.reshape(shape), axis, 0)
+
+
+def _unblocks(x, axis=1):
+  x = jnp.moveaxis(x, 0, axis)
+  return x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2:])
+
+
+def _fwd_qblock(qg, kb, vb, q_slot, q_seg, kvalid_b, kseg_b, kslot_b, scale):
+  """One query block against all key blocks. qg [B, Tq, K, G, Dh]; kb/vb [N, B, Bk, K, Dh].
+  Returns (out [B, K, G, Tq, Dh] f32, lse [B, K, G, Tq] f32)."""
+  b, tq, kh, g, dh = qg.shape
+
+  def step(carry, blk):
+    m, l, acc = carry
+    kk, vv, kvalid, kseg, kslot = blk
+    s = jnp.einsum("btkgd,bskd->bkgts", qg, kk, preferred_element_type=jnp.float32) * scale
+    mask = _mask(q_slot, q_seg, kvalid, kseg, kslot)[:, None, None]
+    s = jnp.where(mask, s, MASKED)
+    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+    corr = jnp.exp(m - m_new)
+    p = jnp.exp(s - m_new[..., None])
+    l = l * corr + jnp.sum(p, axis=-1)
+    acc = acc * corr[..., None] + jnp.einsum("bkgts,bskd->bkgtd", p.astype(vv.dtype), vv,
+                                             preferred_element_type=jnp.float32)
+    return (m_new, l, acc), None
+
+  init = (jnp.full((b, kh, g, tq), -jnp.inf, jnp.float32), jnp.zeros((b, kh, g, tq), jnp.float32),
+          jnp.zeros((b, kh, g, tq, dh), jnp.float32))
+  (m, l, acc), _ = jax.lax.scan(step, init, (kb, vb, kvalid_b, kseg_b, kslot_b))
+  return acc / l[..., None], m + jnp.log(l)
+
+
+def _prep(q, k, v, q_slot, key_valid, q_seg, k_seg, q_block, kv_block):
+  b, t, h, dh = q.shape
+  s, kh = k.shape[1], k.shape[2]
+  nq, nk = t // q_block, s // kv_block
+  qg = q.reshape(b, t, kh, h // kh, dh)
+  if q_seg is None:  # one segment everywhere: the same code path, a mask term that is all true
+    q_seg = jnp.zeros((b, t), jnp.int32)
+    k_seg = jnp.zeros((b, s), jnp.int32)
+  kslot = jnp.arange(s, dtype=jnp.int32)
+  keys = (_blocks(k, nk), _blocks(v, nk), _blocks(key_valid, nk), _blocks(k_seg, nk),
+          kslot.reshape(nk, kv_block))
+  queries = (_blocks(qg, nq), _blocks(q_slot, nq), _blocks(q_seg, nq))
+  return keys, queries, dh ** -0.5
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _blocked(q, k, v, q_slot, key_valid, q_seg, k_seg, q_block, kv_block):
+  return _blocked_fwd(q, k, v, q_slot, key_valid, q_seg, k_seg, q_block, kv_block)[0]
+
+
+def _blocked_fwd(q, k, v, q_slot, key_valid, q_seg, k_seg, q_block, kv_block):
+  keys, (qb, slot_b, seg_b), scale = _prep(q, k, v, q_slot, key_valid, q_seg, k_seg, q_block,
+                                           kv_block)
+  kb, vb, kvalid_b, kseg_b, kslot_b = keys
+
+  def one(args):
+    qq, slot, seg = args
+    return _fwd_qblock(qq, kb, vb, slot, seg, kvalid_b, kseg_b, kslot_b, scale)
+
+  out, lse = jax.lax.map(one, (qb, slot_b, seg_b))  # [Nq, B, K, G, Tq, Dh], [Nq, B, K, G, Tq]
+  b, t, h, dh = q.shape
+  o = jnp.moveaxis(out, 0, 3)  # [B, K, G, Nq, Tq, Dh]
+  o = o.reshape(b, o.shape[1], o.shape[2], t, dh)  # [B, K, G, T, Dh]
+  result = jnp.transpose(o, (0, 3, 1, 2, 4)).reshape(b, t, h, dh).astype(v.dtype)
+  lse = jnp.moveaxis(lse, 0, 3).reshape(b, o.shape[1], o.shape[2], t)
+  return result, (q, k, v, q_slot, key_valid, q_seg, k_seg, result, lse)
+
+
+def _blocked_bwd(q_block, kv_block, res, d_out):
+  q, k, v, q_slot, key_valid, q_seg, k_seg, out, lse = res
+  b, t, h, dh = q.shape
+  kh = k.shape[2]
+  g = h // kh
+  keys, (qb, slot_b, seg_b), scale = _prep(q, k, v, q_slot, key_valid, q_seg, k_seg, q_block,
+                                           kv_block)
+  kb, vb, kvalid_b, kseg_b, kslot_b = keys
+  nq = t // q_block
+  # Per query: delta = sum_d dO * O (the softmax-backward correction), in float32.
+  do = d_out.reshape(b, t, kh, g, dh).astype(jnp.float32)
+  o = out.reshape(b, t, kh, g, dh).astype(jnp.float32)
+  delta = jnp.transpose(jnp.sum(do * o, axis=-1), (0, 2, 3, 1))  # [B, K, G, T]
+  do_b = _blocks(do, nq)  # [Nq, B, Tq, K, G, Dh]
+  delta_b = _blocks(delta, nq, axis=3)  # [Nq, B, K, G, Tq]
+  lse_b = _blocks(lse, nq, axis=3)
+
+  def per_q(carry, args):
+    dk_acc, dv_acc = carry  # [Nk, B, Bk, K, Dh] f32
+    qq, slot, seg, dd, dl, ls = args
+
+    def per_k(dq, blk):
+      kk, vv, kvalid, kseg, kslot = blk
+      s = jnp.einsum("btkgd,bskd->bkgts", qq, kk, preferred_element_type=jnp.float32) * scale
+      mask = _mask(slot, seg, kvalid, kseg, kslot)[:, None, None]
+      s = jnp.where(mask, s, MASKED)
+      p = jnp.exp(s - ls[..., None])  # the forward's probabilities, recomputed
+      dv = jnp.einsum("bkgts,btkgd->bskd", p, dd)
+      dp = jnp.einsum("btkgd,bskd->bkgts", dd, vv.astype(jnp.float32))
+      ds = jnp.where(mask, p * (dp - dl[..., None]), 0.0) * scale
+      dq = dq + jnp.einsum("bkgts,bskd->btkgd", ds, kk.astype(jnp.float32))
+      dk = jnp.einsum("bkgts,btkgd->bskd", ds, qq.astype(jnp.float32))
+      return dq, (dk, dv)
+
+    dq0 = jnp.zeros(qq.shape, jnp.float32)
+    dq, (dk, dv) = jax.lax.scan(per_k, dq0, (kb, vb, kvalid_b, kseg_b, kslot_b))
+    return (dk_acc + dk, dv_acc + dv), dq
+
+  zeros = jnp.zeros(kb.shape, jnp.float32)
+  (dk, dv), dq = jax.lax.scan(per_q, (zeros, zeros), (qb, slot_b, seg_b, do_b, delta_b, lse_b))
+  dq = _unblocks(dq).reshape(b, t, h, dh).astype(q.dtype)
+  dk = _unblocks(dk).astype(k.dtype)
+  dv = _unblocks(dv).astype(v.dtype)
+  return dq, dk, dv, None, None, None, None
+
+
+_blocked.defvjp(_blocked_fwd, _blocked_bwd)
+
+
+def blocked_attention(q, k, v, q_slot, key_valid, q_seg=None, k_seg=None, *,
+                      q_block: int = 512, kv_block: int = 512):
+  """`dense_attention` computed block by block (see module docstring). Pads T and S up to
+  whole blocks (padded keys are invalid, padded queries are dropped)."""
+  b, t, h, dh = q.shape
+  s = k.shape[1]
+  q_block = min(q_block, t)
+  kv_block = min(kv_block, s)
+  pt, ps = -t % q_block, -s % kv_block
+  if pt:
+    q = jnp.pad(q, ((0, 0), (0, pt), (0, 0), (0, 0)))
+    q_slot = jnp.pad(q_slot, ((0, 0), (0, pt)))
+    if q_seg is not None:
+      q_seg = jnp.pad(q_seg, ((0, 0), (0, pt)))
+  if ps:
+    k = jnp.pad(k, ((0, 0), (0, ps), (0, 0), (0, 0)))
+    v = jnp.pad(v, ((0, 0), (0, ps), (0, 0), (0, 0)))
+    key_valid = jnp.pad(key_valid, ((0, 0), (0, ps)))
+    if k_seg is not None:
+      k_seg = jnp.pad(k_seg, ((0, 0), (0, ps)))
+  out = _blocked(q, k, v, q_slot, key_valid, q_seg, k_seg, q_block, kv_block)
+  return out[:, :t]
+
+
+def attention(q, k, v, q_slot, key_valid, q_seg=None, k_seg=None, *, kv_block: int = 512,
+              q_block: int = 512):
+  """Dense for small score tensors, blocked otherwise (same function; see module doc)."""
+  t, s = q.shape[1], k.shape[1]
+  if t < 16 or s <= kv_block:
+    return dense_attention(q, k, v, q_slot, key_valid, q_seg, k_seg)
+  return blocked_attention(q, k, v, q_slot, key_valid, q_seg, k_seg, q_block=q_block,
+                           kv_block=kv_block)
