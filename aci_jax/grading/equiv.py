@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -36,6 +37,9 @@ class Limits:
     max_digits: int = 1000        # digit runs longer than this are compared as strings
     max_pow_log10: float = 1e5    # refuse to evaluate anything whose magnitude may exceed 10^(1e5)
     max_items: int = 5000         # list/matrix entries
+    max_parses: int = 300         # LaTeX parses per comparison (each distinct atom once: cached)
+    max_parse_chars: int = 12_000  # characters handed to the LaTeX parser per comparison
+    max_solves: int = 24          # relations handed to the solver per comparison
 
 
 LIMITS = Limits()
@@ -180,6 +184,10 @@ def _matrix_expr(s: str) -> Node | None:
     if s.count("&") + s.count("\\\\") > 200 or not brace_stats(s)[1] or brace_stats(s)[0] > LIMITS.max_brace_depth:
         return None
     if re.search(r"\d{%d,}" % 30, s) or s.count("^") > 4 or _DIGIT_SPACE_DIGIT.search(s):
+        return None
+    try:
+        _Work.charge(len(s))
+    except _Refused:
         return None
     sympy, parse = _sp()
     try:
@@ -460,8 +468,54 @@ def _guard(expr, sympy) -> None:
                 raise _Refused("exponent too large")
 
 
+class _WorkState(threading.local):
+    """Per-comparison cache of parsed atoms and the work budget that bounds a whole comparison:
+    a list of 5,000 items each within the size limits must not add up to minutes. Reset by
+    ``compare``; past the budget, parses raise _Refused (not equal unless string-identical).
+    Thread-local, so in-process comparisons in several threads do not share a budget."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.parsed, self.parses, self.chars, self.solves = {}, 0, 0, 0
+
+    def charge(self, n_chars: int) -> None:
+        self.parses += 1
+        self.chars += n_chars
+        if self.parses > LIMITS.max_parses or self.chars > LIMITS.max_parse_chars:
+            raise _Refused("work budget of one comparison spent")
+
+    def solve(self) -> None:
+        self.solves += 1
+        if self.solves > LIMITS.max_solves:
+            raise _Refused("solver budget of one comparison spent")
+
+
+_Work = _WorkState()
+
+
 def _to_sympy(s: str):
-    """Parse an atom with the LaTeX parser under the static guards; None when not parseable."""
+    """Parse an atom with the LaTeX parser under the static guards; None when not parseable.
+    Each distinct string is parsed once per comparison (``_Work``)."""
+    hit = _Work.parsed.get(s, _MISSING)
+    if hit is not _MISSING:
+        if isinstance(hit, _Refused):
+            raise hit
+        return hit
+    try:
+        e = _to_sympy_uncached(s)
+    except _Refused as refused:
+        _Work.parsed[s] = refused
+        raise
+    _Work.parsed[s] = e
+    return e
+
+
+_MISSING = object()
+
+
+def _to_sympy_uncached(s: str):
     if len(s) > LIMITS.max_sympy_len or re.search(r"\d{%d,}" % (LIMITS.max_digits + 1), s):
         return None
     depth, ok = brace_stats(s)
@@ -469,6 +523,7 @@ def _to_sympy(s: str):
         return None
     if s.count("^") > 12 or _DIGIT_SPACE_DIGIT.search(s):
         return None  # "2 1/4" would be read as 21/4
+    _Work.charge(len(s))
     sympy, parse = _sp()
     try:
         e = parse(s)
@@ -710,20 +765,31 @@ def _as_set(node: Node):
         except (TypeError, ValueError):
             return None
     if node.kind in ("union", "inter"):
-        sets = [_as_set(n) for n in node.items]
-        if any(x is None for x in sets):
+        sets = _all_sets(node.items)
+        if sets is None:
             return None
         return sympy.Union(*sets) if node.kind == "union" else sympy.Intersection(*sets)
     if node.kind == "ineq":
         return _ineq_set(node.text)
     if node.kind == "set" and node.items and all(n.kind == "ineq" for n in node.items):
-        sets = [_as_set(n) for n in node.items]  # "x < -1 or x > 2"
-        if any(x is None for x in sets):
+        sets = _all_sets(node.items)  # "x < -1 or x > 2"
+        if sets is None:
             return None
         return sympy.Union(*sets)
     if node.kind == "atom" and _key(node.text) in ("\\varnothing", "\\{\\}", "\\mathbb{R}", "(-\\infty,\\infty)"):
         return sympy.S.EmptySet if "varnothing" in node.text or node.text == "\\{\\}" else sympy.S.Reals
     return None
+
+
+def _all_sets(nodes) -> list | None:
+    """``_as_set`` of every node, or None as soon as one is not a set (without computing the rest)."""
+    out = []
+    for n in nodes:
+        x = _as_set(n)
+        if x is None:
+            return None
+        out.append(x)
+    return out
 
 
 def _endpoint(node: Node):
@@ -827,6 +893,7 @@ def _solve_chain(exprs: list[str], ops: list[str]):
                 return None
     result = sympy.S.Reals
     try:
+        _Work.solve()
         for i, op in enumerate(ops):
             rel = getattr(sympy, _REL_OPS[op])(parts[i], parts[i + 1], evaluate=False)
             sol = sympy.solveset(rel, x, domain=sympy.S.Reals)
@@ -958,6 +1025,7 @@ def compare(gold: str, pred: str | None, rel_tol: float = DEFAULT_REL_TOL) -> tu
         return True, "ok"
     if not p:
         return False, "parse_error"
+    _Work.reset()
     if _nodes_equal(_parse(g), _parse(p), rel_tol):
         return True, "ok"
     # 35% is also the number 0.35: a percent on one side only may be read either way.
