@@ -77,6 +77,11 @@ PATHOLOGICAL = [
     ("\\frac{" * 3000 + "1", "1", None),                   # bare-denominator pass: one match of braces
     (r"\frac{\sqrt{3}}2" * 8000, "1", None),                 # ... and one join for 8,000 inserts
     (r"x^2 < 10^{99999}", "(-1,1)", False),
+    (r" \cup ".join(f"x > {i}" for i in range(1000)), r"(0,\infty)", True),   # 1,000 bounds read directly
+    (r" \cup ".join(f"-x < {i} - x^2" for i in range(1000)), "x > 0", False),   # solver budget
+    # 1,000 list items: identical ones match in linear time, never 10^6 pairwise comparisons
+    (", ".join(f"\\sqrt{{{i}}}" for i in range(1000)), ", ".join(f"\\sqrt{{{i}}}" for i in reversed(range(1000))), True),
+    (", ".join(f"\\sqrt{{{i}}}" for i in range(1000)), ", ".join(f"\\sqrt{{{i + 1}}}" for i in range(1000)), False),
     ("x > 1 and " * 5000 + "x < 2", "(1,2)", None),
 
 ]

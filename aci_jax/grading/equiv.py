@@ -13,6 +13,7 @@ structures; atoms compare as choice letters, text, exact numbers, and finally sy
 
 from __future__ import annotations
 
+import collections
 import math
 import random
 import re
@@ -37,9 +38,9 @@ class Limits:
     max_digits: int = 1000        # digit runs longer than this are compared as strings
     max_pow_log10: float = 1e5    # refuse to evaluate anything whose magnitude may exceed 10^(1e5)
     max_items: int = 5000         # list/matrix entries
-    max_parses: int = 300         # LaTeX parses per comparison (each distinct atom once: cached)
-    max_parse_chars: int = 12_000  # characters handed to the LaTeX parser per comparison
-    max_solves: int = 24          # relations handed to the solver per comparison
+    max_parses: int = 150         # LaTeX parses per comparison (each distinct atom once: cached)
+    max_parse_chars: int = 8_000  # characters handed to the LaTeX parser per comparison
+    max_solves: int = 12          # relations handed to the solver per comparison
 
 
 LIMITS = Limits()
@@ -969,11 +970,43 @@ def _named_tuple(node: Node) -> Node | None:
     return Node("seq", items=tuple(node.items[i].items[0] for i in order), brackets="()")
 
 
+def _sig(node: Node) -> str:
+    """A string that is equal for nodes written the same way (spaces aside)."""
+    if node.kind == "atom":
+        return "a:" + _key(node.text)
+    if node.kind == "matrix":
+        return "m:" + "\\".join("&".join(_sig(c) for c in row) for row in node.items)
+    inner = ",".join(_sig(n) for n in node.items)
+    return f"{node.kind}:{node.brackets}:{_key(node.text)}({inner})"
+
+
+_MAX_PAIRS = 4096  # pairwise comparisons of list items left after identical items are matched
+
+
 def _multiset_equal(a: list, b: list, rel_tol: float) -> bool:
     if len(a) != len(b):
         return False
-    remaining = list(b)
+    # Items written the same way match first, in linear time; only the rest is compared pairwise,
+    # and a rest too large to compare pairwise within the time limit is not equal.
+    counts = collections.Counter(_sig(y) for y in b)
+    rest_a = []
     for x in a:
+        k = _sig(x)
+        if counts[k] > 0:
+            counts[k] -= 1
+        else:
+            rest_a.append(x)
+    if not rest_a:
+        return True
+    remaining = []
+    for y in b:  # the items of b that no identical item of a took
+        k = _sig(y)
+        if counts[k] > 0:
+            counts[k] -= 1
+            remaining.append(y)
+    if len(rest_a) * len(remaining) > _MAX_PAIRS:
+        return False
+    for x in rest_a:
         for j, y in enumerate(remaining):
             if _nodes_equal(x, y, rel_tol):
                 del remaining[j]
