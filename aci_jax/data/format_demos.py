@@ -1,7 +1,7 @@
 """Format warm-up demonstrations in both modes, built from GSM8K worked solutions.
 
     python -m aci_jax.data.format_demos gsm8k_train.jsonl --out demos.jsonl [--limit 64]
-        [--code-fraction 0.5] [--seed 0]
+        [--code-fraction 0.5] [--seed 0] [--skip 0] [--max-chars 0]
 
 A real instruction-tuned checkpoint does not write the rollout format by itself: measured on
 SmolLM2-135M-Instruct, it never opened an output fence (it invents the printed result and goes
@@ -86,9 +86,14 @@ def demos_from_record(rec: dict) -> dict | None:
   return {"cot": cot, "code": resp, "answer": final, "prompt": question}
 
 
-def build(records, limit: int = 64, code_fraction: float = 0.5, seed: int = 0) -> list[dict]:
-  """Up to `limit` demonstrations, `code_fraction` of them in code mode (chosen at random)."""
-  usable = [d for d in (demos_from_record(r) for r in records) if d is not None][:limit]
+def build(records, limit: int = 64, code_fraction: float = 0.5, seed: int = 0,
+          max_chars: int = 0) -> list[dict]:
+  """Up to `limit` demonstrations, `code_fraction` of them in code mode (chosen at random);
+  with `max_chars`, only problems whose prompt + longer response fit in that many characters
+  (short demonstrations make a CPU warm-up step cheaper; the format is the same)."""
+  usable = [d for d in (demos_from_record(r) for r in records) if d is not None and (
+      not max_chars or len(d["prompt"]) + max(len(d["cot"]), len(d["code"])) <= max_chars)]
+  usable = usable[:limit]
   rng = random.Random(f"aci_jax.format_demos:{seed}")
   code = set(rng.sample(range(len(usable)), int(code_fraction * len(usable) + 0.5)))
   return [{"prompt": d["prompt"], "response": d["code" if i in code else "cot"],
@@ -105,6 +110,8 @@ def main(argv=None) -> int:
   p.add_argument("--skip", type=int, default=0, help="records to skip first (keep the "
                  "demonstrations disjoint from an evaluation slice of the same file)")
   p.add_argument("--code-fraction", type=float, default=0.5)
+  p.add_argument("--max-chars", type=int, default=0,
+                 help="only problems whose prompt + response fit in this many characters")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   if not 0 <= args.code_fraction <= 1 or args.limit < 1:
@@ -121,7 +128,7 @@ def main(argv=None) -> int:
   except (OSError, fileio.DataError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  demos = build(records, args.limit, args.code_fraction, args.seed)
+  demos = build(records, args.limit, args.code_fraction, args.seed, args.max_chars)
   if not demos:
     print(f"error: {args.source}: no record with a worked solution (<<expr=value>> and ####)",
           file=sys.stderr)
