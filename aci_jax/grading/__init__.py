@@ -1,6 +1,7 @@
 """Answer extraction and equivalence grading (rules: docs/grading.md).
 
-    extract_answer(response) -> str | None        last \\boxed{}/\\fbox{} of a model response
+    extract_answer(response) -> str | None        final \\boxed{}/\\fbox{} answer of a model response
+                                                   (boxes written as one answer are joined)
     extract_gold(text, style) -> str               MATH / GSM8K (####) / plain gold answers
     is_equiv(gold, pred) -> GradeResult            one comparison in a killable worker
     Grader(...).grade_batch(pairs) / .submit(...)  pool: batch and non-blocking APIs, cache, metrics

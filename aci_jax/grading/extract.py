@@ -1,4 +1,5 @@
-"""Answer extraction: the last ``\\boxed{...}`` / ``\\fbox{...}`` of a response, and gold answers.
+"""Answer extraction: the final ``\\boxed{...}`` / ``\\fbox{...}`` answer of a response (the last box,
+or the run of boxes written as one answer), and gold answers.
 
 All functions are linear-time string scans (no regex backtracking on hostile input), so they are
 safe to run in the parent process before a comparison is sent to a worker.
