@@ -6,9 +6,11 @@ take unbounded time (power towers, huge factorials, very long strings), but the 
 the last line of defence.
 
 Pipeline: normalise both strings (``normalize.py``) -> same string? -> parse each into a small
-structure (tuple/interval, unordered list, matrix, equation, inequality, union, atom) -> compare
-structures; atoms compare as choice letters, text, exact numbers, and finally sympy expressions
-(numeric evaluation at 40 digits, random probes for free symbols).
+structure (tuple/interval, unordered list, matrix or evaluated matrix expression, labelled value or
+equation, inequality, union, intersection, atom) -> compare structures; atoms compare as choice
+letters, text, clock times, exact numbers (decimals to their written precision), and finally sympy
+expressions (numeric evaluation at 40 digits, random probes for free symbols). A comparison has a
+work budget (``_Work``: parses cached, counted, bounded) on top of the per-expression guards.
 """
 
 from __future__ import annotations
