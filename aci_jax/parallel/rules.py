@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import math
 from typing import Mapping
 
 import jax
@@ -32,9 +33,14 @@ TRAINING_RULES: Rules = {
     "norm": None,
 }
 
-# Sampling: no fsdp (gathering weights every decode step would dominate); weights replicated
-# over data and split over tensor.
-SAMPLING_RULES: Rules = {**TRAINING_RULES, "embed": None}
+# Sampling: the model dimension is never split (gathering weights every decode step would
+# dominate); heads, MLP columns and vocabulary are split over tensor and then over fsdp, as far
+# as they divide. Splitting them over fsdp too keeps a tensor=1 mesh from holding a whole
+# replica of the weights per chip (15 GB in bf16 for a 7B model): a decode step then moves
+# activations between the fsdp chips ([rows, D] per layer), never weights.
+SAMPLING_RULES: Rules = {**TRAINING_RULES, "embed": None, "vocab": ("tensor", "fsdp"),
+                         "heads": ("tensor", "fsdp"), "kv_heads": ("tensor", "fsdp"),
+                         "mlp": ("tensor", "fsdp")}
 
 # Activations of the training forward/backward: rows over every data-parallel axis, the model
 # dimension whole, heads / MLP columns / vocabulary over tensor. Pinning the model dimension
@@ -136,13 +142,14 @@ def spec_for(shape, axes, mesh: Mesh, rules: Rules, *, name: str = "", warn=None
       continue
     mesh_axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
     mesh_axes = tuple(a for a in mesh_axes if mesh.shape[a] > 1 and a not in used)
-    size = 1
-    for a in mesh_axes:
-      size *= mesh.shape[a]
-    if mesh_axes and dim % size:
-      if warn is not None:
-        warn(f"{name}: dim {dim} ({logical}) not divisible by {mesh_axes}={size}; replicated")
-      mesh_axes = ()
+    wanted = mesh_axes
+    # Several mesh axes: keep the longest leading run whose product divides the dimension.
+    while mesh_axes and dim % math.prod(mesh.shape[a] for a in mesh_axes):
+      mesh_axes = mesh_axes[:-1]
+    if wanted != mesh_axes and warn is not None:
+      size = math.prod(mesh.shape[a] for a in wanted)
+      warn(f"{name}: dim {dim} ({logical}) not divisible by {wanted}={size}; "
+           f"{'split over ' + str(mesh_axes) if mesh_axes else 'replicated'}")
     used.update(mesh_axes)
     out.append(None if not mesh_axes else (mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes))
   return P(*out)

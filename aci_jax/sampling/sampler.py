@@ -237,14 +237,16 @@ def decode(cfg: ModelConfig, sp: SamplingParams, state: SamplerState, params, ta
 
 def state_shardings(state: SamplerState, mesh):
   """Rows of every state array over the mesh's data-parallel axes (the KV cache has its
-  layer axis first, its row axis second)."""
+  layer axis first, its row axis second, and its kv heads over `tensor` when they divide, as
+  the attention that reads it is split: a cache replicated over `tensor` is held twice)."""
   from jax.sharding import NamedSharding, PartitionSpec as P
 
   rows = ("data", "fsdp")
 
   def one(x):
     if x.ndim == 5:
-      return NamedSharding(mesh, P(None, rows, *([None] * 3)))
+      heads = "tensor" if x.shape[3] % mesh.shape["tensor"] == 0 else None
+      return NamedSharding(mesh, P(None, rows, None, heads, None))
     return NamedSharding(mesh, P(rows, *([None] * (x.ndim - 1))))
 
   return jax.tree_util.tree_map(one, state)
