@@ -209,7 +209,8 @@ def _matrix_expr(s: str) -> Node | None:
         for x in scalars + entries:
             _guard(x, sympy)
             for node in sympy.preorder_traversal(x):
-                if node.is_number and (node.is_Pow or node.func.__name__ in _GROWTH) and _log10_bound(node, sympy) > 1000:
+                grows = node.is_Pow or node.func.__name__ in _GROWTH
+                if node.is_number and grows and _log10_bound(node, sympy) > 1000:
                     return None
     except _Refused:
         return None
@@ -289,7 +290,7 @@ def _is_label(lhs: str) -> bool:
         return False
     if k.startswith("|") and k.endswith("|"):
         return True
-    letters = set(re.sub(r"\\[a-zA-Z]+|_\{?[A-Za-z0-9]+\}?", "", lhs)) & set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    letters = {c for c in re.sub(r"\\[a-zA-Z]+|_\{?[A-Za-z0-9]+\}?", "", lhs) if c.isascii() and c.isalpha()}
     return bool(letters) and not letters <= set("xyz")
 
 

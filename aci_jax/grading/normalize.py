@@ -49,7 +49,8 @@ _AND_RELATIONS = re.compile(r"\s*(?:\\(?:text|textbf|textrm|mbox|mathrm) ?\{ ?an
                             r"\\wedge(?![a-zA-Z])|(?<=\s)and(?=\s))\s*")
 _PY_POW = re.compile(r"(?<=[\w)}])\*\*(?=[\w({-])")
 # Tokens of chat templates that a decoder may leave after the answer (<|im_end|>, </s>, ...).
-SPECIAL_TOKENS = re.compile(r"<\|[^|<>\s]{1,40}\|>|<\uff5c[^\uff5c<>]{1,40}\uff5c>|</?s>|<(?:eos|bos|pad|unk|end_of_turn|start_of_turn)>")
+SPECIAL_TOKENS = re.compile(r"<\|[^|<>\s]{1,40}\|>|<\uff5c[^\uff5c<>]{1,40}\uff5c>|</?s>"
+                            r"|<(?:eos|bos|pad|unk|end_of_turn|start_of_turn)>")
 # A trig function of a degree angle: \sin 30^\circ -> \sin(\frac{30\pi}{180}) (before degrees are dropped).
 _DEG_ANGLE = r"(-?\d{1,6}(?:\.\d{1,6})?) ?(?:\^ ?\{? ?\\circ ?\}?|\^\{?\\degree\}?|\\degree|\u00b0)"
 _TRIG_DEG = re.compile(r"\\(sin|cos|tan|sec|csc|cot)(\^\{?[0-9]\}?)? ?(?:\( ?" + _DEG_ANGLE + r" ?\)|\{ ?" + _DEG_ANGLE
@@ -61,13 +62,15 @@ _SCALE = {"dozen": 12, "hundred": 100, "thousand": 10**3, "million": 10**6, "bil
 _SCALE_WORD = re.compile(r"^([+-]?)(\d{1,15}(?:\.\d{1,15})?) ?(dozen|hundred|thousand|million|billion|trillion)"
                          r"(?: [A-Za-z]{2,20}){0,2}$", re.IGNORECASE)  # "2 million dollars"
 # Words after a plain number ("12 cookies", "17\text{ any text}"): what is counted, not part of the value.
-_WORD_TAIL = re.compile(r"^([+-]?(?:\d[\d,]*(?:\.\d+)?|\.\d+|\\frac\{\d+\}\{\d+\})) ([A-Za-z]{3,}(?: [A-Za-z]{2,}){0,2})$")
+_WORD_TAIL = re.compile(r"^([+-]?(?:\d[\d,]*(?:\.\d+)?|\.\d+|\\frac\{\d+\}\{\d+\}))"
+                        r" ([A-Za-z]{3,}(?: [A-Za-z]{2,}){0,2})$")
 _NOT_A_NOUN = {"and", "or", "not", "but", "less", "more", "than", "over", "plus", "minus", "times", "divided",
                "squared", "cubed", "percent", "percentage", "pct", "factorial", "choose", "mod", "modulo",
                "power", "root", "roots", "inverse", "half", "halves", "third", "thirds", "fourth", "fourths",
                "quarter", "quarters", "fifth", "fifths", "sixth", "sixths", "seventh", "sevenths", "eighth",
-               "eighths", "ninth", "ninths", "tenth", "tenths", "hundredth", "hundredths", "thousandths", "dozen", "dozens", "hundred",
-               "hundreds", "thousand", "thousands", "million", "millions", "billion", "billions", "trillion"}
+               "eighths", "ninth", "ninths", "tenth", "tenths", "hundredth", "hundredths", "thousandths",
+               "dozen", "dozens", "hundred", "hundreds", "thousand", "thousands", "million", "millions",
+               "billion", "billions", "trillion"}
 # A choice letter followed by its option text: "C. x = 42", "(B) 7".
 _CHOICE_TEXT = re.compile(r"^(?:\(([A-E])\)|([A-E])[.)]) \S")
 # "or"/"and" as list separators, also glued to their neighbours by \text{or}; an Oxford comma before them.
