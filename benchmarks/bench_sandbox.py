@@ -13,8 +13,9 @@ start and close included), and isolated mode (a fresh sandboxed process per cell
 
 --baseline-tree DIR compares this checkout's pool with another checkout's (e.g. `git archive
 <commit> | tar -x -C DIR`): the same pool measurements, alternating between the two trees in
-fresh processes R times, so load changes on a shared machine hit both alike; prints the median
-cells/s of each and the ratio.
+fresh processes R times (in alternating order), so load changes on a shared machine hit both
+alike; prints the median cells/s and the median CPU time per cell (host + all sandbox
+processes, over the timed loop only; hardly load-dependent) of each, and the ratios.
 """
 
 from __future__ import annotations
@@ -94,10 +95,47 @@ def bench_pool(code: str, n: int, workers: int, mode: str, per_session: int) -> 
   return n / dt
 
 
-_AB_CHILD = ("import sys, json; sys.path.insert(0, sys.argv[1]); "
-             "from benchmarks.bench_sandbox import bench_pool, CELLS; "
-             "a = json.loads(sys.argv[2]); "
-             "print(bench_pool(CELLS[a[0]], a[1], a[2], a[3], a[4]))")
+# One A/B measurement in a fresh process, against the sandbox of the checkout in argv[1]:
+# cells/s over the same submit loop as bench_pool, and the CPU time per cell of the host and
+# every sandbox process (server, zygote with its reaped sessions, live sessions) over the timed
+# loop only. CPU time hardly depends on the machine's load, unlike cells/s.
+_AB_CHILD = r"""
+import json, os, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from aci_jax.sandbox import Sandbox, SandboxConfig
+from aci_jax.sandbox.pool import pids_with_uid
+code, n, workers, mode, per = json.loads(sys.argv[2])
+tick = os.sysconf("SC_CLK_TCK")
+
+def cpu(pid, reaped=False):
+  try:
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+  except OSError:
+    return 0.0
+  return sum(int(x) for x in f[11:15 if reaped else 13]) / tick
+
+def total(sb):
+  ids = sb.process_ids()
+  me = resource.getrusage(resource.RUSAGE_SELF)
+  live = sum(cpu(p) for p in pids_with_uid(*sb.uid_range))
+  return me.ru_utime + me.ru_stime + cpu(ids["server"]) + live + cpu(ids["zygote"], True)
+
+with Sandbox(SandboxConfig(mode=mode, max_workers=workers)) as sb:
+  sb.run("warm", code)
+  sb.close_session("warm")
+  c0, t = total(sb), time.perf_counter()
+  futs = []
+  for i in range(n):
+    futs.append(sb.submit(i // per, code))
+    if i % per == per - 1:
+      sb.close_session(i // per)
+  outs = [f.result() for f in futs]
+  dt = time.perf_counter() - t
+  time.sleep(0.3)  # closed sessions exit and are reaped into the zygote's children's time
+  c1 = total(sb)
+assert all(o.ok for o in outs), [o for o in outs if not o.ok][:2]
+print(n / dt, 1000 * (c1 - c0) / n)
+"""
 
 
 def bench_ab(baseline: str, workers: int, rounds: int) -> None:
@@ -109,17 +147,21 @@ def bench_ab(baseline: str, workers: int, rounds: int) -> None:
            ("sympy", 200, "persistent", 4)]
   print(f"A/B: {here} (new) vs {baseline} (baseline), {rounds} alternating rounds, "
         f"workers={workers}")
-  print(f"{'cell':6} {'mode':11} {'cells/sess':>10} {'baseline':>9} {'new':>9} {'new/base':>9}")
+  print(f"{'cell':6} {'mode':11} {'cells/sess':>10} | {'cells/s: base':>13} {'new':>8} "
+        f"{'new/base':>8} | {'CPU ms/cell: base':>17} {'new':>6} {'new/base':>8}")
   for kind, n, mode, per in cases:
-    rates = {baseline: [], here: []}
-    for _ in range(rounds):
-      for tree in (baseline, here):
+    res = {baseline: ([], []), here: ([], [])}
+    for r in range(rounds):
+      for tree in ((baseline, here) if r % 2 == 0 else (here, baseline)):
         out = subprocess.run([sys.executable, "-c", _AB_CHILD, tree,
-                              json.dumps([kind, n, workers, mode, per])],
+                              json.dumps([CELLS[kind], n, workers, mode, per])],
                              capture_output=True, text=True, check=True, cwd=tree)
-        rates[tree].append(float(out.stdout.strip().splitlines()[-1]))
-    b, h = statistics.median(rates[baseline]), statistics.median(rates[here])
-    print(f"{kind:6} {mode:11} {per:10d} {b:9.1f} {h:9.1f} {h / b:9.3f}")
+        rate, cpu_ms = map(float, out.stdout.strip().splitlines()[-1].split())
+        res[tree][0].append(rate)
+        res[tree][1].append(cpu_ms)
+    (br, bc), (hr, hc) = ([statistics.median(v) for v in res[t]] for t in (baseline, here))
+    print(f"{kind:6} {mode:11} {per:10d} | {br:13.1f} {hr:8.1f} {hr / br:8.3f} | "
+          f"{bc:17.2f} {hc:6.2f} {hc / bc:8.3f}")
 
 
 def kind_of(code: str) -> str:
