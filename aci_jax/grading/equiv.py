@@ -192,14 +192,9 @@ def _matrix_expr(s: str) -> Node | None:
         _Work.charge(len(s))
     except _Refused:
         return None
-    sympy, parse = _sp()
-    try:
-        e = parse(s)
-    except Exception:  # the parser raises bare Exception on malformed LaTeX
-        return None
-    except RecursionError:
-        return None
-    if not _has_matrix(e, sympy):
+    sympy = _sp()[0]
+    e = _parse_or_none(s)
+    if e is None or not _has_matrix(e, sympy):
         return None
     # Every number is computed by the sums and products below, so all of them (matrix entries and
     # scalar factors alike) must be small: 9^{9^{9}} anywhere is refused, not multiplied.
@@ -424,6 +419,15 @@ def _sp():
     return _sympy
 
 
+def _parse_or_none(s: str):
+    """The LaTeX parser's sympy object for `s`, or None when it cannot read it (it raises bare
+    Exception on malformed LaTeX, and RecursionError, also an Exception, on deep nesting)."""
+    try:
+        return _sp()[1](s)
+    except Exception:
+        return None
+
+
 class _Refused(Exception):
     """The expression is too large to evaluate safely."""
 
@@ -528,13 +532,8 @@ def _to_sympy_uncached(s: str):
     if s.count("^") > 12 or _DIGIT_SPACE_DIGIT.search(s):
         return None  # "2 1/4" would be read as 21/4
     _Work.charge(len(s))
-    sympy, parse = _sp()
-    try:
-        e = parse(s)
-    except Exception:  # the parser raises bare Exception on malformed LaTeX
-        return None
-    except RecursionError:
-        return None
+    sympy = _sp()[0]
+    e = _parse_or_none(s)
     if isinstance(e, list) or not isinstance(e, sympy.Expr):
         return None
     # MATH's i is the imaginary unit.
