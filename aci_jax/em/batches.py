@@ -26,6 +26,18 @@ def bucket_length(n: int, minimum: int = 64) -> int:
   return b
 
 
+def ladder_length(n: int, minimum: int = 64, steps: int = 8) -> int:
+  """`n` rounded up to a ladder of `steps` lengths per doubling (64, 72, 80, ..., 128, 144,
+  ..., 512, 576, ...; all multiples of 8): at most 1/steps padding from the rounding (about
+  half that on average), and a bounded number of shapes to compile (`steps` per octave: 48
+  from 64 to 4,096 with the default)."""
+  b = minimum
+  while b < n:
+    octave = 1 << (b.bit_length() - 1)  # the power of two at or below b
+    b += max(octave // steps, 1)
+  return b
+
+
 def build_batch(trajs: Sequence[Trajectory], advantages: Sequence[float] | None = None,
                 decision: Sequence[bool] | None = None, *, length: int | None = None,
                 min_length: int = 64) -> dict[str, np.ndarray]:
@@ -73,3 +85,52 @@ def minibatches(batch: dict[str, np.ndarray], size: int, rng: np.random.Generato
               mb.items()}
         mb["positions"][-short:] = np.arange(mb["positions"].shape[1])
       yield mb
+
+
+def bucketed_minibatches(trajs: Sequence[Trajectory], advantages: Sequence[float],
+                         decision: Sequence[bool], size: int, rng: np.random.Generator,
+                         epochs: int = 1, *, length: int | None = None, window: int = 0,
+                         min_length: int = 64) -> Iterator[dict[str, np.ndarray]]:
+  """Mini-batches of exactly `size` rows, each padded only to its own longest row (rounded up
+  by `ladder_length`), instead of every row to the iteration's longest trajectory.
+
+  Per epoch the rows are shuffled, then sorted by length (within windows of `window`
+  mini-batches; 0 = the whole epoch), cut into mini-batches of neighbouring lengths, and the
+  mini-batches are visited in random order. Every row is used once per epoch, as with
+  `minibatches`; a mini-batch holds rows of similar length (ties in random order), so a step's
+  gradient mixes fewer lengths than a uniform draw would. `length` (em.batch_length) fixes
+  one length for all instead. The last mini-batch is filled with all-padding rows.
+  """
+  n = len(trajs)
+  if n == 0:
+    raise ValueError("no trajectories to build a batch from")
+  adv = np.asarray(advantages, np.float32)
+  dec = np.asarray(decision, np.float32)
+  lens = np.asarray([len(t.prompt_ids) + len(t.response_ids) for t in trajs])
+  span = size * window if window > 0 else n
+  for _ in range(epochs):
+    order = rng.permutation(n)
+    groups = []
+    for w in range(0, n, span):
+      chunk = order[w:w + span]
+      chunk = chunk[np.argsort(lens[chunk], kind="stable")]
+      groups += [chunk[i:i + size] for i in range(0, len(chunk), size)]
+    for g in rng.permutation(len(groups)):
+      idx = groups[g]
+      t_len = length or ladder_length(int(lens[idx].max()), min_length)
+      mb = build_batch([trajs[i] for i in idx], adv[idx], dec[idx], length=t_len)
+      short = size - len(idx)
+      if short:
+        mb = {k: np.concatenate([v, np.zeros((short,) + v.shape[1:], v.dtype)])
+              for k, v in mb.items()}
+        mb["positions"][-short:] = np.arange(mb["positions"].shape[1])
+      yield mb
+
+
+def padding_ratio(batches) -> float:
+  """Token slots / real tokens over an iterable of batches (1.0 = no padding)."""
+  slots = real = 0
+  for b in batches:
+    slots += b["valid"].size
+    real += int(b["valid"].sum())
+  return slots / max(real, 1)

@@ -39,7 +39,7 @@ import jax
 import numpy as np
 
 from aci_jax import fileio
-from aci_jax.em.batches import build_batch, minibatches
+from aci_jax.em.batches import bucketed_minibatches
 from aci_jax.em.estep import (CODE, COT, EStepConfig, QueryGroup, alpha_floor_warning, curate,
                               estep_stats, native_outcomes, whiten)
 from aci_jax.parallel import multihost
@@ -248,13 +248,14 @@ class EMLoop:
     if not trajs:
       log.warning("M-step: nothing to train on this iteration")
       return []
-    batch = build_batch(trajs, adv, decision, length=c.batch_length or None)
     size = tr.config.train.batch_size
     # Every process built the same global mini-batch; each feeds its own block of rows.
     n = size // jax.process_count()
     lo = jax.process_index() * n
     out = []
-    for mb in minibatches(batch, size, rng, epochs=c.epochs):
+    # Each mini-batch padded to its own (length-bucketed) longest row, not the iteration's.
+    for mb in bucketed_minibatches(trajs, adv, decision, size, rng, epochs=c.epochs,
+                                   length=c.batch_length or None):
       m = tr.train_step({k: v[lo:lo + n] for k, v in mb.items()})
       tr.log(tr.step, m)
       out.append(m)
