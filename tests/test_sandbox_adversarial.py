@@ -477,9 +477,23 @@ def test_memfd_memory_is_counted(tsb):
   fut = tsb.submit("memfd", code)
   peak = _peak_while(fut, lambda: _session_file_mib(tsb))
   r = fut.result()
-  tsb.close_session("memfd")
   assert peak <= MEM_MB + 32, f"the session held {peak:.0f} MiB of memory-backed files"
-  assert r.status in (Status.MEMORY, Status.ERROR), (r.status, r.output)
+  if _host_has_memory_cgroup():  # counted, then OOM-killed inside the session
+    assert (r.status, r.output) == (
+        Status.MEMORY, "MemoryError: the session went over its memory limit"), r
+  else:  # refused
+    assert r.status == Status.ERROR and r.output.startswith("PermissionError"), r
+  assert tsb.run("memfd", "print(1)").output == "1"  # the session goes on (a new process)
+  tsb.close_session("memfd")
+
+
+def test_the_report_names_the_memory_accounting(tsb):
+  if _host_has_memory_cgroup():
+    assert tsb.isolation["memory_cgroup"] and "cgroup" in tsb.isolation["memory"]
+    assert os.path.isdir(tsb.isolation["memory_cgroup"])  # the pool's parent cgroup, on the host
+  else:
+    assert tsb.isolation["memory_cgroup"] is None and "RLIMIT_AS" in tsb.isolation["memory"]
+    assert any("no memory cgroup" in w for w in tsb.isolation["warnings"])
 
 
 def test_timer_signal_handler_cannot_burn_cpu_between_cells(tsb):
