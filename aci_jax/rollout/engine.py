@@ -153,8 +153,8 @@ class RolloutEngine:
 
   def place_params(self, params):
     """Params for sampling: cast to the compute dtype when it is narrower than the stored
-    weights, and on the engine's mesh placed by SAMPLING_RULES (replicated over the data axes,
-    split over `tensor`).
+    weights, and on the engine's mesh placed by SAMPLING_RULES (replicated over data; heads, MLP
+    and vocabulary over tensor and then fsdp).
 
     The cast changes no number: every layer casts its weights to the compute dtype before use
     (dense kernels and biases, norm scales, embeddings, the head), so a bf16 copy of float32
