@@ -584,18 +584,6 @@ def _exhausted(e: BaseException) -> str | None:
   return None
 
 
-def _error_largest(msg: str) -> list[tuple[float, str, str]]:
-  """Largest allocations named in the compiler's out-of-memory message."""
-  out = []
-  for m in re.finditer(r"Size:\s*([0-9.]+)([KMG]?)\s*\n.*?\n?\s*Operator:.*?op_name=\"([^\"]*)\""
-                       r".*?Shape:\s*(\S+)", msg, re.S):
-    scale = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}[m.group(2)]
-    out.append((float(m.group(1)) * scale, m.group(4), m.group(3)))
-    if len(out) == 3:
-      break
-  return out
-
-
 def compile_program(name: str, fn, args, num_devices: int) -> Compiled:
   t0 = time.perf_counter()
   try:
@@ -604,8 +592,12 @@ def compile_program(name: str, fn, args, num_devices: int) -> Compiled:
     msg = _exhausted(e)
     if msg is None:
       raise
+    args_b = argument_bytes(args)
+    # The refusal names only the total, not the buffers (compile a smaller variant with
+    # --search, or the same set-up on a larger chip, to see them).
     return Compiled(name, False, time.perf_counter() - t0, error=_oom_line(msg),
-                    memory_bytes=_oom_used(msg), largest=_error_largest(msg))
+                    memory_bytes=args_b + _oom_used(msg), argument_bytes=args_b,
+                    temp_bytes=_oom_used(msg))
   dt = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   text = compiled.as_text()
@@ -630,12 +622,26 @@ def _oom_line(msg: str) -> str:
   return msg.splitlines()[0][:300]
 
 
+_SCALE = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
 def _oom_used(msg: str) -> float:
-  m = re.search(r"Used\s+([0-9.]+)([KMG])\s+of\s+([0-9.]+)([KMG])", msg)
+  """Temporaries the compiler needed, from "... HLO temporaries (33.80G) exceeds ..."."""
+  m = re.search(r"temporaries \(([0-9.]+)([KMGT]?)\)", msg)
   if not m:
     return float("nan")
-  scale = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
-  return float(m.group(1)) * scale[m.group(2)]
+  return float(m.group(1)) * _SCALE[m.group(2)]
+
+
+def argument_bytes(args) -> float:
+  """Per-device bytes of abstract (sharded) arguments: the inputs a program holds in HBM."""
+  import jax
+  import numpy as np
+  total = 0.0
+  for a in jax.tree.leaves(args):
+    shape = a.sharding.shard_shape(a.shape) if getattr(a, "sharding", None) else a.shape
+    total += math.prod(shape) * np.dtype(a.dtype).itemsize
+  return total
 
 
 @dataclasses.dataclass
@@ -727,9 +733,7 @@ def train_program(s: Setup, *, micro_batches: int | None = None):
   """(jitted train step, abstract (state, batch)) as the M-step runs it."""
   import jax
   import jax.numpy as jnp
-  import numpy as np
-  from aci_jax.train.step import StepConfig, abstract_train_state, batch_sharding, \
-      make_train_step
+  from aci_jax.train.step import abstract_train_state, batch_sharding, make_train_step
 
   state, shardings = abstract_train_state(s.model, s.optimizer, s.mesh)
   step_cfg = s.step if micro_batches is None else dataclasses.replace(
@@ -744,7 +748,6 @@ def train_program(s: Setup, *, micro_batches: int | None = None):
     spec[k] = ((b, t), jnp.float32)
   batch = {k: jax.ShapeDtypeStruct(shape, dt, sharding=batch_sharding(s.mesh, len(shape)))
            for k, (shape, dt) in spec.items()}
-  del np, StepConfig
   return fn.jitted, (state, batch)
 
 
