@@ -56,7 +56,7 @@ def get_config():
       algorithm="autocode", iterations=6, queries_per_iteration=64, native_samples=4,
       k_per_decision=4, keep_per_query=4, alpha=float("inf"), form="paper", pi_prior=0.5,
       # adv_whiten: advantages whitened over the kept rollouts (ours); "forced" (over all 2K
-      # forced rollouts) measured in docs/em.md: a real policy-term signal, no gain on the toy.
+      # forced rollouts) measured in docs/em.md: a policy-term signal, no accuracy gain measured.
       adv_whiten="kept", epochs=2, code_prefix="```python\n", batch_length=0))
   c.rollout = ml_collections.ConfigDict(dict(
       batch_size=64, max_prompt_tokens=64, max_new_tokens=128, max_tool_calls=2,
