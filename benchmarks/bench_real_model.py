@@ -126,7 +126,7 @@ def bench_train(args, directory):
 
   from aci_jax.model import ModelConfig
   from aci_jax.model.weights import load_params
-  from bench_train import _ours
+  from bench_train import _ours, _torch
 
   torch.set_num_threads(args.threads)
   cfg = ModelConfig.from_pretrained(directory)
@@ -136,18 +136,7 @@ def bench_train(args, directory):
   del params
   model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32,
                                                attn_implementation="sdpa")
-  model.train()
-  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01)
-  tt = torch.tensor(tokens)
-
-  def torch_step():
-    loss = model(input_ids=tt, labels=tt).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return float(loss.detach())
-
+  torch_step, _ = _torch(model, tokens)
   theirs = median_time(torch_step, 3)
   n = tokens.size
   print(f"# SmolLM2-135M-Instruct train step, batch 4 x 128, float32, AdamW + clip, torch "

@@ -107,18 +107,7 @@ def cpu_benchmark(args):
     ours_nr = median_time(_ours(cfg, params, tokens, logits_remat=False), args.repeats)
     del params
 
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01)
-    tt = torch.tensor(tokens)
-
-    def torch_step(model=model, opt=opt, tt=tt):
-      loss = model(input_ids=tt, labels=tt).loss
-      loss.backward()
-      torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-      opt.step()
-      opt.zero_grad(set_to_none=True)
-      return float(loss.detach())
-
+    torch_step, opt = _torch(model, tokens)
     theirs = []
     for n in threads:
       torch.set_num_threads(n)
@@ -128,6 +117,24 @@ def cpu_benchmark(args):
     print(f"{name:<14}{cfg.num_params() / 1e6:>8.0f}M{ntok / ours:>13.0f}{ntok / ours_nr:>10.0f}"
           f"{cols}{min(theirs) / ours:>8.2f}{min(theirs) / ours_nr:>9.2f}", flush=True)
     del model, opt
+
+
+def _torch(model, tokens):
+  """The torch baseline of `_ours`: (one AdamW + clip step on `tokens` [B, T], optimizer)."""
+  import torch
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01)
+  tt = torch.tensor(tokens)
+
+  def step():
+    loss = model(input_ids=tt, labels=tt).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+  return step, opt
 
 
 def model_flops_per_token(cfg, length: int) -> float:
