@@ -791,3 +791,15 @@ def test_a_session_cannot_fill_the_disk_with_many_files(tsb):
   r = fut.result()
   tsb.close_session("fill")
   assert peak <= MEM_MB + 32, f"one session wrote {peak:.0f} MiB ({r.status}: {r.output})"
+
+
+def test_interpreter_libraries_stay_readable_under_the_session_tmp(tsb):
+  # A checkout cloned under /tmp keeps its .venv there; each session mounts its own tmpfs on
+  # /tmp, which hid the venv (only preloaded modules could be imported). The library files
+  # must stay readable, and read-only, wherever the interpreter lives.
+  path = _lib_file("sympy")
+  code = (f"import os\nprint(len(open({path!r}, 'rb').read()) > 0)\n"
+          f"try:\n  open({path!r}, 'ab')\n  print('writable')\nexcept OSError:\n  print('ro')")
+  r = tsb.submit("libs", code).result()
+  assert r.status == Status.OK, r.output
+  assert r.output.split() == ["True", "ro"], r.output

@@ -121,6 +121,22 @@ def build_root(new_root: str, paths: list[str]) -> None:
   for d in ("/proc", "/tmp"):
     os.makedirs(inside(d), exist_ok=True)
   os.chmod(inside("/tmp"), 0o1777)
+  # Interpreter directories under /tmp (a checkout with its .venv cloned there) would vanish
+  # under each session's own tmpfs on /tmp: hold a second bind of each, which the session
+  # binds back on top of its tmpfs (setup).
+  for i, p in enumerate(_under_tmp(paths)):
+    held = inside(f"{HELD}/{i}")
+    os.makedirs(held, exist_ok=True)
+    isolation.mount(p, held, None, isolation.MS_BIND | isolation.MS_REC)
+
+
+HELD = "/.held"  # in the sessions' root: second binds of interpreter directories under /tmp
+
+
+def _under_tmp(paths: list[str]) -> list[str]:
+  """The bound (non-symlink) directories of `paths` that lie under /tmp, in order."""
+  return [p for p in paths if p.startswith("/tmp/") and not os.path.islink(p)
+          and os.path.isdir(p)]
 
 
 def setup(spec: dict) -> None:
@@ -137,8 +153,14 @@ def setup(spec: dict) -> None:
     isolation.unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWIPC | isolation.CLONE_NEWUTS)
     isolation.mount("proc", "/proc", "proc",
                     isolation.MS_NOSUID | isolation.MS_NODEV | isolation.MS_NOEXEC)
+    held = _under_tmp(spec.get("exposed", []))  # before the tmpfs hides them
     isolation.mount("tmpfs", workdir, "tmpfs", isolation.MS_NOSUID | isolation.MS_NODEV,
                     f"size={spec['fsize']},nr_inodes=8192,mode=700,uid={uid},gid={uid}")
+    for i, p in enumerate(held):
+      os.makedirs(p, exist_ok=True)  # root-owned parents on the session's tmpfs
+      isolation.mount(f"{HELD}/{i}", p, None, isolation.MS_BIND | isolation.MS_REC)
+      isolation.mount(None, p, None,
+                      isolation.MS_REMOUNT | isolation.MS_BIND | isolation.MS_RDONLY)
   # Own process group, so one killpg reaches every descendant (setsid() would do too, but it
   # creates a scheduler autogroup: 3-8 ms per session on this kernel; no tty is involved).
   os.setpgid(0, 0)
