@@ -766,13 +766,27 @@ def _session_file_mib(sb: Sandbox) -> float:
   if sb.isolation["tier"] == "namespaces":
     roots += [f"/proc/{p}/root/tmp" for p in pids]
   for root in roots:
-    for dirpath, _, files in os.walk(root):
+    try:
+      dev = os.stat(root).st_dev
+    except OSError:
+      continue
+    for dirpath, dirs, files in os.walk(root):
+      # Stay on the root's filesystem: read-only binds of the interpreter's directories (a
+      # .venv under /tmp, bound back over the session's /tmp) are not what a session wrote.
+      dirs[:] = [d for d in dirs if _same_dev(os.path.join(dirpath, d), dev)]
       for f in files:
         try:
           add(os.lstat(os.path.join(dirpath, f)))
         except OSError:
           pass
   return total / 2**20
+
+
+def _same_dev(path: str, dev: int) -> bool:
+  try:
+    return os.lstat(path).st_dev == dev
+  except OSError:
+    return False
 
 
 def test_a_session_cannot_fill_the_disk_with_many_files(tsb):
