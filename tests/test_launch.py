@@ -113,10 +113,14 @@ def test_remote_run_and_stop_commands_work_in_bash(tmp_path):
   pid = int((home / "aci_jax.pid").read_text())
   try:
     deadline = time.monotonic() + 60
-    while b"aci_jax.main" not in open(f"/proc/{pid}/cmdline", "rb").read():
+    # The pid is setsid's; it execs `env`, which execs Python: wait for the last exec (a
+    # cmdline that still starts with `env` also contains "aci_jax.main").
+    while True:
+      argv = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")[:-1]
+      if "aci_jax.main" in argv and os.path.basename(argv[0]) != "env":
+        break
       assert time.monotonic() < deadline, "the run did not start"
       time.sleep(0.05)
-    argv = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")[:-1]
     assert argv[1:] == ["-m", "aci_jax.main", "--config", "configs/sft_toy.py",
                         "--config.train.steps=100000", "--config.progress=False",
                         "--workdir", str(workdir), SPACED]
