@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from aci_jax import main as M
-from aci_jax.data.sft import build_sft_data, toy_demonstrations
+from aci_jax.data.sft import build_sft_data
+from aci_jax.data.toy import sft_records
 from aci_jax.tokenizer import Tokenizer
 from tests.hf_fixtures import make_hf_model, save_hf_model
 from tests.tokenizer_fixtures import build_tokenizer
@@ -41,7 +42,7 @@ def test_sft_from_hf_checkpoint_matches_transformers_loss(tmp_path):
 
   # The same first batch, scored by transformers.
   tok = Tokenizer.from_pretrained(str(ckpt))
-  data, _ = build_sft_data(toy_demonstrations(16, seed=c.seed), tok, batch_size=8, seq_len=64,
+  data, _ = build_sft_data(sft_records(16, seed=c.seed), tok, batch_size=8, seq_len=64,
                            seed=c.seed)
   batch, _ = data.batch(0)
   with torch.no_grad():

@@ -8,7 +8,8 @@ import pytest
 
 from aci_jax.data.char_tokenizer import EOS_ID, char_tokenizer
 from aci_jax.data.sft import (DataError, SFTData, build_sft_data, encode_demonstration,
-                              load_demonstrations, split_response, toy_demonstrations)
+                              load_demonstrations, split_response)
+from aci_jax.data.toy import sft_records
 from tests.tokenizer_fixtures import build_tokenizer
 
 RESPONSE = ("Let me compute.\n```python\nprint(2 ** 10)\n```\n```output\n1024\n```\n"
@@ -90,7 +91,7 @@ def test_schema_errors_name_file_and_line(tmp_path):
 def _data(n=10, batch=4, seed=3):
   tok = char_tokenizer()
   exs = [encode_demonstration(tok, r["prompt"], r["response"], max_len=64)
-         for r in toy_demonstrations(n, seed=1)]
+         for r in sft_records(n, seed=1)]
   return SFTData(exs, batch_size=batch, seq_len=64, pad_id=tok.pad_id, seed=seed)
 
 
@@ -127,7 +128,7 @@ def test_process_slices_partition_the_global_batch():
 
 def test_build_sft_data_stats(tmp_path):
   from aci_jax.data.sft import write_jsonl
-  path = write_jsonl(str(tmp_path / "toy.jsonl"), toy_demonstrations(6))
+  path = write_jsonl(str(tmp_path / "toy.jsonl"), sft_records(6))
   data, stats = build_sft_data(path, char_tokenizer(), batch_size=2, seq_len=40)
   assert stats["examples"] == 6 and len(data) == 6
   assert 0 < stats["trained_tokens"] < stats["tokens"]
@@ -137,7 +138,7 @@ def test_build_sft_data_stats(tmp_path):
 def test_packed_batches_hold_the_same_examples_with_restarting_positions():
   tok = char_tokenizer()
   exs = [encode_demonstration(tok, r["prompt"], r["response"], max_len=64)
-         for r in toy_demonstrations(12, seed=1)]
+         for r in sft_records(12, seed=1)]
   plain = SFTData(exs, batch_size=8, seq_len=64, pad_id=tok.pad_id, seed=3)
   packed = SFTData(exs, batch_size=8, seq_len=64, pad_id=tok.pad_id, seed=3, pack_len=128,
                    row_multiple=3)
@@ -181,7 +182,7 @@ def test_packed_loss_and_gradient_equal_the_padded_batch():
                     num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
   params = init_params(cfg, jax.random.key(0))
   exs = [encode_demonstration(tok, r["prompt"], r["response"], max_len=128)
-         for r in toy_demonstrations(8, seed=2)]
+         for r in sft_records(8, seed=2)]
   plain = SFTData(exs, batch_size=8, seq_len=128, pad_id=tok.pad_id).batch(0)[0]
   packed = SFTData(exs, batch_size=8, seq_len=128, pad_id=tok.pad_id, pack_len=256).batch(0)[0]
   assert packed["tokens"].size < plain["tokens"].size

@@ -29,7 +29,7 @@ import random
 import re
 import sys
 
-from aci_jax import fileio
+from aci_jax import fileio, tool_format
 
 _ANNOT = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
 _SAFE = re.compile(r"^[\d\s+\-*/().%]+$")
@@ -81,7 +81,7 @@ def demos_from_record(rec: dict) -> dict | None:
   cot = f"{prose}\nThe answer is \\boxed{{{final}}}."
   code = "\n".join(f"print({e})" for e, _ in calcs)
   shown = "\n".join(str(v) for _, v in calcs)
-  resp = (f"Let me compute this with Python.\n```python\n{code}\n```\n```output\n{shown}\n```\n"
+  resp = ("Let me compute this with Python.\n" + tool_format.get().render_call(code, shown) +
           f"The answer is \\boxed{{{final}}}.")
   return {"cot": cot, "code": resp, "answer": final, "prompt": question}
 

@@ -1,22 +1,13 @@
 """SFT warm-up data: JSONL demonstrations -> token ids with a loss mask -> fixed-shape batches.
 
 A demonstration is one JSON object per line, {"prompt": str, "response": str}. The response is
-tool-integrated text in the format the rollout produces:
-
-    ...prose...
-    ```python
-    print(2 ** 10)
-    ```
-    ```output
-    1024
-    ```
-    ...prose... \\boxed{1024}
+tool-integrated text in the format the rollout produces (`aci_jax.tool_format`, by default
+```python cells answered by ```output blocks).
 
 Who writes what (the same split as `aci_jax.rollout`): the model writes everything up to and
-including the opening of the output fence, "```output" -- that string is its stop marker, so it
-must be trained on -- and the environment appends the rest of the block, "\\n<output>\\n```\\n"
-(the tool output, the closing fence and its newline). Environment text gets loss mask 0, as do
-the prompt tokens; the model's text and a final EOS get 1.
+including the format's pause string ("```output" -- its stop marker, so it must be trained on)
+and the environment appends the rest of the block (`ToolFormat.env_segments`). Environment
+text gets loss mask 0, as do the prompt tokens; the model's text and a final EOS get 1.
 
 Segments are tokenised one at a time and concatenated, never as one string: that is exactly the
 token sequence the sampler produces (the model's ids, then the tokenised tool output appended),
@@ -26,17 +17,11 @@ so SFT trains on the tokenisation the policy will see at rollout time.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from aci_jax import fileio
-
-OUTPUT_OPEN = "```output"
-# The environment's part of a block: from right after "```output" to the closing fence and
-# one newline after it (if present). Non-greedy, so each block ends at its own closing fence.
-_ENV_BLOCK = re.compile(r"```output(.*?```\n?)", re.DOTALL)
+from aci_jax import fileio, tool_format
 
 
 DataError = fileio.DataError  # a malformed data file; the message names the file and line
@@ -49,8 +34,9 @@ class Example:
   truncated: bool = False
 
 
-def load_demonstrations(path: str) -> list[dict]:
-  """Reads and checks a JSONL file of {"prompt": str, "response": str} records."""
+def load_demonstrations(path: str, fmt: tool_format.ToolFormat | None = None) -> list[dict]:
+  """Reads and checks a JSONL file of {"prompt": str, "response": str} records (responses in
+  the tool format `fmt`, default: the default format)."""
   out = []
   for lineno, rec in fileio.iter_jsonl(path):
     for key in ("prompt", "response"):
@@ -59,7 +45,7 @@ def load_demonstrations(path: str) -> list[dict]:
     if not rec["response"]:
       raise DataError(f"{path}:{lineno}: empty response")
     try:
-      split_response(rec["response"])
+      split_response(rec["response"], fmt)
     except DataError as e:
       raise DataError(f"{path}:{lineno}: {e}") from None
     out.append(rec)
@@ -68,31 +54,22 @@ def load_demonstrations(path: str) -> list[dict]:
   return out
 
 
-def split_response(response: str) -> list[tuple[str, bool]]:
-  """[(text, written_by_model)] segments of a response; see the module docstring."""
-  segments: list[tuple[str, bool]] = []
-  pos = 0
-  for m in _ENV_BLOCK.finditer(response):
-    segments.append((response[pos:m.start(1)], True))  # up to and including "```output"
-    segments.append((m.group(1), False))
-    pos = m.end()
-  tail = response[pos:]
-  if OUTPUT_OPEN in tail:
-    raise DataError("an ```output block is not closed with ```")
-  if tail:
-    segments.append((tail, True))
-  return [(t, w) for t, w in segments if t]
+def split_response(response: str, fmt: tool_format.ToolFormat | None = None
+                   ) -> list[tuple[str, bool]]:
+  """[(text, written_by_model)] segments of a response in `fmt` (default: the default format)."""
+  return (fmt or tool_format.get()).env_segments(response)
 
 
 def encode_demonstration(tokenizer, prompt: str, response: str, *, max_len: int,
-                         system: str | None = None, add_eos: bool = True) -> Example:
+                         system: str | None = None, add_eos: bool = True,
+                         fmt: tool_format.ToolFormat | None = None) -> Example:
   """Token ids and loss mask for one demonstration (prompt masked, tool output masked)."""
   messages = ([{"role": "system", "content": system}] if system else []) + [
       {"role": "user", "content": prompt}]
   ids = list(tokenizer.chat_ids(messages, add_generation_prompt=True))
   prompt_len = len(ids)
   mask = [0.0] * len(ids)
-  for text, by_model in split_response(response):
+  for text, by_model in split_response(response, fmt):
     seg = tokenizer.encode(text)
     ids += seg
     mask += [1.0 if by_model else 0.0] * len(seg)
@@ -230,19 +207,20 @@ class SFTData:
 
 def build_sft_data(source: str | Sequence[dict], tokenizer, *, batch_size: int, seq_len: int,
                    seed: int = 0, system: str | None = None, pack_len: int = 0,
-                   row_multiple: int = 1) -> tuple[SFTData, dict]:
+                   row_multiple: int = 1, fmt: tool_format.ToolFormat | None = None
+                   ) -> tuple[SFTData, dict]:
   """Loads (from a JSONL path) or takes (a list of records), checks and tokenises
   demonstrations. Returns (data, stats)."""
   if isinstance(source, str):
-    recs, path = load_demonstrations(source), source
+    recs, path = load_demonstrations(source, fmt), source
   else:
     recs, path = list(source), "<records>"
     for i, r in enumerate(recs):
       if not (isinstance(r.get("prompt"), str) and isinstance(r.get("response"), str)):
         raise DataError(f"record {i}: needs string fields 'prompt' and 'response'")
-      split_response(r["response"])
+      split_response(r["response"], fmt)
   examples = [encode_demonstration(tokenizer, r["prompt"], r["response"], max_len=seq_len,
-                                   system=system) for r in recs]
+                                   system=system, fmt=fmt) for r in recs]
   examples = [e for e in examples if e.loss_mask.sum() > 0]  # nothing to learn otherwise
   if not examples:
     raise DataError(f"{path}: every demonstration is empty after truncation to {seq_len} tokens")
@@ -254,20 +232,6 @@ def build_sft_data(source: str | Sequence[dict], tokenizer, *, batch_size: int, 
   }
   return SFTData(examples, batch_size=batch_size, seq_len=seq_len, pad_id=tokenizer.pad_id,
                  seed=seed, pack_len=pack_len, row_multiple=row_multiple), stats
-
-
-# ----------------------------------------------------------------- toy demonstrations
-
-
-def toy_demonstrations(n: int, seed: int = 0, code_fraction: float = 0.5) -> list[dict]:
-  """`n` warm-up demonstrations of the embedded toy task (`aci_jax.data.toy`), families
-  interleaved, `code_fraction` of each family in code mode: {"prompt", "response"} records."""
-  from aci_jax.data import toy
-
-  per_family = -(-n // len(toy.DEFAULT_FAMILIES))
-  demos = toy.make_demonstrations(toy.make_problems(per_family, seed=seed),
-                                  code_fraction=code_fraction, seed=seed)
-  return [{"prompt": d["prompt"], "response": d["response"]} for d in demos[:n]]
 
 
 def write_jsonl(path: str, records: Iterable[dict]) -> str:

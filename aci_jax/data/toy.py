@@ -23,8 +23,10 @@ import random
 import re
 from typing import Callable, Iterable, Sequence
 
+from aci_jax import tool_format
+from aci_jax.data import sft
+
 SPLITS = ("train", "test")
-CODE_FENCE_OPEN = "```python\n"  # a code demo starts with exactly this (the forced code prefix)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,17 +212,18 @@ def cot_response(problem: dict) -> str:
   return fam.reasoning(ops, ans) + boxed(ans)
 
 
-def code_response(problem: dict) -> str:
-  """Code-mode demo in the rollout engine's format (no EOS):
+def code_response(problem: dict, fmt: tool_format.ToolFormat | None = None) -> str:
+  """Code-mode demo in the tool format `fmt` (no EOS): the call, its output, the boxed answer;
+  with the default format
 
       ```python\\n<code>```\\n```output\\n<printed>\\n```\\n\\boxed{<answer>}
 
-  The printed text is `str(answer)`, exactly what the sandbox shows for `print(<int>)`.
+  It starts with exactly the format's forced code prefix. The printed text is `str(answer)`,
+  exactly what the sandbox shows for `print(<int>)`.
   """
   fam, ops = _family(problem["family"]), operands(problem)
   ans = fam.answer(ops)
-  return (f"{CODE_FENCE_OPEN}{fam.code(ops)}```\n```output"
-          f"\n{ans}\n```\n" + boxed(ans))
+  return (fmt or tool_format.get()).render_call(fam.code(ops), str(ans)) + boxed(ans)
 
 
 def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
@@ -264,11 +267,18 @@ def encode_demo(tokenizer, prompt: str, response: str, *, add_eos: bool = True
   same tokens: segments tokenised separately, exactly as the engine produces them; the tool
   output the engine splices ("\\n<printed>\\n```\\n") has mask 0; a final EOS has mask 1.
   """
-  from aci_jax.data import sft
-
   p_ids = prompt_ids(tokenizer, prompt)
   ex = sft.encode_demonstration(tokenizer, prompt, response, max_len=1 << 30, add_eos=add_eos)
   ids, mask = [int(t) for t in ex.tokens], [int(m) for m in ex.loss_mask]
   if ids[:len(p_ids)] != p_ids or any(mask[:len(p_ids)]):
     raise RuntimeError("toy prompt template and the SFT data path disagree on the prompt")
   return p_ids, ids[len(p_ids):], mask[len(p_ids):]
+
+
+def sft_records(n: int, seed: int = 0, code_fraction: float = 0.5) -> list[dict]:
+  """`n` warm-up demonstrations, families interleaved, `code_fraction` of each family in code
+  mode: the {"prompt", "response"} records the `sft` mode trains on (`data.toy_examples`)."""
+  per_family = -(-n // len(DEFAULT_FAMILIES))
+  demos = make_demonstrations(make_problems(per_family, seed=seed),
+                              code_fraction=code_fraction, seed=seed)
+  return [{"prompt": d["prompt"], "response": d["response"]} for d in demos[:n]]
