@@ -1,0 +1,97 @@
+"""Planning a config on a topology: compile each program, and optionally search the largest
+micro-batch, rollout rows and prompt chunk that fit."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from aci_jax.plan.chips import chip_for, topology_devices
+from aci_jax.plan.compiler import Compiled, compile_program
+from aci_jax.plan.programs import decode_program, extend_program, train_program
+from aci_jax.plan.report import Plan
+from aci_jax.plan.setup import Setup, setup_from_config
+
+# The programs a plan can compile, by name, in the order it compiles them.
+BUILDERS = {"train": train_program, "extend": extend_program, "decode": decode_program}
+PROGRAMS = tuple(BUILDERS)
+
+
+def plan(config, topology: str, *, programs=PROGRAMS, search: bool = False,
+         log: Callable[[str], None] = lambda m: None) -> Plan:
+  devices = topology_devices(topology)
+  s = setup_from_config(config, devices)
+  out = {}
+  for name in programs:
+    log(f"compiling {name} ...")
+    fn, args = BUILDERS[name](s)
+    out[name] = compile_program(name, fn, args, len(devices))
+    log(f"  {name}: {'fits' if out[name].fits else 'does NOT fit'} "
+        f"({out[name].seconds:.0f} s)")
+  p = Plan(topology, len(devices), dict(s.mesh.shape), chip_for(topology), s.model, s, out)
+  if search:
+    p.search = search_limits(s, out, len(devices), log)
+  return p
+
+
+def _fits(name: str, fn, args, n: int) -> bool:
+  return compile_program(name, fn, args, n).fits
+
+
+def search_limits(s: Setup, done: dict[str, Compiled], n: int, log) -> dict:
+  """Largest train micro-batch (rows per optimizer micro-step), rollout rows and prompt chunk
+  that compile within HBM, by doubling/halving from the config's values."""
+  dp = s.mesh.shape["data"] * s.mesh.shape["fsdp"]
+  out = {}
+  # Train: micro-batch rows = batch / micro_batches; try fewer / more micro-batches.
+  ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if s.train_rows % (k * dp) == 0]
+  fits_k = {}
+  if "train" in done:
+    fits_k[s.step.micro_batches] = done["train"].fits
+
+  def train_fits(k):
+    if k not in fits_k:
+      log(f"  search: train with {k} micro-batches ...")
+      fits_k[k] = _fits("train", *train_program(s, micro_batches=k), n)
+    return fits_k[k]
+
+  best = None
+  for k in ks:  # fewest micro-batches (largest micro-batch) first
+    if k < s.step.micro_batches and fits_k.get(s.step.micro_batches) is False:
+      continue
+    if train_fits(k):
+      best = k
+      break
+  out["train micro-batch"] = (f"{s.train_rows // best} rows x {s.train_len} tokens "
+                              f"(micro_batches={best})" if best else "none")
+
+  def grow(name, start, lo, build, limit):
+    fits = {}
+    if (name, start) in done_fit:
+      fits[start] = done_fit[(name, start)]
+    cur = start
+    if cur not in fits:
+      fits[cur] = _fits(name, *build(cur), n)
+    if fits[cur]:
+      while cur * 2 <= limit:
+        log(f"  search: {name} {cur * 2} ...")
+        if not _fits(name, *build(cur * 2), n):
+          break
+        cur *= 2
+      return cur
+    while cur // 2 >= lo:
+      cur //= 2
+      log(f"  search: {name} {cur} ...")
+      if _fits(name, *build(cur), n):
+        return cur
+    return 0
+
+  done_fit = {("decode", s.rollout_rows): done["decode"].fits} if "decode" in done else {}
+  rows = grow("decode", s.rollout_rows, dp, lambda r: decode_program(s, rows=r),
+              s.rollout_rows * 8)
+  out["rollout rows (decode)"] = rows or "none"
+  done_fit = {("extend", s.prompt_chunk): done["extend"].fits} if "extend" in done else {}
+  chunk = grow("extend", s.prompt_chunk, 16, lambda c: extend_program(s, chunk=c),
+               s.prompt_chunk)
+  out[f"prompt chunk (extend, {s.rollout_rows} rows)"] = chunk or "none"
+  return out
+
