@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 
-from aci_jax.model import Decoder, ModelConfig, UnsupportedConfigError, positions_from_valid
+from aci_jax.model import (Decoder, ModelConfig, UnsupportedConfigError, param_shapes,
+                           positions_from_valid, schema)
 from aci_jax.model.safetensors_io import CheckpointError, SafetensorsFile, write_safetensors
 from aci_jax.model.weights import export_params, load_params
-from aci_jax.parallel import MeshConfig, make_mesh, param_shardings
+from aci_jax.parallel import MeshConfig, logical_axes, make_mesh, param_shardings
 from hf_fixtures import hf_logits, make_hf_model, save_hf_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -262,3 +263,35 @@ def test_unrepresentable_qwen2_export_fails_up_front():
                     num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4, qkv_bias=False)
   with pytest.raises(UnsupportedConfigError, match="arch='llama'"):
     cfg.to_hf_dict()
+
+
+# ------------------------------------------------------------------------ parameter schema
+
+_SCHEMA_CASES = [("qwen2", {}), ("qwen2", {"tie_word_embeddings": True}), ("llama", {}),
+                 ("llama", {"attention_bias": True, "mlp_bias": True,
+                            "tie_word_embeddings": True})]
+
+
+@pytest.mark.parametrize("arch,overrides", _SCHEMA_CASES)
+def test_schema_is_the_decoders_tree_and_covers_every_hf_tensor(arch, overrides):
+  """One table describes the tree: `init_params` builds exactly its paths and shapes, and its
+  Hugging Face names and shapes are exactly the tensors `transformers` makes for the config."""
+  model = make_hf_model(arch, **overrides)
+  cfg = ModelConfig.from_hf_dict(model.config.to_dict())
+  built = jax.tree_util.tree_map(lambda x: tuple(x.shape), param_shapes(cfg))
+  assert built == schema.shapes(cfg)
+  hf = {name: tuple(p.shape) for name, p in model.state_dict().items()
+        if not name.endswith("rotary_emb.inv_freq")}
+  if cfg.tie_word_embeddings:
+    hf.pop("lm_head.weight", None)  # the tied head is the embedding itself
+  ours = {name: leaf.hf_shape(cfg) for leaf in schema.leaves(cfg) for name in leaf.hf_names(cfg)}
+  assert ours == hf
+  # Every leaf has its logical axes, one per dimension (what the sharding rules read).
+  axes = logical_axes(param_shapes(cfg))
+  for path, leaf in schema.BY_PATH.items():
+    if leaf.present(cfg):
+      node = axes
+      for k in path:
+        node = node[k]
+      assert len(node) == len(leaf.shape(cfg))
+  assert cfg.num_params() == sum(int(np.prod(s)) for s in hf.values())

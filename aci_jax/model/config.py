@@ -21,6 +21,8 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from aci_jax.model import schema
+
 
 class UnsupportedConfigError(ValueError):
   """A Hugging Face config asks for something this decoder does not implement."""
@@ -97,18 +99,8 @@ class ModelConfig:
     return dataclasses.replace(self, **kw)
 
   def num_params(self) -> int:
-    """Parameter count (for FLOP/MFU accounting and logging)."""
-    d, f, h, k, dh, v = (self.hidden_size, self.intermediate_size, self.num_heads,
-                         self.num_kv_heads, self.head_dim, self.vocab_size)
-    attn = d * h * dh + 2 * d * k * dh + h * dh * d
-    if self.qkv_bias:
-      attn += h * dh + 2 * k * dh
-    if self.o_bias:
-      attn += d
-    mlp = 3 * d * f + ((2 * f + d) if self.mlp_bias else 0)
-    per_layer = attn + mlp + 2 * d
-    head = 0 if self.tie_word_embeddings else d * v
-    return self.num_layers * per_layer + v * d + d + head
+    """Parameter count (for FLOP/MFU accounting and logging), from the parameter schema."""
+    return schema.num_params(self)
 
   # ---------------------------------------------------------------- Hugging Face interop
 

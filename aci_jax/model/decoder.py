@@ -9,15 +9,8 @@ goes in and comes out (donate it to `jit` so XLA updates it in place). Layers ar
 `nn.scan`, so parameters and cache carry a leading layer axis and compile time does not grow with
 depth (a 28-layer 7B model compiles as fast as a 2-layer one).
 
-Parameter tree (L layers; kernels are [in, out], i.e. Hugging Face weights transposed):
-  embed/embedding                     [V, D]
-  layers/attn_norm/scale              [L, D]
-  layers/attn/{q,k,v,o}_proj/kernel   [L, D, H*Dh] / [L, D, K*Dh] / [L, D, K*Dh] / [L, H*Dh, D]
-  layers/attn/{q,k,v}_proj/bias       [L, H*Dh] / [L, K*Dh] (qkv_bias); o_proj/bias [L, D] (o_bias)
-  layers/mlp_norm/scale               [L, D]
-  layers/mlp/{gate,up}_proj/kernel    [L, D, F];  layers/mlp/down_proj/kernel [L, F, D]
-  final_norm/scale                    [D]
-  lm_head/kernel                      [D, V]  (absent when the head is tied to the embedding)
+The parameter tree (paths, shapes, which configs have biases or an untied head) is the table
+in `aci_jax.model.schema`; the modules below build exactly that tree (a test checks it).
 """
 
 from __future__ import annotations

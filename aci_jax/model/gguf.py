@@ -43,6 +43,7 @@ import zipfile
 
 import numpy as np
 
+from aci_jax.model import schema
 from aci_jax.model.config import UnsupportedConfigError
 from aci_jax.model.safetensors_io import CheckpointError, write_safetensors
 
@@ -170,23 +171,17 @@ def read_config(reader) -> dict:
   return hf
 
 
-_NAMES = {
-    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-
-
 def _hf_name(name: str) -> str:
-  top = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight":
-         "model.norm.weight", "output.weight": "lm_head.weight"}
-  if name in top:
-    return top[name]
+  """The Hugging Face name of a GGUF tensor, from the parameter schema."""
+  for leaf in schema.LEAVES:
+    if not leaf.stacked and name == leaf.gguf:
+      return leaf.hf_name()
   parts = name.split(".")  # blk.{i}.{kind}.{weight|bias}
-  if len(parts) != 4 or parts[0] != "blk" or parts[2] not in _NAMES:
-    raise CheckpointError(f"GGUF tensor {name!r} has no Hugging Face counterpart")
-  return f"model.layers.{parts[1]}.{_NAMES[parts[2]]}.{parts[3]}"
+  if len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit():
+    for leaf in schema.LEAVES:
+      if leaf.stacked and ".".join(parts[2:]) == leaf.gguf:
+        return leaf.hf_name(int(parts[1]))
+  raise CheckpointError(f"GGUF tensor {name!r} has no Hugging Face counterpart")
 
 
 def _tensors(reader, hf_cfg: dict):

@@ -7,11 +7,13 @@ is meant to be sharded. Per-layer tensors are stacked along the leading layer ax
 scanned parameters on the fly.
 
 Export goes the other way, one tensor at a time, into a directory `transformers` loads.
+
+Which Hugging Face tensor makes which leaf, transposed or not, is the parameter schema
+(`aci_jax.model.schema.LEAVES`); nothing here restates it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -24,50 +26,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from aci_jax import fileio
 from aci_jax.model.config import ModelConfig
+from aci_jax.model import schema
 from aci_jax.model.decoder import param_shapes
 from aci_jax.model.safetensors_io import CheckpointError, SafetensorsFile, write_safetensors
 from aci_jax.parallel.rules import TRAINING_RULES, Rules, param_shardings
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-
-
-@dataclasses.dataclass(frozen=True)
-class _Tensor:
-  """How one of our leaves is made from Hugging Face tensors."""
-
-  path: tuple[str, ...]  # our tree path
-  hf_name: str  # with "{i}" for the layer index when `stacked`
-  transpose: bool  # HF Linear weights are [out, in]; our kernels are [in, out]
-  stacked: bool
-
-
-def _tensor_map(cfg: ModelConfig) -> list[_Tensor]:
-  t = [_Tensor(("embed", "embedding"), "model.embed_tokens.weight", False, False),
-       _Tensor(("final_norm", "scale"), "model.norm.weight", False, False)]
-  if not cfg.tie_word_embeddings:
-    t.append(_Tensor(("lm_head", "kernel"), "lm_head.weight", True, False))
-  layer = "model.layers.{i}."
-  t += [_Tensor(("layers", "attn_norm", "scale"), layer + "input_layernorm.weight", False, True),
-        _Tensor(("layers", "mlp_norm", "scale"), layer + "post_attention_layernorm.weight",
-                False, True)]
-  for proj in ("q", "k", "v", "o"):
-    t.append(_Tensor(("layers", "attn", f"{proj}_proj", "kernel"),
-                     layer + f"self_attn.{proj}_proj.weight", True, True))
-    if (cfg.qkv_bias and proj != "o") or (cfg.o_bias and proj == "o"):
-      t.append(_Tensor(("layers", "attn", f"{proj}_proj", "bias"),
-                       layer + f"self_attn.{proj}_proj.bias", False, True))
-  for proj in ("gate", "up", "down"):
-    t.append(_Tensor(("layers", "mlp", f"{proj}_proj", "kernel"),
-                     layer + f"mlp.{proj}_proj.weight", True, True))
-    if cfg.mlp_bias:
-      t.append(_Tensor(("layers", "mlp", f"{proj}_proj", "bias"),
-                       layer + f"mlp.{proj}_proj.bias", False, True))
-  return t
-
-
-def _hf_names(cfg: ModelConfig, t: _Tensor) -> list[str]:
-  return [t.hf_name.format(i=i) for i in range(cfg.num_layers)] if t.stacked else [t.hf_name]
 
 
 def _get(tree, path):
@@ -111,13 +76,10 @@ class _Checkpoint:
       raise CheckpointError(f"{directory}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
 
 
-def _check_names(cfg: ModelConfig, ckpt: _Checkpoint, expected: dict) -> None:
+def _check_names(cfg: ModelConfig, ckpt: _Checkpoint) -> None:
   """Missing, unexpected and wrongly-shaped tensors, all named in one error."""
   present = set(ckpt.where)
-  wanted = {}
-  for t in _tensor_map(cfg):
-    for name in _hf_names(cfg, t):
-      wanted[name] = t
+  wanted = {name: t for t in schema.leaves(cfg) for name in t.hf_names(cfg)}
   missing = sorted(set(wanted) - present)
   # A tied checkpoint may still carry lm_head.weight (a copy of the embedding); HF ignores it.
   ignorable = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
@@ -127,8 +89,7 @@ def _check_names(cfg: ModelConfig, ckpt: _Checkpoint, expected: dict) -> None:
   for name, t in wanted.items():
     if name not in present:
       continue
-    want = expected[t.path].shape[1:] if t.stacked else expected[t.path].shape
-    want = tuple(reversed(want)) if t.transpose else tuple(want)
+    want = t.hf_shape(cfg)
     got = ckpt.where[name].shape(name)
     if got != want:
       bad_shape.append(f"{name} {list(got)} (expected {list(want)})")
@@ -145,7 +106,7 @@ def _check_names(cfg: ModelConfig, ckpt: _Checkpoint, expected: dict) -> None:
     raise CheckpointError("checkpoint does not match config: " + "; ".join(problems))
 
 
-def _reader(cfg: ModelConfig, ckpt: _Checkpoint, t: _Tensor, dtype) -> Callable:
+def _reader(cfg: ModelConfig, ckpt: _Checkpoint, t: schema.Leaf, dtype) -> Callable:
   """index (tuple of slices into our leaf) -> numpy shard in `dtype`."""
 
   def one(name, idx):
@@ -157,9 +118,9 @@ def _reader(cfg: ModelConfig, ckpt: _Checkpoint, t: _Tensor, dtype) -> Callable:
   def read(index):
     if t.stacked:
       layers = range(cfg.num_layers)[index[0]]
-      parts = [one(t.hf_name.format(i=i), index[1:]) for i in layers]
+      parts = [one(t.hf_name(i), index[1:]) for i in layers]
       return np.stack(parts).astype(dtype)
-    return one(t.hf_name, index).astype(dtype)
+    return one(t.hf_name(), index).astype(dtype)
 
   return read
 
@@ -181,7 +142,7 @@ def load_params(directory: str, cfg: ModelConfig, mesh: Mesh | None = None,
   shapes = param_shapes(cfg)
   flat_shapes = {tuple(getattr(k, "key", k) for k in path): leaf
                  for path, leaf in jax.tree_util.tree_leaves_with_path(shapes)}
-  _check_names(cfg, ckpt, flat_shapes)
+  _check_names(cfg, ckpt)
   if shardings is None:
     if mesh is None:
       dev = jax.local_devices()[0]
@@ -190,7 +151,7 @@ def load_params(directory: str, cfg: ModelConfig, mesh: Mesh | None = None,
     else:
       shardings = param_shardings(shapes, mesh, rules)
   out: dict = {}
-  for t in _tensor_map(cfg):
+  for t in schema.leaves(cfg):
     leaf = flat_shapes[t.path]
     sharding = _get(shardings, t.path)
     arr = jax.make_array_from_callback(leaf.shape, sharding,
@@ -227,18 +188,17 @@ def export_params(params: dict, cfg: ModelConfig, directory: str, *,
   runs every process must call this (the gather is collective); only process 0 writes.
   """
   out_dtype = np.dtype(jax.numpy.dtype(dtype or cfg.param_dtype))
-  entries: list[tuple[str, _Tensor, int | None]] = []
-  for t in _tensor_map(cfg):
+  entries: list[tuple[str, schema.Leaf, int | None]] = []
+  for t in schema.leaves(cfg):
+    if tuple(_get(params, t.path).shape) != t.shape(cfg):
+      raise ValueError(f"{'/'.join(t.path)} has shape {tuple(_get(params, t.path).shape)}; "
+                       f"the config gives {t.shape(cfg)}")
     if t.stacked:
-      entries += [(t.hf_name.format(i=i), t, i) for i in range(cfg.num_layers)]
+      entries += [(t.hf_name(i), t, i) for i in range(cfg.num_layers)]
     else:
-      entries.append((t.hf_name, t, None))
+      entries.append((t.hf_name(), t, None))
 
-  def hf_shape(t, leaf):
-    shape = leaf.shape[1:] if t.stacked else leaf.shape
-    return tuple(reversed(shape)) if t.transpose else tuple(shape)
-
-  shapes = {name: (hf_shape(t, _get(params, t.path)), out_dtype) for name, t, _ in entries}
+  shapes = {name: (t.hf_shape(cfg), out_dtype) for name, t, _ in entries}
   # Group into shard files by size, keeping the natural order.
   groups: list[list[str]] = [[]]
   size = 0

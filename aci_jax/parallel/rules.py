@@ -1,7 +1,7 @@
 """Sharding rules: parameter path -> logical axis names -> mesh axes -> `NamedSharding`.
 
 Two steps, as in MaxText: every parameter dimension gets a *logical* name ("embed", "heads",
-"mlp", ...) from its path in the tree, and a rule table maps logical names to mesh axes. Changing
+"mlp", ...) from the parameter schema (`aci_jax.model.schema`), and a rule table maps logical names to mesh axes. Changing
 how a model is parallelised is a different rule table, never an edit of the model code.
 
 A dimension whose size does not divide by its mesh axes is replicated instead (for example two
@@ -20,6 +20,10 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 Rules = Mapping[str, "str | tuple[str, ...] | None"]
+
+# The data-parallel mesh axes: rows of every batch (training, sampling, rollouts) are split
+# over both, in this order.
+ROW_AXES = ("data", "fsdp")
 
 # Training: parameters sharded over fsdp along the model dimension, and over tensor along
 # heads/MLP/vocab; batch over (data, fsdp).
@@ -50,7 +54,7 @@ SAMPLING_RULES: Rules = {**TRAINING_RULES, "embed": None, "vocab": ("tensor", "f
 # activations over fsdp, contract the sharded D locally and all-reduce partial sums: ~30x the
 # inter-chip bytes on Qwen2.5-7B (docs/tpu.md, planner tables).
 ACTIVATION_RULES: Rules = {
-    "batch": ("data", "fsdp"),
+    "batch": ROW_AXES,
     "length": None,
     "act_embed": None,
     "heads": "tensor",
@@ -86,43 +90,22 @@ def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
   spec = spec_for(x.shape, axes, mesh, rules)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
-_LEAF_AXES = {
-    ("embed", "embedding"): ("vocab", "embed"),
-    ("attn", "q_proj", "kernel"): ("embed", "heads"),
-    ("attn", "k_proj", "kernel"): ("embed", "kv_heads"),
-    ("attn", "v_proj", "kernel"): ("embed", "kv_heads"),
-    ("attn", "o_proj", "kernel"): ("heads", "embed"),
-    ("attn", "q_proj", "bias"): ("heads",),
-    ("attn", "k_proj", "bias"): ("kv_heads",),
-    ("attn", "v_proj", "bias"): ("kv_heads",),
-    ("attn", "o_proj", "bias"): ("norm",),
-    ("mlp", "gate_proj", "kernel"): ("embed", "mlp"),
-    ("mlp", "up_proj", "kernel"): ("embed", "mlp"),
-    ("mlp", "down_proj", "kernel"): ("mlp", "embed"),
-    ("mlp", "gate_proj", "bias"): ("mlp",),
-    ("mlp", "up_proj", "bias"): ("mlp",),
-    ("mlp", "down_proj", "bias"): ("norm",),
-    ("attn_norm", "scale"): ("norm",),
-    ("mlp_norm", "scale"): ("norm",),
-    ("final_norm", "scale"): ("norm",),
-    ("lm_head", "kernel"): ("embed", "vocab"),
-}
-
-
 def _path_names(path) -> tuple[str, ...]:
   return tuple(getattr(k, "key", getattr(k, "name", str(k))) for k in path)
 
 
 def logical_axes(params) -> dict:
-  """A tree like `params` whose leaves are tuples of logical axis names, one per dimension."""
+  """A tree like `params` whose leaves are tuples of logical axis names, one per dimension
+  (from the parameter schema, `aci_jax.model.schema`)."""
+  # Imported here: the decoder imports this module (for `constrain`), and importing the model
+  # package from the top of this module would import the decoder back.
+  from aci_jax.model.schema import BY_PATH
 
   def leaf_axes(path, leaf):
     names = _path_names(path)
-    stacked = names[0] == "layers"
-    key = names[1:] if stacked else names
-    if key not in _LEAF_AXES:
+    if names not in BY_PATH:
       raise KeyError(f"no sharding rule for parameter {'/'.join(names)}")
-    axes = (("layers",) if stacked else ()) + _LEAF_AXES[key]
+    axes = BY_PATH[names].logical_axes()
     if len(axes) != len(leaf.shape):
       raise ValueError(f"{'/'.join(names)} has shape {leaf.shape}, rule gives {axes}")
     return axes
@@ -175,4 +158,4 @@ def param_shardings(params, mesh: Mesh, rules: Rules = TRAINING_RULES) -> dict:
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   """Rows of a [B, ...] batch split over every data-parallel axis (data and fsdp)."""
-  return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+  return NamedSharding(mesh, P(ROW_AXES, *([None] * (ndim - 1))))

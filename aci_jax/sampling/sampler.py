@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from aci_jax.model import Decoder, KVCache, ModelConfig
+from aci_jax.parallel.rules import ROW_AXES
 
 RUNNING, PAUSED, DONE, EMPTY = 0, 1, 2, 3
 SRC_SAMPLED, SRC_FORCED, SRC_ENV = 0, 1, 2
@@ -241,7 +242,7 @@ def state_shardings(state: SamplerState, mesh):
   the attention that reads it is split: a cache replicated over `tensor` is held twice)."""
   from jax.sharding import NamedSharding, PartitionSpec as P
 
-  rows = ("data", "fsdp")
+  rows = ROW_AXES
 
   def one(x):
     if x.ndim == 5:

@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from aci_jax.model import ModelConfig
 from aci_jax.parallel import TRAINING_RULES, activation_sharding, batch_sharding, param_shardings
+from aci_jax.parallel.rules import ROW_AXES
 from aci_jax.train import losses as L
 from aci_jax.train.logprobs import token_logprobs
 
@@ -177,7 +178,7 @@ def make_train_step(model_cfg: ModelConfig, loss_cfg: L.LossConfig,
     if b % k:
       raise ValueError(f"batch size {b} does not divide into {k} micro-batches")
     y = x.reshape((b // k, k) + x.shape[1:]).swapaxes(0, 1)
-    spec = P(None, ("data", "fsdp"), *([None] * (x.ndim - 1)))
+    spec = P(None, ROW_AXES, *([None] * (x.ndim - 1)))
     return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
 
   def step(state: TrainState, batch):
