@@ -48,17 +48,19 @@ WHITEN_SETS = ("kept", "forced")
 # s* must reach this for a query to count as decided (estep/undecided_fraction); the paper form
 # can only get there when alpha * pi_hat * Q_hat differ by ln(9).
 DECIDED = 0.9
+ADV_EPS = 1e-6  # delta in A = (r - mean) / (std + delta)
 
 
 @dataclasses.dataclass(frozen=True)
 class EStepConfig:
+  """The E-step's knobs and their defaults; `EMConfig` (aci_jax/em/loop.py) extends them with
+  the loop's, so `config.em` sets both and `curate` takes either."""
+
   alpha: float = 1.0  # inverse temperature of the reference strategy; math.inf = argmax
   form: str = "paper"  # "paper": softmax(alpha * pi * Q); "posterior": pi * Q normalised
   pi_prior: float = 0.0  # pseudo-counts added per decision to the native counts
   keep_per_query: int = 8  # rollouts kept per query for the M-step
-  adv_eps: float = 1e-6  # delta in A = (r - mean) / (std + delta)
   adv_whiten: str = "kept"  # mean/std over the kept rollouts, or over all forced ones
-  drop_all_fail: bool = True
 
   def __post_init__(self):
     if self.form not in FORMS:
@@ -160,7 +162,7 @@ def estimate(group: QueryGroup, cfg: EStepConfig) -> QueryEstimate:
   q = estimate_q(group.forced)
   s = reference_strategy(pi, q, cfg.alpha, cfg.form)
   forced = [t for ts in group.forced.values() for t in ts]
-  dropped = cfg.drop_all_fail and not any(_reward(t) > 0 for t in forced)
+  dropped = not any(_reward(t) > 0 for t in forced)
   return QueryEstimate(group.query_id, pi, q, s, dropped)
 
 
@@ -175,9 +177,11 @@ class Curated:
   stats: dict
 
 
-def whiten(rewards: Sequence[float], eps: float) -> np.ndarray:
+def whiten(rewards: Sequence[float], ref: Sequence[float] | None = None) -> np.ndarray:
+  """(r - mean) / (std + ADV_EPS), mean and std over `ref` (default: the rewards themselves)."""
   r = np.asarray(rewards, np.float64)
-  return (r - r.mean()) / (r.std() + eps)
+  ref = r if ref is None else np.asarray(ref, np.float64)
+  return (r - ref.mean()) / (ref.std() + ADV_EPS)
 
 
 def curate(groups: Sequence[QueryGroup], cfg: EStepConfig,
@@ -206,11 +210,11 @@ def curate(groups: Sequence[QueryGroup], cfg: EStepConfig,
       picked += [pool[i] for i in idx]
     if not picked:
       continue
+    rewards = [_reward(t) for t in picked]
     if cfg.adv_whiten == "forced":
-      ref = np.asarray([_reward(t) for p in pools for t in p], np.float64)
-      a = (np.asarray([_reward(t) for t in picked]) - ref.mean()) / (ref.std() + cfg.adv_eps)
+      a = whiten(rewards, [_reward(t) for p in pools for t in p])
     else:
-      a = whiten([_reward(t) for t in picked], cfg.adv_eps)
+      a = whiten(rewards)
     for t, ai in zip(picked, a):
       kept.append(t)
       adv.append(float(ai))

@@ -7,19 +7,9 @@ One iteration:
   M-step   `epochs` passes of the clipped off-policy loss (+ lambda * decision term) over the
            curated set, with the behaviour log-probs recorded at sampling time
 
-Algorithms (the paper's ablations share everything but the marked step):
-
-  autocode        the E-step above, loss = policy term + lambda * decision_ce
-  em_no_decision  the same curated data, lambda = 0
-  grpo            "standard RL": native rollouts only (n per query), advantages whitened per
-                  query, on-policy loss; no forced rollouts, no decision term
-  rejection_sft   rejection-sampling fine-tuning: SFT on the policy's own correct native
-                  rollouts (not the paper's "SFT only" row: that is the warm-up checkpoint,
-                  evaluation point 0 of every run)
-
-For a fair comparison the rollout budget per query is the same: `grpo`/`rejection_sft` draw
-`native_samples + 2 * k_per_decision` native rollouts where `autocode` draws `native_samples`
-native and `2 * k_per_decision` forced ones.
+The algorithm (`em.algorithm`: autocode, em_no_decision, grpo, rejection_sft) decides the
+rollouts of a query, their curation and the M-step loss (aci_jax/em/algorithms.py); this loop
+runs the steps they share.
 
 Multi-host: the iteration's queries are dealt over the processes (`multihost.owner_of`); each
 host rolls out, grades and curates its own queries (its rows, its sandbox, its grader; every
@@ -39,16 +29,13 @@ import jax
 import numpy as np
 
 from aci_jax import fileio
+from aci_jax.em import algorithms
 from aci_jax.em.batches import bucketed_minibatches
-from aci_jax.em.estep import (CODE, COT, EStepConfig, QueryGroup, alpha_floor_warning, curate,
-                              estep_stats, native_outcomes, whiten)
+from aci_jax.em.estep import CODE, COT, EStepConfig, QueryGroup, estep_stats, native_outcomes
 from aci_jax.parallel import multihost
 from aci_jax.rollout import Request, Trajectory
 
 log = logging.getLogger(__name__)
-
-ALGORITHMS = ("autocode", "em_no_decision", "grpo", "rejection_sft")
-
 
 PROGRESS_FILE = "em_progress.json"
 
@@ -86,35 +73,25 @@ def restore_progress(trainer) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class EMConfig:
-  algorithm: str = "autocode"
+class EMConfig(EStepConfig):
+  """`config.em`: the E-step's knobs (alpha, form, pi_prior, keep_per_query, adv_whiten; their
+  one set of defaults is `EStepConfig`'s) and the loop's. The flat `config.em` keys map onto
+  these fields one to one."""
+
+  algorithm: str = "autocode"  # a name in algorithms.ALGORITHMS
   iterations: int = 3
   queries_per_iteration: int = 64
   native_samples: int = 8  # native rollouts per query (pi_hat)
   k_per_decision: int = 8  # forced rollouts per decision (Q_hat)
-  keep_per_query: int = 8
-  alpha: float = 1.0
-  form: str = "paper"
-  pi_prior: float = 0.0
-  adv_whiten: str = "kept"  # advantages whitened over the kept rollouts or all forced ones
   epochs: int = 1
   code_prefix: str = "```python\n"
   batch_length: int = 0  # 0 = bucketed longest trajectory
 
   def __post_init__(self):
-    if self.algorithm == "rft":
-      raise ValueError("em.algorithm 'rft' is now 'rejection_sft' (SFT on the correct native "
-                       "rollouts; the paper's SFT-only row is the warm-up checkpoint)")
-    if self.algorithm not in ALGORITHMS:
-      raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+    algorithms.get(self.algorithm)
     if self.iterations < 0 or self.queries_per_iteration < 1 or self.epochs < 1:
       raise ValueError("need iterations >= 0, queries_per_iteration >= 1, epochs >= 1")
-    _ = self.estep  # the E-step settings (form, alpha, adv_whiten) checked with the rest
-
-  @property
-  def estep(self) -> EStepConfig:
-    return EStepConfig(alpha=self.alpha, form=self.form, pi_prior=self.pi_prior,
-                       keep_per_query=self.keep_per_query, adv_whiten=self.adv_whiten)
+    super().__post_init__()
 
 
 @dataclasses.dataclass
@@ -137,11 +114,10 @@ class EMLoop:
     self.on_iteration = on_iteration
     if not self.problems:
       raise ValueError("the EM loop needs at least one training problem")
+    self.algorithm = algorithms.get(cfg.algorithm)(cfg)
     self._prefix = tokenizer.encode(cfg.code_prefix)
-    if cfg.algorithm in ("autocode", "em_no_decision"):
-      warning = alpha_floor_warning(cfg.alpha, cfg.form)
-      if warning:
-        log.warning("%s", warning)
+    for warning in self.algorithm.warnings():
+      log.warning("%s", warning)
     # A prompt that does not fit the sampler (with the forced code prefix) can never be rolled
     # out; such problems leave the pool up front, as other RL trainers filter over-long prompts.
     limit = engine.cfg.max_prompt_tokens - len(self._prefix)
@@ -169,23 +145,10 @@ class EMLoop:
     return out
 
   def requests(self, queries: Sequence[int], iteration: int) -> list[Request]:
-    c = self.cfg
-    reqs = []
-    native = c.native_samples
-    if c.algorithm in ("grpo", "rejection_sft"):
-      native += 2 * c.k_per_decision  # same rollout budget as the E-step
-    for q in queries:
-      ids = self.prompt_fn(self.problems[q].problem)
-      meta = {"iteration": iteration}
-      # Sample indices are disjoint per mode and per iteration, so keys never repeat.
-      base = iteration * 1_000_000
-      reqs += [Request(ids, q, base + s, "native", meta=meta) for s in range(native)]
-      if c.algorithm in ("autocode", "em_no_decision"):
-        reqs += [Request(ids, q, base + 100_000 + s, "cot", ban=True, meta=meta)
-                 for s in range(c.k_per_decision)]
-        reqs += [Request(ids, q, base + 200_000 + s, "code", prefix_ids=self._prefix, meta=meta)
-                 for s in range(c.k_per_decision)]
-    return reqs
+    """The algorithm's rollouts of every query, in the order of `queries`."""
+    return [r for q in queries
+            for r in self.algorithm.requests(self.prompt_fn(self.problems[q].problem), q,
+                                             iteration, self._prefix)]
 
   def grade(self, trajs: Sequence[Trajectory]) -> None:
     """Sets `reward` (1.0 iff the final boxed answer equals the gold; truncated = 0).
@@ -200,8 +163,7 @@ class EMLoop:
 
   def curate(self, trajs: Sequence[Trajectory], rng):
     """(trajectories, advantages, decision flags, query estimates, native outcomes) for the
-    M-step and the statistics; `rng` as in `estep.curate`."""
-    c = self.cfg
+    M-step and the statistics, by the algorithm; `rng(query)` is that query's generator."""
     by_q: dict[int, QueryGroup] = {}
     for t in trajs:
       g = by_q.setdefault(t.prompt_index, QueryGroup(t.prompt_index, [], {COT: [], CODE: []}))
@@ -210,23 +172,9 @@ class EMLoop:
       else:
         g.forced[CODE if t.mode == "code" else COT].append(t)
     groups = list(by_q.values())
-    if c.algorithm in ("autocode", "em_no_decision"):
-      cur = curate(groups, c.estep, rng)
-      decision = cur.decision if c.algorithm == "autocode" else [False] * len(cur.decision)
-      return (cur.trajectories, cur.advantages, decision, cur.estimates,
-              native_outcomes(groups))
-    kept, adv = [], []
-    for g in groups:
-      rewards = [t.reward for t in g.native]
-      if c.algorithm == "grpo":
-        if len(set(rewards)) > 1:  # all-equal groups carry no policy-gradient signal
-          kept += g.native
-          adv += whiten(rewards, c.estep.adv_eps).tolist()
-      else:  # rejection_sft: the correct ones, plain SFT
-        good = [t for t in g.native if t.reward > 0]
-        kept += good
-        adv += [1.0] * len(good)
-    return kept, adv, [False] * len(kept), [], native_outcomes(groups)
+    cur = self.algorithm.curate(groups, rng)
+    return (cur.trajectories, cur.advantages, cur.decision, cur.estimates,
+            native_outcomes(groups))
 
   def gather(self, queries: Sequence[int], local) -> tuple:
     """All processes' `curate` outputs merged in the order of `queries` (the order one process
@@ -316,9 +264,3 @@ class EMLoop:
     save_progress(tr)
     stats["trajectories"] = trajs  # this process's rollouts
     return stats
-
-  def run(self) -> list[dict]:
-    out = []
-    while int(self.trainer.meta.get("em_iteration", 0)) < self.cfg.iterations:
-      out.append(self.run_iteration())
-    return out

@@ -24,6 +24,7 @@ import time
 import jax
 
 from aci_jax import fileio
+from aci_jax.em import algorithms
 from aci_jax.em.loop import EMConfig, EMLoop, Problem, restore_progress, save_progress
 from aci_jax.main import register_mode
 from aci_jax.train.runner import ConfigError, Trainer, dataclass_from
@@ -146,20 +147,12 @@ def _warmup(config, workdir, tok_dir, train) -> str | None:
 
 
 def _loss_for(config):
+  """The M-step's LossConfig: `config.loss` with what the EM algorithm changes in it."""
   from aci_jax.train.losses import LossConfig
 
-  algo = config.em.algorithm
-  loss = dict(config.loss)
-  if algo == "grpo":
-    # GRPO's clipped surrogate (group-whitened advantages, ratio to the behaviour policy). The
-    # registered `grpo` term fixes the ratio at 1 (strictly on-policy), which is wrong from the
-    # second M-step epoch on; measured: it collapsed the toy policy within two iterations.
-    loss.update(policy="ppo_clip", decision_coef=0.0)
-  elif algo == "rejection_sft":
-    loss.update(policy="sft_nll", decision_coef=0.0)
-  elif algo == "em_no_decision":
-    loss["decision_coef"] = 0.0
-  return dataclass_from(LossConfig, loss, name="loss")
+  em = dataclass_from(EMConfig, config.em, name="em")
+  overrides = algorithms.get(em.algorithm)(em).loss_overrides()
+  return dataclass_from(LossConfig, {**dict(config.loss), **overrides}, name="loss")
 
 
 def _point(summary: dict) -> dict:
