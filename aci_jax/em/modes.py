@@ -26,7 +26,6 @@ import jax
 from aci_jax import fileio
 from aci_jax.em import algorithms
 from aci_jax.em.loop import EMConfig, EMLoop, Problem, restore_progress, save_progress
-from aci_jax.main import register_mode
 from aci_jax.train.runner import ConfigError, Trainer, dataclass_from
 
 log = logging.getLogger(__name__)
@@ -197,7 +196,6 @@ def validate(config) -> None:
     raise ConfigError(f"config.task.name must be 'toy' or 'jsonl', got {config.task.name!r}")
 
 
-@register_mode("autocode", validate=validate)
 def autocode(config, workdir: str) -> None:
   """Warm-up SFT, then EM (or a baseline, `config.em.algorithm`), evaluated along the way."""
   from aci_jax.eval.harness import chat_prompt, evaluate_benchmarks
