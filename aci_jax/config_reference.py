@@ -3,10 +3,10 @@
     python -m aci_jax.config_reference --out docs/config.md     # regenerate after a config change
     python -m aci_jax.config_reference --check docs/config.md   # exit 1 if it is out of date
 
-One row per key of configs/default.py, configs/sft_toy.py and every configs/paper.py preset: its
-meaning (MEANINGS below) and its value in each file. A key that some config has and MEANINGS
-lacks, or a meaning for a key no config has, is an error, so the page cannot drift from the
-files.
+One row per key of the defaults (aci_jax/configuration.py), configs/default.py,
+configs/sft_toy.py and every configs/paper.py preset: its meaning (MEANINGS below) and its value
+in each. A key that some config has and MEANINGS lacks, or a meaning for a key no config has, is
+an error, so the page cannot drift from the files.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import os
 import runpy
 import sys
 
-from aci_jax import fileio
+from aci_jax import configuration, fileio
 
-# Columns of the tables: (title, config file, argument of get_config or None for all presets).
-COLUMNS = (("default.py", "default", None), ("sft_toy.py", "sft_toy", None),
-           ("paper.py", "paper", None))
+# Columns of the tables: (title, config file; None: configuration.defaults()).
+COLUMNS = (("defaults", None), ("default.py", "default"), ("sft_toy.py", "sft_toy"),
+           ("paper.py", "paper"))
 
 SECTIONS = {
     "": "Top level",
@@ -127,7 +127,6 @@ MEANINGS = {
                      "`forced` rollouts of the query (docs/em.md)",
     "em.pi_prior": "pseudo-count per decision added to the native counts of pi_hat",
     "em.epochs": "passes over the curated set per M-step",
-    "em.code_prefix": "response prefix that forces code mode",
     "em.batch_length": "M-step sequence length (0: the longest trajectory, bucketed)",
     "rollout.batch_size": "rows decoded together (continuous batching)",
     "rollout.max_prompt_tokens": "prompt + forced prefix limit (tokens)",
@@ -136,6 +135,9 @@ MEANINGS = {
     "rollout.max_tool_calls": "code cells executed per response; later ones get a limit "
                               "message",
     "rollout.decode_steps": "decode steps per device call before the host looks at the rows",
+    "rollout.tool_format": "the tool-call format (aci_jax/tool_format.py): `markdown` (code in a "
+                           "python fence, its output in an output fence); it owns the forced "
+                           "code prefix and the stop and ban strings",
     "rollout.temperature": "sampling temperature of the E-step rollouts",
     "rollout.top_p": "nucleus sampling (1: off)",
     "rollout.top_k": "top-k sampling (0: off)",
@@ -204,21 +206,26 @@ Every key of every config file, what it means, and its value in each. Generated 
 by `python -m aci_jax.config_reference --out docs/config.md`; `tests/test_config_reference.py`
 fails when this page and the files disagree.
 
+- `defaults`: `aci_jax.configuration.defaults()`, where every config starts; a config file
+  states only what it changes. A section backed by a dataclass takes its defaults from the
+  dataclass's fields: `model` (run-time fields) -> `ModelConfig` (aci_jax/model/config.py),
+  `mesh` -> `MeshConfig`, `em` -> `EMConfig` (aci_jax/em/loop.py), `rollout` -> `RolloutConfig`
+  + `SamplingParams`, `sandbox` -> `SandboxConfig` (its other fields keep their defaults),
+  `train` -> `StepConfig` (plus the loop's keys), `loss` -> `LossConfig`, `optim` ->
+  `OptimConfig`; the other keys' defaults are written in aci_jax/configuration.py.
 - `configs/default.py`: the embedded default, the whole method on the toy task on a CPU.
-- `configs/sft_toy.py`: the SFT warm-up alone, on the toy demonstrations.
+- `configs/sft_toy.py`: the SFT warm-up alone, on the toy demonstrations (the sft mode reads
+  no task, warmup, em, rollout, sandbox, grader or eval key).
 - `configs/paper.py:NAME`: AutoCode on a Hugging Face checkpoint, NAME one of
   `qwen2.5-7b`, `qwen2.5-math-1.5b`, `deepseek-math-7b`; where the presets differ, the cell lists
   each. Which values are the paper's and which are ours: the comments in `configs/paper.py` and
   docs/reproducing.md.
 
 Any key can be changed on the command line, `--config.SECTION.KEY=VALUE` (for example
-`--config.em.iterations=2`); a key the config file does not have is an error
+`--config.em.iterations=2`); a key the config does not have is an error
 (`error: unknown config key ...`), so a typo never passes silently. `-` in a cell: that config
-does not have the key (the code then uses the dataclass default, or the key does not apply to
-that config's mode). Where the values come from, in the code: `model` -> `ModelConfig`
-(aci_jax/model/config.py), `em` -> `EMConfig` (aci_jax/em/loop.py), `rollout` ->
-`RolloutConfig` + `SamplingParams`, `sandbox` -> `SandboxConfig` (its other fields keep their
-defaults), `loss` -> `LossConfig`, `optim` -> `OptimConfig`, `mesh` -> `MeshConfig`.
+does not have the key: the model architecture has no default, a from-scratch config states it
+and `model.init="hf"` reads it from the checkpoint.
 """
 
 
@@ -242,7 +249,10 @@ def flatten(config, prefix: str = "") -> dict:
 def load_configs(configs_dir: str) -> dict[str, dict]:
   """{column title: {preset name or "": {dotted key: value}}} for every file in COLUMNS."""
   out = {}
-  for title, stem, _ in COLUMNS:
+  for title, stem in COLUMNS:
+    if stem is None:
+      out[title] = {"": flatten(configuration.defaults())}
+      continue
     ns = runpy.run_path(os.path.join(configs_dir, f"{stem}.py"))
     presets = list(ns["MODELS"]) if "MODELS" in ns else [""]
     out[title] = {p: flatten(ns["get_config"](p) if p else ns["get_config"]()) for p in presets}
@@ -287,7 +297,7 @@ def render(configs: dict[str, dict]) -> str:
     if section not in by_section:
       raise ReferenceMismatch(f"key {k!r}: section {section!r} is not in SECTIONS")
     by_section[section].append(k)
-  titles = [t for t, _, _ in COLUMNS]
+  titles = [t for t, _ in COLUMNS]
   for section in order:
     if not by_section[section]:
       continue

@@ -15,9 +15,9 @@
 Every remote step is one `gcloud compute tpus tpu-vm ssh NAME --worker=all --command CMD`, so a
 single-host TPU (one worker) and a multi-host slice (v4-32, v5e-64, ...: one worker per host)
 are driven the same way; on a slice each host runs the same command and
-`jax.distributed.initialize()` (aci_jax/main.py, config.dist.multihost="auto") finds its peers
-from the TPU metadata. `--dry-run` prints the exact commands instead of running them, one per
-line, quoted for a POSIX shell. Details and presets: docs/tpu.md.
+`jax.distributed.initialize()` (aci_jax/parallel/multihost.py, config.dist.multihost="auto")
+finds its peers from the TPU metadata. `--dry-run` prints the exact commands instead of running
+them, one per line, quoted for a POSIX shell. Details and presets: docs/tpu.md.
 """
 
 from __future__ import annotations

@@ -35,9 +35,7 @@ SMOLLM2_DIR = os.path.join(os.environ.get("ACI_JAX_CACHE") or os.path.join(
 
 def get_config():
   c = _paper.get_config("qwen2.5-math-1.5b")  # the paper's settings, then sized down below
-  c.model.update(dict(init="hf", path=SMOLLM2_DIR, dtype="float32", param_dtype="float32",
-                      remat="none"))
-  c.mesh.update(dict(data=1, fsdp=-1, tensor=1))
+  c.model.update(dict(path=SMOLLM2_DIR, dtype="float32", remat="none"))
   c.task.update(dict(eval_limit=8))
   # Format warm-up: 30 steps of 8 demonstrations (aci_jax.data.format_demos), both modes.
   # Demos from format_demos --max-chars 560 are <= 240 tokens. No packing: packed steps vary in
@@ -51,7 +49,7 @@ def get_config():
                         max_tool_calls=2, decode_steps=32))
   c.sandbox.update(dict(memory_mb=1024))
   c.grader.update(dict(num_workers=1))
-  c.eval.update(dict(samples=0, selection=True))  # greedy + forced code + forced reasoning
+  c.eval.update(dict(samples=0))  # greedy + forced code + forced reasoning (eval.selection)
   # 2 micro-batches of 4 rows: a warm-up step of 8 x 384 tokens in one piece took over 11 GiB of
   # host memory (49k-vocabulary logits and every layer's activations kept for the backward).
   c.train.update(dict(batch_size=8, micro_batches=2, logprob_chunk=256))

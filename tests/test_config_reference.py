@@ -1,4 +1,5 @@
-"""docs/config.md names every key of every config file, and no other, with the files' values."""
+"""docs/config.md names every key of the defaults and of every config file, and no other, with
+their values."""
 
 import os
 import re
@@ -8,6 +9,7 @@ import shutil
 import pytest
 
 from aci_jax import config_reference
+from aci_jax.configuration import defaults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -28,7 +30,8 @@ def _config_keys(config, prefix=""):
 
 
 def _all_configs():
-  out = {"default.py": [runpy.run_path(os.path.join(CONFIGS, "default.py"))["get_config"]()],
+  out = {"defaults": [defaults()],
+         "default.py": [runpy.run_path(os.path.join(CONFIGS, "default.py"))["get_config"]()],
          "sft_toy.py": [runpy.run_path(os.path.join(CONFIGS, "sft_toy.py"))["get_config"]()]}
   paper = runpy.run_path(os.path.join(CONFIGS, "paper.py"))
   out["paper.py"] = [paper["get_config"](name) for name in paper["MODELS"]]
@@ -58,15 +61,16 @@ def test_page_lists_exactly_the_keys_of_the_config_files():
 
 
 def test_page_shows_the_default_config_values():
-  # Columns: key, meaning, default.py, sft_toy.py, paper.py.
+  # Columns: key, meaning, defaults, default.py, sft_toy.py, paper.py.
   rows = _page_rows()
-  (default,) = _all_configs()["default.py"]
-  checked = 0
-  for key, value in _config_keys(default).items():
-    if isinstance(value, (bool, int)) or (isinstance(value, str) and value):
-      assert rows[key][2] == f"`{value!r}`", (key, rows[key][2])
-      checked += 1
-  assert checked > 40
+  for column, title in ((2, "defaults"), (3, "default.py")):
+    (config,) = _all_configs()[title]
+    checked = 0
+    for key, value in _config_keys(config).items():
+      if isinstance(value, (bool, int)) or (isinstance(value, str) and value):
+        assert rows[key][column] == f"`{value!r}`", (title, key, rows[key][column])
+        checked += 1
+    assert checked > 40, title
 
 
 def test_page_is_what_the_generator_writes_now():
@@ -84,8 +88,8 @@ def configs_copy(tmp_path):
 def test_a_new_key_without_a_meaning_is_an_error(configs_copy, capsys):
   path = configs_copy / "default.py"
   text = path.read_text()
-  assert "  c.seed = 0\n" in text
-  path.write_text(text.replace("  c.seed = 0\n", "  c.seed = 0\n  c.brand_new_key = 1\n"))
+  assert "  c = defaults()\n" in text
+  path.write_text(text.replace("  c = defaults()\n", "  c = defaults()\n  c.brand_new_key = 1\n"))
   assert config_reference.main(["--configs", str(configs_copy), "--check", PAGE]) == 2
   err = capsys.readouterr().err
   assert err.startswith("error: ") and "brand_new_key" in err and len(err.splitlines()) == 1

@@ -1,5 +1,5 @@
-"""The entry point: one-line errors with exit status 2, the mode registry, the default workdir,
-metrics to TensorBoard and JSONL, multi-host detection."""
+"""The entry point: one-line errors with exit status 2, the table of modes, the default workdir,
+metrics to TensorBoard and JSONL (multi-host detection: tests/test_multihost_start.py)."""
 
 import glob
 import os
@@ -74,29 +74,33 @@ def test_default_workdir_metrics_jsonl_and_tensorboard(tmp_path):
   assert M.default_workdir(CONFIG) != workdir
 
 
-def test_mode_registry():
-  modes = M.load_modes()
-  assert {"sft", "export"} <= set(modes)
-
-  @M.register_mode("test_only_mode")
-  def _mode(config, workdir):
-    pass
-
-  assert M.MODES["test_only_mode"] is _mode
-  with pytest.raises(ValueError, match="already registered"):
-    M.register_mode("sft")(lambda c, w: None)
-  del M.MODES["test_only_mode"]
+def test_every_mode_in_the_table_resolves():
+  assert set(M.MODES) == {"sft", "export", "autocode"}
+  for name, (run_path, validate_path) in M.MODES.items():
+    assert callable(M.resolve(run_path)), name
+    assert validate_path is None or callable(M.resolve(validate_path)), name
+  from aci_jax.em.modes import autocode, validate
+  assert M.MODES["autocode"] == ("aci_jax.em.modes:autocode", "aci_jax.em.modes:validate")
+  assert M.resolve(M.MODES["autocode"][0]) is autocode
+  assert M.resolve(M.MODES["autocode"][1]) is validate
 
 
-def test_multihost_detection(monkeypatch):
-  for key in ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
-              "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
-    monkeypatch.delenv(key, raising=False)
-  assert not M._env_says_multihost()
-  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "host0")
-  assert not M._env_says_multihost()  # a single-host TPU VM
-  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "host0,host1")
-  assert M._env_says_multihost()
-  monkeypatch.delenv("TPU_WORKER_HOSTNAMES")
-  monkeypatch.setenv("SLURM_NTASKS", "4")
-  assert M._env_says_multihost()
+def test_a_mode_validator_error_is_one_line(tmp_path):
+  # The autocode validator rejects the value before any workdir is made.
+  res = run_main("--config", os.path.join(ROOT, "configs", "default.py"),
+                 "--workdir", str(tmp_path / "w"), "--config.em.form=nope")
+  lines = error_lines(res)
+  assert res.returncode == 2, res.stderr[-2000:]
+  assert len(lines) == 1 and lines[0].startswith("error: config.em: "), lines
+  assert not (tmp_path / "w").exists()
+
+
+def test_importing_main_loads_no_mode_and_no_jax():
+  # A bad flag must fail before JAX and the mode modules load (seconds on a busy machine).
+  code = ("import sys, aci_jax.main; "
+          "print(sorted(m for m in ('jax', 'aci_jax.em.modes', 'aci_jax.train.modes') "
+          "if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip() == "[]"

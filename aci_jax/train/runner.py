@@ -2,13 +2,12 @@
 metrics and HF export, built from an `ml_collections` config. Used by the `sft` and `export`
 modes, and by the EM loop for its M-step (same object, its own loss config and batches).
 
-Config sections read here (see configs/sft_toy.py for every key and its default):
+Config sections read here (docs/config.md: every key; aci_jax/configuration.py: the defaults):
   seed, model, tokenizer, mesh, loss, optim, train, checkpoint, export.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -18,6 +17,7 @@ import jax
 import numpy as np
 
 from aci_jax import fileio
+from aci_jax.configuration import MODEL_RUNTIME_KEYS, ConfigError, dataclass_from
 from aci_jax.metrics import MetricsWriter
 from aci_jax.model import ModelConfig, init_params
 from aci_jax.parallel import MeshConfig, make_mesh
@@ -30,28 +30,6 @@ from aci_jax.train.step import (StepConfig, TrainState, abstract_train_state, in
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
-  """A config key or value the run cannot use; main prints it as one line."""
-
-
-def dataclass_from(cls, section, *, name: str, **overrides):
-  """`cls(**section)` with a one-line ConfigError naming the bad key or value."""
-  fields = {f.name for f in dataclasses.fields(cls)}
-  values = dict(section) if section is not None else {}
-  unknown = sorted(set(values) - fields)
-  if unknown:
-    raise ConfigError(f"config.{name}: unknown key(s) {unknown}; known: {sorted(fields)}")
-  values.update(overrides)
-  try:
-    return cls(**values)
-  except (ValueError, KeyError, TypeError) as e:
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    raise ConfigError(f"config.{name}: {msg}") from None
-
-
-_RUNTIME = ("dtype", "param_dtype", "remat")
-
-
 def model_config(c) -> tuple[ModelConfig, str | None]:
   """(ModelConfig, HF checkpoint dir or None) from `config.model`."""
   m = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(c.model).items()}
@@ -60,7 +38,7 @@ def model_config(c) -> tuple[ModelConfig, str | None]:
   if init == "hf":
     if not path:
       raise ConfigError("config.model.path: required when config.model.init='hf'")
-    runtime = {k: m[k] for k in _RUNTIME if k in m}
+    runtime = {k: m[k] for k in MODEL_RUNTIME_KEYS if k in m}
     try:
       path = fileio.stage(path)  # gs://: safetensors are mmap'd, so each host reads a local copy
       return ModelConfig.from_pretrained(path, **runtime), path
@@ -93,9 +71,10 @@ class Trainer:
     self.loss_cfg = loss_cfg or dataclass_from(LossConfig, config.loss, name="loss")
     self.optim_cfg = dataclass_from(OptimConfig, config.optim, name="optim")
     t = config.train
+    # config.train also holds the loop's keys (steps, batch_size, log_every); a StepConfig
+    # field a hand-built config leaves out keeps its dataclass default.
     self.step_cfg = dataclass_from(
-        StepConfig, {"micro_batches": t.micro_batches, "logprob_chunk": t.logprob_chunk,
-                     "logprob_remat": t.get("logprob_remat", True)}, name="train")
+        StepConfig, {f: t[f] for f in StepConfig.__dataclass_fields__ if f in t}, name="train")
     try:
       self.mesh = make_mesh(dataclass_from(MeshConfig, config.mesh, name="mesh"))
     except ValueError as e:
