@@ -24,9 +24,10 @@ import time
 import jax
 
 from aci_jax import fileio
+from aci_jax.configuration import ConfigError, dataclass_from
 from aci_jax.em import algorithms
 from aci_jax.em.loop import EMConfig, EMLoop, Problem, restore_progress, save_progress
-from aci_jax.train.runner import ConfigError, Trainer, dataclass_from
+from aci_jax.train.runner import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,30 @@ def _warmup_demos(config, train):
 # ------------------------------------------------------------------------------- phases
 
 
-def _warmup(config, workdir, tok_dir, train) -> str | None:
+def warmup_settings(config, data_path: str, export_dir: str):
+  """The warm-up's SFTSettings: config.warmup's schedule over the EM run's optimizer and loss
+  settings, plain SFT (sft_nll, no decision term), exported to `export_dir`."""
+  from aci_jax.train.losses import LossConfig
+  from aci_jax.train.modes import SFTSettings
+  from aci_jax.train.optim import OptimConfig
+
+  w = config.warmup
+  optim = {**dict(config.optim), "lr": w.lr, "decay_steps": w.steps,
+           # a short warm-up run (tests) still works
+           "warmup_steps": min(w.warmup_steps, w.steps),
+           **{k: w[k] for k in ("end_lr_ratio", "weight_decay", "b2", "clip_norm") if k in w}}
+  return SFTSettings(
+      data=data_path, steps=w.steps, batch_size=w.batch_size, seq_len=w.seq_len,
+      optim=dataclass_from(OptimConfig, optim, name="warmup"),
+      loss=dataclass_from(LossConfig, {**dict(config.loss), "policy": "sft_nll",
+                                       "decision_coef": 0.0}, name="loss"),
+      pack_len=int(w.get("pack_len", 0)), system=config.data.get("system") or None,
+      log_every=max(1, min(25, w.steps // 10)),
+      # The EM run checkpoints every iteration; a warm-up step is far cheaper than a save.
+      checkpoint_every=max(50, w.steps // 4), export_dir=export_dir)
+
+
+def _warmup(config, workdir, tok, train) -> str | None:
   """Runs (or resumes, or skips when finished) the SFT warm-up; returns its HF export dir."""
   w = config.warmup
   if not w.steps:
@@ -117,30 +141,14 @@ def _warmup(config, workdir, tok_dir, train) -> str | None:
   if fileio.exists(fileio.join(out, "config.json")):  # written last by the export
     return fileio.stage(out)
   from aci_jax.data.sft import write_jsonl
-  from aci_jax.train.modes import sft
+  from aci_jax.train.modes import run_sft
 
   data_path = fileio.join(workdir, "warmup", "demos.jsonl")
   if jax.process_index() == 0 and not fileio.exists(data_path):
     write_jsonl(data_path, _warmup_demos(config, train))
   _barrier("warmup demos")
-  c = copy.deepcopy(config)
-  with c.unlocked():
-    c.mode = "sft"
-    c.tokenizer = tok_dir
-    c.loss.policy, c.loss.decision_coef = "sft_nll", 0.0
-    c.train.steps, c.train.batch_size = w.steps, w.batch_size
-    c.optim.lr, c.optim.decay_steps = w.lr, w.steps
-    c.optim.warmup_steps = min(w.warmup_steps, w.steps)  # a short warm-up run (tests) still works
-    for key in ("end_lr_ratio", "weight_decay", "b2", "clip_norm"):
-      if key in w:
-        c.optim[key] = w[key]
-    c.data.train_path, c.data.seq_len = data_path, w.seq_len
-    c.data.pack_len = w.get("pack_len", 0)
-    c.export.at_end, c.export.dir, c.export.every = True, out, 0
-    # The EM run checkpoints every iteration; a warm-up step is far cheaper than a save.
-    c.checkpoint.every = max(50, w.steps // 4)
-    c.train.log_every = max(1, min(25, w.steps // 10))
-  sft(c, fileio.join(workdir, "warmup"))
+  run_sft(config, fileio.join(workdir, "warmup"), warmup_settings(config, data_path, out),
+          tokenizer=tok)
   _barrier("warmup export")  # process 0 writes the export; every host then reads it
   return fileio.stage(out)  # the EM policy loads it with the mmap'd safetensors reader
 
@@ -221,7 +229,7 @@ def autocode(config, workdir: str) -> None:
   sandbox_cfg = dataclass_from(SandboxConfig, config.sandbox, name="sandbox")
 
   with Sandbox(sandbox_cfg) as sandbox, Grader(**dict(config.grader)) as grader:
-    warm_dir = _warmup(config, workdir, tok_dir, train)
+    warm_dir = _warmup(config, workdir, tok, train)
     c = copy.deepcopy(config)
     with c.unlocked():
       c.tokenizer = tok_dir

@@ -1,16 +1,23 @@
-"""The `sft` and `export` modes of `python -m aci_jax.main`."""
+"""The `sft` and `export` modes of `python -m aci_jax.main`, and `run_sft`, the SFT run both the
+`sft` mode and the EM warm-up (aci_jax/em/modes.py) call with their settings."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import math
+from typing import Sequence
 
 import jax
 
 from aci_jax import fileio
-from aci_jax.data.sft import build_sft_data, toy_demonstrations, write_jsonl
-from aci_jax.main import register_mode
-from aci_jax.train.runner import ConfigError, Trainer, load_tokenizer
+from aci_jax.configuration import ConfigError, dataclass_from
+from aci_jax.data.sft import build_sft_data, write_jsonl
+from aci_jax.data.toy import sft_records
+from aci_jax.train.losses import LossConfig
+from aci_jax.train.optim import OptimConfig
+from aci_jax.train.runner import Trainer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -21,33 +28,83 @@ def _progress(total: int, initial: int, enabled: bool):
               disable=not enabled or jax.process_index() != 0)
 
 
-@register_mode("sft")
-def sft(config, workdir: str) -> None:
-  """Warm-up SFT on JSONL demonstrations (config.data.train_path; empty = the toy set)."""
+@dataclasses.dataclass(frozen=True)
+class SFTSettings:
+  """What one SFT run trains on, and how: the `sft` mode reads them from its config
+  (`sft_settings`), the EM warm-up from `config.warmup`. The model, mesh, micro-batches, seed,
+  checkpoint retention and export dtype are the run config's (`run_sft`)."""
+
+  data: str | Sequence[dict]  # a JSONL path of {"prompt", "response"} records, or the records
+  steps: int
+  batch_size: int
+  seq_len: int
+  optim: OptimConfig
+  loss: LossConfig  # the policy term is sft_nll
+  pack_len: int = 0  # > 0: demonstrations packed into rows of this many tokens
+  system: str | None = None  # the system message of every prompt
+  log_every: int = 10
+  checkpoint_every: int = 50
+  export_every: int = 0  # 0 = no periodic export
+  export_at_end: bool = True
+  export_dir: str = ""  # "" = <workdir>/export/step_N
+
+
+def sft_settings(config) -> SFTSettings:
+  """The `sft` mode's settings: config.data, .train, .optim, .loss, .checkpoint, .export."""
   if config.loss.policy != "sft_nll":
     raise ConfigError(f"config.loss.policy must be 'sft_nll' in mode sft, got "
                       f"{config.loss.policy!r}")
-  trainer = Trainer(config, workdir)
-  tokenizer = load_tokenizer(config, trainer.hf_path)
+  d, t, e = config.data, config.train, config.export
+  return SFTSettings(
+      data=d.train_path, steps=t.steps, batch_size=t.batch_size, seq_len=d.seq_len,
+      optim=dataclass_from(OptimConfig, config.optim, name="optim"),
+      loss=dataclass_from(LossConfig, config.loss, name="loss"),
+      pack_len=int(d.get("pack_len", 0)), system=d.system or None, log_every=t.log_every,
+      checkpoint_every=config.checkpoint.every, export_every=e.every, export_at_end=e.at_end,
+      export_dir=e.dir)
+
+
+def sft(config, workdir: str) -> None:
+  """Warm-up SFT on JSONL demonstrations (config.data.train_path; empty = the toy set)."""
+  s = sft_settings(config)
+  if not s.data:  # the built-in toy demonstrations (process 0 also writes them for inspection)
+    s = dataclasses.replace(s, data=sft_records(config.data.toy_examples, seed=config.seed))
+    if jax.process_index() == 0:
+      write_jsonl(fileio.join(workdir, "data", "toy_sft.jsonl"), s.data)
+  run_sft(config, workdir, s)
+
+
+def _trainer_config(config, s: SFTSettings):
+  """`config` with this run's optimizer and batch size: the Trainer builds its optimizer and
+  checks the batch size from its config (and records that config in every checkpoint)."""
+  import ml_collections
+
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.optim = ml_collections.ConfigDict(dataclasses.asdict(s.optim))
+    c.train.batch_size = s.batch_size
+  return c
+
+
+def run_sft(config, workdir: str, s: SFTSettings, tokenizer=None) -> None:
+  """Runs (or resumes) SFT with settings `s` in `workdir`. `config` gives the model, mesh,
+  micro-batches, seed, checkpoint retention and export dtype; `tokenizer` defaults to
+  config.tokenizer (or the model's)."""
+  trainer = Trainer(_trainer_config(config, s), workdir, loss_cfg=s.loss)
+  if tokenizer is None:
+    tokenizer = load_tokenizer(config, trainer.hf_path)
   if tokenizer.vocab_size > trainer.model_cfg.vocab_size:
     raise ConfigError(f"tokenizer has {tokenizer.vocab_size} ids but config.model.vocab_size is "
                       f"{trainer.model_cfg.vocab_size}")
-  d, t = config.data, config.train
-  source = d.train_path
-  if not source:  # the built-in toy demonstrations (process 0 also writes them for inspection)
-    source = toy_demonstrations(d.toy_examples, seed=config.seed)
-    if jax.process_index() == 0:
-      write_jsonl(fileio.join(workdir, "data", "toy_sft.jsonl"), source)
-  pack_len = int(d.get("pack_len", 0))
-  if pack_len and trainer.loss_cfg.aggregation != "token_mean":
+  if s.pack_len and s.loss.aggregation != "token_mean":
     raise ConfigError("config.data.pack_len needs config.loss.aggregation='token_mean' (a packed "
                       "row holds several sequences)")
   # Packed rows vary in number: keep it a multiple of what the step splits them into.
   dp = trainer.mesh.shape["data"] * trainer.mesh.shape["fsdp"]
-  row_multiple = math.lcm(4, t.micro_batches * dp // jax.process_count())
+  row_multiple = math.lcm(4, trainer.step_cfg.micro_batches * dp // jax.process_count())
   try:
-    data, stats = build_sft_data(source, tokenizer, batch_size=t.batch_size, seq_len=d.seq_len,
-                                 seed=config.seed, system=d.system or None, pack_len=pack_len,
+    data, stats = build_sft_data(s.data, tokenizer, batch_size=s.batch_size, seq_len=s.seq_len,
+                                 seed=config.seed, system=s.system, pack_len=s.pack_len,
                                  row_multiple=row_multiple)
   except ValueError as e:
     raise ConfigError(str(e)) from None
@@ -56,9 +113,8 @@ def sft(config, workdir: str) -> None:
   if resumed:
     log.info("resumed at step %d", trainer.step)
   cursor = int(trainer.meta.get("data_cursor", 0))
-  e, ck = config.export, config.checkpoint
-  bar = _progress(t.steps, trainer.step, config.get("progress", True))
-  while trainer.step < t.steps:
+  bar = _progress(s.steps, trainer.step, config.get("progress", True))
+  while trainer.step < s.steps:
     batch, cursor = data.batch(cursor, process_index=jax.process_index(),
                                process_count=jax.process_count())
     metrics = trainer.train_step(batch)
@@ -66,20 +122,19 @@ def sft(config, workdir: str) -> None:
     trainer.meta["data_cursor"] = cursor
     trainer.meta["epoch"] = cursor / len(data)
     bar.update(1)
-    if step % t.log_every == 0 or step == t.steps:
+    if step % s.log_every == 0 or step == s.steps:
       trainer.log(step, metrics)
       bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-    if step % ck.every == 0 or step == t.steps:
+    if step % s.checkpoint_every == 0 or step == s.steps:
       trainer.save()
-    if e.every and step % e.every == 0:
+    if s.export_every and step % s.export_every == 0:
       trainer.export()
   bar.close()
-  if e.at_end:
-    trainer.export(e.dir or None)
+  if s.export_at_end:
+    trainer.export(s.export_dir or None)
   trainer.close()
 
 
-@register_mode("export")
 def export(config, workdir: str) -> None:
   """Writes a checkpoint of `workdir` (config.export.step; 0 = latest) as a Hugging Face
   directory (config.export.dir; default <workdir>/export/step_N)."""
