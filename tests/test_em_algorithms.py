@@ -8,10 +8,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from aci_jax import tool_format
 from aci_jax.em import algorithms
 from aci_jax.em.loop import EMConfig, EMLoop, Problem
 from aci_jax.rollout.trajectory import Cell, Trajectory
-from aci_jax.train.runner import ConfigError, dataclass_from
+from aci_jax.configuration import ConfigError, dataclass_from
 
 NAMES = ("autocode", "em_no_decision", "grpo", "rejection_sft")
 PREFIX = [9, 9]  # the tokenised code prefix
@@ -68,8 +69,9 @@ EXPECTED = {
 def _loop(algorithm, **em):
   cfg = EMConfig(algorithm=algorithm, native_samples=2, k_per_decision=2, keep_per_query=2,
                  alpha=float("inf"), **em)
-  tok = types.SimpleNamespace(encode=lambda text: list(PREFIX))
-  engine = types.SimpleNamespace(cfg=types.SimpleNamespace(max_prompt_tokens=64))
+  tok = types.SimpleNamespace(encode={"```python\n": PREFIX}.__getitem__)
+  engine = types.SimpleNamespace(cfg=types.SimpleNamespace(max_prompt_tokens=64),
+                                 tool_format=tool_format.get())
   problems = [Problem(f"p{i}", "1") for i in range(6)]
   return EMLoop(cfg, None, engine, None, tok, problems, lambda text: [100 + int(text[1:])])
 

@@ -97,15 +97,16 @@ def test_paper_preset_strategy_is_decisive():
   spec = importlib.util.spec_from_file_location("paper_cfg", path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  em = mod.get_config().em
-  cfg = EStepConfig(alpha=em.alpha, form=em.form, pi_prior=em.pi_prior,
-                    keep_per_query=em.keep_per_query)
+  from aci_jax.configuration import dataclass_from
+  from aci_jax.em.loop import EMConfig
+
+  cfg = dataclass_from(EMConfig, mod.get_config().em, name="em")
   rng = np.random.default_rng(5)
-  only_code = scripted_group(0, rng, 0.0, 0.0, 1.0, em.native_samples, em.k_per_decision)
-  both = scripted_group(1, rng, 0.0, 1.0, 1.0, em.native_samples, em.k_per_decision)
+  only_code = scripted_group(0, rng, 0.0, 0.0, 1.0, cfg.native_samples, cfg.k_per_decision)
+  both = scripted_group(1, rng, 0.0, 1.0, 1.0, cfg.native_samples, cfg.k_per_decision)
   assert estimate(only_code, cfg).s_star[CODE] >= 0.9
   assert estimate(both, cfg).s_star[COT] >= 0.9
-  assert alpha_floor_warning(em.alpha, em.form) is None
+  assert alpha_floor_warning(cfg.alpha, cfg.form) is None
 
 
 def test_alpha_too_small_to_separate_is_warned(caplog):

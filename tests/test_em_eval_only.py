@@ -7,7 +7,7 @@ import runpy
 import pytest
 
 from aci_jax.em import modes
-from aci_jax.train.runner import ConfigError
+from aci_jax.configuration import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

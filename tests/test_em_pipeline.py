@@ -73,7 +73,7 @@ def test_config_values_parse(name):
   from aci_jax.sandbox import SandboxConfig
   from aci_jax.train.losses import LossConfig
   from aci_jax.train.optim import OptimConfig
-  from aci_jax.train.runner import dataclass_from
+  from aci_jax.configuration import dataclass_from
 
   file, _, arg = name.partition(":")
   get = runpy.run_path(os.path.join(ROOT, "configs", f"{file}.py"))["get_config"]

@@ -84,7 +84,6 @@ class EMConfig(EStepConfig):
   native_samples: int = 8  # native rollouts per query (pi_hat)
   k_per_decision: int = 8  # forced rollouts per decision (Q_hat)
   epochs: int = 1
-  code_prefix: str = "```python\n"
   batch_length: int = 0  # 0 = bucketed longest trajectory
 
   def __post_init__(self):
@@ -109,13 +108,14 @@ class EMLoop:
                problems: Sequence[Problem], prompt_fn: Callable[[str], list[int]], *,
                seed: int = 0, on_iteration: Callable[[int, dict], None] | None = None):
     self.cfg, self.trainer, self.engine, self.grader = cfg, trainer, engine, grader
-    self.tok, self.problems, self.prompt_fn = tokenizer, list(problems), prompt_fn
+    self.problems, self.prompt_fn = list(problems), prompt_fn
     self.seed = seed
     self.on_iteration = on_iteration
     if not self.problems:
       raise ValueError("the EM loop needs at least one training problem")
     self.algorithm = algorithms.get(cfg.algorithm)(cfg)
-    self._prefix = tokenizer.encode(cfg.code_prefix)
+    # Forced code rollouts start with the tool format's code prefix (aci_jax/tool_format.py).
+    self._prefix = tokenizer.encode(engine.tool_format.code_prefix)
     for warning in self.algorithm.warnings():
       log.warning("%s", warning)
     # A prompt that does not fit the sampler (with the forced code prefix) can never be rolled
@@ -127,14 +127,14 @@ class EMLoop:
                   "(rollout.max_prompt_tokens minus the code prefix) and are left out",
                   len(self.problems) - len(fits), len(self.problems), limit)
     if not fits:
-      from aci_jax.train.runner import ConfigError
+      from aci_jax.configuration import ConfigError
       raise ConfigError(f"config.rollout.max_prompt_tokens={engine.cfg.max_prompt_tokens}: no "
                         f"training problem's prompt fits")
     self.problems = fits
 
   # ------------------------------------------------------------------------ E-step
 
-  def _queries(self, iteration: int, cursor: int) -> list[int]:
+  def _queries(self, cursor: int) -> list[int]:
     """The next `queries_per_iteration` problem indices of a seeded permutation per epoch."""
     n, out = len(self.problems), []
     while len(out) < self.cfg.queries_per_iteration:
@@ -219,10 +219,11 @@ class EMLoop:
     curate_rng = lambda q: np.random.default_rng([self.seed, it, 7, q])
     rng = np.random.default_rng([self.seed, it, 8])
     t0 = time.perf_counter()
-    queries = self._queries(it, cursor)
+    queries = self._queries(cursor)
     owner = multihost.owner_of(queries)
     mine = [q for q in queries if owner[q] == jax.process_index()]
-    trajs = self.engine.run_local(tr.state.params, self.requests(mine, it))
+    rollout = self.engine.run_local(tr.state.params, self.requests(mine, it))
+    trajs = rollout.trajectories
     t_roll = time.perf_counter() - t0
     cells = sum(1 for t in trajs for cell in t.cells if cell.status not in ("limit", "no_code"))
     log.info("E-step: process %d of %d ran %d rollouts and %d code cells",
@@ -251,7 +252,7 @@ class EMLoop:
         "em/mstep_seconds": time.perf_counter() - t1,
         "em/mstep_steps": len(mstep),
         "em/mstep_skipped": int(not kept),
-        "em/device_idle_fraction": self.engine.stats.idle_fraction,
+        "em/device_idle_fraction": rollout.stats.idle_fraction,  # of this E-step
     })
     if mstep:
       stats["em/loss_first"] = mstep[0].get("loss", float("nan"))
