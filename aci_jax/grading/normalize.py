@@ -4,6 +4,7 @@
 ``\\left``/``\\right`` dropped, spacing commands dropped, ``\\text{}`` unwrapped, degree/percent/
 dollar signs and trailing units dropped, ``10,\\!080``->``10080``, ``52_8``->``52``,
 ``1\\frac{4}{5}``->``(1+\\frac{4}{5})``, ``\\frac12``->``\\frac{1}{2}``, ``x \\in S``->``S``.
+``key`` folds the spaces of a string for comparing it (all but one between two digits).
 Every regex here is linear (no nested quantifiers), so hostile strings cannot make it backtrack.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-__all__ = ["normalize", "strip_text_wrappers", "match_braces", "brace_stats", "UNIT_WORDS", "SPECIAL_TOKENS"]
+__all__ = ["normalize", "key", "strip_text_wrappers", "match_braces", "brace_stats", "UNIT_WORDS", "SPECIAL_TOKENS"]
 
 # Unit words dropped when they trail a quantity ("5 cm", "12\text{ inches}", "3 square units").
 UNIT_WORDS = (
@@ -292,3 +293,11 @@ def normalize(s: str) -> str:
         s = s[1:-1].strip()
         k += 1
     return s
+
+
+_SPACE_KEY = re.compile(r"(?<!\d) | (?!\d)")
+
+
+def key(s: str) -> str:
+    """``s`` without spaces, except one between two digits: "3 4" is not "34"."""
+    return _SPACE_KEY.sub("", s)

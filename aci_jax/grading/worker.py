@@ -82,9 +82,9 @@ def main() -> None:
     import logging
 
     logging.disable(logging.WARNING)  # math-verify warns on every call with timeouts off
-    from .equiv import _sp
+    from .symbolic import load_sympy
 
-    _sp()  # pay the sympy/parser import before announcing readiness
+    load_sympy()  # pay the sympy/parser import before announcing readiness
     if os.environ.get("ACI_GRADER_PRELOAD_MV"):
         import math_verify  # noqa: F401
     # The protocol owns the original stdout; anything a library prints goes to stderr instead.
