@@ -33,6 +33,7 @@ from flax import struct
 
 from aci_jax.model import Decoder, KVCache, ModelConfig
 from aci_jax.parallel.rules import ROW_AXES
+from aci_jax.train.logprobs import chunked_logprobs
 
 RUNNING, PAUSED, DONE, EMPTY = 0, 1, 2, 3
 SRC_SAMPLED, SRC_FORCED, SRC_ENV = 0, 1, 2
@@ -258,25 +259,20 @@ def state_shardings(state: SamplerState, mesh):
 
 def _chunk_logp(cfg, params, hidden, first_logits, tokens, block):
   """log-probs [B, T] of each chunk token under the policy (T = 1, as `sample_tokens` records),
-  from the logits of the position before it, in blocks of `block` positions so [B, T, V] is
-  never materialised."""
-  b, t, d = hidden.shape
+  from the logits of the position before it: the trainer's own routine (`chunked_logprobs`),
+  `block` positions at a time so [B, T, V] is never materialised."""
+  b, _, d = hidden.shape
   # Position j's token is predicted by hidden j-1; position 0 by the stored logits.
   prev_hidden = jnp.concatenate([jnp.zeros((b, 1, d), hidden.dtype), hidden[:, :-1]], axis=1)
-  nblk = t // block
-  hb = prev_hidden.reshape(b, nblk, block, d).transpose(1, 0, 2, 3)
-  tb = tokens.reshape(b, nblk, block).transpose(1, 0, 2)
 
-  def one(args):
-    h, tk = args
-    lg = Decoder(cfg).apply({"params": params}, h, method=Decoder.logits)
-    lp = jax.nn.log_softmax(lg, axis=-1)
-    return jnp.take_along_axis(lp, tk[..., None], axis=-1)[..., 0]
+  def head(h):
+    return Decoder(cfg).apply({"params": params}, h, method=Decoder.logits)
 
-  logp = jax.lax.map(one, (hb, tb)).transpose(1, 0, 2).reshape(b, t)
-  lp0 = jax.nn.log_softmax(first_logits, axis=-1)
-  first = jnp.take_along_axis(lp0, tokens[:, :1], axis=-1)[:, 0]
-  return logp.at[:, 0].set(first)
+  # No gradient flows here, so nothing to rematerialise; the unused entropy is dead code to XLA.
+  logp, _ = chunked_logprobs(head, prev_hidden, tokens, block, remat=False)
+  first, _ = chunked_logprobs(lambda logits: logits, first_logits[:, None], tokens[:, :1], 1,
+                              remat=False)
+  return logp.at[:, 0].set(first[:, 0])
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "record", "logp_block"),
