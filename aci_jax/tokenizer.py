@@ -1,5 +1,8 @@
 """Tokenizer loading and chat-template rendering (host side only).
 
+`load_tokenizer(name)` is the one place a run's tokenizer is made from its config: the toy
+character tokenizer or a Hugging Face directory (local or gs://).
+
 A thin layer over `transformers.AutoTokenizer` that fixes the few things the rest of aci_jax
 relies on: ids are plain Python ints, the pad id always exists (Qwen and Llama checkpoints
 often lack one; we fall back to EOS, which is safe because padding is masked everywhere), and a
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Iterable, Sequence
 
 _MARK = "\u2063ACI_JAX_END_OF_TURN_PROBE\u2063"
@@ -79,8 +83,11 @@ def checkpoint_eos_ids(directory: str) -> tuple[int, ...]:
 class Tokenizer:
   """Wraps a Hugging Face tokenizer loaded from a checkpoint directory (or hub id when online)."""
 
-  def __init__(self, hf_tokenizer, extra_eos_ids: Iterable[int] = ()):
+  def __init__(self, hf_tokenizer, extra_eos_ids: Iterable[int] = (),
+               directory: str | None = None):
     self.hf = hf_tokenizer
+    # The local directory the tokenizer was read from (exports copy its files), or None.
+    self.directory = directory
     eos = hf_tokenizer.eos_token_id
     self.end_of_turn_id: int | None = _end_of_turn_id(hf_tokenizer)
     ids: list[int] = []
@@ -99,8 +106,9 @@ class Tokenizer:
     if os.path.isdir(path) and not any(
         f.startswith("tokenizer") for f in os.listdir(path)):
       raise FileNotFoundError(f"{path}: no tokenizer files (tokenizer.json / tokenizer_config)")
-    extra = checkpoint_eos_ids(path) if os.path.isdir(path) else ()
-    return cls(AutoTokenizer.from_pretrained(path, **kw), extra)
+    local = os.path.isdir(path)
+    extra = checkpoint_eos_ids(path) if local else ()
+    return cls(AutoTokenizer.from_pretrained(path, **kw), extra, path if local else None)
 
   @property
   def vocab_size(self) -> int:
@@ -141,3 +149,37 @@ class Tokenizer:
 
   def chat_ids(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
     return self.encode(self.chat_prompt(messages, add_generation_prompt))
+
+
+def load_tokenizer(name: str | None, *, toy_dir: str | None = None) -> Tokenizer:
+  """The run's tokenizer from a config value (`config.tokenizer`, else the model's path).
+
+  "toy", "" or None: the toy task's character tokenizer. With `toy_dir` (local or gs://) it is
+  also written there (by process 0, once) and read back from it, so that every host, the
+  warm-up run and the exports use the same files (`Tokenizer.directory`). Anything else: a
+  Hugging Face tokenizer directory, local or gs:// (staged to local disk first: `tokenizers`
+  reads local files only). A tokenizer that cannot be loaded is a one-line ConfigError.
+  """
+  from aci_jax import fileio
+  from aci_jax.configuration import ConfigError
+  from aci_jax.data.char_tokenizer import char_tokenizer, save_char_tokenizer
+
+  if name in (None, "", "toy"):
+    if toy_dir is None:
+      return char_tokenizer()
+    import jax
+
+    if jax.process_index() == 0 and not fileio.exists(fileio.join(toy_dir, "tokenizer.json")):
+      if fileio.is_remote(toy_dir):
+        with tempfile.TemporaryDirectory() as tmp:
+          fileio.upload_dir(save_char_tokenizer(tmp), toy_dir, last=("tokenizer.json",))
+      else:
+        save_char_tokenizer(toy_dir)
+    if jax.process_count() > 1:  # the file process 0 just wrote is then visible to all hosts
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("aci_jax:tokenizer")
+    name = toy_dir
+  try:
+    return Tokenizer.from_pretrained(fileio.stage(name))
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"config.tokenizer: cannot load {name!r}: {e}".splitlines()[0]) from None

@@ -108,3 +108,35 @@ def test_no_template_means_eos_only(tmp_path):
 def test_strip_special_for_grading(tmp_path):
   tok = _qwen_base(tmp_path)
   assert tok.strip_special("so the answer is 29<|im_end|>") == "so the answer is 29"
+
+
+# ------------------------------------------------------------ the run's loader (issue 13.5)
+
+
+def test_load_tokenizer_toy_hf_and_errors(tmp_path):
+  from aci_jax.configuration import ConfigError
+  from aci_jax.data.char_tokenizer import char_tokenizer
+  from aci_jax.tokenizer import load_tokenizer
+
+  text = "<|im_start|>What is 47 + 35?<|im_end|>82"
+  want = char_tokenizer().encode(text)
+  for name in (None, "", "toy"):
+    tok = load_tokenizer(name)
+    assert tok.encode(text) == want and tok.directory is None
+  # With a directory the toy tokenizer is written there once and read back from the files.
+  saved = load_tokenizer("toy", toy_dir=str(tmp_path / "run" / "tokenizer"))
+  assert saved.directory == str(tmp_path / "run" / "tokenizer")
+  assert (tmp_path / "run" / "tokenizer" / "tokenizer.json").exists()
+  assert saved.encode(text) == want and saved.eos_ids == char_tokenizer().eos_ids
+  # A Hugging Face directory; toy_dir plays no part then.
+  hf_dir = build_tokenizer(tmp_path / "hf")
+  tok = load_tokenizer(hf_dir, toy_dir=str(tmp_path / "unused"))
+  assert tok.directory == hf_dir and not (tmp_path / "unused").exists()
+  assert tok.encode("x = 1") == Tokenizer.from_pretrained(hf_dir).encode("x = 1")
+  (tmp_path / "model").mkdir()
+  (tmp_path / "model" / "config.json").write_text("{}")
+  with pytest.raises(ConfigError, match=r"^config.tokenizer: cannot load .*no tokenizer files"):
+    load_tokenizer(str(tmp_path / "model"))
+  with pytest.raises(ConfigError) as e:
+    load_tokenizer(str(tmp_path / "absent"))
+  assert "\n" not in str(e.value)
