@@ -19,7 +19,7 @@ def _eval_family(name, text):
     return nums[0] if nums[0] > nums[1] else nums[1]
   if name == "add":
     return nums[0] + nums[1]
-  if name == "mul":
+  if name in ("mul", "mul_small"):
     return nums[0] * nums[1]
   if name == "powmod":
     r = 1
@@ -203,3 +203,35 @@ def test_probe_model_size_and_padded_batches():
   assert mask[1].sum() == n_resp - len("\n82\n```\n")
   assert mask[0].sum() == len(toy.cot_response(p)) + 1
   assert (tokens[0, n_prompt + len(toy.cot_response(p)) + 1:] == tok.pad_id).all()
+
+
+def test_triggered_demos_separate_can_code_from_chooses_to_code():
+  problems = toy.make_problems(40, families=("add", "mul"), seed=3)
+  demos = toy.make_demonstrations(problems, code_fraction=0.05, triggered_fraction=0.5, seed=3)
+  for fam in ("add", "mul"):
+    mine = [d for d in demos if d["family"] == fam]
+    trig = [d for d in mine if d["triggered"]]
+    free = [d for d in mine if not d["triggered"]]
+    assert len(trig) == 20 and all(d["mode"] == "code" for d in trig)
+    assert all(d["prompt"].endswith(" Use Python.") for d in trig)
+    assert all(d["response"].startswith("```python\n") for d in trig)
+    # Un-triggered: 5% of the remaining 20 rounds to 1 code demo, with the bare problem.
+    assert sum(d["mode"] == "code" for d in free) == 1
+    assert all(not d["prompt"].endswith("Python.") for d in free)
+  assert [d["prompt"].removesuffix(" Use Python.") for d in demos] == [
+      p["problem"] for p in problems]
+  with pytest.raises(ValueError, match="triggered_fraction"):
+    toy.make_demonstrations(problems, triggered_fraction=1.5)
+
+
+def test_mul_small_derivation_is_right_for_every_problem():
+  assert toy.cot_response({"family": "mul_small", "problem": "What is 6 * 94?",
+                           "answer": "564"}) == "6*4=24, 6*9=54, 540+24=564. \\boxed{564}"
+  for a in range(2, 10):
+    for b in range(10, 100):
+      p = {"family": "mul_small", "problem": f"What is {a} * {b}?", "answer": str(a * b)}
+      steps = re.findall(r"(\d+)\*(\d)=(\d+)", toy.cot_response(p))
+      assert [int(x) * int(y) for x, y, _ in steps] == [int(z) for *_, z in steps]
+      tens, ones, total = re.search(r"(\d+)0\+(\d+)=(\d+)\.", toy.cot_response(p)).groups()
+      assert int(tens) * 10 + int(ones) == int(total) == a * b
+  assert not toy.FAMILIES["mul_small"].needs_code and toy.FAMILIES["mul"].needs_code

@@ -27,6 +27,8 @@ from aci_jax import tool_format
 from aci_jax.data import sft
 
 SPLITS = ("train", "test")
+# Appended to a demonstration's prompt to ask for code (the rare-code regime, make_demonstrations).
+TRIGGER = " Use Python."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,12 @@ def _add_cot(ops: tuple, ans: int) -> str:
   return f"Ones {a0}+{b0}={ones}, tens {a1}+{b1}+{ones // 10}={a1 + b1 + ones // 10}. "
 
 
+def _mul_small_cot(ops: tuple, ans: int) -> str:
+  # One digit times two digits, by the tens and the ones: two table facts and one addition.
+  a, (b1, b0) = ops[0], _digits(ops[1])
+  return f"{a}*{b0}={a * b0}, {a}*{b1}={a * b1}, {a * b1}0+{a * b0}={ans}. "
+
+
 def _guess_cot(expr: Callable[[tuple], str]) -> Callable[[tuple, int], str]:
   # Code families: a confident one-line "mental" result. The demo shows the true value (demos
   # are correct text), which the policy can imitate in form but not in digits.
@@ -97,6 +105,15 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         pattern=re.compile(r"What is (\d+) \+ (\d+)\?"),
         answer=lambda o: o[0] + o[1], reasoning=_add_cot,
         code=lambda o: f"print({o[0]} + {o[1]})\n"),
+    Family(
+        # The same question as `mul` with small operands: reasoning works here and code is
+        # needed there, so the choice depends on the query, not only on its form.
+        name="mul_small", needs_code=False,
+        sample=lambda r: (r.randint(2, 9), r.randint(10, 99)),
+        problem=lambda o: f"What is {o[0]} * {o[1]}?",
+        pattern=re.compile(r"What is (\d) \* (\d\d)\?"),
+        answer=lambda o: o[0] * o[1], reasoning=_mul_small_cot,
+        code=lambda o: f"print({o[0]} * {o[1]})\n"),
     Family(
         name="mul", needs_code=True,
         sample=lambda r: (r.randint(100, 999), r.randint(100, 999)),
@@ -227,29 +244,42 @@ def code_response(problem: dict, fmt: tool_format.ToolFormat | None = None) -> s
 
 
 def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
-                        seed: int = 0) -> list[dict]:
+                        seed: int = 0, triggered_fraction: float = 0.0) -> list[dict]:
   """Warm-up demonstrations, one per problem, in problem order.
 
   In every family exactly round(code_fraction * n_family) demos (half rounded up) are in code
   mode, the rest reasoning: code is equally rare everywhere, like a base model that seldom
   codes, so any family-specific preference must come from EM, not from the warm-up data.
-  Returns [{"prompt", "response", "family", "answer", "mode": "cot" | "code"}].
+
+  `triggered_fraction` > 0 separates *can code* from *chooses to code* (the rare-code regime):
+  that fraction of each family's demos asks for code in the prompt (`TRIGGER` appended) and
+  answers with a cell; `code_fraction` then applies to the remaining, un-triggered demos only,
+  so the policy learns to write correct cells without learning to choose them unasked (E-step
+  and evaluation prompts never carry the trigger).
+  Returns [{"prompt", "response", "family", "answer", "mode": "cot" | "code", "triggered"}].
   """
   _check_fraction("code_fraction", code_fraction)
+  _check_fraction("triggered_fraction", triggered_fraction)
   by_family: dict[str, list[int]] = {}
   for i, p in enumerate(problems):
     by_family.setdefault(p["family"], []).append(i)
-  code_idx = set()
+  code_idx, trig_idx = set(), set()
   for fam, idx in sorted(by_family.items()):
+    if triggered_fraction:  # its own stream: the un-triggered draw below stays as it was
+      trng = random.Random(f"aci_jax.toy.triggers:{seed}:{fam}")
+      trig = set(trng.sample(idx, int(triggered_fraction * len(idx) + 0.5)))
+      trig_idx |= trig
+      idx = [i for i in idx if i not in trig]
     rng = random.Random(f"aci_jax.toy.demos:{seed}:{fam}")
     k = int(code_fraction * len(idx) + 0.5)
     code_idx.update(rng.sample(idx, k))
   out = []
   for i, p in enumerate(problems):
-    mode = "code" if i in code_idx else "cot"
+    mode = "code" if i in code_idx or i in trig_idx else "cot"
     response = code_response(p) if mode == "code" else cot_response(p)
-    out.append({"prompt": p["problem"], "response": response, "family": p["family"],
-                "answer": p["answer"], "mode": mode})
+    prompt = p["problem"] + TRIGGER if i in trig_idx else p["problem"]
+    out.append({"prompt": prompt, "response": response, "family": p["family"],
+                "answer": p["answer"], "mode": mode, "triggered": i in trig_idx})
   return out
 
 
