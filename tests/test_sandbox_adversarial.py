@@ -703,7 +703,7 @@ def test_a_deep_directory_tree_cannot_break_cleanup(tsb):
 
 
 def test_remove_tree_handles_any_shape(tmp_path):
-  from aci_jax.sandbox.zygote import remove_tree
+  from aci_jax.sandbox.files import remove_tree
   outside = tmp_path / "outside"
   outside.mkdir()
   (outside / "keep").write_text("x")

@@ -2,12 +2,12 @@
 
 It is forked by the server before the server has seen any cell, and it never receives cell code
 or output, so a session child inherits nothing of other sessions. It is the parent of every
-session process: it alone kills and reaps them, so a pid is never signalled after reuse.
+session process: it alone kills and reaps them, so a pid is never signalled after reuse. The
+isolation it gives them is chosen and set up once (tiers.py); this module is the fork server.
 """
 
 from __future__ import annotations
 
-import errno
 import gc
 import importlib
 import json
@@ -15,12 +15,13 @@ import os
 import select
 import signal
 import socket
-import stat
 import sys
 import time
 
-from aci_jax.sandbox import cgroups, isolation, runner
+from aci_jax.sandbox import isolation, runner
 from aci_jax.sandbox.config import SandboxConfig
+from aci_jax.sandbox.files import remove_tree
+from aci_jax.sandbox.tiers import Isolation
 
 SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # world-writable places a uid can leave files
 
@@ -36,96 +37,6 @@ numpy.linalg.det(numpy.eye(2)); numpy.array([1.5]).sum(); repr(numpy.arange(3))
 """
 
 
-_HOIST_DEPTH = 64  # remove_tree holds at most this many directory levels open
-
-
-def remove_tree(path: str) -> None:
-  """Removes a file, symlink or directory tree, whatever its shape: no recursion (a 100,000-deep
-  tree cannot exhaust the Python stack), no path longer than one name (relative to descriptors
-  we hold, opened with O_NOFOLLOW, so a symlink swapped in is removed, never followed), and at
-  most _HOIST_DEPTH open levels: deeper directories are moved up to the top and removed from
-  there. Raises OSError for what it could not remove."""
-  try:
-    st = os.lstat(path)
-  except FileNotFoundError:
-    return
-  if not stat.S_ISDIR(st.st_mode):
-    os.unlink(path)
-    return
-  parent = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
-  try:
-    _remove_dir_at(parent, os.path.basename(os.path.abspath(path)))
-  finally:
-    os.close(parent)
-
-
-def _open_dir(dir_fd: int, name: str) -> int:
-  return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-
-
-def _remove_dir_at(parent_fd: int, name: str) -> None:
-  top = _open_dir(parent_fd, name)
-  stack = [(top, name, os.scandir(top))]  # (fd, name in the level above, its listing)
-  hoisted = 0
-  try:
-    while stack:
-      fd, _, it = stack[-1]
-      descended = False
-      for e in it:
-        try:
-          is_dir = e.is_dir(follow_symlinks=False)
-        except OSError:
-          is_dir = False
-        if not is_dir:
-          try:
-            os.unlink(e.name, dir_fd=fd)
-          except FileNotFoundError:
-            pass
-          except IsADirectoryError:  # replaced by a directory since it was listed
-            is_dir = True
-          if not is_dir:
-            continue
-        if len(stack) >= _HOIST_DEPTH:
-          hoisted += 1
-          os.rename(e.name, f".aci_hoisted_{hoisted}", src_dir_fd=fd, dst_dir_fd=top)
-          continue
-        try:
-          sub = _open_dir(fd, e.name)
-        except FileNotFoundError:
-          continue
-        except OSError:  # not a directory any more (a symlink swapped in)
-          os.unlink(e.name, dir_fd=fd)
-          continue
-        stack.append((sub, e.name, os.scandir(sub)))
-        descended = True
-        break
-      if descended:
-        continue
-      fd, nm, it = stack.pop()
-      it.close()
-      up = stack[-1][0] if stack else parent_fd
-      try:
-        os.rmdir(nm, dir_fd=up)
-        os.close(fd)
-      except OSError as e:
-        if e.errno != errno.ENOTEMPTY:
-          os.close(fd)
-          raise
-        stack.append((fd, nm, os.scandir(fd)))  # entries added while we listed (hoisted ones)
-  finally:
-    for fd, _, it in stack:
-      it.close()
-      os.close(fd)
-
-
-def _vm_bytes() -> int:
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmSize:"):
-        return int(line.split()[1]) * 1024
-  return 0
-
-
 class Zygote:
   def __init__(self, sock: socket.socket, cfg: SandboxConfig, sandbox_root: str):
     self.sock = sock
@@ -134,16 +45,10 @@ class Zygote:
     self.children: dict[int, tuple[int, str | None]] = {}  # pid -> (sid, workdir to remove)
     self.by_sid: dict[int, int] = {}
     self.uids: dict[int, int] = {}
-    self.tier = ""
-    self.spec_base: dict = {}
-    self.pidns_fd = -1
-    self.cg: cgroups.MemoryCgroups | None = None
-    self.cg_reasons: list[str] = []
+    self.iso = Isolation(cfg, sandbox_root)
     self.cg_of: dict[int, tuple[str, int]] = {}  # pid -> (its memory cgroup, OOM kills before)
     self.cleanup_errors = 0
     self.last_cleanup_error = ""
-    self.landlock: isolation.LandlockView | None = None  # the seccomp tier's filesystem view
-    self.work_root = sandbox_root  # where the seccomp tier's session directories live
 
   # --- set-up ---------------------------------------------------------------------------------
   def warm(self) -> None:
@@ -154,186 +59,9 @@ class Zygote:
     gc.collect()
     gc.freeze()  # children's collections never touch (and so never copy) the warm objects
 
-  def _spec(self, tier: str) -> dict:
-    cfg = self.cfg
-    root = os.geteuid() == 0
-    exposed = runner.exposed_paths() if tier == "namespaces" else []
-    seccomp = isolation.seccomp_supported()
-    # socket() is refused in both tiers: in the namespaces tier sessions share one empty network
-    # namespace, where abstract unix sockets would otherwise connect concurrent sessions.
-    blocks = dict(block_sockets=True, block_setsid=tier != "namespaces",
-                  block_memfd=self.cg is None, block_sysv_ipc=tier != "namespaces")
-    prebuilt = None
-    if seccomp and root:
-      prebuilt = isolation.build_filter(**blocks, block_signals_except=None)
-    return dict(
-        exposed=exposed, filter=prebuilt, **blocks,
-        tier=tier, drop_uid=root, uid=0, workdir="/tmp",
-        memory=int(cfg.memory_mb) << 20, cpu_s=float(cfg.cpu_s),
-        cpu_soft=int(cfg.cpu_s) + 1, cpu_hard=int(cfg.session_cpu_s) + 1,
-        nproc=cfg.nproc, fsize=int(cfg.file_mb) << 20, nofile=cfg.nofile,
-        display_last_expr=cfg.display_last_expr, seccomp=seccomp, block_signals=not root)
-
   def choose_tier(self) -> dict:
     """Probes the strongest isolation that works here; returns the report for the host."""
-    root = os.geteuid() == 0
-    errors = {}
-    vm_bytes, threads = _vm_bytes(), len(os.listdir("/proc/self/task"))  # before any pivot_root
-    if root:
-      self.cg, self.cg_reasons = cgroups.detect(int(self.cfg.memory_mb) << 20)
-    else:
-      self.cg_reasons = ["not root"]
-    tiers = ["namespaces", "seccomp"] if self.cfg.isolation == "auto" else [self.cfg.isolation]
-    for tier in tiers:
-      if tier == "seccomp" and not isolation.seccomp_supported():
-        errors[tier] = f"no seccomp syscall table for {os.uname().machine}"
-        continue
-      if tier == "seccomp":
-        self._prepare_fallback()
-      self.tier, self.spec_base = tier, self._spec(tier)
-      if tier == "namespaces":
-        try:
-          self._prepare_namespaces()
-        except OSError as e:
-          errors[tier] = str(e)
-          self.tier = ""
-          continue
-      err = self._probe()
-      if err is None:
-        break
-      errors[tier] = err
-      if tier == "namespaces":
-        self._leave_namespaces()
-      self.tier = ""
-    if not self.tier:
-      raise RuntimeError("no isolation tier works here: " + json.dumps(errors))
-    if not root and not self.cfg.allow_weak:
-      raise RuntimeError("the sandbox needs root (per-session uids); running as uid "
-                         f"{os.geteuid()} shares the host's uid, pass allow_weak=True to accept")
-    need = vm_bytes + (64 << 20)
-    if self.spec_base["memory"] < need:
-      raise RuntimeError(f"memory_mb={self.cfg.memory_mb} is below the warm image's address "
-                         f"space ({need >> 20} MiB needed)")
-    ns = self.tier == "namespaces"
-    return {
-        "exposed": self.spec_base["exposed"],
-        "tier": self.tier,
-        "network": "netns+seccomp" if ns else "seccomp",
-        "processes": "pid-namespace" if ns else "process-group (setsid blocked)",
-        "filesystem": ("minimal read-only root (interpreter, its libraries, system programs and "
-                       "libraries, /etc/ld.so.cache, /etc/localtime, /dev/{null,zero,full,"
-                       "random,urandom}), private /proc and size-capped tmpfs /tmp" if ns
-                       else f"landlock (ABI {self.landlock.abi}): reads only the interpreter, its "
-                       "libraries, system programs and libraries, /etc/ld.so.cache, "
-                       "/etc/localtime, 5 device nodes and its own /proc entry; writes only its "
-                       "own directory" if self.landlock
-                       else "host filesystem by uid permissions, per-session directory"),
-        "devices": ("null, zero, full, random, urandom (no ptmx, no pts)" if ns or self.landlock
-                    else "host /dev by permissions"),
-        "disk": (f"private tmpfs of file_mb={self.cfg.file_mb} MiB" if ns else
-                 "own directory on tmpfs, counted by the memory cgroup"
-                 if self.work_root != self.root else
-                 f"RLIMIT_FSIZE={self.cfg.file_mb} MiB per file only (no total limit)"),
-        "user": "per-session uid" if root else "shared uid (weak)",
-        "seccomp": "deny-list" if self.spec_base["seccomp"] else "unavailable",
-        "memory": (f"{self.cg.kind} memory cgroup per session ({self.cfg.memory_mb} MiB for all "
-                   "its processes, memfds and tmpfs files)" if self.cg else
-                   f"RLIMIT_AS per process only ({self.cfg.memory_mb} MiB each, up to nproc="
-                   f"{self.cfg.nproc} processes); memfd_create refused"),
-        "memory_cgroup": self.cg.parent if self.cg else None,
-        "workdirs": None if ns else self.work_root,
-        "cgroup_probe": self.cg_reasons,
-        "probe_errors": errors,
-        "warnings": self._warnings(),
-        "zygote_pid": os.getpid(),
-        "threads": threads,
-    }
-
-  def _prepare_fallback(self) -> None:
-    """The seccomp tier's filesystem view, where the kernel has Landlock: sessions read only
-    what Python needs and write only their own directory. With a memory cgroup as well, that
-    directory lives on a tmpfs (/dev/shm), so its files count against the session's memory
-    limit: a total disk limit. Without Landlock the host's files are left to uid permissions
-    (reported)."""
-    abi = isolation.landlock_abi()
-    if not abi:
-      return
-    self.landlock = isolation.LandlockView(abi, runner.exposed_paths())
-    if self.cg is not None and cgroups._is_fs("/dev/shm", "tmpfs"):
-      self._sweep_stale_work_roots()
-      d = f"/dev/shm/aci_sandbox_{os.getpid()}_{os.urandom(4).hex()}"
-      try:
-        os.mkdir(d, 0o711)
-        os.chmod(d, 0o711)
-        self.work_root = d
-      except OSError:
-        pass
-
-  def _sweep_stale_work_roots(self) -> None:
-    """Directories of zygotes that were killed (a crashed server takes its zygote with it)."""
-    for name in os.listdir("/dev/shm"):
-      parts = name.split("_")
-      if not name.startswith("aci_sandbox_") or len(parts) != 4 or not parts[2].isdigit():
-        continue
-      try:
-        os.kill(int(parts[2]), 0)
-        continue  # its zygote is alive
-      except ProcessLookupError:
-        self._remove(os.path.join("/dev/shm", name))
-      except OSError:
-        continue
-
-  def _prepare_namespaces(self) -> None:
-    """Once, in the zygote itself: an empty network namespace, and a new root filesystem that
-    holds only what running Python needs (runner.build_root), read-only everywhere; the
-    zygote moves into it with pivot_root and detaches the host's tree, so no session can reach
-    anything else of the host. Every session starts from this; doing it here keeps the
-    per-session cost to its own /proc and /tmp."""
-    self._host_ns = {t: os.open(f"/proc/self/ns/{n}", os.O_RDONLY)
-                     for t, n in ((isolation.CLONE_NEWNS, "mnt"), (isolation.CLONE_NEWNET, "net"))}
-    self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY)
-    try:
-      isolation.unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWNET)
-      isolation.mount(None, "/", None, isolation.MS_REC | isolation.MS_PRIVATE)
-      # Mounted on the pool's own directory, in our private mount namespace only: the host
-      # sees that directory as it was (empty), and nothing is left to remove afterwards.
-      runner.build_root(self.root, self.spec_base["exposed"])
-      os.chdir(self.root)
-      isolation.pivot_root(".", ".")  # the old root is now stacked under the new one ...
-      isolation.umount2(".", isolation.MNT_DETACH)  # ... and detached: gone from our tree
-      os.chdir("/")
-      isolation.make_tree_readonly("/")
-    except OSError:
-      self._leave_namespaces()
-      raise
-
-  def _leave_namespaces(self) -> None:
-    for t, fd in getattr(self, "_host_ns", {}).items():
-      try:
-        isolation.setns(fd, t)
-      except OSError:
-        pass
-
-  def _warnings(self) -> list[str]:
-    w = []
-    if self.cg is None:
-      w.append("no memory cgroup (" + "; ".join(self.cg_reasons) + "): the memory limit is "
-               "per process, so forked children multiply it")
-    if os.geteuid() != 0:
-      w.append("not root: sessions share the host uid (signals and /proc of the host's processes "
-               "are filtered by seccomp only)")
-    if self.tier != "namespaces" and self.landlock is None:
-      w.append("no mount namespace and no Landlock: sessions can read every world-readable host "
-               "file and the host's /proc, and write to world-writable directories while they "
-               "run (what their uid left there is deleted when the session ends)")
-    if self.tier != "namespaces":
-      if self.work_root == self.root:
-        w.append("no total disk limit: a session may write many files of up to file_mb each")
-      if self.spec_base["drop_uid"] and any(runner._blocked_ancestor(p)
-                                            for p in runner._python_paths()):
-        w.append("the interpreter's directories are not readable by other users: sessions can "
-                 "only import modules preloaded in the warm image")
-    return w
+    return self.iso.choose(self._probe, self._remove)
 
   def _probe(self) -> str | None:
     """Spawns one session with the current tier; None if it came up, else the error."""
@@ -357,13 +85,13 @@ class Zygote:
 
   # --- sessions -------------------------------------------------------------------------------
   def _fork(self, sid: int, uid: int) -> tuple[int, list[int], str | None]:
-    spec = dict(self.spec_base, uid=uid, cgroup_fd=-1)
+    spec = dict(self.iso.spec_base, uid=uid, cgroup_fd=-1)
     workdir = None
-    if self.tier != "namespaces":
+    if self.iso.tier != "namespaces":
       # Unique per zygote: a directory a failed cleanup left behind never blocks a later
       # session (a restarted server counts sids and hands out uids from the start again).
       for k in range(1000):
-        workdir = os.path.join(self.work_root,
+        workdir = os.path.join(self.iso.work_root,
                                f"s{sid}_{uid}_{os.getpid()}" + (f"_{k}" if k else ""))
         try:
           os.mkdir(workdir, 0o700)
@@ -387,16 +115,16 @@ class Zygote:
     rep_r, rep_w = rep_srv.detach(), rep_child.detach()
     pipes.append((rep_r, rep_w))
     cg_name = None
-    ns = self.tier == "namespaces"
+    ns = self.iso.tier == "namespaces"
     pid = -1
     spec["landlock_fd"] = -1
     try:
-      if self.landlock is not None and workdir:
-        spec["landlock_fd"] = self.landlock.ruleset(workdir)
-      if self.cg is not None:
-        cg_name = self.cg.acquire()
-        spec["cgroup_fd"] = self.cg.procs_fd(cg_name)
-        oom_before = self.cg.oom_kills(cg_name)
+      if self.iso.landlock is not None and workdir:
+        spec["landlock_fd"] = self.iso.landlock.ruleset(workdir)
+      if self.iso.cg is not None:
+        cg_name = self.iso.cg.acquire()
+        spec["cgroup_fd"] = self.iso.cg.procs_fd(cg_name)
+        oom_before = self.iso.cg.oom_kills(cg_name)
       if ns:
         isolation.unshare(isolation.CLONE_NEWPID)  # our next child is pid 1 of a new namespace
       pid = os.fork()
@@ -407,13 +135,13 @@ class Zygote:
         if spec[k] >= 0:
           os.close(spec[k])
       if cg_name is not None:
-        self.cg.release(cg_name)
+        self.iso.cg.release(cg_name)
       if workdir:
         self._remove(workdir)
       raise
     finally:
       if ns and pid != 0:
-        isolation.setns(self.pidns_fd, isolation.CLONE_NEWPID)
+        isolation.setns(self.iso.pidns_fd, isolation.CLONE_NEWPID)
     if pid == 0:
       runner.child_main(spec, req_r, rep_w, out_w, err_w)  # never returns
     for fd in (req_r, rep_w, out_w, err_w):
@@ -433,7 +161,7 @@ class Zygote:
       os.kill(pid, signal.SIGKILL)  # in a PID namespace this takes every descendant with it
     except ProcessLookupError:
       pass
-    if self.tier != "namespaces":
+    if self.iso.tier != "namespaces":
       self._killpg(pid, wait=False)
 
   @staticmethod
@@ -487,17 +215,17 @@ class Zygote:
     uid = self.uids.pop(pid, None)
     if sid is not None and self.by_sid.get(sid) == pid:
       del self.by_sid[sid]
-    if self.tier != "namespaces":
+    if self.iso.tier != "namespaces":
       self._killpg(pid, wait=True)
     if workdir:
       self._remove(workdir)
-    if uid is not None and self.tier != "namespaces" and self.spec_base["drop_uid"]:
+    if uid is not None and self.iso.tier != "namespaces" and self.iso.spec_base["drop_uid"]:
       self._sweep_shared_dirs(uid)
     oom = False
     if pid in self.cg_of:
       name, before = self.cg_of.pop(pid)
-      oom = self.cg.oom_kills(name) > before
-      self.cg.release(name)
+      oom = self.iso.cg.oom_kills(name) > before
+      self.iso.cg.release(name)
     return oom
 
   def _send(self, msg: dict, fds: list[int] = ()) -> None:
@@ -546,9 +274,8 @@ class Zygote:
             self._send({"op": "spawn_error", "sid": sid, "detail": str(e)})
             continue
           cg = self.cg_of.get(pid)
-          self._send({"op": "spawned", "sid": sid, "pid": pid,
-                      "tasks": (self.cg.path(cg[0]) + "/" + self.cg.tasks_file) if cg else None},
-                     fds)
+          tasks = (self.iso.cg.path(cg[0]) + "/" + self.iso.cg.tasks_file) if cg else None
+          self._send({"op": "spawned", "sid": sid, "pid": pid, "tasks": tasks}, fds)
           for fd in fds:
             os.close(fd)
         elif msg["op"] == "kill":
@@ -564,10 +291,10 @@ class Zygote:
         except ChildProcessError:
           pass
         self._cleanup(pid)
-      if self.cg is not None:
-        self.cg.close()
-      if self.work_root != self.root:
-        self._remove(self.work_root)
+      if self.iso.cg is not None:
+        self.iso.cg.close()
+      if self.iso.work_root != self.root:
+        self._remove(self.iso.work_root)
 
 
 def zygote_main(sock: socket.socket, cfg: SandboxConfig, sandbox_root: str) -> None:
@@ -587,10 +314,10 @@ def zygote_main(sock: socket.socket, cfg: SandboxConfig, sandbox_root: str) -> N
     z._send({"op": "hello", "report": report})
     z.serve()
   except BaseException as e:
-    if z is not None and z.cg is not None:
-      z.cg.close()  # no session lives on (they die with us): leave no cgroup behind
-    if z is not None and z.work_root != z.root:
-      z._remove(z.work_root)
+    if z is not None and z.iso.cg is not None:
+      z.iso.cg.close()  # no session lives on (they die with us): leave no cgroup behind
+    if z is not None and z.iso.work_root != z.root:
+      z._remove(z.iso.work_root)
     try:
       z_msg = {"op": "fatal", "detail": f"{type(e).__name__}: {e}"}
       sock.send(json.dumps(z_msg).encode())
