@@ -1,8 +1,9 @@
 """Sharding rules: parameter path -> logical axis names -> mesh axes -> `NamedSharding`.
 
 Two steps, as in MaxText: every parameter dimension gets a *logical* name ("embed", "heads",
-"mlp", ...) from the parameter schema (`aci_jax.model.schema`), and a rule table maps logical names to mesh axes. Changing
-how a model is parallelised is a different rule table, never an edit of the model code.
+"mlp", ...) from the parameter schema (`aci_jax.model.schema`), and a rule table maps logical
+names to mesh axes. Changing how a model is parallelised is a different rule table, never an
+edit of the model code.
 
 A dimension whose size does not divide by its mesh axes is replicated instead (for example two
 kv-heads on a four-way tensor axis); `param_shardings` reports each such fallback once.

@@ -292,8 +292,7 @@ def extend(cfg: ModelConfig, state: SamplerState, params, tables: Tables, tokens
   """
   n = jnp.sum(valid, axis=1, dtype=jnp.int32)
   has = n > 0
-  positions = s_pos = state.n_real[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)
-  del s_pos
+  positions = state.n_real[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)
   hidden, cache = Decoder(cfg).apply({"params": params}, tokens, positions, state.cache, valid,
                                      n, return_hidden=True)
   last = jnp.take_along_axis(hidden, jnp.maximum(n - 1, 0)[:, None, None], axis=1)

@@ -211,9 +211,6 @@ def kl_k2(ctx: TokenContext, cfg):
   return 0.5 * _kl_log_ratio(ctx) ** 2, {}
 
 
-POLICY_TERMS = ("ppo_clip", "tis", "grpo", "sft_nll")
-
-
 # -------------------------------------------------------------------------------- objective
 
 
@@ -221,8 +218,9 @@ POLICY_TERMS = ("ppo_clip", "tis", "grpo", "sft_nll")
 class LossConfig:
   """What the objective is; hashable so it can be static under jit.
 
-  policy: one of POLICY_TERMS (or any registered term). decision_coef: lambda of decision_ce
-  (0 = off). kl_coef with kl_estimator ("k3" | "k1" | "k2"); 0 = off (default, as in the paper).
+  policy: a registered policy term (ppo_clip, tis, grpo, sft_nll, or one of yours).
+  decision_coef: lambda of decision_ce (0 = off). kl_coef with kl_estimator ("k3" | "k1" |
+  "k2"); 0 = off (default, as in the paper).
   aggregation: "token_mean" | "seq_mean", for every term.
   """
 

@@ -102,10 +102,6 @@ def abstract_train_state(model_cfg: ModelConfig, optimizer, mesh: Mesh, rules=TR
 # ------------------------------------------------------------------------------ batches
 
 
-def batch_shardings(batch: Mapping[str, Any], mesh: Mesh) -> dict:
-  return {k: batch_sharding(mesh, np.ndim(v)) for k, v in batch.items()}
-
-
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, *, global_rows: int | None = None
                 ) -> dict:
   """Host arrays -> global arrays sharded over (data, fsdp).
