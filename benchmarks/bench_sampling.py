@@ -2,6 +2,7 @@
 
     python benchmarks/bench_sampling.py decode  [--batches 1,16] [--new 128]
     python benchmarks/bench_sampling.py tools   [--prompts 48] [--batch 8] [--workload mixed]
+    python benchmarks/bench_sampling.py calls   [--calls 4] [--prompts 32] [--devices 8]
 
 `decode`: greedy generation tokens/s of our jitted sampler (extend prefill + lax.while_loop
 decode) against `transformers` `generate` on the same CPU, same weights (a random Qwen2 of the
@@ -15,6 +16,13 @@ after every cell and against barrier mode, and the fraction of wall time the dev
 `--workload uniform`: every answer has the same length and shape (barrier batches stay in lock
 step); `mixed`: answers of different lengths (0-3 paragraphs of prose before the cell, 0-2
 after) and cells from ~1 ms to 0.5 s, closer to real rollouts.
+
+`calls`: repeated `run_local` calls of one engine, as the E-steps and evaluations of a run make
+them: float32 parameters with bfloat16 compute (the paper setting: the engine samples from a
+cast copy), new parameter arrays for every call (an M-step's output), greedy, a random toy-size
+Qwen2 on the character tokenizer. Prints each call's wall time and the time it spent tracing,
+lowering and compiling (jax's compile events); call 1 pays the compilation, later calls should
+pay none. `--devices 8` runs rows over an 8-device host mesh.
 """
 
 from __future__ import annotations
@@ -207,23 +215,79 @@ def bench_tools(args):
     for name, kw in variants:
       eng = RolloutEngine(cfg, tok, RolloutConfig(**base, **kw), executor=sb)
       eng.run(params, reqs[:args.batch])  # compile every bucket once
-      eng.stats = type(eng.stats)()
       t0 = time.perf_counter()
-      out = eng.run(params, reqs)
+      result = eng.run(params, reqs)
       wall = time.perf_counter() - t0
+      out, stats = result.trajectories, result.stats
       ref = ref or wall
       cells = sum(len(t.cells) for t in out)
       ok = np.mean([t.response_ids == scripts[t.prompt_index % len(scripts)][1] for t in out])
       stops = dict(collections.Counter(t.stop_reason for t in out))
-      print(f"{name:<30}{wall:>8.2f}{cells:>7}{100 * eng.stats.idle_fraction:>8.1f}"
+      print(f"{name:<30}{wall:>8.2f}{cells:>7}{100 * stats.idle_fraction:>8.1f}"
             f"{wall / ref:>9.2f}   (scripted answers reproduced: {ok:.0%}, stops {stops}, "
-            f"decode calls {eng.stats.decode_calls}, waiting for cells "
-            f"{100 * eng.stats.cell_wait_s / wall:.1f}%)")
+            f"decode calls {stats.decode_calls}, waiting for cells "
+            f"{100 * stats.cell_wait_s / wall:.1f}%)")
+
+
+def bench_calls(args):
+  if args.devices > 1:  # before jax loads
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={args.devices}")
+  import jax
+  import jax.monitoring
+
+  from aci_jax.data import toy
+  from aci_jax.data.char_tokenizer import VOCAB_SIZE, char_tokenizer
+  from aci_jax.model import ModelConfig, init_params
+  from aci_jax.rollout import Request, RolloutConfig, RolloutEngine
+  from aci_jax.sampling import SamplingParams
+
+  compile_s = [0.0]
+
+  def on_event(event, seconds, **_):
+    if event.startswith("/jax/core/compile/"):  # tracing, lowering, backend compilation
+      compile_s[0] += seconds
+
+  jax.monitoring.register_event_duration_secs_listener(on_event)
+  tok = char_tokenizer()
+  d, f, _ = SIZES["toy"]
+  cfg = ModelConfig(arch="qwen2", vocab_size=VOCAB_SIZE, hidden_size=d, intermediate_size=f,
+                    num_layers=4, num_heads=8, num_kv_heads=2, head_dim=d // 8,
+                    max_position_embeddings=512, eos_token_ids=tok.eos_ids,
+                    dtype="bfloat16", param_dtype="float32")
+  mesh = None
+  if args.devices > 1:
+    from aci_jax.parallel import MeshConfig, make_mesh
+    mesh = make_mesh(MeshConfig(data=args.devices))
+  engine = RolloutEngine(cfg, tok, RolloutConfig(
+      batch_size=args.batch, max_prompt_tokens=64, max_new_tokens=args.new, decode_steps=32,
+      sampling=SamplingParams(greedy=True)), mesh=mesh)
+  engine.show_progress = False
+  problems = toy.make_problems(args.prompts, split="train", families=("add",), seed=0)
+  reqs = [Request(tok.chat_ids([{"role": "user", "content": p["problem"]}]), i)
+          for i, p in enumerate(problems[:args.prompts])]
+  versions = [init_params(cfg, jax.random.key(k)) for k in range(args.calls)]
+  print(f"# calls: toy Qwen2 D={d} L=4 ({cfg.num_params() / 1e6:.1f}M params), f32 params, "
+        f"bf16 compute, {len(reqs)} prompts x {args.new} new tokens, batch {args.batch}, "
+        f"{args.devices} device(s), jax {jax.__version__} {jax.default_backend()}")
+  print(f"{'call':>5}{'wall s':>9}{'compile s':>11}")
+  walls, compiles = [], []
+  for k, params in enumerate(versions):
+    compile_s[0] = 0.0
+    t0 = time.perf_counter()
+    result = engine.run_local(params, reqs)
+    walls.append(time.perf_counter() - t0)
+    compiles.append(compile_s[0])
+    assert len(result.trajectories) == len(reqs)
+    print(f"{k + 1:>5}{walls[-1]:>9.2f}{compiles[-1]:>11.2f}")
+  later = walls[1:]
+  print(f"call 1 - mean of calls 2+: {walls[0] - sum(later) / len(later):.2f} s; compile time "
+        f"in calls 2+: {sum(compiles[1:]) / len(later):.2f} s per call")
 
 
 def main(argv=None):
   p = argparse.ArgumentParser()
-  p.add_argument("what", choices=["decode", "tools"])
+  p.add_argument("what", choices=["decode", "tools", "calls"])
   p.add_argument("--batches", default="1,16")
   p.add_argument("--prompt", type=int, default=32)
   p.add_argument("--new", type=int, default=128)
@@ -233,8 +297,10 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--workload", choices=["uniform", "mixed"], default="uniform")
   p.add_argument("--model-cache", default="", help="directory to save/reuse the scripted model")
+  p.add_argument("--calls", type=int, default=4)
+  p.add_argument("--devices", type=int, default=1)
   args = p.parse_args(argv)
-  bench_decode(args) if args.what == "decode" else bench_tools(args)
+  {"decode": bench_decode, "tools": bench_tools, "calls": bench_calls}[args.what](args)
 
 
 if __name__ == "__main__":

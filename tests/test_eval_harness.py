@@ -1,7 +1,7 @@
 """Evaluation metrics on scripted trajectories whose expected values are worked out by hand:
 accuracy, code rate, cells per answer, tool error rate, truncation, mean@k and selection
 accuracy (reasoning solves / only code solves / neither solves), per-family breakdowns, the
-requests the harness sends (forced prefix, bans, greedy vs sampled engines) and the files."""
+requests the harness sends (forced prefix, bans, greedy vs sampled runs) and the files."""
 
 import dataclasses
 import json
@@ -12,7 +12,9 @@ import pytest
 from aci_jax import eval as ev
 from aci_jax.data.char_tokenizer import char_tokenizer
 from aci_jax.grading import Grader
-from aci_jax.rollout import Cell, RolloutConfig, Trajectory, read_jsonl
+from aci_jax import tool_format
+from aci_jax.rollout import (Cell, RolloutConfig, RolloutResult, RolloutStats, Trajectory,
+                             read_jsonl)
 from aci_jax.rollout.trajectory import SRC_FORCED, SRC_SAMPLED
 from aci_jax.sampling import SamplingParams
 
@@ -48,23 +50,25 @@ SCRIPT = {
 
 
 def scripted_engine_class(script):
-  """A stand-in with RolloutEngine's constructor and run(params, requests) interface."""
+  """A stand-in with RolloutEngine's constructor and run(params, requests, sampling)."""
 
   class ScriptedEngine:
-    runs = []  # (sampling params, requests) of every run, shared by all variants
+    runs = []  # (sampling params, requests) of every run
 
     def __init__(self, model_cfg, tokenizer, cfg, executor=None, mesh=None):
       self.model_cfg, self.tok, self.cfg, self.executor, self.mesh = (model_cfg, tokenizer, cfg,
                                                                       executor, mesh)
+      self.tool_format = tool_format.get(cfg.tool_format)
 
-    def run(self, params, requests):
-      self.runs.append((self.cfg.sampling, list(requests)))
+    def run(self, params, requests, sampling=None):
+      sampling = sampling or self.cfg.sampling
+      self.runs.append((sampling, list(requests)))
       out = []
       for r in requests:
         text = self.tok.decode(r.prompt_ids)
         assert text.startswith("<|im_start|>") and text.endswith("<|im_end|>")
         fam, gold, resp = script[text[len("<|im_start|>"):-len("<|im_end|>")]]
-        if self.cfg.sampling.greedy:
+        if sampling.greedy:
           body, cells, stop = resp[r.mode]
         else:
           assert r.mode == "native"
@@ -75,7 +79,7 @@ def scripted_engine_class(script):
         out.append(Trajectory(r.prompt_index, r.sample_index, r.mode, list(r.prompt_ids), ids,
                               [0.0] * len(ids), src, list(cells), stop, text,
                               meta=dict(r.meta)))
-      return out
+      return RolloutResult(out, RolloutStats())
 
   return ScriptedEngine
 
@@ -183,15 +187,14 @@ def test_requests_sent_to_the_engines(setup, grader):
   assert all(r.mode == "native" and not r.ban and not r.prefix_ids for r in sampled)
   # The default prompt: the problem as the user message of the chat template.
   assert greedy[0].prompt_ids == tok.chat_ids([{"role": "user", "content": "P0"}])
-  # Greedy engine passed in a sampling engine: the harness makes (and reuses) a greedy copy.
+  # An engine configured to sample: the greedy passes still run greedy, each run passing its
+  # own sampling parameters to the one engine.
   cls.runs.clear()
   hot = cls(None, tok, dataclasses.replace(engine.cfg, sampling=SamplingParams(temperature=0.5)))
-  ev.evaluate(hot, None, tok, problems, grader, samples=1, temperature=0.5, selection=False)
+  ev.evaluate(hot, None, tok, problems, grader, samples=1, temperature=0.7, selection=False)
   ev.evaluate(hot, None, tok, problems, grader, samples=0, selection=False)
-  assert [sp.greedy for sp, _ in cls.runs] == [True, False, True]
-  assert ev.engine_with_sampling(hot, SamplingParams(greedy=True)) is \
-      ev.engine_with_sampling(hot, SamplingParams(greedy=True))
-  assert ev.engine_with_sampling(hot, SamplingParams(temperature=0.5)) is hot
+  greedy = SamplingParams(greedy=True)
+  assert [sp for sp, _ in cls.runs] == [greedy, SamplingParams(temperature=0.7), greedy]
 
 
 def test_without_selection_or_samples(setup, grader):

@@ -42,7 +42,8 @@ def test_end_to_end_with_real_sandbox(trained, sandbox, tmp_path):
   tok, _, _, scripts = trained
   eng, params = _engine(trained, sandbox)
   reqs = [Request(p, i) for i, (p, _, _, _) in enumerate(scripts)]
-  trajs = eng.run(params, reqs)
+  result = eng.run(params, reqs)
+  trajs = result.trajectories
   for t, (q, (code, printed, answer)), (p, resp, n_pre, n_env) in zip(trajs, QUESTIONS.items(),
                                                                       scripts):
     assert t.response_ids == resp  # the same tokens, including the trained fence variant
@@ -59,7 +60,9 @@ def test_end_to_end_with_real_sandbox(trained, sandbox, tmp_path):
     lp = np.asarray(t.logp)
     assert lp.shape == (len(resp),) and np.all(lp <= 0) and np.all(np.isfinite(lp))
     assert np.exp(lp[src == SRC_SAMPLED]).min() > 0.5
-  assert eng.stats.cells == 3
+  assert result.stats.cells == 3 and result.stats.decode_calls > 0
+  # Statistics are those of the call: a second run counts its own cells only.
+  assert eng.run(params, reqs[:1]).stats.cells == 1
   # The record survives a JSONL round trip.
   write_jsonl(str(tmp_path / "t.jsonl"), trajs)
   back = read_jsonl(str(tmp_path / "t.jsonl"))
@@ -74,10 +77,10 @@ def test_barrier_reprefill_and_sharded_rows_give_the_same_trajectories(trained, 
   _, _, _, scripts = trained
   reqs = [Request(p, i) for i, (p, _, _, _) in enumerate(scripts)]
   cont, params = _engine(trained, sandbox, batch_size=2)
-  ref = cont.run(params, reqs)
+  ref = cont.run(params, reqs).trajectories
   for kw in (dict(barrier=True), dict(resume_mode="reprefill")):
     eng, _ = _engine(trained, sandbox, batch_size=2, **kw)
-    out = eng.run(params, reqs)
+    out = eng.run(params, reqs).trajectories
     assert [t.response_ids for t in out] == [t.response_ids for t in ref], kw
     for a, b in zip(out, ref):
       np.testing.assert_allclose(a.logp, b.logp, atol=1e-4)
@@ -85,7 +88,7 @@ def test_barrier_reprefill_and_sharded_rows_give_the_same_trajectories(trained, 
   tok, cfg, _, _ = trained
   sharded = RolloutEngine(cfg, tok, dataclasses.replace(cont.cfg, batch_size=8), executor=sandbox,
                           mesh=mesh)
-  out = sharded.run(params, reqs)
+  out = sharded.run(params, reqs).trajectories
   assert [t.response_ids for t in out] == [t.response_ids for t in ref]
 
 
@@ -96,7 +99,7 @@ def test_forced_prefix_ban_and_tool_limit(trained, sandbox):
   eng, params = _engine(trained, sandbox)
   forced, banned = eng.run(params, [
       Request(prompt, 0, mode="code", prefix_ids=prefix),
-      Request(prompt, 0, sample_index=1, mode="cot", ban=True)])
+      Request(prompt, 0, sample_index=1, mode="cot", ban=True)]).trajectories
   assert forced.response_ids == resp
   assert forced.source[:len(prefix)] == [SRC_FORCED] * len(prefix)
   assert forced.loss_mask[:len(prefix)] == [1] * len(prefix)
@@ -105,10 +108,10 @@ def test_forced_prefix_ban_and_tool_limit(trained, sandbox):
   assert not banned.cells
   assert "```python" not in banned.text and "```output" not in banned.text
   limited, params = _engine(trained, sandbox, max_tool_calls=0, max_new_tokens=200)
-  (t,) = limited.run(params, [Request(prompt, 0)])
+  (t,) = limited.run(params, [Request(prompt, 0)]).trajectories
   # Every fence (the model may try again after the message) gets the message, never a run.
   assert t.cells and all(c.status == "limit" and c.code == "" for c in t.cells)
-  assert RolloutConfig().limit_message in t.text
+  assert limited.tool_format.limit_message in t.text
 
 
 def test_same_seed_same_trajectories_any_batch_size_and_order(trained, tmp_path):
@@ -128,7 +131,7 @@ def test_same_seed_same_trajectories_any_batch_size_and_order(trained, tmp_path)
     random.Random(bs).shuffle(order)
     rc = RolloutConfig(batch_size=bs, max_prompt_tokens=48, max_new_tokens=24,
                        sampling=SamplingParams(temperature=1.0), seed=3)
-    out = RolloutEngine(cfg, tok, rc).run(params, [reqs[k] for k in order])
+    out = RolloutEngine(cfg, tok, rc).run(params, [reqs[k] for k in order]).trajectories
     by_key = {(t.prompt_index, t.sample_index): (t.response_ids, t.logp) for t in out}
     if base is None:
       base = by_key
@@ -138,11 +141,18 @@ def test_same_seed_same_trajectories_any_batch_size_and_order(trained, tmp_path)
       assert {k: v[0] for k, v in by_key.items()} == {k: v[0] for k, v in base.items()}
       for k in base:
         np.testing.assert_allclose(by_key[k][1], base[k][1], atol=1e-5)
+  # Sampling passed to a call is the same as sampling configured: a greedy engine asked for
+  # temperature 1 reproduces the runs above.
+  rc = RolloutConfig(batch_size=8, max_prompt_tokens=48, max_new_tokens=24,
+                     sampling=SamplingParams(greedy=True), seed=3)
+  out = RolloutEngine(cfg, tok, rc).run(params, reqs, SamplingParams(temperature=1.0))
+  assert {(t.prompt_index, t.sample_index): t.response_ids for t in out.trajectories} == {
+      k: v[0] for k, v in base.items()}
 
 
 def test_user_stop_string_ends_the_response(trained, sandbox):
   tok, _, _, scripts = trained
   eng, params = _engine(trained, sandbox, stop_strings=("answer is",))
-  (t,) = eng.run(params, [Request(scripts[1][0], 0)])
+  (t,) = eng.run(params, [Request(scripts[1][0], 0)]).trajectories
   assert t.stop_reason == "stop"
   assert t.text.endswith("The answer is") and len(t.cells) == 1

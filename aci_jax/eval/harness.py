@@ -3,15 +3,17 @@
     summary = evaluate(engine, params, tok, problems, grader, samples=4, temperature=0.6,
                        out_dir="runs/eval", name="math500")
 
-Passes (all through `RolloutEngine.run`, so the same sampler, sandbox and limits as training):
+Passes (all through `RolloutEngine.run`, so the same sampler, sandbox and limits as training;
+each run passes its own sampling parameters):
 
 - greedy: one native response per problem (the model decides whether to write code);
 - sampled: `samples` native responses per problem at `temperature` / `top_p` (mean@k);
-- selection: two more greedy responses per problem, one forced into code (response prefix
-  "```python\\n") and one forced into reasoning (every code fence banned on the device from
-  its first backtick, in any tokenisation). The right choice for a problem is reasoning if the
-  forced-reasoning response is correct, code if only the forced-code one is; problems neither
-  solves are excluded. Selection accuracy compares the right choice with the native greedy
+- selection: two more greedy responses per problem, one forced into code (the engine's tool
+  format's code prefix, "```python\\n" by default) and one forced into reasoning (the format's
+  ban strings, every code fence by default, banned on the device from their first character,
+  in any tokenisation). The right choice for a problem is reasoning if the forced-reasoning
+  response is correct, code if only the forced-code one is; problems neither solves are
+  excluded. Selection accuracy compares the right choice with the native greedy
   response's choice (ran a cell or not). Exact definitions: docs/evaluation.md.
 
 Prompts over the engine's `max_prompt_tokens` (with the forced prefix) are skipped and counted
@@ -25,11 +27,9 @@ Every trajectory gets its reward (1.0 / 0.0; truncated responses score 0 without
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import os
 import time
-import weakref
 from typing import Callable, Sequence
 
 import jax
@@ -40,10 +40,8 @@ from aci_jax.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
-CODE_PREFIX = "```python\n"
 GROUP_KEYS = ("family", "subject")  # problem fields that get a per-group breakdown
 PASSES = ("greedy", "sampled", "forced_code", "forced_cot")
-_VARIANTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def chat_prompt(tokenizer, problem: str, system: str | None = None) -> list[int]:
@@ -55,22 +53,6 @@ def chat_prompt(tokenizer, problem: str, system: str | None = None) -> list[int]
   """
   messages = [{"role": "system", "content": system}] if system else []
   return list(tokenizer.chat_ids(messages + [{"role": "user", "content": problem}]))
-
-
-def engine_with_sampling(engine, sampling: SamplingParams):
-  """The same engine with other sampling parameters (they are fixed per engine, as they are
-  compiled in); returns `engine` itself when they already match."""
-  if engine.cfg.sampling == sampling:
-    return engine
-  # Cached per engine: building one composes the stop/ban automata with the whole vocabulary,
-  # which is worth doing once per run, not once per evaluation.
-  variants = _VARIANTS.setdefault(engine, {})
-  if sampling not in variants:
-    cfg = dataclasses.replace(engine.cfg, sampling=sampling)
-    variants[sampling] = type(engine)(engine.model_cfg, engine.tok, cfg,
-                                      executor=engine.executor,
-                                      mesh=getattr(engine, "mesh", None))
-  return variants[sampling]
 
 
 # ------------------------------------------------------------------------------ grading
@@ -231,23 +213,20 @@ def evaluate(engine, params, tokenizer, problems: Sequence[dict], grader, *,
              samples: int = 4, temperature: float = 0.6, top_p: float = 1.0,
              selection: bool = True,
              prompt_fn: Callable[[object, str], list[int]] | None = None,
-             code_prefix: str = CODE_PREFIX, name: str | None = None,
-             out_dir: str | None = None, sampled_engine=None) -> dict:
+             name: str | None = None, out_dir: str | None = None) -> dict:
   """Evaluates one benchmark; returns its summary (see module docstring, docs/evaluation.md).
 
   Args:
-    engine: a `RolloutEngine` (or anything with its `run(params, requests)`, `cfg`, `model_cfg`,
-      `tok`, `executor`). The greedy passes use it if its sampling is greedy, else a copy with
-      greedy sampling.
+    engine: a `RolloutEngine` (or anything with its `run(params, requests, sampling)`, `cfg`
+      and `tool_format`). The greedy passes run with its configured sampling if that is greedy,
+      else with plain greedy sampling; the sampled pass with `temperature` and `top_p`.
     problems: [{"problem", "answer", optional "id", "family", "subject", "benchmark"}].
     grader: an `aci_jax.grading.Grader` (anything with `submit(gold, text, response=True)`).
     samples: k of mean@k (0: no sampled pass); temperature, top_p: its sampling.
     selection: run the two forced greedy passes and report selection accuracy.
     prompt_fn: (tokenizer, problem text) -> prompt ids; default `chat_prompt`.
-    code_prefix: forced response prefix of the code pass.
     name: benchmark name for file names and meta (default: problems' "benchmark" or "eval").
     out_dir: if set, writes `<name>.trajectories.jsonl` and `<name>.summary.json` there.
-    sampled_engine: engine for the sampled pass (default: `engine` with the sampled params).
   """
   t0 = time.perf_counter()
   _check_problems(problems)
@@ -256,7 +235,7 @@ def evaluate(engine, params, tokenizer, problems: Sequence[dict], grader, *,
   prompt_fn = prompt_fn or chat_prompt
   name = name or str(problems[0].get("benchmark") or "eval")
   prompts = [list(prompt_fn(tokenizer, p["problem"])) for p in problems]
-  prefix = list(tokenizer.encode(code_prefix)) if selection else []
+  prefix = list(tokenizer.encode(engine.tool_format.code_prefix)) if selection else []
   limit = engine.cfg.max_prompt_tokens
   # A prompt that does not fit the sampler (with the forced prefix) cannot be answered: it is
   # skipped and counted (`skipped_overlong`, its ids in `skipped_ids`), not allowed to abort
@@ -282,8 +261,7 @@ def evaluate(engine, params, tokenizer, problems: Sequence[dict], grader, *,
     return m
 
   # Greedy native and both forced modes share one engine run (one batch stream, one compile).
-  greedy_engine = (engine if engine.cfg.sampling.greedy
-                   else engine_with_sampling(engine, SamplingParams(greedy=True)))
+  greedy = engine.cfg.sampling if engine.cfg.sampling.greedy else SamplingParams(greedy=True)
   reqs, tags = [], []
   for i, ids in enumerate(prompts):
     reqs.append(Request(ids, i, 0, mode="native", meta=meta(i, "greedy")))
@@ -294,14 +272,12 @@ def evaluate(engine, params, tokenizer, problems: Sequence[dict], grader, *,
       tags.append(("forced_code", i))
       reqs.append(Request(ids, i, 0, mode="cot", ban=True, meta=meta(i, "forced_cot")))
       tags.append(("forced_cot", i))
-  trajs = list(greedy_engine.run(params, reqs))
+  trajs = list(engine.run(params, reqs, greedy).trajectories)
   if samples:
-    if sampled_engine is None:
-      sampled_engine = engine_with_sampling(
-          engine, SamplingParams(temperature=temperature, top_p=top_p))
     sreqs = [Request(ids, i, j, mode="native", meta={**meta(i, "sampled"), "sample": j})
              for i, ids in enumerate(prompts) for j in range(samples)]
-    trajs += list(sampled_engine.run(params, sreqs))
+    sampled = SamplingParams(temperature=temperature, top_p=top_p)
+    trajs += list(engine.run(params, sreqs, sampled).trajectories)
     tags += [("sampled", i) for i in range(len(prompts)) for _ in range(samples)]
   if len(trajs) != len(tags):
     raise RuntimeError(f"engine returned {len(trajs)} trajectories for {len(tags)} requests")
