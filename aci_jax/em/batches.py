@@ -14,9 +14,6 @@ import numpy as np
 
 from aci_jax.rollout.trajectory import Trajectory
 
-KEYS = ("tokens", "positions", "valid", "loss_mask", "behaviour_logp", "advantages",
-        "decision_mask")
-
 
 def bucket_length(n: int, minimum: int = 64) -> int:
   """Sequence lengths padded to powers of two (few distinct shapes -> few compilations)."""
