@@ -3,7 +3,8 @@
 A config (configs/*.py) is `defaults()` plus the values it changes. `defaults()` builds every
 section; a section backed by a dataclass takes its values from that dataclass's field defaults
 (`DATACLASS_KEYS`), so each default lives in one place and a config file never restates one.
-Sections, or parts of them, with no dataclass behind them get their defaults here (`_PLAIN`).
+Sections, or parts of them, with no dataclass behind them get their defaults here
+(`PLAIN_DEFAULTS`).
 Every config therefore has every key, and `--config.SECTION.KEY=VALUE` can set any of them.
 
 This module imports only the standard library at import time, as every layer raises its
@@ -14,6 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+  import ml_collections
 
 
 class ConfigError(ValueError):
@@ -67,13 +72,13 @@ DATACLASS_KEYS = {
 
 # Keys no dataclass holds, by section ("" = top level). Values: mostly those of the paper-scale
 # preset (configs/paper.py), the toy task's for the toy's own keys.
-_PLAIN = {
+PLAIN_DEFAULTS = {
     "": dict(mode="autocode", seed=0, progress=True,
              tokenizer=""),  # "" = the tokenizer of model.path
     "model": dict(init="scratch", path=""),
     "mesh": {},
-    "task": dict(name="toy", families=("compare", "add", "mul", "powmod"),
-                 train_per_family=2000, eval_per_family=25, warmup_examples=8000,
+    # + families (the toy's DEFAULT_FAMILIES) and eval_paths (one per registered benchmark)
+    "task": dict(name="toy", train_per_family=2000, eval_per_family=25, warmup_examples=8000,
                  code_fraction=0.1, train_path="", train_benchmark="", eval_limit=0),
     # The warm-up run's optimizer: `lr` peak, linear warm-up, cosine to lr x end_lr_ratio.
     "warmup": dict(steps=0, batch_size=64, lr=1e-5, warmup_steps=20, seq_len=2048,
@@ -125,15 +130,17 @@ def defaults() -> ml_collections.ConfigDict:
   import ml_collections
 
   from aci_jax.data.datasets import BENCHMARKS
+  from aci_jax.data.toy import DEFAULT_FAMILIES
 
-  c = ml_collections.ConfigDict(dict(_PLAIN[""]))
-  for section, plain in _PLAIN.items():
+  c = ml_collections.ConfigDict(dict(PLAIN_DEFAULTS[""]))
+  for section, plain in PLAIN_DEFAULTS.items():
     if not section:
       continue
     values = dict(plain)
     for path, keys in DATACLASS_KEYS.get(section, ()):
       values.update(field_defaults(dataclass_class(path), keys))
     if section == "task":  # a path per registered benchmark; "" = not evaluated
+      values["families"] = DEFAULT_FAMILIES
       values["eval_paths"] = ml_collections.ConfigDict({name: "" for name in BENCHMARKS})
     c[section] = ml_collections.ConfigDict(values)
   return c

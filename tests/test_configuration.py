@@ -48,7 +48,7 @@ def test_dataclass_sections_hold_exactly_the_dataclass_fields_and_defaults():
              "train": [StepConfig], "loss": [LossConfig], "optim": [OptimConfig]}
   assert set(classes) == set(configuration.DATACLASS_KEYS)
   for section, clss in classes.items():
-    plain = configuration._PLAIN[section]
+    plain = configuration.PLAIN_DEFAULTS[section]
     expected = dict(plain)
     for cls, (path, keys) in zip(clss, configuration.DATACLASS_KEYS[section]):
       assert path.endswith(":" + cls.__name__)
@@ -61,8 +61,9 @@ def test_dataclass_sections_hold_exactly_the_dataclass_fields_and_defaults():
         expected.update({k: fields[k] for k in keys})
       assert not set(plain) & set(fields), f"{section}: a plain key shadows a field of {cls}"
     got = c[section].to_dict()
-    if section == "task":
+    if section == "task":  # written from the toy's and the benchmarks' tables: next test
       got.pop("eval_paths")
+      got.pop("families")
     assert set(got) == set(expected), (section, set(got) ^ set(expected))
     for key, value in expected.items():
       assert _same(got[key], value), (section, key, got[key], value)
@@ -96,9 +97,12 @@ def test_fields_left_out_of_a_section_are_the_listed_ones():
     assert fields - keys == NOT_KEYS.get(section, set()), (section, fields - keys)
 
 
-def test_eval_paths_name_every_registered_benchmark():
+def test_task_defaults_follow_the_toy_families_and_the_benchmarks():
   from aci_jax.data.datasets import BENCHMARKS
-  assert defaults().task.eval_paths.to_dict() == {name: "" for name in BENCHMARKS}
+  from aci_jax.data.toy import DEFAULT_FAMILIES
+  task = defaults().task
+  assert task.eval_paths.to_dict() == {name: "" for name in BENCHMARKS}
+  assert task.families == DEFAULT_FAMILIES == ("compare", "add", "mul", "powmod")
 
 
 def test_defaults_are_fresh_and_every_config_has_every_key():
