@@ -4,6 +4,13 @@ Started by the host with a clean exec (never a fork of the JAX process). At star
 zygote, which holds the warm image. The server itself only moves bytes: cells in, bounded output
 capture, wall-clock deadlines, results out. Protocol with the host: length-prefixed JSON frames
 on stdin/stdout (see protocol.py).
+
+The event loop stays one file (~450 lines) on purpose: every handler here (host frames, zygote
+messages, session pipes, deadlines, idle checks) changes the same tables (`sessions`, `busy`,
+`running`, `queue`), and each cell must end exactly once, in `_finish` or `_send_result`, whatever
+ends it first (its reply, its exit, its deadline, its output limit, a forged frame, a close);
+split over files, no one place would show that. A session process as the loop sees it is in
+server_session.py; the zygote's protocol, both ends, in zygote.py.
 """
 
 from __future__ import annotations
@@ -14,81 +21,16 @@ import json
 import os
 import selectors
 import signal
-import socket
-import struct
 import sys
 import time
 
 from aci_jax.sandbox import display, protocol
 from aci_jax.sandbox.config import SandboxConfig
+from aci_jax.sandbox.server_session import Cell, Session, describe_exit
 
-READ_CHUNK = 1 << 16
 EXIT_GRACE_S = 0.5   # after a child's control pipe closes, wait this long for its exit status
-MAX_REPLY = 1 << 20  # a child's reply frame larger than this is a protocol violation
 IDLE_CHECK_S = 1.0   # how often idle sessions are checked for work running between cells
 IDLE_CPU_S = 0.2     # CPU-s an idle session may use between two checks before it is killed
-_UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class Cell:
-  __slots__ = ("cid", "sid", "code", "prelude", "oneshot", "new", "t0", "deadline", "out",
-               "err", "grace")
-
-  def __init__(self, msg: dict, keep: int):
-    self.cid = msg["cid"]
-    self.sid = msg["sid"]
-    self.code = msg["code"]
-    self.prelude = msg.get("prelude") or []
-    self.oneshot = bool(msg.get("oneshot"))
-    self.new = bool(msg.get("new"))  # the first cell of a new session id
-    self.t0 = 0.0
-    self.deadline = 0.0
-    self.grace = 0.0  # when set: time at which we stop waiting for the exit status
-    self.out = display.Capture(keep)
-    self.err = display.Capture(2048)
-
-
-class Session:
-  __slots__ = ("sid", "zid", "uid", "pid", "req", "rep", "out", "err", "reader", "wbuf", "cell",
-               "dying", "exit_status", "idle_bytes", "rep_sock", "ready", "oom", "tasks",
-               "cpu_mark", "ran")
-
-  def __init__(self, zid: int, uid: int):
-    self.sid: int | None = None  # the host's session id; None while it is a spare
-    self.zid, self.uid, self.pid = zid, uid, 0
-    self.req = self.rep = self.out = self.err = -1
-    self.reader = protocol.FrameReader(MAX_REPLY)
-    self.wbuf = bytearray()
-    self.cell: Cell | None = None
-    self.dying = False
-    self.exit_status: int | None = None
-    self.idle_bytes = 0
-    self.rep_sock: socket.socket | None = None
-    self.ready = False         # sent "ready": from now on a setup_error frame is forged
-    self.oom = False           # the kernel OOM-killed a process of its memory cgroup
-    self.tasks: str | None = None  # its memory cgroup's list of threads (None: no cgroup)
-    self.cpu_mark: float | None = None  # CPU seconds at the last idle check
-    self.ran = False           # has run a cell (spares that never did cannot burn CPU)
-
-
-def _describe_exit(status: int | None, oom: bool = False) -> tuple[str, str]:
-  """(status category, detail) for a process that died without reporting."""
-  if status is None:
-    return "killed", "Killed: the process stopped responding"
-  code = os.waitstatus_to_exitcode(status)
-  if code == -signal.SIGKILL and oom:
-    return "memory", "MemoryError: the session went over its memory limit"
-  if code < 0:
-    sig = -code
-    if sig == signal.SIGXCPU:
-      return "timeout", ""
-    try:
-      name = signal.Signals(sig).name
-    except ValueError:
-      name = str(sig)
-    return "killed", f"Killed: process terminated by signal {sig} ({name})"
-  return "killed", f"Killed: process exited with status {code}"
 
 
 class Server:
@@ -111,32 +53,14 @@ class Server:
     self.host_reader = protocol.FrameReader(1 << 30)
     self.obuf = bytearray()
     self.stopping = False
-    self.zsock: socket.socket | None = None
-    self.zpid = 0
+    self.zygote = None  # the zygote's link (zygote.ZygoteLink), once it is forked
 
   # --- plumbing -------------------------------------------------------------------------------
   def start_zygote(self) -> None:
-    from aci_jax.sandbox import zygote
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = os.fork()
-    if pid == 0:
-      a.close()
-      os.closerange(3, b.fileno())
-      os.closerange(b.fileno() + 1, 1 << 16)
-      zygote.zygote_main(b, self.cfg, self.root)
-    b.close()
-    self.zsock, self.zpid = a, pid
-    msg, _ = self._zrecv_blocking()
-    if msg.get("op") != "hello":
-      raise RuntimeError(msg.get("detail", "zygote failed to start"))
-    self.report = msg["report"]
+    from aci_jax.sandbox.zygote import ZygoteLink
+    self.zygote = ZygoteLink()
+    self.report = self.zygote.start(self.cfg, self.root)
     self.report["server_pid"] = os.getpid()
-
-  def _zrecv_blocking(self) -> tuple[dict, list[int]]:
-    data, fds, _, _ = socket.recv_fds(self.zsock, 1 << 16, 4)
-    if not data:
-      raise RuntimeError("zygote exited during start-up")
-    return json.loads(data), fds
 
   def to_host(self, msg: dict) -> None:
     self.obuf += protocol.encode(msg)
@@ -169,7 +93,7 @@ class Server:
       raise RuntimeError("no free session uid (too many live sessions)")
     s = Session(next(self.zids), self.free_uids.popleft())
     self.by_zid[s.zid] = s
-    self.zsock.send(json.dumps({"op": "spawn", "sid": s.zid, "uid": s.uid}).encode())
+    self.zygote.send("spawn", s.zid, uid=s.uid)
     return s
 
   def _spawn(self, sid: int) -> Session:
@@ -191,44 +115,18 @@ class Server:
         return
 
   def _attach(self, s: Session, pid: int, fds: list[int], tasks: str | None) -> None:
-    s.pid = pid
-    s.tasks = tasks
-    s.req, s.rep, s.out, s.err = fds
-    s.rep_sock = socket.socket(fileno=s.rep)
-    for fd in fds:
-      os.set_blocking(fd, False)
-    self.sel.register(s.rep, selectors.EVENT_READ, ("rep", s))
-    self.sel.register(s.out, selectors.EVENT_READ, ("out", s))
-    self.sel.register(s.err, selectors.EVENT_READ, ("err", s))
+    s.attach(self.sel, pid, fds, tasks)
     if s.dying:
       self._kill(s)
     elif s.wbuf:
       self._write_req(s)
 
-  def _close_fds(self, s: Session) -> None:
-    for name in ("req", "rep", "out", "err"):
-      if getattr(s, name) >= 0:
-        self._close_one(s, name)
-
-  def _close_one(self, s: Session, name: str) -> None:
-    fd = getattr(s, name)
-    try:
-      self.sel.unregister(fd)
-    except KeyError:
-      pass
-    if name == "rep":
-      s.rep_sock.close()
-      s.rep_sock = None
-    else:
-      os.close(fd)
-    setattr(s, name, -1)
-
   def _kill(self, s: Session) -> None:
     """Asks the zygote (the parent) to SIGKILL the session; uid is freed when it is reaped."""
     s.dying = True
     if s.pid:
-      self._close_fds(s)
-      self.zsock.send(json.dumps({"op": "kill", "sid": s.zid}).encode())
+      s.close_fds(self.sel)
+      self.zygote.send("kill", s.zid)
 
   def _write_req(self, s: Session) -> None:
     if s.req < 0:
@@ -320,31 +218,16 @@ class Server:
 
   def _read(self, s: Session, name: str) -> bool:
     """One read from a session pipe; False when nothing more is available now."""
-    fd = getattr(s, name)
-    sender = s.pid
-    try:
-      if name == "rep":
-        data, anc, flags, _ = s.rep_sock.recvmsg(MAX_REPLY + 8, socket.CMSG_SPACE(_UCRED.size))
-        sender = 0
-        for level, kind, body in anc:
-          if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-            sender = _UCRED.unpack(body[:_UCRED.size])[0]
-        if not data and anc:
-          data = None  # an empty datagram is a message, not the end of the stream
-        if flags & socket.MSG_TRUNC:
-          sender = 0
-      else:
-        data = os.read(fd, READ_CHUNK)
-    except BlockingIOError:
+    got = s.recv(name)
+    if got is None:
       return False
-    except OSError:
-      data = b""
+    data, sender = got
     if data == b"":
-      self._close_one(s, name)
+      s.close_one(self.sel, name)
       if name == "rep" and s.cell is not None:
         s.cell.grace = time.monotonic() + EXIT_GRACE_S  # died: wait briefly for its status
         if s.exit_status is not None:
-          self._finish(s, *_describe_exit(s.exit_status, s.oom), kill=True)
+          self._finish(s, *describe_exit(s.exit_status, s.oom), kill=True)
       return False
     if name == "rep":
       if sender != s.pid or data is None:
@@ -403,20 +286,17 @@ class Server:
     self._finish(s, status, detail, kill=bool(m.get("lingering")))
 
   def on_zygote(self) -> None:
-    try:
-      data, fds, _, _ = socket.recv_fds(self.zsock, 1 << 16, 4)
-    except BlockingIOError:
+    got = self.zygote.recv()
+    if got is None:
       return
-    if not data:
-      raise RuntimeError("zygote died")
-    msg = json.loads(data)
+    msg, fds = got
     op, zid = msg.get("op"), msg.get("sid")
     s = self.by_zid.get(zid)
     if op == "spawned":
       if s is None:
         for fd in fds:
           os.close(fd)
-        self.zsock.send(json.dumps({"op": "kill", "sid": zid}).encode())
+        self.zygote.send("kill", zid)
         return
       self._attach(s, msg["pid"], fds, msg.get("tasks"))
     elif op in ("spawn_error", "exit"):
@@ -427,7 +307,7 @@ class Server:
         s.oom = bool(msg.get("oom"))
       if s.cell is not None:
         if op == "exit":
-          self._finish(s, *_describe_exit(s.exit_status, s.oom), kill=True)
+          self._finish(s, *describe_exit(s.exit_status, s.oom), kill=True)
         else:
           c, s.cell = s.cell, None
           self.busy.pop(s.sid, None)
@@ -437,7 +317,7 @@ class Server:
           self._pump()
       elif not s.dying and s.sid is not None:
         self.to_host({"op": "died", "sid": s.sid})
-      self._close_fds(s)
+      s.close_fds(self.sel)
       del self.by_zid[zid]
       if s.sid is not None and self.sessions.get(s.sid) is s:
         del self.sessions[s.sid]
@@ -482,7 +362,7 @@ class Server:
         continue
       if c.grace:
         if now >= c.grace:
-          self._finish(s, *_describe_exit(s.exit_status, s.oom), kill=True)
+          self._finish(s, *describe_exit(s.exit_status, s.oom), kill=True)
           continue
         nxt = min(nxt, c.grace)
       if now >= c.deadline:
@@ -499,16 +379,10 @@ class Server:
     for s in list(self.sessions.values()):
       if s.cell is not None or s.dying or not s.pid or not s.ran:
         continue
-      try:
-        with open(f"/proc/{s.pid}/stat", "rb") as f:
-          fields = f.read().rsplit(b")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
-        busy = int(fields[17]) > 1  # threads of the runner
-        if s.tasks is not None and not busy:
-          with open(s.tasks, "rb") as f:
-            busy = f.read().count(b"\n") > 1  # any other process in its cgroup
-      except (OSError, IndexError, ValueError):
+      usage = s.usage()
+      if usage is None:
         continue  # exiting: the zygote reports it
+      cpu, busy = usage
       if busy or (s.cpu_mark is not None and cpu - s.cpu_mark > IDLE_CPU_S):
         self._kill(s)
       else:
@@ -518,7 +392,7 @@ class Server:
     os.set_blocking(self.host_in, False)
     os.set_blocking(self.host_out, False)
     self.sel.register(self.host_in, selectors.EVENT_READ, "host")
-    self.sel.register(self.zsock, selectors.EVENT_READ, "zygote")
+    self.sel.register(self.zygote.sock, selectors.EVENT_READ, "zygote")
     self.report["spares"] = self.cfg.spares
     self.to_host({"op": "hello", "report": self.report})
     self._top_up_spares()
@@ -550,13 +424,8 @@ class Server:
     try:
       self.obuf.clear()
     finally:
-      if self.zsock is not None:
-        self.zsock.close()
-      if self.zpid:
-        try:
-          os.waitpid(self.zpid, 0)
-        except ChildProcessError:
-          pass
+      if self.zygote is not None:
+        self.zygote.close()
 
 
 def main() -> None:

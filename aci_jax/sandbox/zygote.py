@@ -3,7 +3,8 @@
 It is forked by the server before the server has seen any cell, and it never receives cell code
 or output, so a session child inherits nothing of other sessions. It is the parent of every
 session process: it alone kills and reaps them, so a pid is never signalled after reuse. The
-isolation it gives them is chosen and set up once (tiers.py); this module is the fork server.
+isolation it gives them is chosen and set up once (tiers.py); this module is the fork server,
+and (ZygoteLink) the server's end of its socket, so both ends of that protocol read together.
 """
 
 from __future__ import annotations
@@ -327,3 +328,55 @@ def zygote_main(sock: socket.socket, cfg: SandboxConfig, sandbox_root: str) -> N
   finally:
     sys.stdout.flush()
     os._exit(code)
+
+
+class ZygoteLink:
+  """The server's end of the zygote: forks it (before the server has seen any cell) and speaks
+  its protocol: "spawn" and "kill" out, by the server's id for a process; "spawned" (with the
+  session's descriptors), "spawn_error", "exit" and "fatal" back."""
+
+  def __init__(self):
+    self.sock: socket.socket | None = None
+    self.pid = 0
+
+  def start(self, cfg: SandboxConfig, sandbox_root: str) -> dict:
+    """Forks the zygote and returns its hello report."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+      a.close()
+      os.closerange(3, b.fileno())
+      os.closerange(b.fileno() + 1, 1 << 16)
+      zygote_main(b, cfg, sandbox_root)
+    b.close()
+    self.sock, self.pid = a, pid
+    data, _, _, _ = socket.recv_fds(self.sock, 1 << 16, 4)
+    if not data:
+      raise RuntimeError("zygote exited during start-up")
+    msg = json.loads(data)
+    if msg.get("op") != "hello":
+      raise RuntimeError(msg.get("detail", "zygote failed to start"))
+    return msg["report"]
+
+  def send(self, op: str, zid: int, **fields) -> None:
+    self.sock.send(json.dumps({"op": op, "sid": zid, **fields}).encode())
+
+  def recv(self) -> tuple[dict, list[int]] | None:
+    """A message and the descriptors passed with it; None when none is waiting."""
+    try:
+      data, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 4)
+    except BlockingIOError:
+      return None
+    if not data:
+      raise RuntimeError("zygote died")
+    return json.loads(data), fds
+
+  def close(self) -> None:
+    """Ends the zygote (which kills every session) and waits for it."""
+    if self.sock is not None:
+      self.sock.close()
+    if self.pid:
+      try:
+        os.waitpid(self.pid, 0)
+      except ChildProcessError:
+        pass
