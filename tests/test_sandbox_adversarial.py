@@ -5,15 +5,14 @@ and zygote survive it. Runs with the strongest isolation this machine offers (au
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import threading
 import time
 
 import pytest
 
 from aci_jax.sandbox import Sandbox, SandboxConfig, Status
 from aci_jax.sandbox.pool import pids_with_uid
+from sandbox_helpers import host_listener
 
 
 def procs_with_uid(lo: int, hi: int) -> list[int]:
@@ -142,24 +141,10 @@ def test_os_system_and_subprocess_stay_inside(sb):
 
 
 def test_socket_connect_to_local_server_fails(sb):
-  srv = socket.socket()
-  srv.bind(("127.0.0.1", 0))
-  srv.listen(8)
-  srv.settimeout(0.5)
-  port = srv.getsockname()[1]
-  accepted = []
-  def accept():
-    try:
-      accepted.append(srv.accept())
-    except OSError:
-      pass
-  t = threading.Thread(target=accept)
-  t.start()
-  code = (f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
-          "s.sendall(b'leak')\nprint('connected')")
-  r = run_checked(sb, "socket", code, Status.ERROR)
-  t.join()
-  srv.close()
+  with host_listener() as (port, accepted):
+    code = (f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+            "s.sendall(b'leak')\nprint('connected')")
+    r = run_checked(sb, "socket", code, Status.ERROR)
   assert accepted == [], "the sandbox reached a server on the host"
   assert "connected" not in r.output
   assert ("unreachable" in r.output or "not permitted" in r.output), r.output
@@ -394,23 +379,20 @@ def _session_memory_mib(sb: Sandbox) -> float:
   return kb / 1024
 
 
-def _peak_while(fut, probe, period: float = 0.02) -> float:
-  peak = probe()
+def _run_sampled(sb: Sandbox, name: str, code: str, probe, period: float = 0.02):
+  """Runs one cell of session `name`: (samples of probe(sb) taken while it ran, its result)."""
+  fut = sb.submit(name, code)
+  samples = [probe(sb)]
   while not fut.done():
-    peak = max(peak, probe())
+    samples.append(probe(sb))
     time.sleep(period)
-  return peak
+  return samples, fut.result()
 
 
-def _typical_while(fut, probe, period: float = 0.02) -> float:
-  """The 80th percentile of samples taken while the cell runs. For a sum over several processes
-  read one after the other: while the kernel kills one child and another grows, a single sample
-  can count both; the attack holds its memory for a good part of the cell, so this is what it
-  held without those transients."""
-  samples = [probe()]
-  while not fut.done():
-    samples.append(probe())
-    time.sleep(period)
+def _typical(samples: list[float]) -> float:
+  """The 80th percentile. For a sum over several processes read one after the other: while the
+  kernel kills one child and another grows, a single sample can count both; the attack holds its
+  memory for a good part of the cell, so this is what it held without those transients."""
   return sorted(samples)[int(0.8 * (len(samples) - 1))]
 
 
@@ -453,9 +435,8 @@ def test_memory_limit_holds_for_forked_children_together(tsb):
           "    try:\n      b = bytearray(150 * 2**20)\n"  # zero-filled: every page touched
           "      time.sleep(1.5)\n    finally:\n      os._exit(0)\n  kids.append(pid)\n"
           "for k in kids:\n  os.waitpid(k, 0)\nprint('done')")
-  fut = tsb.submit("forkmem", code)
-  peak = _typical_while(fut, lambda: _session_memory_mib(tsb))
-  r = fut.result()
+  samples, r = _run_sampled(tsb, "forkmem", code, _session_memory_mib)
+  peak = _typical(samples)
   tsb.close_session("forkmem")
   # Pages of the warm image shared with the zygote are charged to the zygote, not the session,
   # but proportional sharing still gives the session's processes most of them.
@@ -474,9 +455,8 @@ def test_memfd_memory_is_counted(tsb):
   code = ("import os, time\nfds = []\nfor _ in range(15):\n"
           "  fd = os.memfd_create('m')\n  os.posix_fallocate(fd, 0, 60 * 2**20)\n"
           "  fds.append(fd)\ntime.sleep(1.0)\nprint('held', len(fds))")
-  fut = tsb.submit("memfd", code)
-  peak = _peak_while(fut, lambda: _session_file_mib(tsb))
-  r = fut.result()
+  samples, r = _run_sampled(tsb, "memfd", code, _session_file_mib)
+  peak = max(samples)
   assert peak <= MEM_MB + 32, f"the session held {peak:.0f} MiB of memory-backed files"
   if _host_has_memory_cgroup():  # counted, then OOM-killed inside the session
     assert (r.status, r.output) == (
@@ -800,9 +780,8 @@ def test_a_session_cannot_fill_the_disk_with_many_files(tsb):
           "      with open(os.path.join(d, f'fill{i}_{os.getpid()}'), 'wb') as f:\n"
           "        os.posix_fallocate(f.fileno(), 0, 60 * 2**20)\n      n += 1\n"
           "    except OSError:\n      break\ntime.sleep(0.5)\nprint(n)")
-  fut = tsb.submit("fill", code)
-  peak = _peak_while(fut, lambda: _session_file_mib(tsb))
-  r = fut.result()
+  samples, r = _run_sampled(tsb, "fill", code, _session_file_mib)
+  peak = max(samples)
   tsb.close_session("fill")
   assert peak <= MEM_MB + 32, f"one session wrote {peak:.0f} MiB ({r.status}: {r.output})"
 

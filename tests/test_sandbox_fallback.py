@@ -4,14 +4,13 @@ code path that hosts without CAP_SYS_ADMIN get is exercised too."""
 from __future__ import annotations
 
 import os
-import socket
-import threading
 import time
 
 import pytest
 
 from aci_jax.sandbox import Sandbox, SandboxConfig, Status
 from aci_jax.sandbox.pool import pids_with_uid
+from sandbox_helpers import host_listener
 
 
 def procs_with_uid(lo: int, hi: int) -> list[int]:
@@ -51,26 +50,10 @@ def test_reports_seccomp_network_mode(sb):
 
 
 def test_socket_to_local_server_is_refused(sb):
-  srv = socket.socket()
-  srv.bind(("127.0.0.1", 0))
-  srv.listen(1)
-  srv.settimeout(0.5)
-  port = srv.getsockname()[1]
-  got = []
-  t = threading.Thread(target=lambda: got.append(_accept(srv)))
-  t.start()
-  r = run_closed(sb, "net", f"import socket\nsocket.create_connection(('127.0.0.1', {port}))")
-  t.join()
-  srv.close()
+  with host_listener() as (port, accepted):
+    r = run_closed(sb, "net", f"import socket\nsocket.create_connection(('127.0.0.1', {port}))")
   assert r.status == Status.ERROR and r.output.startswith("PermissionError"), r.output
-  assert got == [None]
-
-
-def _accept(srv):
-  try:
-    return srv.accept()
-  except OSError:
-    return None
+  assert accepted == []
 
 
 def test_setsid_is_refused_so_daemons_die_with_the_group(sb):
