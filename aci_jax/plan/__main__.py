@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except Exception as e:  # noqa: BLE001 - config errors (ConfigError) are ValueErrors
-    from aci_jax.train.runner import ConfigError
+    from aci_jax.configuration import ConfigError
     if isinstance(e, (ConfigError, KeyError)):
       print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
       return 2

@@ -53,11 +53,11 @@ class Setup:
 def model_config_for(config):
   """ModelConfig of `config.model` without downloading: a known hub id's shapes, or a local
   checkpoint's config.json."""
+  from aci_jax.configuration import MODEL_RUNTIME_KEYS, dataclass_from
   from aci_jax.model import ModelConfig
-  from aci_jax.train.runner import dataclass_from
 
   m = dict(config.model)
-  runtime = {k: m[k] for k in ("dtype", "param_dtype", "remat") if k in m}
+  runtime = {k: m[k] for k in MODEL_RUNTIME_KEYS if k in m}
   if m.get("init", "scratch") != "hf":
     m = {k: tuple(v) if isinstance(v, list) else v for k, v in m.items()
          if k not in ("init", "path")}
@@ -76,8 +76,8 @@ def setup_from_config(config, devices) -> Setup:
   from aci_jax.em.modes import _loss_for, _rollout_config
   from aci_jax.parallel import MeshConfig
   from aci_jax.parallel.mesh import AXES
+  from aci_jax.configuration import dataclass_from
   from aci_jax.train.optim import OptimConfig, make_optimizer
-  from aci_jax.train.runner import dataclass_from
   from aci_jax.train.step import StepConfig
 
   model = model_config_for(config)
