@@ -43,6 +43,12 @@ class KVCache:
         cursor=jnp.zeros((batch,), jnp.int32),
     )
 
+  def clear_rows(self, rows: jax.Array) -> "KVCache":
+    """The cache with the rows where `rows` [B] is True emptied: every slot invalid, cursor 0
+    (k and v are left as they are: nothing attends to an invalid slot)."""
+    return self.replace(valid=jnp.where(rows[:, None], False, self.valid),
+                        cursor=jnp.where(rows, 0, self.cursor))
+
 
 def write_slots(cursor: jax.Array, length: int) -> jax.Array:
   """[B, T] int32 slot index of each incoming token: cursor[b] + t."""

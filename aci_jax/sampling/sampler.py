@@ -336,9 +336,7 @@ def extend(cfg: ModelConfig, state: SamplerState, params, tables: Tables, tokens
 def reset_rows(state: SamplerState, rows, keys, max_out, ban_active) -> SamplerState:
   """Empties the rows where `rows` [B] is True for a new prompt: cache slots invalid, cursor
   and counters at 0, new per-row key, response budget and ban flag."""
-  c = state.cache
-  cache = c.replace(valid=jnp.where(rows[:, None], False, c.valid),
-                    cursor=jnp.where(rows, 0, c.cursor))
+  cache = state.cache.clear_rows(rows)
   z = lambda x: jnp.where(rows, 0, x)
   return state.replace(
       cache=cache, n_out=z(state.n_out), n_real=z(state.n_real),
@@ -353,7 +351,5 @@ def reset_rows(state: SamplerState, rows, keys, max_out, ban_active) -> SamplerS
 def clear_cache_rows(state: SamplerState, rows) -> SamplerState:
   """Forgets the KV cache of the rows where `rows` [B] is True but keeps their response
   buffers: the "re-prefill the whole conversation after every tool call" baseline."""
-  c = state.cache
-  cache = c.replace(valid=jnp.where(rows[:, None], False, c.valid),
-                    cursor=jnp.where(rows, 0, c.cursor))
+  cache = state.cache.clear_rows(rows)
   return state.replace(cache=cache, n_real=jnp.where(rows, 0, state.n_real))
