@@ -157,6 +157,11 @@ def param_shardings(params, mesh: Mesh, rules: Rules = TRAINING_RULES) -> dict:
   return jax.tree_util.tree_map_with_path(one, params, axes)
 
 
+def data_parallel_size(mesh: Mesh) -> int:
+  """How many ways the rows of a batch are split: the product of the ROW_AXES sizes."""
+  return math.prod(mesh.shape[a] for a in ROW_AXES)
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   """Rows of a [B, ...] batch split over every data-parallel axis (data and fsdp)."""
   return NamedSharding(mesh, P(ROW_AXES, *([None] * (ndim - 1))))
