@@ -21,6 +21,7 @@ from aci_jax.configuration import MODEL_RUNTIME_KEYS, ConfigError, dataclass_fro
 from aci_jax.metrics import MetricsWriter
 from aci_jax.model import ModelConfig, init_params
 from aci_jax.parallel import MeshConfig, make_mesh
+from aci_jax.parallel.rules import data_parallel_size
 from aci_jax.train.checkpoint import Checkpointer
 from aci_jax.train.losses import LossConfig
 from aci_jax.train.optim import OptimConfig, make_optimizer
@@ -50,15 +51,9 @@ def model_config(c) -> tuple[ModelConfig, str | None]:
 
 
 def load_tokenizer(c, hf_path: str | None):
-  name = c.get("tokenizer", "") or hf_path
-  if name in (None, "", "toy"):
-    from aci_jax.data.char_tokenizer import char_tokenizer
-    return char_tokenizer()
-  from aci_jax.tokenizer import Tokenizer
-  try:
-    return Tokenizer.from_pretrained(fileio.stage(name))
-  except (OSError, ValueError) as e:
-    raise ConfigError(f"config.tokenizer: cannot load {name!r}: {e}".splitlines()[0]) from None
+  from aci_jax.tokenizer import load_tokenizer as load
+
+  return load(c.get("tokenizer", "") or hf_path)
 
 
 class Trainer:
@@ -79,7 +74,7 @@ class Trainer:
       self.mesh = make_mesh(dataclass_from(MeshConfig, config.mesh, name="mesh"))
     except ValueError as e:
       raise ConfigError(f"config.mesh: {e}") from None
-    dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    dp = data_parallel_size(self.mesh)
     if t.batch_size % (t.micro_batches * dp):
       raise ConfigError(f"config.train.batch_size={t.batch_size} must divide by micro_batches "
                         f"({t.micro_batches}) x data-parallel devices ({dp})")
