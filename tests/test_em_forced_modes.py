@@ -80,9 +80,9 @@ def test_a_row_is_never_left_without_an_allowed_token(bpe_tok):
   eng = RolloutEngine(cfg, bpe_tok, RolloutConfig(batch_size=2, max_prompt_tokens=8,
                                                   max_new_tokens=6,
                                                   sampling=SamplingParams(greedy=True)))
-  ref = eng.run(params, [Request([5, 6, 7], 0)])[0]
+  ref = eng.run(params, [Request([5, 6, 7], 0)]).trajectories[0]
   eng.tables = eng.tables.replace(ban_hit=jnp.ones_like(eng.tables.ban_hit))
-  banned = eng.run(params, [Request([5, 6, 7], 0, mode="cot", ban=True)])[0]
+  banned = eng.run(params, [Request([5, 6, 7], 0, mode="cot", ban=True)]).trajectories[0]
   assert banned.response_ids == ref.response_ids
 
 
@@ -153,13 +153,14 @@ def test_code_preferring_policy_reasons_in_forced_reasoning_mode(coder):
   prompts = [tok.chat_ids([{"role": "user", "content": q}]) for q, *_ in QA]
   n = 32
   eng = _engine(coder)
-  native = eng.run(params, [Request(p, i, s) for i, p in enumerate(prompts) for s in range(n)])
+  native = eng.run(params, [Request(p, i, s) for i, p in enumerate(prompts)
+                            for s in range(n)]).trajectories
   code_rate = np.mean([t.text.startswith("```python") for t in native])
   assert code_rate >= 0.85, code_rate  # the policy does prefer code
   cot = eng.run(params, [Request(p, i, 100 + s, mode="cot", ban=True)
-                         for i, p in enumerate(prompts) for s in range(n)])
+                         for i, p in enumerate(prompts) for s in range(n)]).trajectories
   greedy = _engine(coder, greedy=True).run(
-      params, [Request(p, i, mode="cot", ban=True) for i, p in enumerate(prompts)])
+      params, [Request(p, i, mode="cot", ban=True) for i, p in enumerate(prompts)]).trajectories
   for t in cot + greedy:
     assert TICKS not in t.text and not t.cells, t.text
     assert t.stop_reason == "eos", t.text  # a finished answer, not a derailed one
@@ -191,7 +192,7 @@ def test_behaviour_logp_is_the_trainers_at_theta_old(coder, temperature):
     reqs += [Request(p, i, s, mode="native") for s in range(2)]
     reqs += [Request(p, i, 10 + s, mode="cot", ban=True) for s in range(2)]
     reqs += [Request(p, i, 20 + s, mode="code", prefix_ids=prefix) for s in range(2)]
-  trajs = _engine(coder, temperature=temperature).run(params, reqs)
+  trajs = _engine(coder, temperature=temperature).run(params, reqs).trajectories
   srcs = {s for t in trajs for s in t.source}
   assert {SRC_SAMPLED, SRC_FORCED} <= srcs
   batch = build_batch(trajs)

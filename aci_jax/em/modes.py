@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import tempfile
 import time
 
 import jax
@@ -43,27 +42,11 @@ def _barrier(name: str) -> None:
 
 
 def _tokenizer(config, workdir):
-  from aci_jax.tokenizer import Tokenizer
+  from aci_jax.tokenizer import load_tokenizer
 
-  name = config.tokenizer
-  out = fileio.join(workdir, "tokenizer")
-  if name == "toy":
-    from aci_jax.data.char_tokenizer import save_char_tokenizer
-    if jax.process_index() == 0 and not fileio.exists(fileio.join(out, "tokenizer.json")):
-      if fileio.is_remote(out):
-        with tempfile.TemporaryDirectory() as tmp:
-          fileio.upload_dir(save_char_tokenizer(tmp), out, last=("tokenizer.json",))
-      else:
-        save_char_tokenizer(out)
-    _barrier("tokenizer")
-    local = fileio.stage(out)  # `tokenizers` reads local files only
-    return Tokenizer.from_pretrained(local), local
-  path = name or config.model.path
-  try:
-    path = fileio.stage(path)
-    return Tokenizer.from_pretrained(path), path
-  except (OSError, ValueError) as e:
-    raise ConfigError(f"config.tokenizer: cannot load {path!r}: {e}".splitlines()[0]) from None
+  tok = load_tokenizer(config.tokenizer or config.model.path,
+                       toy_dir=fileio.join(workdir, "tokenizer"))
+  return tok, tok.directory
 
 
 def _problems(config):

@@ -15,6 +15,7 @@ from aci_jax import fileio
 from aci_jax.configuration import ConfigError, dataclass_from
 from aci_jax.data.sft import build_sft_data, write_jsonl
 from aci_jax.data.toy import sft_records
+from aci_jax.parallel.rules import data_parallel_size
 from aci_jax.train.losses import LossConfig
 from aci_jax.train.optim import OptimConfig
 from aci_jax.train.runner import Trainer, load_tokenizer
@@ -100,7 +101,7 @@ def run_sft(config, workdir: str, s: SFTSettings, tokenizer=None) -> None:
     raise ConfigError("config.data.pack_len needs config.loss.aggregation='token_mean' (a packed "
                       "row holds several sequences)")
   # Packed rows vary in number: keep it a multiple of what the step splits them into.
-  dp = trainer.mesh.shape["data"] * trainer.mesh.shape["fsdp"]
+  dp = data_parallel_size(trainer.mesh)
   row_multiple = math.lcm(4, trainer.step_cfg.micro_batches * dp // jax.process_count())
   try:
     data, stats = build_sft_data(s.data, tokenizer, batch_size=s.batch_size, seq_len=s.seq_len,
