@@ -33,7 +33,7 @@ from flax import struct
 
 from aci_jax.model import Decoder, KVCache, ModelConfig
 from aci_jax.parallel.rules import ROW_AXES
-from aci_jax.train.logprobs import chunked_logprobs
+from aci_jax.train.logprobs import chunked_logprobs, target_logprobs
 
 RUNNING, PAUSED, DONE, EMPTY = 0, 1, 2, 3
 SRC_SAMPLED, SRC_FORCED, SRC_ENV = 0, 1, 2
@@ -137,15 +137,15 @@ def sample_tokens(keys: jax.Array, logits: jax.Array, sp: SamplingParams,
 
   The token is drawn from the policy at `sp.temperature`, with `banned` tokens masked and
   top-k / top-p applied; its behaviour log-prob is that of the policy itself,
-  log_softmax(logits) at T = 1 over the whole vocabulary: what the trainer computes for the
-  same token, so the ratio at theta_old is exactly 1 (the convention of docs/em.md).
+  log_softmax(logits) at T = 1 over the whole vocabulary, computed by the trainer's own
+  function (`target_logprobs`), so the ratio at theta_old is 1 (the convention of docs/em.md).
   """
-  logp_all = jax.nn.log_softmax(logits, axis=-1)
+  policy = logits
   if banned is not None:
     logits = jnp.where(banned, _NEG, logits)
   if sp.greedy:
     tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return tok, jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
+    return tok, target_logprobs(policy, tok)[0]
   scaled = logits / sp.temperature
   filtered = scaled
   if sp.top_k:
@@ -162,7 +162,7 @@ def sample_tokens(keys: jax.Array, logits: jax.Array, sp: SamplingParams,
     filtered = jnp.where(filtered < threshold, _NEG, filtered)
   tok = jax.vmap(lambda k, l: jax.random.categorical(jax.random.wrap_key_data(k), l))(
       keys, filtered).astype(jnp.int32)
-  return tok, jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
+  return tok, target_logprobs(policy, tok)[0]
 
 
 def _fold_keys(keys: jax.Array, index: jax.Array) -> jax.Array:
@@ -270,9 +270,7 @@ def _chunk_logp(cfg, params, hidden, first_logits, tokens, block):
 
   # No gradient flows here, so nothing to rematerialise; the unused entropy is dead code to XLA.
   logp, _ = chunked_logprobs(head, prev_hidden, tokens, block, remat=False)
-  first, _ = chunked_logprobs(lambda logits: logits, first_logits[:, None], tokens[:, :1], 1,
-                              remat=False)
-  return logp.at[:, 0].set(first[:, 0])
+  return logp.at[:, 0].set(target_logprobs(first_logits, tokens[:, 0])[0])
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "record", "logp_block"),

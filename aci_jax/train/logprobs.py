@@ -16,6 +16,23 @@ import jax.numpy as jnp
 from aci_jax.model import Decoder, ModelConfig
 
 
+def target_logprobs(logits: jax.Array, targets: jax.Array):
+  """log softmax(logits) at `targets`, and the entropy of softmax(logits) (gradient-free).
+
+  logits [..., V] float32, targets [...] int32 -> (logp [...], entropy [...]). The policy's
+  log-prob of a token at T = 1: the trainer's and, through the same function, the sampler's.
+  """
+  # One exp pass serves the log-normaliser and the entropy (exp over V dominates on CPU).
+  m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  e = jnp.exp(logits - m)
+  s = jnp.sum(e, axis=-1)
+  lse = m[..., 0] + jnp.log(s)
+  tgt = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  probs = jax.lax.stop_gradient(e / s[..., None])
+  ent = jax.lax.stop_gradient(lse - jnp.sum(probs * logits, axis=-1))
+  return tgt - lse, ent
+
+
 def chunked_logprobs(head_fn, hidden: jax.Array, targets: jax.Array, chunk: int,
                      remat: bool = True):
   """log p(targets) and entropy from hidden states, `chunk` positions at a time.
@@ -42,16 +59,7 @@ def chunked_logprobs(head_fn, hidden: jax.Array, targets: jax.Array, chunk: int,
   ts = targets.reshape(b, n, chunk).swapaxes(0, 1)  # [n, B, C]
 
   def one(h, t):
-    logits = head_fn(h).astype(jnp.float32)  # [B, C, V]
-    # One exp pass serves the log-normaliser and the entropy (exp over V dominates on CPU).
-    m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-    e = jnp.exp(logits - m)
-    s = jnp.sum(e, axis=-1)
-    lse = m[..., 0] + jnp.log(s)
-    tgt = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
-    probs = jax.lax.stop_gradient(e / s[..., None])
-    ent = jax.lax.stop_gradient(lse - jnp.sum(probs * logits, axis=-1))
-    return tgt - lse, ent
+    return target_logprobs(head_fn(h).astype(jnp.float32), t)  # via [B, C, V] logits
 
   if remat:
     one = jax.checkpoint(one)
