@@ -1,4 +1,4 @@
-"""The policy model: config, Flax decoder, KV cache, checkpoint I/O."""
+"""The policy model: config, parameter schema, Flax decoder, KV cache, checkpoint I/O."""
 
 from aci_jax.model.cache import KVCache
 from aci_jax.model.config import ModelConfig, RopeScaling, UnsupportedConfigError
