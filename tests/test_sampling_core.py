@@ -9,14 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+from aci_jax import tool_format
 from aci_jax.model import Decoder, ModelConfig, positions_from_valid
 from aci_jax.model.weights import load_params
-from aci_jax.rollout import FENCE, Request, RolloutConfig, RolloutEngine
+from aci_jax.rollout import Request, RolloutConfig, RolloutEngine
 from aci_jax.sampling import SamplingParams, build_matcher, sample_tokens, token_texts
 from aci_jax.sampling import sampler as S
 from aci_jax.tokenizer import Tokenizer
 from hf_fixtures import make_hf_model, save_hf_model
 from tokenizer_fixtures import build_tokenizer
+
+FENCE = tool_format.get().pause_string  # the output fence that pauses a row
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,8 @@ def test_greedy_equals_transformers_generate(tmp_path, tok, arch, overrides):
   eng = RolloutEngine(cfg, tok, RolloutConfig(
       batch_size=4, max_prompt_tokens=16, max_new_tokens=n_new,
       sampling=SamplingParams(greedy=True)))
-  trajs = eng.run(params, [Request([int(t) for t in p], i) for i, p in enumerate(prompts)])
+  trajs = eng.run(params, [Request([int(t) for t in p], i)
+                            for i, p in enumerate(prompts)]).trajectories
   # Reference: HF generate on the left-padded batch (greedy, no EOS stop).
   width = max(map(len, prompts))
   ids = np.zeros((4, width), np.int64)
@@ -275,8 +279,8 @@ def test_sampling_copy_in_compute_dtype_changes_no_logit(tmp_path, tok, tied):
   # The whole sampler, from the float32 weights (no engine cast) and through the engine.
   prompts = [[5, 9, 2], [7] * 9, [11, 4, 4, 8, 1], [3]]
   reqs = [Request(p, i) for i, p in enumerate(prompts)]
-  via_engine = eng.run(params, reqs)
+  via_engine = eng.run(params, reqs).trajectories
   eng.place_params = lambda p: p  # sample from the float32 weights themselves
-  direct = eng.run(params, reqs)
+  direct = eng.run(params, reqs).trajectories
   for a, b in zip(via_engine, direct):
     assert a.response_ids == b.response_ids and a.logp == b.logp
