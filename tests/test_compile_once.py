@@ -12,10 +12,12 @@ import pytest
 from aci_jax import tool_format
 from aci_jax.data import toy
 from aci_jax.data.char_tokenizer import VOCAB_SIZE, char_tokenizer
+from aci_jax.em import algorithms
+from aci_jax.em.loop import EMConfig
 from aci_jax.eval.harness import chat_prompt, evaluate_benchmarks
 from aci_jax.grading import Grader
 from aci_jax.model import ModelConfig, init_params
-from aci_jax.rollout import Request, RolloutConfig, RolloutEngine
+from aci_jax.rollout import RolloutConfig, RolloutEngine
 from aci_jax.sampling import SamplingParams
 
 
@@ -44,16 +46,11 @@ def compiles():
 
 
 def _estep_requests(tok, problems, iteration, prefix):
-  """The E-step's three kinds of rows per query: native, forced reasoning (fences banned) and
-  forced code (the format's code prefix), with sample indices disjoint per iteration."""
-  reqs = []
-  for q, p in enumerate(problems):
-    ids = chat_prompt(tok, p["problem"])
-    base = iteration * 1_000_000
-    reqs += [Request(ids, q, base + s, "native") for s in range(2)]
-    reqs += [Request(ids, q, base + 100_000 + s, "cot", ban=True) for s in range(2)]
-    reqs += [Request(ids, q, base + 200_000 + s, "code", prefix_ids=prefix) for s in range(2)]
-  return reqs
+  """The autocode E-step's requests: per query 2 native rollouts, 2 forced into reasoning
+  (fences banned) and 2 into code (the format's code prefix)."""
+  algorithm = algorithms.get("autocode")(EMConfig(native_samples=2, k_per_decision=2))
+  return [r for q, p in enumerate(problems)
+          for r in algorithm.requests(chat_prompt(tok, p["problem"]), q, iteration, prefix)]
 
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["one_device", "mesh"])
