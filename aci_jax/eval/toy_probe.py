@@ -32,7 +32,8 @@ def build_model(vocab_size: int, *, hidden: int = 128, layers: int = 4, heads: i
 
 
 def encode_all(tok, demos) -> tuple[np.ndarray, np.ndarray]:
-  """Demos -> right-padded (tokens [N, T] int32, loss mask [N, T] float32) with T a multiple of 16."""
+  """Demos -> right-padded (tokens [N, T] int32, loss mask [N, T] float32), T a multiple of
+  16."""
   from aci_jax.data.toy import encode_demo
 
   rows = []

@@ -101,7 +101,6 @@ class RolloutEngine:
     texts = texts[:model_cfg.vocab_size]
     sm = build_matcher((fmt.pause_string,) + tuple(cfg.stop_strings), texts)
     bm = build_matcher(fmt.ban_strings or ("\x00never\x00",), texts)
-    self.stop_matcher, self.ban_matcher = sm, bm
     # Stop on the tokenizer's end tokens (EOS, template end-of-turn) and the model config's.
     eos = list(dict.fromkeys([*tokenizer.eos_ids, *model_cfg.eos_token_ids])) or [-1]
     self.tables = S.Tables(
@@ -193,7 +192,7 @@ class RolloutEngine:
 
   # ---------------------------------------------------------------------------- running
 
-  def check(self, req: Request) -> None:
+  def _check(self, req: Request) -> None:
     c = self.cfg
     if len(req.prompt_ids) + len(req.prefix_ids) > c.max_prompt_tokens:
       raise ValueError(f"prompt {req.prompt_index} has {len(req.prompt_ids)} + "
@@ -214,7 +213,7 @@ class RolloutEngine:
     if jax.process_count() == 1:
       return self.run_local(params, requests, sampling)
     for req in requests:
-      self.check(req)
+      self._check(req)
     owner = multihost.owner_of([r.prompt_index for r in requests])
     me = jax.process_index()
     mine = [i for i, r in enumerate(requests) if owner[r.prompt_index] == me]
@@ -239,5 +238,5 @@ class RolloutEngine:
     from aci_jax.rollout.scheduler import Scheduler
 
     for req in requests:
-      self.check(req)
+      self._check(req)
     return Scheduler(self, params, requests, sampling or self.cfg.sampling).run()
