@@ -7,7 +7,9 @@ A row moves through the phases
     HANDED --(host reads a cell and submits it)--> IN_SANDBOX --(result back)--> SPLICE_READY
     HANDED --(limit / no-code message, or no pause string after all)--> SPLICE_READY
     SPLICE_READY --(text spliced into its cache)--> DECODING
-    DECODING --(device finishes it, or no room for a splice)--> DONE
+    SPLICE_READY --(no room for the text in the response budget: "length")--> DONE
+    DECODING --(device finishes it)--> DONE
+    DECODING --(a stop string the decoded text does not confirm)--> SPLICE_READY ("")
 
 A DONE row leaves its slot the round it is collected; a `Finished` hand-off carries it to the
 host work that builds its trajectory while the device decodes the other rows.
