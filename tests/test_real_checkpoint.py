@@ -84,7 +84,7 @@ def test_autonomous_generation_stops_on_im_end(smollm2):
   assert tok.decode(prompts[0]).endswith("<|im_start|>user\nWhat is 2+3?<|im_end|>\n"
                                           "<|im_start|>assistant\n")
   trajs = engine.run(params, [Request(prompt_ids=p, prompt_index=i)
-                              for i, p in enumerate(prompts)])
+                              for i, p in enumerate(prompts)]).trajectories
   for t in trajs:
     assert t.stop_reason == "eos" and t.response_ids[-1] == end, t.text
     assert len(t.response_ids) < 64
