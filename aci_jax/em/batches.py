@@ -66,24 +66,6 @@ def build_batch(trajs: Sequence[Trajectory], advantages: Sequence[float] | None 
   return out
 
 
-def minibatches(batch: dict[str, np.ndarray], size: int, rng: np.random.Generator,
-                epochs: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """Shuffled mini-batches of exactly `size` rows per epoch; the last one is filled with
-  all-padding rows (loss mask 0, so they contribute nothing)."""
-  n = batch["tokens"].shape[0]
-  for _ in range(epochs):
-    order = rng.permutation(n)
-    for start in range(0, n, size):
-      idx = order[start:start + size]
-      mb = {k: v[idx] for k, v in batch.items()}
-      short = size - len(idx)
-      if short:
-        mb = {k: np.concatenate([v, np.zeros((short,) + v.shape[1:], v.dtype)]) for k, v in
-              mb.items()}
-        mb["positions"][-short:] = np.arange(mb["positions"].shape[1])
-      yield mb
-
-
 def bucketed_minibatches(trajs: Sequence[Trajectory], advantages: Sequence[float],
                          decision: Sequence[bool], size: int, rng: np.random.Generator,
                          epochs: int = 1, *, length: int | None = None, window: int = 0,
@@ -93,8 +75,7 @@ def bucketed_minibatches(trajs: Sequence[Trajectory], advantages: Sequence[float
 
   Per epoch the rows are shuffled, then sorted by length (within windows of `window`
   mini-batches; 0 = the whole epoch), cut into mini-batches of neighbouring lengths, and the
-  mini-batches are visited in random order. Every row is used once per epoch, as with
-  `minibatches`; a mini-batch holds rows of similar length (ties in random order), so a step's
+  mini-batches are visited in random order. Every row is used once per epoch; a mini-batch holds rows of similar length (ties in random order), so a step's
   gradient mixes fewer lengths than a uniform draw would. `length` (em.batch_length) fixes
   one length for all instead. The last mini-batch is filled with all-padding rows.
   """
