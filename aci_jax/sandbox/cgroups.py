@@ -81,10 +81,6 @@ class MemoryCgroups:
 
   # Files that differ between the two versions.
   @property
-  def _limit_file(self) -> str:
-    return "memory.limit_in_bytes" if self.kind == "cgroup1" else "memory.max"
-
-  @property
   def tasks_file(self) -> str:
     """Lists every thread of the cgroup, one per line."""
     return "tasks" if self.kind == "cgroup1" else "cgroup.threads"
