@@ -57,12 +57,13 @@ def build_batch(trajs: Sequence[Trajectory], advantages: Sequence[float] | None 
       "decision_mask": np.asarray(decision if decision is not None else np.zeros(n),
                                   np.float32),
   }
-  for i, t in enumerate(trajs):
+  for i, t in enumerate(trajs):  # straight from the trajectories' arrays (no Python lists)
     p, r = len(t.prompt_ids), len(t.response_ids)
-    out["tokens"][i, :p + r] = list(t.prompt_ids) + list(t.response_ids)
+    out["tokens"][i, :p] = t.prompt_ids.array
+    out["tokens"][i, p:p + r] = t.response_ids.array
     out["valid"][i, :p + r] = True
-    out["loss_mask"][i, p:p + r] = t.loss_mask
-    out["behaviour_logp"][i, p:p + r] = t.logp
+    out["loss_mask"][i, p:p + r] = t.loss_mask.array
+    out["behaviour_logp"][i, p:p + r] = t.logp.array
   return out
 
 

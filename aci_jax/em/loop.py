@@ -34,6 +34,7 @@ from aci_jax.em.batches import bucketed_minibatches
 from aci_jax.em.estep import CODE, COT, EStepConfig, QueryGroup, estep_stats, native_outcomes
 from aci_jax.parallel import multihost
 from aci_jax.rollout import Request, Trajectory
+from aci_jax.rollout.trajectory import pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,25 @@ class EMConfig(EStepConfig):
     if self.iterations < 0 or self.queries_per_iteration < 1 or self.epochs < 1:
       raise ValueError("need iterations >= 0, queries_per_iteration >= 1, epochs >= 1")
     super().__post_init__()
+
+
+def gather_payload(kept, adv, dec, ests, native) -> tuple:
+  """What one process sends in `EMLoop.gather`: the curated trajectories packed into a few
+  concatenated arrays (`trajectory.pack`: 9 bytes per token and the text, where the pickled
+  trajectory objects took ~20 and the text), their advantages and decision flags as arrays,
+  and the per-query summaries."""
+  return (pack(kept), np.asarray(adv, np.float64), np.asarray(dec, bool), ests, native)
+
+
+def merge_gathered(queries: Sequence[int], parts: Sequence[tuple]) -> tuple:
+  """Every process's `gather_payload` merged into `curate`'s outputs in the order of `queries`
+  (the order one process would produce)."""
+  rank = {q: i for i, q in enumerate(dict.fromkeys(queries))}
+  items = sorted((x for p in parts for x in zip(unpack(p[0]), p[1].tolist(), p[2].tolist())),
+                 key=lambda x: rank[x[0].prompt_index])
+  ests = sorted((e for p in parts for e in p[3]), key=lambda e: rank[e.query_id])
+  native = sorted((o for p in parts for o in p[4]), key=lambda o: rank[o[0]])
+  return ([x[0] for x in items], [x[1] for x in items], [x[2] for x in items], ests, native)
 
 
 @dataclasses.dataclass
@@ -181,13 +201,7 @@ class EMLoop:
     would produce); the identity on one process."""
     if jax.process_count() == 1:
       return local
-    kept, adv, dec, ests, native = local
-    parts = multihost.allgather_objects((list(zip(kept, adv, dec)), ests, native))
-    rank = {q: i for i, q in enumerate(dict.fromkeys(queries))}
-    items = sorted((x for p in parts for x in p[0]), key=lambda x: rank[x[0].prompt_index])
-    ests = sorted((e for p in parts for e in p[1]), key=lambda e: rank[e.query_id])
-    native = sorted((o for p in parts for o in p[2]), key=lambda o: rank[o[0]])
-    return ([x[0] for x in items], [x[1] for x in items], [x[2] for x in items], ests, native)
+    return merge_gathered(queries, multihost.allgather_objects(gather_payload(*local)))
 
   # ------------------------------------------------------------------------ M-step
 
