@@ -15,17 +15,42 @@ compute the same function:
   the forward and the backward pass alike. Pure JAX, so it runs (and compiles for TPU) on every
   backend.
 
-`attention` picks: dense when the scores are small (T < 16 or S <= kv_block), blocked
-otherwise. A fully masked query row (a padding token) gets the mean of the values in both paths,
-as a softmax over equal scores gives; nothing reads those rows.
+Two backend kernels compute it too, for the inputs their masks can express, and hand the rest
+to the blocked path on device (`aci_jax/model/kernels/`):
+
+- `pallas`: JAX's Pallas TPU splash attention (`kernels/splash.py`): training and scoring
+  chunks (slots 0..T-1, packed segments, padding holes) and extends at per-row cursors over a
+  cache with holes. Under `aci_jax.parallel.activation_sharding` (the train step) it runs
+  inside a `shard_map` over the activation rules' batch and head axes, since the TPU compiler
+  cannot partition a Pallas kernel itself. Off TPU it runs in Pallas's interpreter (tests).
+- `cudnn`: `jax.nn.dot_product_attention` (`kernels/cudnn.py`): bf16/f16 chunks over
+  themselves with right padding only; packing, holes, extends and float32 use the fallback.
+  Off GPU it runs the same call through XLA (`implementation="xla"`, tests).
+
+`attention` picks (`impl="auto"`, the default): dense when the scores are small (T < 16 or
+S <= kv_block); otherwise, by the platform the program is compiled for
+(`lax.platform_dependent`, so an ahead-of-time TPU compile on a CPU host gets the TPU path):
+`pallas` on TPU, `cudnn` on GPU, `blocked` elsewhere. `impl` (or the `attention_impl` context,
+for callers that cannot pass it, such as the decoder's call site) forces one of "dense",
+"blocked", "pallas", "cudnn".
+
+A fully masked query row (a padding token) gets finite garbage in every path (the mean of the
+values, as a softmax over equal scores gives); nothing reads those rows.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from aci_jax.model.kernels.cudnn import cudnn_attention
+from aci_jax.model.kernels.splash import splash_attention
+from aci_jax.parallel import rules as sharding_rules
 
 MASKED = float(jnp.finfo(jnp.float32).min)  # finite, so a fully masked row gives no NaN
 
@@ -202,11 +227,79 @@ def blocked_attention(q, k, v, q_slot, key_valid, q_seg=None, k_seg=None, *,
   return out[:, :t]
 
 
+# ------------------------------------------------------------------------ dispatch
+
+IMPLS = ("auto", "dense", "blocked", "pallas", "cudnn")
+_IMPL: contextvars.ContextVar = contextvars.ContextVar("aci_attention_impl", default="auto")
+
+
+@contextlib.contextmanager
+def attention_impl(name: str):
+  """While tracing inside this context, `attention` calls without `impl` use `name`."""
+  if name not in IMPLS:
+    raise ValueError(f"attention impl must be one of {IMPLS}, got {name!r}")
+  token = _IMPL.set(name)
+  try:
+    yield
+  finally:
+    _IMPL.reset(token)
+
+
+def _sharded(fn, q, k, v, q_slot, key_valid, q_seg, k_seg):
+  """`fn` (a Pallas path) inside a shard_map over the active activation sharding's batch and
+  head axes; a plain call outside one. Heads stay whole when query and key heads would not be
+  split alike (GQA groups must stay on one shard)."""
+  active = sharding_rules._ACTIVATIONS.get()  # pylint: disable=protected-access
+  if active is None:
+    return fn(q, k, v, q_slot, key_valid, q_seg, k_seg)
+  mesh, rules = active
+  q_spec = tuple(sharding_rules.spec_for(q.shape, ("batch", "length", "heads", "head_dim"),
+                                         mesh, rules))
+  kv_spec = tuple(sharding_rules.spec_for(k.shape, ("batch", "length", "kv_heads", "head_dim"),
+                                          mesh, rules))
+  q_spec += (None,) * (4 - len(q_spec))
+  kv_spec += (None,) * (4 - len(kv_spec))
+  heads = q_spec[2] if q_spec[2] == kv_spec[2] else None
+  q_spec = P(q_spec[0], None, heads, None)
+  kv_spec = P(kv_spec[0], None, heads, None)
+  row = P(q_spec[0], None)
+  segs = () if q_seg is None else (q_seg, k_seg)
+
+  def local(q, k, v, q_slot, key_valid, *segs):
+    return fn(q, k, v, q_slot, key_valid, *(segs or (None, None)))
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, row, row)
+                       + (row,) * len(segs), out_specs=q_spec, check_vma=False)(
+                           q, k, v, q_slot, key_valid, *segs)
+
+
 def attention(q, k, v, q_slot, key_valid, q_seg=None, k_seg=None, *, kv_block: int = 512,
-              q_block: int = 512):
-  """Dense for small score tensors, blocked otherwise (same function; see module doc)."""
+              q_block: int = 512, impl: str | None = None):
+  """The masked attention of `dense_attention`, by the path `impl` names (None: the
+  `attention_impl` context, "auto" by default; see the module doc)."""
+  impl = impl or _IMPL.get()
+  if impl not in IMPLS:
+    raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
   t, s = q.shape[1], k.shape[1]
-  if t < 16 or s <= kv_block:
-    return dense_attention(q, k, v, q_slot, key_valid, q_seg, k_seg)
-  return blocked_attention(q, k, v, q_slot, key_valid, q_seg, k_seg, q_block=q_block,
-                           kv_block=kv_block)
+  args = (q, k, v, q_slot, key_valid, q_seg, k_seg)
+  if impl == "dense" or (impl == "auto" and (t < 16 or s <= kv_block)):
+    return dense_attention(*args)
+  blocked = functools.partial(blocked_attention, q_block=q_block, kv_block=kv_block)
+  if impl == "blocked":
+    return blocked(*args)
+
+  def pallas(interpret):
+    kernel = functools.partial(splash_attention, fallback=blocked, interpret=interpret)
+    return lambda *a: _sharded(kernel, *a)
+
+  on_gpu = jax.default_backend() == "gpu"  # cuDNN's call does not even trace without a GPU
+  cudnn = functools.partial(cudnn_attention, fallback=blocked,
+                            implementation="cudnn" if on_gpu else "xla")
+  if impl == "pallas":
+    return jax.lax.platform_dependent(*args, tpu=pallas(False), default=pallas(True))
+  if impl == "cudnn":
+    return cudnn(*args)
+  per_platform = {"tpu": pallas(False)}
+  if on_gpu:
+    per_platform["cuda"] = cudnn
+  return jax.lax.platform_dependent(*args, default=blocked, **per_platform)
