@@ -12,12 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 from test_attention import _case, _reference
 
 from aci_jax.model import Decoder, KVCache, ModelConfig, init_params
 from aci_jax.model import attention as A
 from aci_jax.model.kernels import cudnn as C
 from aci_jax.model.kernels import splash as S
+from aci_jax.parallel.mesh import AXES
 
 
 def _jnp(args):
@@ -196,7 +198,13 @@ def test_dispatch_paths_and_knob():
   rng = np.random.default_rng(9)
   args = _jnp(_case(rng, t=40, s=72, cache=True))
   auto = _primitives(lambda *a: A.attention(*a, kv_block=32, q_block=16), *args)
-  assert "platform_index" in auto and "pallas_call" in auto  # the TPU branch is there...
+  # No mesh named: the TPU branch is the blocked path too (a Pallas kernel cannot meet
+  # sharded inputs outside a shard_map)...
+  assert "platform_index" in auto and "pallas_call" not in auto
+  mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), AXES)
+  with A.kernel_mesh(mesh):
+    named = _primitives(lambda *a: A.attention(*a, kv_block=32, q_block=16), *args)
+  assert "pallas_call" in named and "shard_map" in named  # ...with one, the kernel
   dense = _primitives(lambda *a: A.attention(*a, impl="dense"), *args)
   assert "pallas_call" not in dense and "platform_index" not in dense
   with A.attention_impl("blocked"):
@@ -213,6 +221,22 @@ def test_dispatch_paths_and_knob():
   want = A.dense_attention(*args)
   np.testing.assert_allclose(np.asarray(got)[live], np.asarray(want)[live], atol=1e-5)
   np.testing.assert_allclose(np.asarray(forced)[live], np.asarray(want)[live], atol=1e-5)
+
+
+def test_pallas_in_shard_map_over_a_mesh():
+  """Under a mesh (rows over fsdp, heads over tensor) the kernel runs per shard in a
+  shard_map and gives the unsharded result; GQA heads (4 over 2) split alike."""
+  rng = np.random.default_rng(14)
+  args = _case(rng, b=4, t=40, s=200, cache=True)
+  live = _live(args)
+  mesh = Mesh(np.asarray(jax.devices()[:4]).reshape(1, 2, 2), AXES)
+  with A.kernel_mesh(mesh):
+    fn = jax.jit(lambda *a: A.attention(*a, kv_block=32, q_block=16, impl="pallas"))
+    text = str(jax.make_jaxpr(fn)(*_jnp(args)))
+    got = fn(*_jnp(args))
+  assert "shard_map" in text
+  want = A.dense_attention(*_jnp(args))
+  np.testing.assert_allclose(np.asarray(got)[live], np.asarray(want)[live], atol=1e-5)
 
 
 CFG = ModelConfig(arch="qwen2", vocab_size=80, hidden_size=48, intermediate_size=64,

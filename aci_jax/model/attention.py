@@ -20,9 +20,10 @@ to the blocked path on device (`aci_jax/model/kernels/`):
 
 - `pallas`: JAX's Pallas TPU splash attention (`kernels/splash.py`): training and scoring
   chunks (slots 0..T-1, packed segments, padding holes) and extends at per-row cursors over a
-  cache with holes. Under `aci_jax.parallel.activation_sharding` (the train step) it runs
-  inside a `shard_map` over the activation rules' batch and head axes, since the TPU compiler
-  cannot partition a Pallas kernel itself. Off TPU it runs in Pallas's interpreter (tests).
+  cache with holes. The TPU compiler cannot partition a Pallas kernel, so it runs inside a
+  `shard_map` over the batch and head axes of the mesh that `aci_jax.parallel.
+  activation_sharding` (the train step) or `kernel_mesh` (other callers) names. Off TPU it runs
+  in Pallas's interpreter (tests).
 - `cudnn`: `jax.nn.dot_product_attention` (`kernels/cudnn.py`): bf16/f16 chunks over
   themselves with right padding only; packing, holes, extends and float32 use the fallback.
   Off GPU it runs the same call through XLA (`implementation="xla"`, tests).
@@ -30,7 +31,7 @@ to the blocked path on device (`aci_jax/model/kernels/`):
 `attention` picks (`impl="auto"`, the default): dense when the scores are small (T < 16 or
 S <= kv_block); otherwise, by the platform the program is compiled for
 (`lax.platform_dependent`, so an ahead-of-time TPU compile on a CPU host gets the TPU path):
-`pallas` on TPU, `cudnn` on GPU, `blocked` elsewhere. `impl` (or the `attention_impl` context,
+`pallas` on TPU when a mesh is named (else `blocked`), `cudnn` on GPU, `blocked` elsewhere. `impl` (or the `attention_impl` context,
 for callers that cannot pass it, such as the decoder's call site) forces one of "dense",
 "blocked", "pallas", "cudnn".
 
@@ -245,11 +246,33 @@ def attention_impl(name: str):
     _IMPL.reset(token)
 
 
+_MESH: contextvars.ContextVar = contextvars.ContextVar("aci_attention_mesh", default=None)
+
+
+@contextlib.contextmanager
+def kernel_mesh(mesh, rules=sharding_rules.ACTIVATION_RULES):
+  """While tracing inside this context, Pallas attention runs in a shard_map over `mesh`
+  (batch and heads split as `rules` map the logical axes "batch", "heads", "kv_heads"). The
+  train step's `activation_sharding` does the same; a caller outside it (the sampler) opts in
+  here, since the TPU compiler cannot partition a Pallas kernel by itself and the mesh is not
+  visible from inside a traced function."""
+  token = _MESH.set((mesh, rules))
+  try:
+    yield
+  finally:
+    _MESH.reset(token)
+
+
+def _active_mesh():
+  # pylint: disable-next=protected-access
+  return sharding_rules._ACTIVATIONS.get() or _MESH.get()
+
+
 def _sharded(fn, q, k, v, q_slot, key_valid, q_seg, k_seg):
-  """`fn` (a Pallas path) inside a shard_map over the active activation sharding's batch and
-  head axes; a plain call outside one. Heads stay whole when query and key heads would not be
-  split alike (GQA groups must stay on one shard)."""
-  active = sharding_rules._ACTIVATIONS.get()  # pylint: disable=protected-access
+  """`fn` (a Pallas path) inside a shard_map over the active mesh's batch and head axes
+  (`kernel_mesh` or `activation_sharding`); a plain call outside both. Heads stay whole when
+  query and key heads would not be split alike (GQA groups must stay on one shard)."""
+  active = _active_mesh()
   if active is None:
     return fn(q, k, v, q_slot, key_valid, q_seg, k_seg)
   mesh, rules = active
@@ -299,7 +322,9 @@ def attention(q, k, v, q_slot, key_valid, q_seg=None, k_seg=None, *, kv_block: i
     return jax.lax.platform_dependent(*args, tpu=pallas(False), default=pallas(True))
   if impl == "cudnn":
     return cudnn(*args)
-  per_platform = {"tpu": pallas(False)}
+  # Without a mesh the Pallas kernel could meet sharded inputs it cannot be partitioned over
+  # (a compile error on a multi-chip slice): the blocked path then, on TPU too.
+  per_platform = {"tpu": pallas(False) if _active_mesh() is not None else blocked}
   if on_gpu:
     per_platform["cuda"] = cudnn
   return jax.lax.platform_dependent(*args, default=blocked, **per_platform)
