@@ -46,3 +46,25 @@ def test_bad_arguments_are_errors():
     prefix_logprob(cfg, {}, [[1, 2]], [])
   with pytest.raises(ValueError, match="temperature"):
     prefix_logprob(cfg, {}, [[1, 2]], [3], temperature=0.0)
+
+
+def test_teacher_forced_match_agrees_with_torch_greedy_generation(tmp_path):
+  from aci_jax.eval.decision_probe import teacher_forced_match
+
+  model = make_hf_model("llama", seed=5)
+  d = save_hf_model(model, tmp_path / "ckpt")
+  cfg = ModelConfig.from_pretrained(d, dtype="float32")
+  params = load_params(d, cfg)
+  rng = np.random.default_rng(1)
+  contexts = [list(rng.integers(1, 96, n)) for n in (4, 11, 23, 7, 2)]
+  greedy = []
+  for c in contexts:  # the reference: torch's own greedy continuation, 4 tokens, float64
+    ids = torch.tensor([c], dtype=torch.int64)
+    out = model.double().generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0,
+                                  eos_token_id=None)
+    greedy.append([int(t) for t in out[0, len(c):]])
+  # Greedy targets match; a target whose 3rd token differs does not (teacher forcing means
+  # the first two positions still agree, so only the changed position can make it fail).
+  wrong = [g[:2] + [(g[2] + 1) % 96] + g[3:] for g in greedy]
+  got = teacher_forced_match(cfg, params, contexts + contexts, greedy + wrong, batch=4)
+  assert got.tolist() == [True] * 5 + [False] * 5

@@ -63,3 +63,43 @@ def prefix_logprob(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]],
       starts[r] = len(p)
     out.append(np.asarray(score(params, tokens, valid, starts), np.float64)[:len(part)])
   return np.concatenate(out)
+
+
+def teacher_forced_match(cfg: ModelConfig, params, contexts: Sequence[Sequence[int]],
+                         targets: Sequence[Sequence[int]], *, batch: int = 64) -> np.ndarray:
+  """Whether greedy decoding after each context reproduces its target exactly: [N] bool.
+
+  Teacher-forced (every target token is predicted from the true preceding ones), so one forward
+  pass per sequence; equal to greedy generation whenever the answer is right, and the warm-up's
+  skill probes use it to ask, e.g., "after a cell's output block and `\\boxed{`, does the policy
+  copy the printed number?" without sampling.
+  """
+  if len(contexts) != len(targets) or not all(targets):
+    raise ValueError("need one non-empty target per context")
+  longest = max(len(c) + len(t) for c, t in zip(contexts, targets))
+  width = -(-longest // 16) * 16
+  tmax = max(len(t) for t in targets)
+  model = Decoder(cfg)
+
+  @jax.jit
+  def argmax_at(params, tokens, valid, starts):
+    positions = jnp.cumsum(valid, axis=1, dtype=jnp.int32) - valid.astype(jnp.int32)
+    logits, _ = model.apply({"params": params}, tokens, positions, valid=valid)
+    idx = starts[:, None] - 1 + jnp.arange(tmax)[None, :]
+    idx = jnp.minimum(idx, tokens.shape[1] - 1)
+    return jnp.take_along_axis(jnp.argmax(logits, axis=-1), idx, axis=1)  # [B, tmax]
+
+  out = []
+  for lo in range(0, len(contexts), batch):
+    ctx, tgt = contexts[lo:lo + batch], targets[lo:lo + batch]
+    tokens = np.zeros((batch, width), np.int32)
+    valid = np.zeros((batch, width), bool)
+    starts = np.ones(batch, np.int32)
+    for r, (c, t) in enumerate(zip(ctx, tgt)):
+      seq = list(c) + list(t)
+      tokens[r, :len(seq)] = seq
+      valid[r, :len(seq)] = True
+      starts[r] = len(c)
+    pred = np.asarray(argmax_at(params, tokens, valid, starts))
+    out += [bool(np.array_equal(pred[r, :len(t)], np.asarray(t))) for r, t in enumerate(tgt)]
+  return np.asarray(out, bool)
