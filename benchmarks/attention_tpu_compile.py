@@ -6,7 +6,9 @@ remains, and the compiler's memory analysis.
   python benchmarks/attention_tpu_compile.py --topology v5e:2x2
 
 Paths: `dense` (the whole score tensor), `blocked` (pure-JAX online softmax), `auto` (what the
-decoder gets: on TPU the Pallas splash kernel, the blocked path as its on-device fallback).
+decoder gets: on TPU the Pallas splash kernel, the blocked path as its on-device fallback),
+`chunk` (`auto` with `chunk_only=True`, the cache-free caller's promise: no fallback compiled;
+training only, since an extend is never chunk-only).
 The training call runs under `activation_sharding` like the train step, the extend call under
 `attention.kernel_mesh` (the sampler's opt-in): either way the kernel runs in a shard_map over
 batch and heads.
@@ -49,7 +51,7 @@ def main():
   ap.add_argument("--cache", type=int, default=4096, help="extend: KV slots")
   ap.add_argument("--chunk", type=int, default=1024, help="extend: prompt chunk")
   ap.add_argument("--extend-rows", type=int, default=16, help="extend rows per chip")
-  ap.add_argument("--paths", default="dense,blocked,auto")
+  ap.add_argument("--paths", default="dense,blocked,auto,chunk")
   a = ap.parse_args()
   devices = topology_devices(a.topology)
   n = len(devices)
@@ -72,10 +74,12 @@ def main():
          jax.ShapeDtypeStruct((be, s), jnp.bool_))
   ext_sh = (heads, heads, heads, rows, rows)
 
-  for impl in a.paths.split(","):
-    def train_step(q, k, v, slot, valid, seg, impl=impl):
+  for path in a.paths.split(","):
+    impl, chunk_only = ("auto", True) if path == "chunk" else (path, False)
+
+    def train_step(q, k, v, slot, valid, seg, impl=impl, chunk_only=chunk_only):
       def loss(q, k, v):
-        out = A.attention(q, k, v, slot, valid, seg, seg, impl=impl)
+        out = A.attention(q, k, v, slot, valid, seg, seg, impl=impl, chunk_only=chunk_only)
         return jnp.sum(out.astype(jnp.float32) ** 2)
       with activation_sharding(mesh):
         return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
@@ -84,18 +88,20 @@ def main():
       with A.kernel_mesh(mesh):
         return A.attention(q, k, v, slot, valid, impl=impl)
 
-    for name, fn, args, sh, (tq, sk) in (("train fwd+bwd", train_step, train, train_sh, (t, t)),
-                                         ("extend", extend, ext, ext_sh, (tc, s))):
+    calls = [("train fwd+bwd", train_step, train, train_sh, (t, t))]
+    if not chunk_only:
+      calls.append(("extend", extend, ext, ext_sh, (tc, s)))
+    for name, fn, args, sh, (tq, sk) in calls:
       try:
         c = compile_one(fn, args, sh)
       except Exception as e:  # noqa: BLE001 - report the compiler's reason and go on
-        print(f"{impl:8s} {name:14s} FAILED: {str(e).splitlines()[0][:300]}")
+        print(f"{path:8s} {name:14s} FAILED: {str(e).splitlines()[0][:300]}")
         continue
       m = c.memory_analysis()
       text = c.as_text()
       scores = _shapes(text, tq, sk)
       kernels = text.count('custom_call_target="tpu_custom_call"')
-      print(f"{impl:8s} {name:14s} temp {m.temp_size_in_bytes / GiB:7.2f} GiB  args "
+      print(f"{path:8s} {name:14s} temp {m.temp_size_in_bytes / GiB:7.2f} GiB  args "
             f"{m.argument_size_in_bytes / GiB:6.2f} GiB  Pallas calls {kernels:2d}  "
             f"[T,S] buffers: {', '.join(scores) if scores else 'none'}")
 

@@ -59,14 +59,21 @@ def _splash(*args):
 # ------------------------------------------------------------------------ splash (TPU path)
 
 
-@pytest.mark.parametrize("packed", [False, True])
-def test_splash_training_chunk_matches_reference(packed):
+@pytest.mark.parametrize("packed,chunk_only", [(False, False), (True, False), (True, True)])
+def test_splash_training_chunk_matches_reference(packed, chunk_only):
   """A chunk over itself (S == T, slots 0..T-1): holes, a fully masked padding query,
-  packing segments, GQA (4 query heads over 2 key heads), T = 72 padded to 128."""
+  packing segments, GQA (4 query heads over 2 key heads), T = 72 padded to 128; checked on
+  device, or promised by the caller (`chunk_only`: no check, no fallback)."""
   rng = np.random.default_rng(10 + packed)
   args = _case(rng, t=72, s=72, packed=packed)
   assert int(S.case(jnp.asarray(args[3]), 72)) == 0
-  _check_against_reference(_splash, args, seed=1)
+  fn = lambda *a: S.splash_attention(*a, fallback=lambda q, *_: q * 0 + 7.0, interpret=True,
+                                     chunk_only=chunk_only)
+  _check_against_reference(fn, args, seed=1)
+  if chunk_only:
+    with pytest.raises(ValueError, match="chunk_only"):
+      S.splash_attention(*_jnp(_case(rng, t=24, s=40, cache=True)), fallback=None,
+                         chunk_only=True)
 
 
 def test_splash_extend_matches_reference():

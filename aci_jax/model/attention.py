@@ -297,9 +297,11 @@ def _sharded(fn, q, k, v, q_slot, key_valid, q_seg, k_seg):
 
 
 def attention(q, k, v, q_slot, key_valid, q_seg=None, k_seg=None, *, kv_block: int = 512,
-              q_block: int = 512, impl: str | None = None):
+              q_block: int = 512, impl: str | None = None, chunk_only: bool = False):
   """The masked attention of `dense_attention`, by the path `impl` names (None: the
-  `attention_impl` context, "auto" by default; see the module doc)."""
+  `attention_impl` context, "auto" by default; see the module doc). `chunk_only=True` is the
+  caller's promise that k/v are the queries' own chunk at slots 0..T-1 (a cache-free forward):
+  the Pallas path then compiles no on-device check and no fallback."""
   impl = impl or _IMPL.get()
   if impl not in IMPLS:
     raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
@@ -312,7 +314,8 @@ def attention(q, k, v, q_slot, key_valid, q_seg=None, k_seg=None, *, kv_block: i
     return blocked(*args)
 
   def pallas(interpret):
-    kernel = functools.partial(splash_attention, fallback=blocked, interpret=interpret)
+    kernel = functools.partial(splash_attention, fallback=blocked, interpret=interpret,
+                               chunk_only=chunk_only)
     return lambda *a: _sharded(kernel, *a)
 
   on_gpu = jax.default_backend() == "gpu"  # cuDNN's call does not even trace without a GPU

@@ -139,17 +139,27 @@ def case(q_slot, s: int):
   return jnp.where(from_zero, 0, jnp.where(consecutive, 1, 2)).astype(jnp.int32)
 
 
-def splash_attention(q, k, v, q_slot, key_valid, q_seg, k_seg, *, fallback, interpret=False):
+def splash_attention(q, k, v, q_slot, key_valid, q_seg, k_seg, *, fallback, interpret=False,
+                     chunk_only=False):
   """`dense_attention`'s function through splash attention where a static mask expresses it,
   `fallback` (same signature as `dense_attention`) otherwise; `interpret` runs the kernel in
-  Pallas's interpreter (any backend; for tests)."""
+  Pallas's interpreter (any backend; for tests). `chunk_only`: the caller guarantees the self
+  case (keys are the chunk, q_slot[b, t] == t), so no check and no fallback is compiled; a
+  `lax.switch` under `jax.grad` keeps the residuals of every branch (+0.7 GiB per chip on the
+  Qwen2.5-7B training chunk of docs/model.md), which this avoids."""
   s, t = k.shape[1], q.shape[1]
+  if chunk_only:
+    if s != t:
+      raise ValueError(f"chunk_only needs as many keys as queries, got {s} and {t}")
+    return _self(q, k, v, key_valid, q_seg, k_seg, interpret)
   branches = [
       lambda *a: _self(a[0], a[1], a[2], a[4], a[5], a[6], interpret),
       lambda *a: _extend(*a, interpret),
       lambda *a: fallback(*a),
   ]
   index = case(q_slot, s)
-  if s != t:  # no self case: its branch would not even trace (the keys are not the chunk)
+  if s == t:  # consecutive slots inside the cache must start at 0: extend is never taken
+    branches, index = [branches[0], branches[2]], jnp.minimum(index, 1)
+  else:  # no self case: its branch would not even trace (the keys are not the chunk)
     branches, index = branches[1:], index - 1
   return jax.lax.switch(index, branches, q, k, v, q_slot, key_valid, q_seg, k_seg)
