@@ -76,9 +76,10 @@ def bucketed_minibatches(trajs: Sequence[Trajectory], advantages: Sequence[float
 
   Per epoch the rows are shuffled, then sorted by length (within windows of `window`
   mini-batches; 0 = the whole epoch), cut into mini-batches of neighbouring lengths, and the
-  mini-batches are visited in random order. Every row is used once per epoch; a mini-batch holds rows of similar length (ties in random order), so a step's
-  gradient mixes fewer lengths than a uniform draw would. `length` (em.batch_length) fixes
-  one length for all instead. The last mini-batch is filled with all-padding rows.
+  mini-batches are visited in random order. Every row is used once per epoch; a mini-batch
+  holds rows of similar length (ties in random order), so a step's gradient mixes fewer lengths
+  than a uniform draw would. `length` (em.batch_length) fixes one length for all instead. The
+  last mini-batch is filled with all-padding rows.
   """
   n = len(trajs)
   if n == 0:

@@ -6,7 +6,7 @@ from it, so tool output can never be trained on by accident.
 
 An iteration holds every rollout on its host until the M-step, so the token-level fields are
 compact (`Column`: a frozen numpy array; int32 token ids, float32 behaviour log-probs, int8
-sources: 9 bytes per response token, where Python lists took ~88), the prompt of a query is one
+sources: 9 bytes per response token, where Python lists took ~80), the prompt of a query is one
 array shared by all its samples, and `pack` / `unpack` turn a list of trajectories into a few
 concatenated arrays for the multi-host gather. A `Column` indexes, iterates and compares like the
 list it replaced; `np.asarray(column)` is the array itself. JSON records are unchanged: plain
@@ -209,7 +209,7 @@ def pack(trajs: Sequence[Trajectory]) -> dict:
       prompts.append(t.prompt_ids.array)
     which[i] = prompt_slot[key]
   out = {
-      "prompt_tokens": _concat([p for p in prompts], np.int32),
+      "prompt_tokens": _concat(prompts, np.int32),
       "prompt_offsets": _offsets(prompts),
       "prompt_of": which,
       "offsets": _offsets([t.response_ids.array for t in trajs]),
