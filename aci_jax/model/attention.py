@@ -21,9 +21,8 @@ to the blocked path on device (`aci_jax/model/kernels/`):
 - `pallas`: JAX's Pallas TPU splash attention (`kernels/splash.py`): training and scoring
   chunks (slots 0..T-1, packed segments, padding holes) and extends at per-row cursors over a
   cache with holes. The TPU compiler cannot partition a Pallas kernel, so it runs inside a
-  `shard_map` over the batch and head axes of the mesh that `aci_jax.parallel.
-  activation_sharding` (the train step) or `kernel_mesh` (other callers) names. Off TPU it runs
-  in Pallas's interpreter (tests).
+  `shard_map` over the batch and head axes of the mesh named by `activation_sharding` (the
+  train step) or `kernel_mesh` (other callers). Off TPU it runs in Pallas's interpreter.
 - `cudnn`: `jax.nn.dot_product_attention` (`kernels/cudnn.py`): bf16/f16 chunks over
   themselves with right padding only; packing, holes, extends and float32 use the fallback.
   Off GPU it runs the same call through XLA (`implementation="xla"`, tests).
@@ -31,9 +30,9 @@ to the blocked path on device (`aci_jax/model/kernels/`):
 `attention` picks (`impl="auto"`, the default): dense when the scores are small (T < 16 or
 S <= kv_block); otherwise, by the platform the program is compiled for
 (`lax.platform_dependent`, so an ahead-of-time TPU compile on a CPU host gets the TPU path):
-`pallas` on TPU when a mesh is named (else `blocked`), `cudnn` on GPU, `blocked` elsewhere. `impl` (or the `attention_impl` context,
-for callers that cannot pass it, such as the decoder's call site) forces one of "dense",
-"blocked", "pallas", "cudnn".
+`pallas` on TPU when a mesh is named (else `blocked`), `cudnn` on GPU, `blocked` elsewhere.
+`impl` (or the `attention_impl` context, for callers that cannot pass it, such as the
+decoder's call site) forces one of "dense", "blocked", "pallas", "cudnn".
 
 A fully masked query row (a padding token) gets finite garbage in every path (the mean of the
 values, as a softmax over equal scores gives); nothing reads those rows.
