@@ -1,0 +1,67 @@
+"""Ctrl-C while a decode call runs: KeyboardInterrupt reaches Python within seconds, not when
+the call returns.
+
+The host waits for device results in short sleeps (`RolloutEngine.host`), so Python handles
+SIGINT between them; a blocking wait inside XLA would hold the KeyboardInterrupt until the whole
+decode call finished (minutes on a CPU for a real model). The child (tests/interrupt_child.py)
+runs one decode call of STEPS tokens that takes far longer than the allowance here, and reports
+whether the call was still in flight when the interrupt arrived, so a run that only finished
+early cannot pass. Checked to fail with `RolloutEngine.host` replaced by the plain
+`multihost.host_local(x)` (np.asarray, a wait inside XLA): no KeyboardInterrupt within the
+allowance. (`x.block_until_ready()` instead of the polling passes too: jax's wait is
+interruptible.)
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# One decode call of 2,048 steps over a 2,080-slot cache: 31 s on the shared 2-core VM (load 14),
+# far longer than the allowance on any CPU; compile ~20 s.
+SHAPE = ("256", "4", "8", "2048")
+ALLOWANCE_S = 5.0  # from SIGINT to the KeyboardInterrupt
+
+
+def _readline(proc, deadline):
+  """The child's next stdout line, or None at its exit or at `deadline` (polled: a child that
+  hangs must not hang the test)."""
+  fd, buf = proc.stdout.fileno(), b""
+  os.set_blocking(fd, False)
+  while time.monotonic() < deadline:
+    try:
+      chunk = os.read(fd, 4096)
+    except BlockingIOError:
+      chunk = None
+    if chunk:
+      buf += chunk
+      if b"\n" in buf:
+        return buf.split(b"\n", 1)[0].decode().strip()
+    elif chunk == b"" or proc.poll() is not None:
+      return None
+    time.sleep(0.05)
+  return None
+
+
+def test_ctrl_c_interrupts_a_run_during_a_decode_call():
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.Popen([sys.executable, os.path.join(HERE, "interrupt_child.py"), *SHAPE],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+  try:
+    line = _readline(proc, time.monotonic() + 600)
+    assert line == "DISPATCHED", (line, proc.poll())
+    time.sleep(1.0)  # well inside the call
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    line = _readline(proc, t0 + ALLOWANCE_S)
+    elapsed = time.monotonic() - t0
+    assert line is not None, f"no KeyboardInterrupt {ALLOWANCE_S:.0f} s after Ctrl-C"
+    assert line == "INTERRUPTED in_flight=True", line  # False: it waited for the call to end
+    assert elapsed < ALLOWANCE_S
+    assert proc.wait(timeout=30) == 130
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
