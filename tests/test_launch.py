@@ -113,11 +113,11 @@ def test_remote_run_and_stop_commands_work_in_bash(tmp_path):
   pid = int((home / "aci_jax.pid").read_text())
   try:
     deadline = time.monotonic() + 60
-    # The pid is setsid's; it execs `env`, which execs Python: wait for the last exec (a
-    # cmdline that still starts with `env` also contains "aci_jax.main").
+    # The pid is setsid's; it execs nohup, which execs env, which execs Python: wait for the
+    # last exec (the cmdline of every one of them contains "aci_jax.main").
     while True:
       argv = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")[:-1]
-      if "aci_jax.main" in argv and os.path.basename(argv[0]) != "env":
+      if argv and os.path.basename(argv[0]).startswith("python"):
         break
       assert time.monotonic() < deadline, "the run did not start"
       time.sleep(0.05)
