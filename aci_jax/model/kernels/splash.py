@@ -23,7 +23,9 @@ caller's fallback instead (`lax.switch`, so both are compiled and the choice cos
 integer comparisons). Lengths are padded to multiples of 128 (the kernel's lane width); padded
 keys are invalid and padded queries are dropped.
 
-The kernel takes no score scale: queries are scaled by Dh^-0.5 before the call. GQA is native
+The kernel takes no score scale: queries are scaled by Dh^-0.5 before the call (in their own
+dtype: in bf16 one more rounding of q, relative 2^-9, than the other paths' float32 scores).
+Segment ids must stay above the int32 minimum (the "no query" id is one below). GQA is native
 (K key heads for H query heads). A fully masked query (a padding token) gets finite garbage
 (the mean of the values of the blocks it visits), as in the other paths; nothing reads it.
 """
