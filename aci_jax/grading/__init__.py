@@ -14,11 +14,11 @@ from __future__ import annotations
 import threading
 
 from .equiv import DEFAULT_REL_TOL, compare
-from .extract import extract_answer, extract_gold, last_boxed
+from .extract import FALLBACKS, extract_answer, extract_gold, last_boxed
 from .pool import ENGINES, GradeResult, Grader
 
 __all__ = ["extract_answer", "extract_gold", "last_boxed", "is_equiv", "compare", "GradeResult",
-           "Grader", "ENGINES", "DEFAULT_REL_TOL", "default_grader"]
+           "Grader", "ENGINES", "FALLBACKS", "DEFAULT_REL_TOL", "default_grader"]
 
 _default: Grader | None = None
 _default_lock = threading.Lock()

@@ -11,9 +11,16 @@ import re
 
 from .normalize import SPECIAL_TOKENS, match_braces
 
-__all__ = ["extract_answer", "extract_gold", "last_boxed", "final_boxes", "GOLD_STYLES"]
+__all__ = ["extract_answer", "extract_gold", "last_boxed", "final_boxes", "fallback_mode",
+           "GOLD_STYLES", "FALLBACKS"]
 
-# "The answer is X." fallback (opt-in): take the rest of the line after the last occurrence.
+# What a response without a box answers with (opt-in; docs/grading.md):
+#   none         no answer;
+#   answer_is    the "the answer is X" / "final answer: X" phrase, `Answer: X` or `#### X` line;
+#   last_number  that phrase if there is one, else the last number of the response.
+FALLBACKS = ("none", "answer_is", "last_number")
+
+# "The answer is X." fallback: take the rest of the line after the last occurrence.
 _ANSWER_IS = re.compile(r"(?:(?:final answer|the answer)\s*(?:is|:)\s*:?|^####|^[ \t]*answer[ \t]*:)[ \t]*",
                         re.IGNORECASE | re.MULTILINE)
 GOLD_STYLES = ("auto", "math", "gsm8k", "plain")
@@ -81,19 +88,37 @@ def final_boxes(text: str) -> list[str]:
     return [b[2] for b in run]
 
 
-def extract_answer(response: str, *, fallback: bool = False) -> str | None:
+# A number as written in prose: sign, digits with optional thousands commas, decimals ("1,234.5").
+# Not inside a word or right after a digit or a decimal point ("x2", "3.14" is one number).
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w])")
+
+
+def fallback_mode(fallback: bool | str) -> str:
+    """One of FALLBACKS for a fallback setting: a name, or a bool (True = "answer_is", the
+    original opt-in; False = "none")."""
+    if isinstance(fallback, bool):
+        return "answer_is" if fallback else "none"
+    if fallback not in FALLBACKS:
+        raise ValueError(f"unknown fallback {fallback!r}; expected one of {FALLBACKS}")
+    return fallback
+
+
+def extract_answer(response: str, *, fallback: bool | str = False) -> str | None:
     """The final answer of a model response, or None when it gives none.
 
     The answer is the content of the last ``\\boxed{}``/``\\fbox{}`` (nested braces allowed); boxes
     written one after another as one answer (``\\boxed{2}, \\boxed{4}``) are joined into the list
     ``2, 4`` (``final_boxes``). Chat-template tokens such as ``<|im_end|>`` are ignored.
-    With ``fallback=True`` a response without a box may still answer through the last
-    "the answer is X" / "final answer: X" phrase, an ``Answer: X`` line or a GSM8K-style ``#### X`` line: X is the math
-    span ``$...$``/``\\(...\\)`` right after the phrase, else the rest of its sentence (markdown
-    ``**`` dropped). Off by default: training rewards need the boxed format.
+    With ``fallback="answer_is"`` (or True) a response without a box may still answer through
+    the last "the answer is X" / "final answer: X" phrase, an ``Answer: X`` line or a GSM8K-style
+    ``#### X`` line: X is the math span ``$...$``/``\\(...\\)`` right after the phrase, else the
+    rest of its sentence (markdown ``**`` dropped). ``fallback="last_number"``: that phrase, else the last number written in the
+    response (``624 dollars per day.`` -> ``624``). Off (``"none"``) by default: training rewards
+    need the boxed format.
     """
     if not isinstance(response, str):
         raise TypeError(f"response must be str, got {type(response).__name__}")
+    fallback = fallback_mode(fallback)
     response = SPECIAL_TOKENS.sub(" ", response)  # <|im_end|> after the answer is not part of it
     boxes = [b for b in final_boxes(response) if b]
     if len(boxes) > 1:
@@ -101,10 +126,15 @@ def extract_answer(response: str, *, fallback: bool = False) -> str | None:
     boxed = last_boxed(response)
     if boxed is not None:
         return boxed if boxed else None
-    if fallback:
-        matches = list(_ANSWER_IS.finditer(response))
-        if matches:
-            return _answer_phrase(response[matches[-1].end() :].split("\n", 1)[0].strip())
+    if fallback == "none":
+        return None
+    matches = list(_ANSWER_IS.finditer(response))
+    if matches:
+        return _answer_phrase(response[matches[-1].end() :].split("\n", 1)[0].strip())
+    if fallback == "last_number":
+        numbers = _NUMBER.findall(response)
+        if numbers:
+            return numbers[-1]
     return None
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .equiv import DEFAULT_REL_TOL
-from .extract import GOLD_STYLES, extract_answer, extract_gold
+from .extract import GOLD_STYLES, extract_answer, extract_gold, fallback_mode
 
 __all__ = ["GradeResult", "Grader", "ENGINES"]
 
@@ -84,7 +84,9 @@ class Grader:
       rel_tol: relative tolerance used when one side is a decimal approximation.
       engine: "native" (our rules) or "math_verify" (the math-verify package, same pool/limits).
       gold_style: how ``extract_gold`` reads gold strings ("auto", "math", "gsm8k", "plain").
-      fallback: let ``extract_answer`` use "the answer is X" when a response has no box.
+      fallback: what a response without a box answers with (``extract_answer``): "none",
+        "answer_is" ("the answer is X"; True means this), "last_number" (that, else the
+        response's last number). Config key ``grader.fallback``.
       cache_size: max cached verdicts (LRU). Timeouts are cached too (they repeat).
       memory_limit_mb: address-space limit per worker (None: no limit).
       chunk: max comparisons handed to a worker at once (fewer pipe round trips).
@@ -92,8 +94,9 @@ class Grader:
 
     def __init__(self, num_workers: int | None = None, *, timeout: float = 5.0,
                  rel_tol: float = DEFAULT_REL_TOL, engine: str = "native", gold_style: str = "auto",
-                 fallback: bool = False, cache_size: int = 200_000, memory_limit_mb: int | None = 3072,
-                 chunk: int = 16, startup_timeout: float = 120.0):
+                 fallback: bool | str = "none", cache_size: int = 200_000,
+                 memory_limit_mb: int | None = 3072, chunk: int = 16,
+                 startup_timeout: float = 120.0):
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
         if timeout <= 0:
@@ -102,7 +105,7 @@ class Grader:
             raise ValueError(f"unknown gold style {gold_style!r}; expected one of {GOLD_STYLES}")
         self.num_workers = num_workers or max(1, min(4, os.cpu_count() or 1))
         self.timeout, self.rel_tol, self.engine = float(timeout), float(rel_tol), engine
-        self.gold_style, self.fallback = gold_style, fallback
+        self.gold_style, self.fallback = gold_style, fallback_mode(fallback)
         self.cache_size, self.chunk, self.startup_timeout = cache_size, max(1, chunk), startup_timeout
         env = dict(os.environ)
         env["PYTHONPATH"] = _PKG_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
