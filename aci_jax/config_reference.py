@@ -92,6 +92,8 @@ MEANINGS = {
     "task.eval_paths.aime24": "AIME24 JSONL evaluated during the run (`\"\"`: skipped)",
     "task.eval_paths.amc23": "AMC23 JSONL evaluated during the run (`\"\"`: skipped); at "
                              "least one benchmark needs a path",
+    "task.instruction": "answer-format instruction after every problem, in the user message "
+                        "of warm-up, E-step and evaluation prompts (`\"\"`: none)",
     "task.eval_limit": "evaluate the first N problems of each benchmark (0: all)",
     "warmup.steps": "warm-up SFT steps (0: no warm-up, start EM from the loaded policy)",
     "warmup.batch_size": "warm-up sequences per step",
@@ -150,6 +152,10 @@ MEANINGS = {
                           "allows (docs/sandbox.md) instead of refusing to start",
     "grader.num_workers": "grading worker processes",
     "grader.timeout": "hard limit per comparison (seconds); a timeout grades as not equal",
+    "grader.fallback": "answer of a response without `\\boxed{}` (docs/grading.md): `none` "
+                       "(no answer, scores 0), `answer_is` (a \"the answer is X\" / "
+                       "\"Answer: X\" / `#### X` phrase), `last_number` (that phrase, else "
+                       "the response's last number); rewards and evaluation alike",
     "eval.every": "evaluate after every N EM iterations (and after the last); 0: only "
                   "warm-up and end",
     "eval.samples": "k of mean@k (0: greedy only)",

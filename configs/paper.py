@@ -27,6 +27,9 @@ MODELS = {  # name: (hub id, peak learning rate of the M-step (ours))
 }
 
 
+QWEN_MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
 def get_config(model: str = "qwen2.5-7b"):
   if model not in MODELS:
     raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
@@ -37,7 +40,10 @@ def get_config(model: str = "qwen2.5-7b"):
   c.mesh.update(data=1, fsdp=-1)  # ours: FSDP over all devices
   # Benchmarks evaluated during the run: set a path to evaluate it ("" = skipped), e.g.
   # --config.task.eval_paths.math500=data/math500.jsonl
-  c.task.update(name="jsonl")
+  # Every problem (warm-up demonstrations, E-step, evaluation) is followed in its user message by
+  # the answer-format instruction of Qwen2.5-Math's chain-of-thought evaluation: the reward
+  # reads \boxed{}, and a model that is never asked for it may never write it.
+  c.task.update(name="jsonl", instruction=QWEN_MATH_INSTRUCTION)
   # Stage 0 warm-up SFT on demonstrations with both modes (paper); its steps, lr, warm-up and
   # constant schedule (the defaults of warmup.*) are ours.
   c.em.update(

@@ -79,14 +79,32 @@ def _problems(config):
   return train, evals
 
 
+def prompt_builder(config, tok):
+  """problem text -> prompt ids, the one framing of every E-step and evaluation prompt (and,
+  through `_warmup_demos`, of the warm-up's): `data.system` as the system message,
+  `task.instruction` (the answer format) after the problem in the user message."""
+  from aci_jax.eval.harness import chat_prompt
+
+  system = config.data.get("system") or None
+  instruction = config.task.get("instruction") or None
+  return lambda text: chat_prompt(tok, text, system=system, instruction=instruction)
+
+
 def _warmup_demos(config, train):
   t = config.task
   if t.name == "toy":
     from aci_jax.data import toy
-    return toy.make_demonstrations(train[:t.warmup_examples], code_fraction=t.code_fraction,
-                                   seed=config.seed)
-  from aci_jax.data.sft import load_demonstrations
-  return load_demonstrations(config.warmup.data_path)
+    demos = toy.make_demonstrations(train[:t.warmup_examples], code_fraction=t.code_fraction,
+                                    seed=config.seed)
+  else:
+    from aci_jax.data.sft import load_demonstrations
+    demos = load_demonstrations(config.warmup.data_path)
+  if not t.get("instruction"):
+    return demos
+  # The warm-up trains on the prompts the policy is asked later (prompt_builder): the SFT
+  # data adds data.system itself, the instruction goes into the user message here.
+  from aci_jax.eval.harness import user_message
+  return [{**d, "prompt": user_message(d["prompt"], t.instruction)} for d in demos]
 
 
 # ------------------------------------------------------------------------------- phases
@@ -183,13 +201,17 @@ def validate(config) -> None:
   dataclass_from(SandboxConfig, config.sandbox, name="sandbox")
   dataclass_from(OptimConfig, config.optim, name="optim")
   _loss_for(config)
+  from aci_jax.grading import FALLBACKS
+  if config.grader.get("fallback", "none") not in FALLBACKS:
+    raise ConfigError(f"config.grader.fallback must be one of {FALLBACKS}, got "
+                      f"{config.grader.fallback!r}")
   if config.task.name not in ("toy", "jsonl"):
     raise ConfigError(f"config.task.name must be 'toy' or 'jsonl', got {config.task.name!r}")
 
 
 def autocode(config, workdir: str) -> None:
   """Warm-up SFT, then EM (or a baseline, `config.em.algorithm`), evaluated along the way."""
-  from aci_jax.eval.harness import chat_prompt, evaluate_benchmarks
+  from aci_jax.eval.harness import evaluate_benchmarks
   from aci_jax.grading import Grader
   from aci_jax.rollout import RolloutEngine
   from aci_jax.sandbox import Sandbox, SandboxConfig
@@ -226,10 +248,9 @@ def autocode(config, workdir: str) -> None:
     engine = RolloutEngine(trainer.model_cfg, tok, rollout_cfg, executor=sandbox,
                            mesh=trainer.mesh)
     ev = config.eval
-    # The warm-up's system message (data.system) frames every prompt the policy sees after it:
-    # E-step rollouts and evaluation alike.
-    system = config.data.get("system") or None
-    prompt_fn = lambda text: chat_prompt(tok, text, system=system)
+    # The warm-up's framing (system message, answer-format instruction) of every prompt the
+    # policy sees after it: E-step rollouts and evaluation alike.
+    prompt_fn = prompt_builder(config, tok)
     history = trainer.meta.setdefault("summary", {"warmup": None, "iterations": []})
     history.setdefault("wall_seconds_before", 0.0)
 
@@ -239,7 +260,7 @@ def autocode(config, workdir: str) -> None:
                                 out_dir=fileio.join(workdir, "eval", name),
                                 samples=ev.samples, temperature=ev.temperature,
                                 selection=ev.selection,
-                                prompt_fn=lambda t, text: chat_prompt(t, text, system=system))
+                                prompt_fn=lambda _, text: prompt_fn(text))
       point = {b: _point(s) for b, s in res.items()}
       flat = {f"eval/{b}/{k}": v for b, p in point.items() for k, v in p.items()
               if isinstance(v, (int, float))}

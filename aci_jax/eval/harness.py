@@ -44,15 +44,27 @@ GROUP_KEYS = ("family", "subject")  # problem fields that get a per-group breakd
 PASSES = ("greedy", "sampled", "forced_code", "forced_cot")
 
 
-def chat_prompt(tokenizer, problem: str, system: str | None = None) -> list[int]:
-  """Default prompt: the problem as the user message of the tokenizer's chat template, after
-  `system` as the system message if given (the run's `data.system`, as in warm-up SFT).
+def user_message(problem: str, instruction: str | None = None) -> str:
+  """The user turn of a task prompt: the problem, then the run's answer-format instruction
+  (`task.instruction`, e.g. "Please reason step by step, and put your final answer within
+  \\boxed{}.") after a blank line if there is one. Warm-up demonstrations, E-step rollouts
+  and evaluation all frame a problem with this, so the policy is trained on the prompts it is
+  asked."""
+  return f"{problem}\n\n{instruction}" if instruction else problem
+
+
+def chat_prompt(tokenizer, problem: str, system: str | None = None,
+                instruction: str | None = None) -> list[int]:
+  """Default prompt: `user_message(problem, instruction)` as the user message of the
+  tokenizer's chat template, after `system` as the system message if given (the run's
+  `data.system`, as in warm-up SFT).
 
   For checkpoints without a template the tokenizer falls back to plain text; the toy's char
   tokenizer has a two-token template (`<|im_start|>problem<|im_end|>`), so this serves it too.
   """
   messages = [{"role": "system", "content": system}] if system else []
-  return list(tokenizer.chat_ids(messages + [{"role": "user", "content": problem}]))
+  return list(tokenizer.chat_ids(messages + [{"role": "user",
+                                              "content": user_message(problem, instruction)}]))
 
 
 # ------------------------------------------------------------------------------ grading
