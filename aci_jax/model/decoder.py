@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from aci_jax.model.attention import attention
 from aci_jax.model.cache import KVCache, scatter_layer_rows, scatter_rows, write_slots
 from aci_jax.model.config import ModelConfig
+from aci_jax.model.live_attention import cached_attention
 from aci_jax.model.rope import apply_rope, rope_tables
 from aci_jax.parallel.rules import constrain
 
@@ -63,6 +64,7 @@ class Attention(nn.Module):
   cfg: ModelConfig
 
   attn_block: int = 512
+  live_block: int = 256
 
   @nn.compact
   def __call__(self, x, sin, cos, slots, key_valid, segment_ids, kv, layer):
@@ -83,18 +85,17 @@ class Attention(nn.Module):
     q = apply_rope(q, sin, cos)
     k = apply_rope(k, sin, cos)
     if kv is None:
-      keys, values, new_kv = k, v, None
+      # Dense scores for short chunks; blocked (no [T, S] scores) otherwise.
+      out, new_kv = attention(q, k, v, slots, key_valid, segment_ids, segment_ids,
+                              kv_block=self.attn_block, q_block=self.attn_block), None
     else:
       # The stacked cache travels in the scan carry and is written in place: scanning it as
       # per-layer inputs/outputs instead would copy the whole cache on every decode step.
+      # Attention then reads this layer's live key blocks straight out of the stacked cache.
       new_kv = (scatter_layer_rows(kv[0], layer, slots, k),
                 scatter_layer_rows(kv[1], layer, slots, v))
-      keys = jax.lax.dynamic_index_in_dim(new_kv[0], layer, keepdims=False)
-      values = jax.lax.dynamic_index_in_dim(new_kv[1], layer, keepdims=False)
-    # Dense scores for short chunks and decode steps; blocked (no [T, S] scores) otherwise.
-    out = attention(q, keys, values, slots, key_valid, segment_ids,
-                    segment_ids if kv is None else None, kv_block=self.attn_block,
-                    q_block=self.attn_block)
+      out = cached_attention(q, new_kv[0], new_kv[1], layer, slots, key_valid,
+                             block=self.live_block)
     out = constrain(out, heads).reshape(b, t, h * dh)
     return constrain(_dense(cfg, cfg.hidden_size, cfg.o_bias, "o_proj")(out), _X), new_kv
 
@@ -120,12 +121,13 @@ class Block(nn.Module):
 
   cfg: ModelConfig
   attn_block: int = 512
+  live_block: int = 256
 
   @nn.compact
   def __call__(self, carry, layer, shared):
     x, kv = carry
     sin, cos, slots, key_valid, segment_ids = shared
-    attn_out, kv = Attention(self.cfg, self.attn_block, name="attn")(
+    attn_out, kv = Attention(self.cfg, self.attn_block, self.live_block, name="attn")(
         _norm(self.cfg, "attn_norm")(x), sin, cos, slots, key_valid, segment_ids, kv, layer)
     x = constrain(x + attn_out, _X)
     x = constrain(x + MLP(self.cfg, name="mlp")(_norm(self.cfg, "mlp_norm")(x)), _X)
@@ -164,6 +166,8 @@ class Decoder(nn.Module):
   cfg: ModelConfig
   # Key/query block of the blocked attention path (long chunks); tests make it small.
   attn_block: int = 512
+  # Key block of attention over the cache: reads stop at the block holding the longest row.
+  live_block: int = 256
 
   def setup(self):
     cfg = self.cfg
@@ -174,7 +178,7 @@ class Decoder(nn.Module):
                           param_dtype=cfg.weight_dtype, embedding_init=_INIT)
     self.layers = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(0, nn.broadcast), length=cfg.num_layers)(cfg, self.attn_block)
+        in_axes=(0, nn.broadcast), length=cfg.num_layers)(cfg, self.attn_block, self.live_block)
     self.final_norm = _norm(cfg, "final_norm")
     if not cfg.tie_word_embeddings:
       self.lm_head = LMHead(cfg)
@@ -215,7 +219,7 @@ class Decoder(nn.Module):
     if segment_ids is not None and cache is not None:
       raise ValueError("segment_ids (packed rows) are for cache-free forward passes only")
     # The attention mask (key valid, causal by slot, same segment) is built block by block
-    # inside `attention` from these, never as a [B, T, S] array here.
+    # inside `attention` / `cached_attention` from these, never as a [B, T, S] array here.
     layer_ids = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
     (x, new_kv), _ = self.layers((x, kv), layer_ids, (sin, cos, slots, key_valid, segment_ids))
     x = self.final_norm(x)

@@ -1,0 +1,87 @@
+"""Attention over the KV cache that reads only the live part of it.
+
+The cache (`aci_jax.model.cache`) has S slots per row, but a row's keys live in its first
+`cursor` slots (every slot at or past the cursor is invalid). `cached_attention` visits the
+cache in key blocks of `block` slots with flash-attention's online softmax, in a `while_loop`
+whose trip count is a traced scalar: the number of blocks up to the last slot any query of the
+call sits at (the longest row of the batch; a finished row counts until it is refilled), not
+S / block. Each block is sliced straight out of the stacked `[L, B, S, K, Dh]` cache at
+(layer, block), so no per-layer copy of K and V is made (slicing the whole layer out of the
+scan's carried cache made XLA copy it every layer of every step), and the slots past the
+longest row are never read. Shapes stay static, so nothing recompiles as rows grow.
+
+The mask is the decoder's (key valid and causal by slot); a fully masked query (padding) gets
+the mean of the values it visited, as in `aci_jax.model.attention`; nothing reads those rows.
+
+The planner (`aci_jax.plan`) recognises the loop by its name scope, `live_kv_blocks_<block>`,
+and multiplies its body by the blocks an assumed live length needs (its trip count is not a
+compile-time constant).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+LOOP_SCOPE = "live_kv_blocks"
+_MASKED = float(jnp.finfo(jnp.float32).min)  # finite, so a fully masked row gives no NaN
+
+
+def block_size(capacity: int, block: int) -> int:
+  """The key block for a cache of `capacity` slots: `block`, or the whole cache if smaller."""
+  return min(block, capacity)
+
+
+def chunk_block(length: int, block: int) -> int:
+  """The key block for a chunk of `length` queries: `block`, halved while the chunk's f32
+  scores per block ([B, H, length, block]) would exceed what a 1,024-token chunk at 256 slots
+  holds (a 4,096-token re-prefill reads 64-slot blocks); at least 16."""
+  while block > 16 and length * block > 1024 * 256:
+    block //= 2
+  return block
+
+
+def cached_attention(q, k_cache, v_cache, layer, q_slot, key_valid, *, block: int = 256):
+  """q [B, T, H, Dh]; k_cache / v_cache [L, B, S, K, Dh] (this call's tokens already written at
+  `q_slot`); layer: scalar index into L; q_slot [B, T] int32; key_valid [B, S] bool.
+  Returns [B, T, H, Dh] in v's dtype.
+
+  One loop over key blocks for all T queries (a loop per query block made XLA copy the whole
+  cache into each loop); `chunk_block` keeps the scores of long chunks small."""
+  b, t, h, dh = q.shape
+  s, kh = k_cache.shape[2], k_cache.shape[3]
+  g = h // kh
+  block = block_size(s, chunk_block(t, block))
+  # Every query's slot is below max(q_slot) + 1: the blocks up to it hold all it may attend.
+  n_blocks = jnp.minimum(jnp.max(q_slot) // block + 1, -(-s // block)).astype(jnp.int32)
+  scale = dh ** -0.5
+  qg = q.reshape(b, t, kh, g, dh)
+
+  def body(carry):
+    j, m, l, acc = carry
+    lo = j * block
+    # The last block of a cache whose size is not a multiple of `block` is clamped back into
+    # range by dynamic_slice; slots before `lo` were counted already and are masked.
+    start = jnp.minimum(lo, s - block)
+    kk = jax.lax.dynamic_slice(k_cache, (layer, 0, start, 0, 0), (1, b, block, kh, dh))[0]
+    vv = jax.lax.dynamic_slice(v_cache, (layer, 0, start, 0, 0), (1, b, block, kh, dh))[0]
+    kvalid = jax.lax.dynamic_slice(key_valid, (0, start), (b, block))
+    kslot = start + jnp.arange(block, dtype=jnp.int32)
+    mask = (kvalid[:, None, :] & (kslot[None, None, :] <= q_slot[:, :, None])
+            & (kslot >= lo)[None, None, :])
+    sc = jnp.einsum("btkgd,bskd->bkgts", qg, kk, preferred_element_type=jnp.float32) * scale
+    sc = jnp.where(mask[:, None, None], sc, _MASKED)
+    m_new = jnp.maximum(m, jnp.max(sc, axis=-1))
+    corr = jnp.exp(m - m_new)
+    p = jnp.exp(sc - m_new[..., None])
+    l = l * corr + jnp.sum(p, axis=-1)
+    acc = acc * corr[..., None] + jnp.einsum("bkgts,bskd->bkgtd", p.astype(vv.dtype), vv,
+                                             preferred_element_type=jnp.float32)
+    return j + 1, m_new, l, acc
+
+  init = (jnp.int32(0), jnp.full((b, kh, g, t), -jnp.inf, jnp.float32),
+          jnp.zeros((b, kh, g, t), jnp.float32), jnp.zeros((b, kh, g, t, dh), jnp.float32))
+  with jax.named_scope(f"{LOOP_SCOPE}_{block}"):
+    _, _, l, acc = jax.lax.while_loop(lambda c: c[0] < n_blocks, body, init)
+  out = acc / l[..., None]  # [B, K, G, T, Dh]
+  return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, h, dh).astype(v_cache.dtype)
