@@ -30,6 +30,8 @@ def main(argv=None) -> int:
                     flag_values=fl)
   flags.DEFINE_list("programs", list(PROGRAMS), "programs to compile",
                     flag_values=fl)
+  flags.DEFINE_integer("live_tokens", 600, "live KV length (longest row) decode is counted at",
+                       flag_values=fl)
   flags.DEFINE_string("json", "", "also write the plan as JSON here", flag_values=fl)
   argv = sys.argv if argv is None else argv
   try:
@@ -52,7 +54,8 @@ def main(argv=None) -> int:
     config = fl["config"].value
     config.get("mode", None)
     p = plan(config, fl["topology"].value, programs=tuple(fl["programs"].value),
-             search=fl["search"].value, log=lambda m: print(m, file=sys.stderr, flush=True))
+             search=fl["search"].value, live_tokens=fl["live_tokens"].value,
+             log=lambda m: print(m, file=sys.stderr, flush=True))
   except PlanError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -36,7 +36,10 @@ def _exhausted(e: BaseException) -> str | None:
   return None
 
 
-def compile_program(name: str, fn, args, num_devices: int) -> Compiled:
+def compile_program(name: str, fn, args, num_devices: int,
+                    live_tokens: int | None = None) -> Compiled:
+  """Compiles `fn` for `args`; `live_tokens` is the live KV length its loops over live KV
+  blocks are counted for (`traffic.hlo_cost`)."""
   t0 = time.perf_counter()
   try:
     compiled = fn.lower(*args).compile()
@@ -56,7 +59,7 @@ def compile_program(name: str, fn, args, num_devices: int) -> Compiled:
   if os.environ.get("ACI_PLAN_DUMP"):  # the optimised HLO, for reading what the figures count
     with open(os.path.join(os.environ["ACI_PLAN_DUMP"], f"{name}.hlo.txt"), "w") as f:
       f.write(text)
-  cost, once = hlo_cost(text, num_devices)
+  cost, once = hlo_cost(text, num_devices, live_tokens)
   ca = compiled.cost_analysis() or {}
   if isinstance(ca, list):
     ca = ca[0] if ca else {}

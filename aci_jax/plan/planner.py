@@ -3,6 +3,7 @@ micro-batch, rollout rows and prompt chunk that fit."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from aci_jax.plan.chips import chip_for, topology_devices
@@ -17,20 +18,31 @@ PROGRAMS = tuple(BUILDERS)
 
 
 def plan(config, topology: str, *, programs=PROGRAMS, search: bool = False,
-         log: Callable[[str], None] = lambda m: None) -> Plan:
+         live_tokens: int | None = None, log: Callable[[str], None] = lambda m: None) -> Plan:
+  """Compiles `programs`; `live_tokens` overrides the live KV length decode is counted at."""
   devices = topology_devices(topology)
   s = setup_from_config(config, devices)
+  if live_tokens:
+    s = dataclasses.replace(s, live_tokens=live_tokens)
   out = {}
   for name in programs:
     log(f"compiling {name} ...")
     fn, args = BUILDERS[name](s)
-    out[name] = compile_program(name, fn, args, len(devices))
+    out[name] = compile_program(name, fn, args, len(devices),
+                                counted_live_tokens(s, name))
     log(f"  {name}: {'fits' if out[name].fits else 'does NOT fit'} "
         f"({out[name].seconds:.0f} s)")
   p = Plan(topology, len(devices), dict(s.mesh.shape), chip_for(topology), s.model, s, out)
   if search:
     p.search = search_limits(s, out, len(devices), log)
   return p
+
+
+def counted_live_tokens(s: Setup, name: str) -> int:
+  """The live KV length a program's attention reads: decode, the setup's assumed live length;
+  extend, the prompt chunk written into empty rows."""
+  live = s.live_tokens if name == "decode" else s.prompt_chunk
+  return min(live, s.capacity)
 
 
 def _fits(name: str, fn, args, n: int) -> bool:

@@ -10,6 +10,11 @@ from aci_jax.plan.compiler import Compiled
 from aci_jax.plan.setup import Setup
 
 
+def _itemsize(dtype) -> int:
+  import numpy as np
+  return np.dtype(dtype).itemsize
+
+
 @dataclasses.dataclass
 class Plan:
   """The compiled programs of one config on one topology, and what `--search` found."""
@@ -22,6 +27,16 @@ class Plan:
   setup: Setup
   programs: dict[str, Compiled]
   search: dict = dataclasses.field(default_factory=dict)
+
+  def decode_floor_bytes(self) -> float:
+    """The physical minimum a decode step reads per chip: the sampling copy of the weights
+    (compute dtype, split over every chip) and the rows' live KV at `setup.live_tokens`."""
+    m, s = self.model, self.setup
+    width = _itemsize(m.compute_dtype)
+    weights = m.num_params() * width
+    kv = (s.rollout_rows * min(s.live_tokens, s.capacity) * m.num_layers * 2 * m.num_kv_heads * m.head_dim
+          * width)
+    return (weights + kv) / self.chips
 
   def roofline(self, name: str) -> dict:
     c = self.programs[name]
@@ -45,6 +60,10 @@ class Plan:
       per_step = t / s.decode_steps
       out["step_s"] = per_step
       out["tokens_per_s"] = s.rollout_rows / per_step if per_step else 0.0
+      floor = self.decode_floor_bytes()
+      out["hbm_bytes_per_step"] = c.cost.hbm_bytes / s.decode_steps
+      out["floor_bytes_per_step"] = floor
+      out["x_floor"] = out["hbm_bytes_per_step"] / floor
     elif name == "extend":
       out["tokens_per_s"] = s.rollout_rows * s.prompt_chunk / t if t else 0.0
     return out
@@ -67,7 +86,8 @@ class Plan:
                       "micro_batches": self.setup.step.micro_batches},
             "rollout": {"rows": self.setup.rollout_rows, "capacity": self.setup.capacity,
                         "prompt_chunk": self.setup.prompt_chunk,
-                        "decode_steps": self.setup.decode_steps},
+                        "decode_steps": self.setup.decode_steps,
+                        "live_tokens": self.setup.live_tokens},
             "programs": progs, "search": self.search}
 
 
@@ -83,7 +103,8 @@ def format_plan(p: Plan) -> str:
            f"  train: {s.train_rows} x {s.train_len} tokens, {s.step.micro_batches} "
            f"micro-batches, remat={p.model.remat}; rollout: {s.rollout_rows} rows x "
            f"{s.capacity} slots, prompt chunk {s.prompt_chunk}, {s.decode_steps} decode steps"
-           " per call", "", "per chip:"]
+           f" per call, decode counted at {s.live_tokens} live tokens per row (floor: weights"
+           " + live KV)", "", "per chip:"]
   hdr = (f"  {'program':8} {'fits':5} {'memory':>10} {'TFLOP':>9} {'HBM GB':>9} "
          f"{'ICI GB':>9} {'roofline':>10} {'bound':8} figure")
   lines.append(hdr)
@@ -98,7 +119,8 @@ def format_plan(p: Plan) -> str:
     if name == "train":
       fig = f"MFU {100 * r['mfu']:.0f}%, {r['tokens_per_s']:,.0f} tok/s"
     elif name == "decode":
-      fig = f"{r['step_s'] * 1e3:.1f} ms/step, {r['tokens_per_s']:,.0f} tok/s"
+      fig = (f"{r['step_s'] * 1e3:.1f} ms/step, {r['tokens_per_s']:,.0f} tok/s, "
+             f"{r['hbm_bytes_per_step'] / 1e9:.2f} GB/step = {r['x_floor']:.2f}x floor")
     elif name == "extend":
       fig = f"{r['tokens_per_s']:,.0f} prompt tok/s"
     lines.append(f"  {name:8} {'yes':5} {_gb(c.memory_bytes):>10} {c.cost.flops / 1e12:9.1f} "

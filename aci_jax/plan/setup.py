@@ -48,6 +48,9 @@ class Setup:
   prompt_chunk: int
   decode_steps: int
   sampling: Any
+  # The longest row's live KV length assumed for decode (attention reads live KV blocks only,
+  # a run-time count; `aci_jax.model.live_attention`): the mean context of 600.
+  live_tokens: int = 600
 
 
 def model_config_for(config):

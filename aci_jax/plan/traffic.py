@@ -8,6 +8,7 @@ import dataclasses
 import math
 import re
 
+from aci_jax.model.live_attention import LOOP_SCOPE as LIVE_LOOP
 from aci_jax.plan.hlo import (Computation, Instr, attr_comps, params_of, parse_hlo,
                               shape_bytes, shape_dims)
 
@@ -35,6 +36,16 @@ def _group_size(attrs: str, num_devices: int) -> int:
   if m:
     return 2
   return num_devices
+
+
+def _live_trip(attrs: str, live_tokens: int | None) -> int | None:
+  """Trip count of a loop over live KV blocks (`aci_jax.model.live_attention`, recognised by
+  its name scope): the blocks `live_tokens` need (the real count is known only at run time);
+  None for any other loop."""
+  m = re.search(LIVE_LOOP + r"_(\d+)/while\"", attrs)
+  if m and live_tokens:
+    return -(-live_tokens // int(m.group(1)))
+  return None
 
 
 def _trip_count(comps: dict[str, Computation], cond: str, attrs: str) -> int:
@@ -118,11 +129,30 @@ def _dot_flops(ins: Instr, shapes: dict[str, str]) -> float:
   return flops
 
 
+def _collective_part(ins: Instr, fused: Computation) -> tuple[set[int], set[int]]:
+  """(operand indices, output indices) of an async collective fusion that belong to the
+  collective it carries: operands a collective reads, outputs aliased to operands (its
+  destination buffers and step counters, passed through)."""
+  by_index = params_of(fused)
+  coll = [f for f in fused.instrs if f.op in _COLLECTIVES]
+  if not coll:
+    return set(), set()
+  operands = {i for i, n in by_index.items() if any(n in c.operands for c in coll)}
+  m = re.search(r"output_to_operand_aliasing=\{(.*?)\}, ", ins.attrs)
+  outputs = set()
+  if m:
+    for o, i in re.findall(r"\{(\d+)\}: \((\d+),", m.group(1)):
+      outputs.add(int(o))
+      operands.add(int(i))
+  return operands, outputs
+
+
 def _fusion_io_bytes(ins: Instr, shapes: dict[str, str], fused: Computation | None,
-                     comps: dict | None = None) -> float:
+                     comps: dict | None = None, skip_collective: bool = False) -> float:
   """HBM bytes a fusion (or plain op) moves: operands read plus output written, except that
   an in-place dynamic-update-slice moves only its update, and an operand read only through
-  dynamic-slice / gather moves only the slice."""
+  dynamic-slice / gather moves only the slice. `skip_collective`: leave out what belongs to
+  the collective an async collective fusion carries (`_collective_part`)."""
   out_b = shape_bytes(ins.type)
   in_b = [shape_bytes(shapes.get(o, "")) for o in ins.operands]
   if fused is None:
@@ -151,13 +181,18 @@ def _fusion_io_bytes(ins: Instr, shapes: dict[str, str], fused: Computation | No
       i = update_operand[r.op]
       upd = shape_bytes(fused.shapes.get(r.operands[i], "")) if len(r.operands) > i else 0
       in_place[params[r.operands[0]]] = upd
+  skip_in, skip_out = _collective_part(ins, fused) if skip_collective else (set(), set())
   total = 0.0
-  for r in root_ops:
+  for j, r in enumerate(root_ops):
+    if j in skip_out:
+      continue
     if r.op in update_operand and r.operands and r.operands[0] in params:
       total += in_place[params[r.operands[0]]]
     else:
       total += shape_bytes(r.type)
   for i, b in enumerate(in_b):
+    if i in skip_in:
+      continue
     if i in in_place:
       total += in_place[i]
       continue
@@ -201,13 +236,16 @@ def _value_read(comps, comp: Computation, name: str, depth: int = 0) -> float | 
   return total
 
 
-def hlo_cost(text: str, num_devices: int) -> tuple[Cost, Cost]:
-  """(loop-aware cost, cost with every loop body counted once) of one device's program."""
+def hlo_cost(text: str, num_devices: int, live_tokens: int | None = None) -> tuple[Cost, Cost]:
+  """(loop-aware cost, cost with every loop body counted once) of one device's program.
+  `live_tokens`: the longest row's live KV length assumed for loops over live KV blocks (their
+  trip count is not a compile-time constant); without it such a loop counts once."""
   comps, entry = parse_hlo(text)
-  memo: dict[tuple[str, bool, bool], Cost] = {}
+  memo: dict[tuple[str, bool, bool, bool], Cost] = {}
 
-  def cost(name: str, loops: bool, fused: bool) -> Cost:
-    key = (name, loops, fused)
+  def cost(name: str, loops: bool, fused: bool, skip: bool = False) -> Cost:
+    """`skip`: leave out collectives and what async collective fusions spend on them."""
+    key = (name, loops, fused, skip)
     if key in memo:
       return memo[key]
     c = Cost()
@@ -225,35 +263,44 @@ def hlo_cost(text: str, num_devices: int) -> tuple[Cost, Cost]:
         moved = {"all-gather": b * (n - 1), "reduce-scatter": b * (n - 1) / n,
                  "all-reduce": 2 * b * (n - 1) / n, "all-to-all": b * (n - 1) / n,
                  "collective-permute": b}[base]
-        if n > 1 or base == "collective-permute":
+        if (n > 1 or base == "collective-permute") and not skip:
           c.ici_bytes += moved
           c.collectives[base] = c.collectives.get(base, 0.0) + moved
       if op == "fusion":
         called = attr_comps(ins.attrs, "calls")
         sub = comps.get(called[0]) if called else None
         for cc in called:
-          inner = cost(cc, loops, True)
+          inner = cost(cc, loops, True, skip)
           c.flops += inner.flops
           c.ici_bytes += inner.ici_bytes
           for k, v in inner.collectives.items():
             c.collectives[k] = c.collectives.get(k, 0.0) + v
         if not fused:
-          c.hbm_bytes += _fusion_io_bytes(ins, comp.shapes, sub, comps)
+          c.hbm_bytes += _fusion_io_bytes(ins, comp.shapes, sub, comps, skip)
       elif op == "while":
         body = attr_comps(ins.attrs, "body")
         cond = attr_comps(ins.attrs, "condition")
+        live = _live_trip(ins.attrs, live_tokens) if loops else None
+        if live is not None:
+          # XLA's async collective fusions may place a step of an unrelated collective (the
+          # next weight all-gather) in this loop's fusions; such a collective advances one
+          # step per invocation and completes once, so it is counted once, the rest per trip.
+          for b in body:
+            c.add(cost(b, loops, False, skip))
+            c.add(cost(b, loops, False, True), live - 1)
+          continue
         n = _trip_count(comps, cond[0], ins.attrs) if (loops and cond) else 1
         for b in body:
-          c.add(cost(b, loops, False), n)
+          c.add(cost(b, loops, False, skip), n)
       elif op in ("call", "async-start"):
         for cc in attr_comps(ins.attrs, "to_apply") + attr_comps(ins.attrs, "calls"):
-          c.add(cost(cc, loops, fused))
+          c.add(cost(cc, loops, fused, skip))
       elif op == "conditional":
         branches = (attr_comps(ins.attrs, "branch_computations")
                     + attr_comps(ins.attrs, "true_computation")
                     + attr_comps(ins.attrs, "false_computation"))
         if branches:
-          worst = max((cost(b, loops, False) for b in branches), key=lambda x: x.flops)
+          worst = max((cost(b, loops, False, skip) for b in branches), key=lambda x: x.flops)
           c.add(worst)
       elif not fused and op not in _FREE and not op.endswith("-done"):
         if base not in _COLLECTIVES:
