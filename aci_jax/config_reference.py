@@ -116,7 +116,8 @@ MEANINGS = {
                    "evaluation (empty: none)",
     "em.algorithm": "`autocode` (EM), `em_no_decision` (lambda = 0), `grpo` (standard RL), "
                     "`rejection_sft` (SFT on correct native rollouts); docs/em.md",
-    "em.iterations": "EM iterations",
+    "em.iterations": "EM iterations; 0: evaluate only (on a fresh workdir: parameters without "
+                     "an optimizer state, no checkpoint)",
     "em.queries_per_iteration": "queries drawn per iteration (a seeded pass over the pool)",
     "em.native_samples": "unforced rollouts per query, for pi_hat(code|x)",
     "em.k_per_decision": "K: forced rollouts per decision (code, reasoning), for Q_hat(x, c)",

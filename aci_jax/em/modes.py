@@ -241,6 +241,14 @@ def autocode(config, workdir: str) -> None:
       if warm_dir:
         c.model.init, c.model.path = "hf", warm_dir
     trainer = Trainer(c, workdir, loss_cfg=_loss_for(config))
+    # An evaluation-only run on a fresh workdir trains nothing: its state is the parameters
+    # alone (Adam's two moments would double their host memory: 1 of the 2.9 GB peak for
+    # SmolLM2-135M, docs/real_model.md) and it writes no checkpoint of the unchanged model, so
+    # a later EM run on this workdir starts from the same model with a full state.
+    params_only = not em_cfg.iterations and trainer.ckpt.latest_step() is None
+    if params_only:
+      import optax
+      trainer.optimizer = optax.identity()  # no optimizer state
     resumed = trainer.restore_or_init()
     restore_progress(trainer)
     log.info("%s EM run at iteration %d", "resumed" if resumed else "started",
@@ -270,7 +278,8 @@ def autocode(config, workdir: str) -> None:
 
     if history["warmup"] is None:
       history["warmup"] = run_eval("warmup")
-      save_progress(trainer)
+      if not params_only:
+        save_progress(trainer)
 
     def on_iteration(it: int, stats: dict) -> None:
       # Scalars, and the per-query native code-rate histogram (polarisation, plotted).
@@ -308,7 +317,8 @@ def autocode(config, workdir: str) -> None:
         "sandbox": sandbox.metrics(),
     }
     history["wall_seconds_before"] = summary["wall_seconds"]
-    save_progress(trainer)
+    if not params_only:
+      save_progress(trainer)
     if jax.process_index() == 0:
       from aci_jax.em.report import write_plots, write_summary
       write_summary(fileio.join(workdir, "summary.json"), summary)
