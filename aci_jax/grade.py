@@ -14,6 +14,7 @@ import json
 import sys
 
 from aci_jax import fileio
+from aci_jax.grading.extract import FALLBACKS
 
 
 def _read_pairs(path: str) -> list[dict]:
@@ -42,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="worker processes (default min(4, cpus))")
     ap.add_argument("--engine", default="native", choices=("native", "math_verify"))
     ap.add_argument("--gold-style", default="auto", choices=("auto", "math", "gsm8k", "plain"))
-    ap.add_argument("--fallback", action="store_true",
-                    help="responses without \\boxed{} may answer via 'the answer is X'")
+    ap.add_argument("--fallback", nargs="?", const="answer_is", default="none",
+                    choices=FALLBACKS,
+                    help="what a response without \\boxed{} answers with: none (default), "
+                         "answer_is ('the answer is X'; also a bare --fallback) or last_number")
     args = ap.parse_args(argv)
     try:
         pairs = _read_pairs(args.pairs)

@@ -59,3 +59,21 @@ def test_cli_bad_input_is_one_line_error(tmp_path):
     assert p.returncode == 2 and "not valid JSON" in p.stderr
     p = _run([str(tmp_path / "missing.jsonl")])
     assert p.returncode == 2 and p.stderr.startswith("error:")
+
+
+def test_cli_fallback_modes(tmp_path):
+    rows = [{"gold": "18", "pred": "so she makes 18 dollars.<|im_end|>", "response": True},
+            {"gold": "18", "pred": "The answer is 18.<|im_end|>", "response": True}]
+    src = tmp_path / "pairs.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    equal = {}
+    for mode in ([], ["--fallback"], ["--fallback", "last_number"]):
+        p = _run([str(src), "--workers", "1", *mode])
+        assert p.returncode == 0, p.stderr
+        equal[" ".join(mode)] = [json.loads(x)["equal"] for x in p.stdout.splitlines()]
+    # No box: nothing without a fallback; the bare flag reads "the answer is X" only;
+    # last_number also takes the last number of the prose (end-of-turn token stripped).
+    assert equal == {"": [False, False], "--fallback": [False, True],
+                     "--fallback last_number": [True, True]}
+    p = _run([str(src), "--fallback", "bogus"])
+    assert p.returncode == 2 and "invalid choice: 'bogus'" in p.stderr

@@ -66,3 +66,35 @@ def test_ctrl_c_interrupts_a_run_during_a_decode_call():
     if proc.poll() is None:
       proc.kill()
       proc.wait()
+
+
+def test_ctrl_c_ends_a_run_at_once_with_status_130(tmp_path):
+  """`python -m aci_jax.main` interrupted mid-training: one line, exit status 130, without
+  waiting for a compiled call in flight (main leaves with os._exit once the sandbox and grader
+  are closed; checkpoints are committed atomically, so the workdir stays resumable)."""
+  root = os.path.dirname(HERE)
+  workdir = tmp_path / "run"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "aci_jax.main", "--config", "configs/sft_toy.py",
+       "--config.train.steps=1000000", "--config.train.log_every=1", "--config.progress=False",
+       "--workdir", str(workdir)], cwd=root, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE)
+  try:
+    deadline = time.monotonic() + 240
+    metrics = workdir / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+      assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+      assert time.monotonic() < deadline, "training did not start"
+      time.sleep(0.2)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(timeout=60)
+    waited = time.monotonic() - t0
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  err = proc.stderr.read().decode()
+  assert rc == 130, err[-2000:]
+  assert err.strip().splitlines()[-1] == "error: interrupted; re-run the same command to resume"
+  assert waited < 10.0, waited

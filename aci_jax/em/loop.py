@@ -253,7 +253,7 @@ class EMLoop:
           "the policy is unchanged.\nCause: %d of %d rollouts were correct (%d wrote \\boxed{}, "
           "%d ran a code cell) on %d queries; a query needs a correct forced rollout to be kept."
           "\nTypical fixes: a format warm-up (warmup.steps, warmup.data_path; docs/real_model.md),"
-          " an answer-format instruction (data.system), more samples (em.k_per_decision) or "
+          " an answer-format instruction (task.instruction), more samples (em.k_per_decision) or "
           "max_new_tokens.\n%s", "!" * 78, it + 1, correct, len(trajs), boxed,
           sum(1 for t in trajs if t.used_code), len(queries), "!" * 78)
     t1 = time.perf_counter()
