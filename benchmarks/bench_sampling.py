@@ -1,13 +1,15 @@
 """Sampling throughput and tool-integrated rollouts.
 
-    python benchmarks/bench_sampling.py decode  [--batches 1,16] [--new 128]
+    python benchmarks/bench_sampling.py decode  [--batches 1,16] [--new 128] [--capacity 4096]
     python benchmarks/bench_sampling.py tools   [--prompts 48] [--batch 8] [--workload mixed]
     python benchmarks/bench_sampling.py calls   [--calls 4] [--prompts 32] [--devices 8]
 
 `decode`: greedy generation tokens/s of our jitted sampler (extend prefill + lax.while_loop
 decode) against `transformers` `generate` on the same CPU, same weights (a random Qwen2 of the
 `--size` shape), prompt 32 tokens, float32. Prints the ratio. Use `--threads 1` too: on a
-small shared CPU torch's thread pool can be far slower than one thread.
+small shared CPU torch's thread pool can be far slower than one thread. `--capacity`: KV slots
+per row (default: just enough, prompt + new + 1); a long capacity with short rows is the case
+where attention that reads only live KV blocks pays.
 
 `tools`: a Qwen2 model trained here (torch, a few hundred steps) to answer arithmetic questions
 with one or two code cells (sympy, loops, a 0.2 s sleep for a heavier cell), run through the real
@@ -64,13 +66,14 @@ def bench_decode(args):
   sp = SamplingParams(greedy=True)
   print(f"# decode: Qwen2 {args.size} D={d} L=4 V={v} ({cfg.num_params() / 1e6:.1f}M params), "
         f"prompt {args.prompt}, "
-        f"{args.new} new tokens, greedy, float32, torch threads {args.threads}")
+        f"{args.new} new tokens, {args.capacity or args.prompt + args.new + 1} KV slots per row, "
+        f"greedy, float32, torch threads {args.threads}")
   print(f"{'batch':>6}{'ours tok/s':>12}{'hf tok/s':>10}{'ratio':>8}")
   for b in [int(x) for x in args.batches.split(",")]:
     prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, (b, args.prompt))
 
     def ours():
-      st = S.SamplerState.init(cfg, b, args.prompt + args.new + 1, args.new)
+      st = S.SamplerState.init(cfg, b, args.capacity or args.prompt + args.new + 1, args.new)
       st = S.reset_rows(st, jnp.ones(b, bool), jnp.zeros((b, 2), jnp.uint32),
                         jnp.full(b, args.new), jnp.zeros(b, bool))
       st = S.extend(cfg, st, params, tables, jnp.asarray(prompt, jnp.int32),
@@ -291,6 +294,7 @@ def main(argv=None):
   p.add_argument("--batches", default="1,16")
   p.add_argument("--prompt", type=int, default=32)
   p.add_argument("--new", type=int, default=128)
+  p.add_argument("--capacity", type=int, default=0, help="KV slots per row (0: prompt+new+1)")
   p.add_argument("--threads", type=int, default=os.cpu_count())
   p.add_argument("--size", choices=sorted(SIZES), default="small")
   p.add_argument("--prompts", type=int, default=48)
