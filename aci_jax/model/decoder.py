@@ -85,9 +85,12 @@ class Attention(nn.Module):
     q = apply_rope(q, sin, cos)
     k = apply_rope(k, sin, cos)
     if kv is None:
-      # Dense scores for short chunks; blocked (no [T, S] scores) otherwise.
+      # Dense scores for short chunks; blocked (no [T, S] scores) or a fused kernel otherwise.
+      # The keys are this chunk at slots 0..T-1 (`chunk_only`): the kernel needs no on-device
+      # fallback, whose switch would keep every branch's residuals under grad.
       out, new_kv = attention(q, k, v, slots, key_valid, segment_ids, segment_ids,
-                              kv_block=self.attn_block, q_block=self.attn_block), None
+                              kv_block=self.attn_block, q_block=self.attn_block,
+                              chunk_only=True), None
     else:
       # The stacked cache travels in the scan carry and is written in place: scanning it as
       # per-layer inputs/outputs instead would copy the whole cache on every decode step.
