@@ -215,9 +215,15 @@ def probe_checkpoints(config, workdir: str, *, n: int = 100) -> dict:
     if str(step) in record:
       continue
     cfg, params = restore_params(config, workdir, step)
-    record[str(step)] = probe(cfg, params, tok, families, n, items=items)
-    with open(out_path, "w") as f:
+    result = probe(cfg, params, tok, families, n, items=items)
+    # Merge into what is on disk now: a `--probe_only` run beside a training run that probes
+    # at its end must not drop the other's steps.
+    if os.path.exists(out_path):
+      record = {**json.load(open(out_path)), **record}
+    record[str(step)] = result
+    with open(out_path + ".tmp", "w") as f:
       json.dump(record, f, indent=1, sort_keys=True)
+    os.replace(out_path + ".tmp", out_path)
   return record
 
 
