@@ -18,6 +18,12 @@ import subprocess
 import sys
 import time
 
+
+def _sigint_default():
+  # pytest-xdist workers ignore SIGINT, and an ignored signal stays ignored across exec: Python
+  # then installs no KeyboardInterrupt handler. A user's shell starts programs with the default.
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 # One decode call of 4,096 steps over a 4,128-slot cache: 2,048 steps took 20-31 s on the shared
 # 2-core VM, 4,096 up to 12 min under load; far longer than the allowance on any CPU (the child
@@ -49,7 +55,8 @@ def _readline(proc, deadline):
 def test_ctrl_c_interrupts_a_run_during_a_decode_call():
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   proc = subprocess.Popen([sys.executable, os.path.join(HERE, "interrupt_child.py"), *SHAPE],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                          preexec_fn=_sigint_default)
   try:
     line = _readline(proc, time.monotonic() + 600)
     assert line == "DISPATCHED", (line, proc.poll())
@@ -79,7 +86,7 @@ def test_ctrl_c_ends_a_run_at_once_with_status_130(tmp_path):
       [sys.executable, "-m", "aci_jax.main", "--config", "configs/sft_toy.py",
        "--config.train.steps=1000000", "--config.train.log_every=1", "--config.progress=False",
        "--workdir", str(workdir)], cwd=root, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE)
+      stderr=subprocess.PIPE, preexec_fn=_sigint_default)
   try:
     deadline = time.monotonic() + 240
     metrics = workdir / "metrics.jsonl"
