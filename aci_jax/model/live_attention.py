@@ -81,7 +81,13 @@ def cached_attention(q, k_cache, v_cache, layer, q_slot, key_valid, *, block: in
 
   init = (jnp.int32(0), jnp.full((b, kh, g, t), -jnp.inf, jnp.float32),
           jnp.zeros((b, kh, g, t), jnp.float32), jnp.zeros((b, kh, g, t, dh), jnp.float32))
-  with jax.named_scope(f"{LOOP_SCOPE}_{block}"):
-    _, _, l, acc = jax.lax.while_loop(lambda c: c[0] < n_blocks, body, init)
+  if block >= s:
+    # The whole cache is one block (caches sized to the job on a CPU): one pass, no loop. A
+    # while_loop per layer per decode step cost SmolLM2 (30 layers, 198 slots) 23% of its
+    # batch-1 decode step on CPU (44.9 -> 55.0 ms).
+    _, _, l, acc = body(init)
+  else:
+    with jax.named_scope(f"{LOOP_SCOPE}_{block}"):
+      _, _, l, acc = jax.lax.while_loop(lambda c: c[0] < n_blocks, body, init)
   out = acc / l[..., None]  # [B, K, G, T, Dh]
   return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, h, dh).astype(v_cache.dtype)
