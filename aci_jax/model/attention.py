@@ -55,6 +55,19 @@ from aci_jax.parallel import rules as sharding_rules
 MASKED = float(jnp.finfo(jnp.float32).min)  # finite, so a fully masked row gives no NaN
 
 
+def online_softmax_step(m, l, acc, scores, v):
+  """One key block of flash attention's online softmax. scores [B, K, G, T, S] f32 (masked
+  entries at MASKED), v [B, S, K, Dh]; (m, l, acc) the running max [B, K, G, T], normaliser
+  [B, K, G, T] and unnormalised output [B, K, G, T, Dh], all f32. Returns the updated triple."""
+  m_new = jnp.maximum(m, jnp.max(scores, axis=-1))
+  corr = jnp.exp(m - m_new)
+  p = jnp.exp(scores - m_new[..., None])
+  l = l * corr + jnp.sum(p, axis=-1)
+  acc = acc * corr[..., None] + jnp.einsum("bkgts,bskd->bkgtd", p.astype(v.dtype), v,
+                                           preferred_element_type=jnp.float32)
+  return m_new, l, acc
+
+
 def _mask(q_slot, q_seg, key_valid, k_seg, k_slot):
   """[B, T, S'] bool for key slots `k_slot` [S'] (block of the key axis)."""
   m = key_valid[:, None, :] & (k_slot[None, None, :] <= q_slot[:, :, None])
@@ -102,13 +115,7 @@ def _fwd_qblock(qg, kb, vb, q_slot, q_seg, kvalid_b, kseg_b, kslot_b, scale):
     s = jnp.einsum("btkgd,bskd->bkgts", qg, kk, preferred_element_type=jnp.float32) * scale
     mask = _mask(q_slot, q_seg, kvalid, kseg, kslot)[:, None, None]
     s = jnp.where(mask, s, MASKED)
-    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-    corr = jnp.exp(m - m_new)
-    p = jnp.exp(s - m_new[..., None])
-    l = l * corr + jnp.sum(p, axis=-1)
-    acc = acc * corr[..., None] + jnp.einsum("bkgts,bskd->bkgtd", p.astype(vv.dtype), vv,
-                                             preferred_element_type=jnp.float32)
-    return (m_new, l, acc), None
+    return online_softmax_step(m, l, acc, s, vv), None
 
   init = (jnp.full((b, kh, g, tq), -jnp.inf, jnp.float32), jnp.zeros((b, kh, g, tq), jnp.float32),
           jnp.zeros((b, kh, g, tq, dh), jnp.float32))

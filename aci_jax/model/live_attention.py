@@ -23,8 +23,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from aci_jax.model.attention import MASKED, online_softmax_step
+
 LOOP_SCOPE = "live_kv_blocks"
-_MASKED = float(jnp.finfo(jnp.float32).min)  # finite, so a fully masked row gives no NaN
 
 
 def block_size(capacity: int, block: int) -> int:
@@ -70,14 +71,8 @@ def cached_attention(q, k_cache, v_cache, layer, q_slot, key_valid, *, block: in
     mask = (kvalid[:, None, :] & (kslot[None, None, :] <= q_slot[:, :, None])
             & (kslot >= lo)[None, None, :])
     sc = jnp.einsum("btkgd,bskd->bkgts", qg, kk, preferred_element_type=jnp.float32) * scale
-    sc = jnp.where(mask[:, None, None], sc, _MASKED)
-    m_new = jnp.maximum(m, jnp.max(sc, axis=-1))
-    corr = jnp.exp(m - m_new)
-    p = jnp.exp(sc - m_new[..., None])
-    l = l * corr + jnp.sum(p, axis=-1)
-    acc = acc * corr[..., None] + jnp.einsum("bkgts,bskd->bkgtd", p.astype(vv.dtype), vv,
-                                             preferred_element_type=jnp.float32)
-    return j + 1, m_new, l, acc
+    sc = jnp.where(mask[:, None, None], sc, MASKED)
+    return (j + 1, *online_softmax_step(m, l, acc, sc, vv))
 
   init = (jnp.int32(0), jnp.full((b, kh, g, t), -jnp.inf, jnp.float32),
           jnp.zeros((b, kh, g, t), jnp.float32), jnp.zeros((b, kh, g, t, dh), jnp.float32))
