@@ -236,8 +236,14 @@ def main(argv=None, *, load=None) -> int:
   from aci_jax.model import ModelConfig, UnsupportedConfigError, positions_from_valid
   from aci_jax.model.safetensors_io import CheckpointError
 
+  from aci_jax.model.weights import resolve_export
+
   t0 = time.perf_counter()
   try:
+    directory = resolve_export(args.directory)
+    if directory != args.directory:
+      print(f"{args.directory} is a run's export root: checking its newest export, {directory}")
+    args.directory = directory
     cfg = ModelConfig.from_pretrained(args.directory)
     rng = np.random.default_rng(args.seed)
     tokens = rng.integers(0, cfg.vocab_size, (args.batch, args.length)).astype(np.int32)

@@ -132,3 +132,22 @@ def test_float32_criterion_is_relative_to_the_references_own_error():
   assert V.float32_verdict(ref + rng.normal(size=ref.shape) * 1.5e-4, hf32, ref, valid)[0]
   # Ten times the reference's own float32 error: FAIL.
   assert not V.float32_verdict(ref + rng.normal(size=ref.shape) * 1e-3, hf32, ref, valid)[0]
+
+
+def test_a_runs_export_root_resolves_to_its_newest_finished_export(tmp_path, capsys):
+  """`verify_checkpoint <workdir>/export` (what docs/real_model.md tells users to run) checks the
+  newest step_N that has a config.json; an unfinished one (no config.json yet) is skipped."""
+  from aci_jax.model.weights import resolve_export
+
+  d = save_hf_model(make_hf_model("llama"), tmp_path / "run" / "export" / "step_2")
+  (tmp_path / "run" / "export" / "step_10").mkdir()  # an export still being written
+  (tmp_path / "run" / "export" / "step_1").mkdir()
+  (tmp_path / "run" / "export" / "step_1" / "config.json").write_text("{}")
+  assert resolve_export(str(tmp_path / "run" / "export")) == d
+  assert resolve_export(str(tmp_path / "run")) == d  # the workdir itself
+  assert resolve_export(d) == d
+  with pytest.raises(FileNotFoundError, match="no finished export"):
+    resolve_export(str(tmp_path / "run" / "export" / "step_10"))
+  assert V.main([str(tmp_path / "run" / "export")]) == 0
+  assert f"checking its newest export, {d}" in capsys.readouterr().out
+  assert V.main([str(tmp_path / "run" / "export" / "step_10")]) == 2

@@ -175,6 +175,34 @@ def _host_value(x: jax.Array) -> np.ndarray:
   return np.asarray(replicated.addressable_data(0))
 
 
+EXPORT_STEP_PREFIX = "step_"
+
+
+def export_path(workdir: str, step: int) -> str:
+  """Where a run exports its policy at `step` by default: <workdir>/export/step_<step>."""
+  return fileio.join(workdir, "export", f"{EXPORT_STEP_PREFIX}{step}")
+
+
+def resolve_export(directory: str) -> str:
+  """`directory` if it is a checkpoint (has config.json), else its newest complete export: a run's
+  export root (<workdir>/export) or workdir holds step_<N>/ directories, and config.json is
+  written last, so a step without one is skipped as unfinished. Raises FileNotFoundError
+  naming what it looked for."""
+  if fileio.exists(fileio.join(directory, "config.json")):
+    return directory
+  for root in (directory, fileio.join(directory, "export")):
+    steps = []
+    for name in fileio.listdir(root):
+      n = name[len(EXPORT_STEP_PREFIX):]
+      if name.startswith(EXPORT_STEP_PREFIX) and n.isdigit() and fileio.exists(
+          fileio.join(root, name, "config.json")):
+        steps.append(int(n))
+    if steps:
+      return fileio.join(root, f"{EXPORT_STEP_PREFIX}{max(steps)}")
+  raise FileNotFoundError(f"no config.json at {directory} and no finished export under it "
+                          f"({EXPORT_STEP_PREFIX}N/config.json)")
+
+
 def export_params(params: dict, cfg: ModelConfig, directory: str, *,
                   dtype: str | None = None, max_shard_bytes: int = 4 * 2**30,
                   tokenizer_dir: str | None = None) -> None:

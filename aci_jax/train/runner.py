@@ -140,9 +140,9 @@ class Trainer:
 
   def export(self, directory: str | None = None) -> str:
     """Writes the current policy as a Hugging Face directory (collective on multi-host)."""
-    from aci_jax.model.weights import export_params
+    from aci_jax.model.weights import export_params, export_path
     e = self.config.export
-    directory = directory or fileio.join(self.workdir, "export", f"step_{self.step}")
+    directory = directory or export_path(self.workdir, self.step)
     tok_dir = self.hf_path if self.hf_path and os.path.isdir(self.hf_path) else None
     export_params(self.state.params, self.model_cfg, directory, dtype=e.dtype or None,
                   tokenizer_dir=tok_dir)
