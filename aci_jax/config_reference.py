@@ -80,7 +80,12 @@ MEANINGS = {
     "task.train_per_family": "toy training problems per family",
     "task.eval_per_family": "toy held-out problems per family",
     "task.warmup_examples": "toy warm-up demonstrations (the first N training problems)",
-    "task.code_fraction": "fraction of toy warm-up demonstrations that use a code cell",
+    "task.code_fraction": "fraction of toy warm-up demonstrations that use a code cell "
+                          "(of the un-triggered ones: the un-prompted code rate)",
+    "task.triggered_fraction": "fraction of each toy family's problems that also get a warm-up "
+                               "demo asking for code (\" Use Python.\") and answering with a "
+                               "cell: teaches writing cells and copying their output without "
+                               "teaching the policy to open one unasked",
     "task.train_path": "JSONL training pool (`problem` or `question`, and `answer`)",
     "task.train_benchmark": "field mapping of the pool: `\"\"` (generic: `problem` or "
                             "`question`, and `answer`), or a registered benchmark's mapping: "

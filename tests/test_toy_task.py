@@ -207,6 +207,7 @@ def test_probe_model_size_and_padded_batches():
 
 def test_triggered_demos_separate_can_code_from_chooses_to_code():
   problems = toy.make_problems(40, families=("add", "mul"), seed=3)
+  plain = toy.make_demonstrations(problems, code_fraction=0.05, seed=3)
   demos = toy.make_demonstrations(problems, code_fraction=0.05, triggered_fraction=0.5, seed=3)
   for fam in ("add", "mul"):
     mine = [d for d in demos if d["family"] == fam]
@@ -214,12 +215,18 @@ def test_triggered_demos_separate_can_code_from_chooses_to_code():
     free = [d for d in mine if not d["triggered"]]
     assert len(trig) == 20 and all(d["mode"] == "code" for d in trig)
     assert all(d["prompt"].endswith(" Use Python.") for d in trig)
-    assert all(d["response"].startswith("```python\n") for d in trig)
-    # Un-triggered: 5% of the remaining 20 rounds to 1 code demo, with the bare problem.
-    assert sum(d["mode"] == "code" for d in free) == 1
+    assert all(d["response"] == toy.code_response({"family": fam, "problem": d["prompt"][
+        :-len(toy.TRIGGER)], "answer": d["answer"]}) for d in trig)
+    # Un-triggered: one demo per problem, 5% of 40 rounds to 2 code demos, bare problems.
+    assert len(free) == 40 and sum(d["mode"] == "code" for d in free) == 2
     assert all(not d["prompt"].endswith("Python.") for d in free)
-  assert [d["prompt"].removesuffix(" Use Python.") for d in demos] == [
-      p["problem"] for p in problems]
+  # The triggered demos are extra: the un-triggered ones are exactly those without triggers,
+  # in problem order, each triggered demo right after its problem's.
+  assert [d for d in demos if not d["triggered"]] == plain
+  assert [d["prompt"] for d in plain] == [p["problem"] for p in problems]
+  for a, b in zip(demos, demos[1:]):
+    if b["triggered"]:
+      assert b["prompt"] == a["prompt"] + toy.TRIGGER
   with pytest.raises(ValueError, match="triggered_fraction"):
     toy.make_demonstrations(problems, triggered_fraction=1.5)
 

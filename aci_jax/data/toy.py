@@ -245,17 +245,21 @@ def code_response(problem: dict, fmt: tool_format.ToolFormat | None = None) -> s
 
 def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
                         seed: int = 0, triggered_fraction: float = 0.0) -> list[dict]:
-  """Warm-up demonstrations, one per problem, in problem order.
+  """Warm-up demonstrations: one un-triggered demo per problem, in problem order, each followed
+  by its triggered demo if it has one.
 
-  In every family exactly round(code_fraction * n_family) demos (half rounded up) are in code
-  mode, the rest reasoning: code is equally rare everywhere, like a base model that seldom
-  codes, so any family-specific preference must come from EM, not from the warm-up data.
+  In every family exactly round(code_fraction * n_family) un-triggered demos (half rounded up)
+  are in code mode, the rest reasoning: code is equally rare everywhere, like a base model that
+  seldom codes, so any family-specific preference must come from EM, not from the warm-up data.
 
-  `triggered_fraction` > 0 separates *can code* from *chooses to code* (the rare-code regime):
-  that fraction of each family's demos asks for code in the prompt (`TRIGGER` appended) and
-  answers with a cell; `code_fraction` then applies to the remaining, un-triggered demos only,
-  so the policy learns to write correct cells without learning to choose them unasked (E-step
-  and evaluation prompts never carry the trigger).
+  `triggered_fraction` > 0 separates *can code* from *chooses to code*: that fraction of each
+  family's problems gets a second, *extra* demo whose prompt asks for code (`TRIGGER` appended)
+  and whose response is the cell. The policy learns to write cells and to copy what they print
+  from many examples without learning to open a cell unasked (E-step and evaluation prompts never
+  carry the trigger; the un-prompted code rate stays `code_fraction`'s), and every problem keeps
+  its un-triggered demo, so the reasoning demos are not thinned. Issue 16: the copy of a
+  5-6-digit printed value into \\boxed{} formed in some warm-ups and not in others when only the
+  10% un-triggered `mul` cells showed it (docs/toy.md).
   Returns [{"prompt", "response", "family", "answer", "mode": "cot" | "code", "triggered"}].
   """
   _check_fraction("code_fraction", code_fraction)
@@ -265,21 +269,23 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
     by_family.setdefault(p["family"], []).append(i)
   code_idx, trig_idx = set(), set()
   for fam, idx in sorted(by_family.items()):
-    if triggered_fraction:  # its own stream: the un-triggered draw below stays as it was
-      trng = random.Random(f"aci_jax.toy.triggers:{seed}:{fam}")
-      trig = set(trng.sample(idx, int(triggered_fraction * len(idx) + 0.5)))
-      trig_idx |= trig
-      idx = [i for i in idx if i not in trig]
     rng = random.Random(f"aci_jax.toy.demos:{seed}:{fam}")
-    k = int(code_fraction * len(idx) + 0.5)
-    code_idx.update(rng.sample(idx, k))
+    code_idx.update(rng.sample(idx, int(code_fraction * len(idx) + 0.5)))
+    if triggered_fraction:  # its own stream: the un-triggered draw above is unchanged by it
+      trng = random.Random(f"aci_jax.toy.triggers:{seed}:{fam}")
+      trig_idx.update(trng.sample(idx, int(triggered_fraction * len(idx) + 0.5)))
   out = []
   for i, p in enumerate(problems):
-    mode = "code" if i in code_idx or i in trig_idx else "cot"
-    response = code_response(p) if mode == "code" else cot_response(p)
-    prompt = p["problem"] + TRIGGER if i in trig_idx else p["problem"]
-    out.append({"prompt": prompt, "response": response, "family": p["family"],
-                "answer": p["answer"], "mode": mode, "triggered": i in trig_idx})
+    base = {"family": p["family"], "answer": p["answer"]}
+    if i in code_idx:
+      out.append({"prompt": p["problem"], "response": code_response(p), **base, "mode": "code",
+                  "triggered": False})
+    else:
+      out.append({"prompt": p["problem"], "response": cot_response(p), **base, "mode": "cot",
+                  "triggered": False})
+    if i in trig_idx:
+      out.append({"prompt": p["problem"] + TRIGGER, "response": code_response(p), **base,
+                  "mode": "code", "triggered": True})
   return out
 
 
