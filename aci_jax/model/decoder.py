@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from aci_jax.model.attention import attention
-from aci_jax.model.cache import KVCache, scatter_layer_rows, scatter_rows, write_slots
+from aci_jax.model.cache import (KVCache, PagedKVCache, scatter_layer_rows, scatter_pages,
+                                 scatter_rows, write_slots)
 from aci_jax.model.config import ModelConfig
 from aci_jax.model.live_attention import cached_attention
 from aci_jax.model.rope import apply_rope, rope_tables
@@ -70,8 +71,9 @@ class Attention(nn.Module):
   def __call__(self, x, sin, cos, slots, key_valid, segment_ids, kv, layer):
     """x [B, T, D]; sin/cos [B, T, Dh/2]; slots [B, T] int32 (each token's cache slot);
     key_valid [B, S] bool; segment_ids [B, T] int32 or None (packed rows, no cache);
-    kv: None, or the whole cache (k, v) each [L, B, S, K, Dh] with `layer` the index of this
-    layer in it. Returns ([B, T, D], updated kv or None)."""
+    kv: None; or the whole cache (k, v) each [L, B, S, K, Dh]; or a paged one (k, v, table),
+    pools [L, G, P, N, K, Dh] and block table [B, M]; `layer` is the index of this layer in
+    it. Returns ([B, T, D], updated kv or None)."""
     cfg = self.cfg
     b, t, _ = x.shape
     h, k_heads, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -95,10 +97,16 @@ class Attention(nn.Module):
       # The stacked cache travels in the scan carry and is written in place: scanning it as
       # per-layer inputs/outputs instead would copy the whole cache on every decode step.
       # Attention then reads this layer's live key blocks straight out of the stacked cache.
-      new_kv = (scatter_layer_rows(kv[0], layer, slots, k),
-                scatter_layer_rows(kv[1], layer, slots, v))
+      if len(kv) == 3:  # paged: through the block table, pages stay where they are
+        table = kv[2]
+        new_kv = (scatter_pages(kv[0], layer, table, slots, k),
+                  scatter_pages(kv[1], layer, table, slots, v), table)
+      else:
+        table = None
+        new_kv = (scatter_layer_rows(kv[0], layer, slots, k),
+                  scatter_layer_rows(kv[1], layer, slots, v))
       out = cached_attention(q, new_kv[0], new_kv[1], layer, slots, key_valid,
-                             block=self.live_block)
+                             block=self.live_block, table=table)
     out = constrain(out, heads).reshape(b, t, h * dh)
     return constrain(_dense(cfg, cfg.hidden_size, cfg.o_bias, "o_proj")(out), _X), new_kv
 
@@ -186,15 +194,16 @@ class Decoder(nn.Module):
     if not cfg.tie_word_embeddings:
       self.lm_head = LMHead(cfg)
 
-  def __call__(self, tokens, positions, cache: KVCache | None = None, valid=None,
+  def __call__(self, tokens, positions, cache: KVCache | PagedKVCache | None = None, valid=None,
                advance=None, *, return_hidden: bool = False, segment_ids=None):
     """Runs T new tokens per row.
 
     Args:
       tokens: [B, T] int32 token ids.
       positions: [B, T] int32 RoPE positions (for left padding: the count of real tokens before).
-      cache: None for a plain forward over the chunk, or a KVCache with room for T more slots
-        per row after each row's cursor.
+      cache: None for a plain forward over the chunk, or a KVCache / PagedKVCache with room for
+        T more slots per row after each row's cursor (paged: pages assigned up to there;
+        tokens past a row's pages are dropped, see `PagedKVCache`).
       valid: [B, T] bool, False for padding; such tokens become holes nobody attends to.
       advance: [B] int32, how far each row's cursor moves (default T). A right-padded chunk may
         advance by each row's real length so the padding slots are reused by the next write.
@@ -218,7 +227,8 @@ class Decoder(nn.Module):
     else:
       slots = write_slots(cache.cursor, t)
       key_valid = scatter_rows(cache.valid, slots, valid)
-      kv = (cache.k, cache.v)
+      kv = ((cache.k, cache.v, cache.table) if isinstance(cache, PagedKVCache)
+            else (cache.k, cache.v))
     if segment_ids is not None and cache is not None:
       raise ValueError("segment_ids (packed rows) are for cache-free forward passes only")
     # The attention mask (key valid, causal by slot, same segment) is built block by block
@@ -229,7 +239,8 @@ class Decoder(nn.Module):
     new_cache = None
     if cache is not None:
       step = jnp.full((b,), t, jnp.int32) if advance is None else advance.astype(jnp.int32)
-      new_cache = KVCache(k=new_kv[0], v=new_kv[1], valid=key_valid, cursor=cache.cursor + step)
+      new_cache = cache.replace(k=new_kv[0], v=new_kv[1], valid=key_valid,
+                                cursor=cache.cursor + step)
     if return_hidden:
       return x, new_cache
     return self.logits(x), new_cache

@@ -10,6 +10,11 @@ S / block. Each block is sliced straight out of the stacked `[L, B, S, K, Dh]` c
 scan's carried cache made XLA copy it every layer of every step), and the slots past the
 longest row are never read. Shapes stay static, so nothing recompiles as rows grow.
 
+A paged cache (`PagedKVCache`) is read the same way, a block being a whole number of pages
+gathered per row through its block table (the CPU/GPU path). The loop still runs to the
+longest row: a shorter row reads a clamped page there (masked), so per-row live reads are the
+paged kernel's job, not this loop's; what paging changes is the memory each row holds.
+
 The mask is the decoder's (key valid and causal by slot); a fully masked query (padding) gets
 the mean of the values it visited, as in `aci_jax.model.attention`; nothing reads those rows.
 
@@ -24,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from aci_jax.model.attention import MASKED, online_softmax_step
+from aci_jax.model.cache import gather_pages
 
 LOOP_SCOPE = "live_kv_blocks"
 
@@ -42,17 +48,38 @@ def chunk_block(length: int, block: int) -> int:
   return block
 
 
-def cached_attention(q, k_cache, v_cache, layer, q_slot, key_valid, *, block: int = 256):
-  """q [B, T, H, Dh]; k_cache / v_cache [L, B, S, K, Dh] (this call's tokens already written at
-  `q_slot`); layer: scalar index into L; q_slot [B, T] int32; key_valid [B, S] bool.
-  Returns [B, T, H, Dh] in v's dtype.
+def cached_attention(q, k_cache, v_cache, layer, q_slot, key_valid, *, block: int = 256,
+                     table=None):
+  """q [B, T, H, Dh]; k_cache / v_cache either the contiguous [L, B, S, K, Dh] cache, or with
+  `table` [B, M] the page pool [L, G, P, N, K, Dh] of a `PagedKVCache` (this call's tokens
+  already written at `q_slot`); layer: scalar index into L; q_slot [B, T] int32; key_valid
+  [B, S] bool (S = M * N when paged). Returns [B, T, H, Dh] in v's dtype.
 
   One loop over key blocks for all T queries (a loop per query block made XLA copy the whole
-  cache into each loop); `chunk_block` keeps the scores of long chunks small."""
+  cache into each loop); `chunk_block` keeps the scores of long chunks small. Paged, a block is
+  a whole number of pages, gathered per row from its block table (the CPU/GPU path; no
+  [B, S] copy of the cache is made)."""
   b, t, h, dh = q.shape
-  s, kh = k_cache.shape[2], k_cache.shape[3]
+  kh = k_cache.shape[-2]
+  if table is None:
+    s = k_cache.shape[2]
+    block = block_size(s, chunk_block(t, block))
+
+    def read(start):
+      kk = jax.lax.dynamic_slice(k_cache, (layer, 0, start, 0, 0), (1, b, block, kh, dh))[0]
+      vv = jax.lax.dynamic_slice(v_cache, (layer, 0, start, 0, 0), (1, b, block, kh, dh))[0]
+      return kk, vv
+  else:
+    page, m = k_cache.shape[3], table.shape[1]
+    s = m * page
+    per = max(1, min(m, chunk_block(t, block) // page))  # pages per block
+    block = per * page
+
+    def read(start):  # `start` is a multiple of the page size
+      pages = jax.lax.dynamic_slice(table, (0, start // page), (b, per))
+      return gather_pages(k_cache, layer, pages), gather_pages(v_cache, layer, pages)
+
   g = h // kh
-  block = block_size(s, chunk_block(t, block))
   # Every query's slot is below max(q_slot) + 1: the blocks up to it hold all it may attend.
   n_blocks = jnp.minimum(jnp.max(q_slot) // block + 1, -(-s // block)).astype(jnp.int32)
   scale = dh ** -0.5
@@ -62,10 +89,9 @@ def cached_attention(q, k_cache, v_cache, layer, q_slot, key_valid, *, block: in
     j, m, l, acc = carry
     lo = j * block
     # The last block of a cache whose size is not a multiple of `block` is clamped back into
-    # range by dynamic_slice; slots before `lo` were counted already and are masked.
+    # range; slots before `lo` were counted already and are masked.
     start = jnp.minimum(lo, s - block)
-    kk = jax.lax.dynamic_slice(k_cache, (layer, 0, start, 0, 0), (1, b, block, kh, dh))[0]
-    vv = jax.lax.dynamic_slice(v_cache, (layer, 0, start, 0, 0), (1, b, block, kh, dh))[0]
+    kk, vv = read(start)
     kvalid = jax.lax.dynamic_slice(key_valid, (0, start), (b, block))
     kslot = start + jnp.arange(block, dtype=jnp.int32)
     mask = (kvalid[:, None, :] & (kslot[None, None, :] <= q_slot[:, :, None])
