@@ -105,6 +105,9 @@ class RolloutStats:
   extend_calls: int = 0
   cells: int = 0
   tokens: int = 0
+  # Paged KV cache: times a row waited for pages (a decode call it ended waiting, a prompt
+  # or splice put off to a later round).
+  page_waits: int = 0
 
   @property
   def idle_fraction(self) -> float:
