@@ -176,6 +176,7 @@ def test_plan_reports_a_program_that_does_not_fit():
   with c.unlocked():
     c.rollout.batch_size = 4096
     c.rollout.max_new_tokens = 65536 - 64
+    c.rollout.kv_pool_tokens = 0  # pages for every row's whole capacity
     c.model.num_layers = 8
     c.model.num_kv_heads = 4
   p = PL.plan(c, "v5e:2x2", programs=("decode",))

@@ -53,7 +53,11 @@ def _sampling_inputs(s: Setup, rows: int):
       lambda a, sh: jax.ShapeDtypeStruct(
           a.shape, s.model.compute_dtype if jnp.issubdtype(a.dtype, jnp.floating) else a.dtype,
           sharding=sh), pshapes, psh)
-  state = jax.eval_shape(lambda: S.SamplerState.init(s.model, rows, s.capacity, s.max_new))
+  groups = S.page_groups(s.mesh)
+  rc = s.rollout_config(rows)
+  state = jax.eval_shape(lambda: S.SamplerState.init(
+      s.model, rows, s.capacity, s.max_new, page_size=rc.kv_page_size,
+      pages_per_group=rc.pool_pages(groups), groups=groups))
   state = _abstract(state, S.state_shardings(state, s.mesh))
   rep = NamedSharding(s.mesh, P())
   v = s.model.vocab_size
