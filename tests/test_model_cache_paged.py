@@ -79,14 +79,15 @@ def test_paged_equals_contiguous(live_block, page, capacity, groups):
 def test_gather_and_scatter_pages_match_numpy():
   rng = np.random.default_rng(5)
   l, g, p, n, kh, dh, b, m = 2, 2, 5, 3, 2, 4, 4, 3
-  pool = rng.normal(size=(l, g, p, n, kh, dh)).astype(np.float32)
+  pool = rng.normal(size=(g, kh, l, p, n, dh)).astype(np.float32)
   table = np.array([[4, 0, p], [2, 1, p], [3, p, p], [0, 4, 1]], np.int32)  # rows 0-1: group 0
   layer = 1
   got = np.asarray(gather_pages(jnp.asarray(pool), jnp.int32(layer), jnp.asarray(table[:, :2])))
   for r in range(b):
     for j in range(2):
       if table[r, j] < p:
-        np.testing.assert_array_equal(got[r, j * n:(j + 1) * n], pool[layer, r // 2, table[r, j]])
+        np.testing.assert_array_equal(got[r, j * n:(j + 1) * n],
+                                      pool[r // 2, :, layer, table[r, j]].transpose(1, 0, 2))
   slots = np.array([[0, 4], [5, 7], [2, 3], [8, 9]], np.int32)  # 7, 3, 9: unassigned or past M
   vals = rng.normal(size=(b, 2, kh, dh)).astype(np.float32)
   out = np.asarray(scatter_pages(jnp.asarray(pool), jnp.int32(layer), jnp.asarray(table),
@@ -96,7 +97,7 @@ def test_gather_and_scatter_pages_match_numpy():
     for t in range(2):
       pg = slots[r, t] // n
       if pg < m and table[r, pg] < p:
-        want[layer, r // 2, table[r, pg], slots[r, t] % n] = vals[r, t]
+        want[r // 2, :, layer, table[r, pg], slots[r, t] % n] = vals[r, t]
   np.testing.assert_array_equal(out, want)
   assert not np.array_equal(out, pool)  # something was written
 
@@ -113,15 +114,60 @@ def test_writes_past_a_rows_pages_are_dropped():
   cache = cache.replace(table=jnp.asarray(table))
   np.testing.assert_array_equal(np.asarray(cache.limit), [4, 8])
   before = np.asarray(cache.k).copy()
-  before[:, 0, 3] = 1.0  # mark row 0's page: the result must change only it
+  before[0, :, :, 3] = 1.0  # mark row 0's page: the result must change only it
   cache = cache.replace(k=jnp.asarray(before))
   tokens = jnp.ones((b, 6), jnp.int32)
   valid = jnp.asarray([[True] * 6, [False] * 6])
   _, out = Decoder(CFG).apply({"params": params}, tokens, positions_from_valid(valid), cache,
                               valid)
   after = np.asarray(out.k)
-  changed = {int(x) for x in np.argwhere(np.any(after != before, axis=(0, 1, 3, 4, 5)))[:, 0]}
+  changed = {int(x) for x in np.argwhere(np.any(after != before, axis=(0, 1, 2, 4, 5)))[:, 0]}
   # Row 0's 4 slots on page 3 (its last 2 tokens dropped); row 1's padding, written as holes
   # at its slots 0-5, on its own pages 0 and 5. The pages nobody holds are untouched.
   assert changed == {0, 3, 5}
-  np.testing.assert_array_equal(after[:, 0, [1, 2, 4]], before[:, 0, [1, 2, 4]])
+  np.testing.assert_array_equal(after[:, :, :, [1, 2, 4]], before[:, :, :, [1, 2, 4]])
+
+
+def _interpret_pallas():
+  """Runs JAX's Pallas TPU kernels in Pallas's TPU interpreter (on the CPU): the real kernel
+  code, DMAs and semaphores included, without a TPU."""
+  import functools
+  from unittest import mock
+  from jax.experimental.pallas import tpu as pltpu
+  from aci_jax.model.kernels.paged import pak
+  return mock.patch.object(pak.pl, "pallas_call", functools.partial(
+      pak.pl.pallas_call, interpret=pltpu.InterpretParams()))
+
+
+@pytest.mark.parametrize("mesh_shape", [None, (4, 1, 2)])
+def test_pallas_paged_kernel_equals_the_gather_loop(mesh_shape):
+  """The TPU paged-attention kernel (interpreted) on the stacked bf16 pool, layer by layer
+  through the `l * P + p` page numbering, rows of different lengths with scattered pages, gives
+  the gather loop's attention at 1e-5 (values are bf16, so the kernel's cast is exact); with a
+  mesh, inside the shard_map over page groups and kv heads (8 CPU devices)."""
+  from aci_jax.model.kernels.paged import paged_decode
+  from aci_jax.model.live_attention import cached_attention
+  from aci_jax.parallel import MeshConfig, make_mesh
+
+  mesh = None if mesh_shape is None else make_mesh(MeshConfig(*mesh_shape))
+  groups = 1 if mesh is None else 4
+  rng = np.random.default_rng(6)
+  l, b, kh, h, dh, n, m = 3, 8, 2, 4, 128, 8, 4
+  ppg = m * (b // groups) + 2
+  shape = (groups, kh, l, ppg, n, dh)
+  bf = lambda x: jnp.asarray(x, jnp.bfloat16)
+  k_pool, v_pool = bf(rng.normal(size=shape)), bf(rng.normal(size=shape))
+  lengths = np.array([1, 9, 32, 17, 5, 24, 30, 8], np.int32)
+  held = [-(-x // n) for x in lengths]
+  table = jnp.asarray(_scattered_table(rng, b, groups, ppg, m, held))
+  q = bf(rng.normal(size=(b, 1, h, dh)))
+  key_valid = jnp.asarray(np.arange(m * n)[None, :] < lengths[:, None])
+  q_slot = jnp.asarray(lengths[:, None] - 1)
+  for layer in range(l):
+    want = cached_attention(q.astype(jnp.float32), k_pool.astype(jnp.float32),
+                            v_pool.astype(jnp.float32), jnp.int32(layer), q_slot, key_valid,
+                            block=16, table=table)
+    with _interpret_pallas():
+      got = paged_decode(q[:, 0].astype(jnp.float32), k_pool, v_pool, jnp.int32(layer), table,
+                         jnp.asarray(lengths), block_pages=2, mesh=mesh)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want)[:, 0], atol=1e-5, rtol=0)

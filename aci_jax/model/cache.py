@@ -90,7 +90,7 @@ class PagedKVCache:
   """Keys and values in a shared pool of pages; the slot space of each row as in `KVCache`.
 
   Layout (G page groups, P pages per group, N slots per page, M = ceil(S / N) pages per row):
-    k, v:     [L, G, P, N, K, Dh]  the pool; group g serves rows g * B/G ... (g+1) * B/G - 1
+    k, v:     [G, K, L, P, N, Dh]  the pool; group g serves rows g * B/G ... (g+1) * B/G - 1
     table:    [B, M] int32         the row's m-th page (slots m*N ... m*N+N-1) within its
                                    group's P pages; P where none is assigned
     valid:    [B, M*N] bool        as `KVCache.valid` (slots past `capacity` stay invalid)
@@ -99,7 +99,10 @@ class PagedKVCache:
 
   Groups are the data-parallel shards: sharded over the row axes, a group's pages live on the
   chips that hold its rows, so reading and writing a row's pages never crosses chips (the
-  gather and scatter run per group, `jax.vmap` over G). Pages are assigned by the host
+  gather and scatter run per group, `jax.vmap` over G). Within a group and kv head the layers'
+  pages are one run of L * P pages ([K, L * P, N, Dh] is a free reshape): the layout of the
+  Pallas TPU paged-attention kernel, which then reads layer l's page p as page l * P + p
+  without a per-layer copy (`kernels/paged.py`). Pages are assigned by the host
   (`aci_jax.rollout.pages.PagePool`) and pushed with `replace(table=...)`: a row's pages are a
   prefix of its table, taken as its cursor grows and given back when it is reset. Writes to a
   slot whose page is not assigned are dropped (never clamped onto another row's page); a row
@@ -115,15 +118,15 @@ class PagedKVCache:
 
   @property
   def page_size(self) -> int:
-    return self.k.shape[3]
+    return self.k.shape[4]
 
   @property
   def pages_per_group(self) -> int:
-    return self.k.shape[2]
+    return self.k.shape[3]
 
   @property
   def groups(self) -> int:
-    return self.k.shape[1]
+    return self.k.shape[0]
 
   @property
   def limit(self) -> jax.Array:
@@ -138,7 +141,7 @@ class PagedKVCache:
     if batch % groups:
       raise ValueError(f"{batch} rows do not divide into {groups} page groups")
     per_row = pages_per_row(capacity, page_size)
-    shape = (cfg.num_layers, groups, pages_per_group, page_size, cfg.num_kv_heads, cfg.head_dim)
+    shape = (groups, cfg.num_kv_heads, cfg.num_layers, pages_per_group, page_size, cfg.head_dim)
     return cls(
         k=jnp.zeros(shape, cfg.compute_dtype),
         v=jnp.zeros(shape, cfg.compute_dtype),
@@ -166,28 +169,33 @@ def _by_group(x: jax.Array, groups: int) -> jax.Array:
 
 
 def gather_pages(pool: jax.Array, layer, pages: jax.Array) -> jax.Array:
-  """pool [L, G, P, N, K, Dh], pages [B, n] int32 (within each row's group) ->
+  """pool [G, K, L, P, N, Dh], pages [B, n] int32 (within each row's group) ->
   [B, n * N, K, Dh]: the slots of those pages of layer `layer`, row by row. Unassigned
   entries (P) read a clamped page; callers mask those slots (they are past the cursor)."""
-  g = pool.shape[1]
+  g, kh, _, _, n_slots, dh = pool.shape
   b, n = pages.shape
-  got = jax.vmap(lambda p, i: p.at[layer, i].get(mode="clip"), in_axes=(1, 0))(
-      pool, _by_group(pages, g))  # [G, B/G, n, N, K, Dh]
-  return got.reshape(b, n * pool.shape[3], *pool.shape[4:])
+  got = jax.vmap(lambda p, i: p.at[:, layer, i].get(mode="clip"))(
+      pool, _by_group(pages, g))  # [G, K, B/G, n, N, Dh]
+  return jnp.moveaxis(got, 1, 4).reshape(b, n * n_slots, kh, dh)
 
 
 def scatter_pages(pool: jax.Array, layer, table: jax.Array, slots: jax.Array,
                   values: jax.Array) -> jax.Array:
-  """pool[layer, group(b), page of slots[b, t], offset] = values[b, t] for a paged pool;
-  table [B, M]; slots [B, T] int32; values [B, T, K, Dh]. A slot past the table, or on a page
-  not assigned, is dropped."""
-  g, p, n = pool.shape[1], pool.shape[2], pool.shape[3]
+  """pool[group(b), :, layer, page of slots[b, t], offset] = values[b, t] for a paged pool
+  [G, K, L, P, N, Dh]; table [B, M]; slots [B, T] int32; values [B, T, K, Dh]. A slot past the
+  table, or on a page not assigned, is dropped."""
+  g, p, n = pool.shape[0], pool.shape[3], pool.shape[4]
   m = table.shape[1]
   idx = slots // n
   page = jnp.take_along_axis(table, jnp.clip(idx, 0, m - 1), axis=1)
   page = jnp.where((idx >= 0) & (idx < m), page, p)
   off = slots % n
-  return jax.vmap(lambda pl, pg, o, val: pl.at[layer, pg, o].set(val, mode="drop"),
-                  in_axes=(1, 0, 0, 0), out_axes=1)(
-                      pool, _by_group(page, g), _by_group(off, g),
-                      _by_group(values.astype(pool.dtype), g))
+  vals = jnp.moveaxis(values.astype(pool.dtype), 2, 0)  # [K, B, T, Dh]
+  # The kv head is an index of the scatter, not part of its window: each update is one
+  # [Dh] row, so the compiler keeps the pool in its row-major layout (a [K, Dh] window made
+  # it interleave K with Dh, and the paged kernel then needed a relayout copy of the pool).
+  heads = jnp.arange(pool.shape[1], dtype=jnp.int32)[:, None, None]
+  return jax.vmap(lambda pl, pg, o, val: pl.at[heads, layer, pg[None], o[None]].set(
+      val, mode="drop"), in_axes=(0, 0, 0, 1))(
+          pool, _by_group(page, g), _by_group(off, g),
+          vals.reshape(vals.shape[0], g, -1, *vals.shape[2:]))

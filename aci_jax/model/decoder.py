@@ -66,13 +66,14 @@ class Attention(nn.Module):
 
   attn_block: int = 512
   live_block: int = 256
+  prefix_kv: bool = False
 
   @nn.compact
   def __call__(self, x, sin, cos, slots, key_valid, segment_ids, kv, layer):
     """x [B, T, D]; sin/cos [B, T, Dh/2]; slots [B, T] int32 (each token's cache slot);
     key_valid [B, S] bool; segment_ids [B, T] int32 or None (packed rows, no cache);
     kv: None; or the whole cache (k, v) each [L, B, S, K, Dh]; or a paged one (k, v, table),
-    pools [L, G, P, N, K, Dh] and block table [B, M]; `layer` is the index of this layer in
+    pools [G, K, L, P, N, Dh] and block table [B, M]; `layer` is the index of this layer in
     it. Returns ([B, T, D], updated kv or None)."""
     cfg = self.cfg
     b, t, _ = x.shape
@@ -105,8 +106,10 @@ class Attention(nn.Module):
         table = None
         new_kv = (scatter_layer_rows(kv[0], layer, slots, k),
                   scatter_layer_rows(kv[1], layer, slots, v))
+      # Rows without holes: a one-token step may use the paged kernel (`cached_attention`).
+      lengths = slots[:, 0] + 1 if self.prefix_kv and t == 1 else None
       out = cached_attention(q, new_kv[0], new_kv[1], layer, slots, key_valid,
-                             block=self.live_block, table=table)
+                             block=self.live_block, table=table, lengths=lengths)
     out = constrain(out, heads).reshape(b, t, h * dh)
     return constrain(_dense(cfg, cfg.hidden_size, cfg.o_bias, "o_proj")(out), _X), new_kv
 
@@ -133,12 +136,14 @@ class Block(nn.Module):
   cfg: ModelConfig
   attn_block: int = 512
   live_block: int = 256
+  prefix_kv: bool = False
 
   @nn.compact
   def __call__(self, carry, layer, shared):
     x, kv = carry
     sin, cos, slots, key_valid, segment_ids = shared
-    attn_out, kv = Attention(self.cfg, self.attn_block, self.live_block, name="attn")(
+    attn_out, kv = Attention(self.cfg, self.attn_block, self.live_block, self.prefix_kv,
+                             name="attn")(
         _norm(self.cfg, "attn_norm")(x), sin, cos, slots, key_valid, segment_ids, kv, layer)
     x = constrain(x + attn_out, _X)
     x = constrain(x + MLP(self.cfg, name="mlp")(_norm(self.cfg, "mlp_norm")(x)), _X)
@@ -179,6 +184,10 @@ class Decoder(nn.Module):
   attn_block: int = 512
   # Key block of attention over the cache: reads stop at the block holding the longest row.
   live_block: int = 256
+  # The caller's promise that every row's valid cache slots are those below its cursor (no
+  # holes: the sampler's rows). One-token steps over a paged bf16 cache on TPU may then use
+  # the Pallas paged-attention kernel (`aci_jax.model.live_attention.cached_attention`).
+  prefix_kv: bool = False
 
   def setup(self):
     cfg = self.cfg
@@ -189,7 +198,8 @@ class Decoder(nn.Module):
                           param_dtype=cfg.weight_dtype, embedding_init=_INIT)
     self.layers = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(0, nn.broadcast), length=cfg.num_layers)(cfg, self.attn_block, self.live_block)
+        in_axes=(0, nn.broadcast), length=cfg.num_layers)(cfg, self.attn_block, self.live_block,
+                                                          self.prefix_kv)
     self.final_norm = _norm(cfg, "final_norm")
     if not cfg.tie_word_embeddings:
       self.lm_head = LMHead(cfg)

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import time
 from typing import TYPE_CHECKING, Sequence
 
 import jax
 import numpy as np
 
+from aci_jax.model.attention import kernel_mesh
 from aci_jax.parallel import multihost
 from aci_jax.rollout.rows import (Finished, Paused, Phase, RolloutResult, RolloutStats,
                                   RoundPlan, Row)
@@ -131,9 +133,13 @@ class Scheduler:
     decoding = bool(multihost.allgather_ints([want]).max() if self.multi else want)
     if decoding:  # dispatch is asynchronous: the host work below overlaps it
       self._busy()
-      self.state, steps = S.decode(self.engine.model_cfg, self.sampling, self.state, self.params,
-                                   self.engine.tables, c.decode_steps,
-                                   exit_on_pause=not c.barrier)
+      # Traced over the engine's mesh: on a TPU slice the paged decode attention is a Pallas
+      # kernel in a shard_map over it (`model/kernels/paged.py`).
+      with contextlib.nullcontext() if self.engine.mesh is None else kernel_mesh(
+          self.engine.mesh):
+        self.state, steps = S.decode(self.engine.model_cfg, self.sampling, self.state,
+                                     self.params, self.engine.tables, c.decode_steps,
+                                     exit_on_pause=not c.barrier)
       self.stats.decode_calls += 1
     handoff, self.handoff = self.handoff, []
     for item in handoff:

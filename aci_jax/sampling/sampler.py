@@ -215,8 +215,9 @@ def _decode_step(cfg: ModelConfig, sp: SamplingParams, params, tables: Tables,
   status = jnp.where(running, new_status, jnp.where(stalled, WAITING, s.status))
   reason = jnp.where(running, reason, s.reason)
   # Feed the sampled token to every row that sampled one (a paused row needs its fence token
-  # in the cache before the tool output is appended); other rows write a hole and stay put.
-  new_logits, cache = Decoder(cfg).apply(
+  # in the cache before the tool output is appended); other rows write at their cursor
+  # without advancing, so no row has holes (extend right-pads too): `prefix_kv`.
+  new_logits, cache = Decoder(cfg, prefix_kv=True).apply(
       {"params": params}, tok[:, None], s.n_real[:, None], s.cache, running[:, None],
       running.astype(jnp.int32))
   logits = jnp.where(running[:, None], new_logits[:, 0], s.logits)
@@ -253,7 +254,7 @@ def state_shardings(state: SamplerState, mesh):
   """Rows of every state array over the mesh's data-parallel axes (the KV cache has its
   layer axis first, its row axis second, and its kv heads over `tensor` when they divide, as
   the attention that reads it is split: a cache replicated over `tensor` is held twice). A
-  paged pool [L, G, P, N, K, Dh] is split by its groups over the same axes (one group per
+  paged pool [G, K, L, P, N, Dh] is split by its groups over the same axes (one group per
   shard of rows: `page_groups`) and its kv heads likewise."""
   from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -264,8 +265,8 @@ def state_shardings(state: SamplerState, mesh):
       heads = "tensor" if x.shape[3] % mesh.shape["tensor"] == 0 else None
       return NamedSharding(mesh, P(None, rows, None, heads, None))
     if x.ndim == 6:
-      heads = "tensor" if x.shape[4] % mesh.shape["tensor"] == 0 else None
-      return NamedSharding(mesh, P(None, rows, None, None, heads, None))
+      heads = "tensor" if x.shape[1] % mesh.shape["tensor"] == 0 else None
+      return NamedSharding(mesh, P(rows, heads, None, None, None, None))
     return NamedSharding(mesh, P(rows, *([None] * (x.ndim - 1))))
 
   return jax.tree_util.tree_map(one, state)
