@@ -190,3 +190,29 @@ def test_paged_cache_under_pool_pressure_gives_the_contiguous_trajectories(train
     np.testing.assert_allclose(a.logp, b.logp, atol=1e-5, rtol=0)
   with pytest.raises(ValueError, match="kv_pool_tokens"):
     _engine(trained, sandbox, kv_page_size=8, kv_pool_tokens=15 * 8)
+
+
+def test_paged_pool_is_created_sharded_over_row_groups_and_kv_heads(trained, sandbox):
+  """On an 8-device mesh (data 4 x tensor 2) the page pool is born sharded: one page group per
+  data shard, kv heads split over tensor, so each device holds an eighth of it (never a
+  replica first); the block table follows the rows. Trajectories equal the one-device run."""
+  from jax.sharding import PartitionSpec as P
+  from aci_jax.parallel import MeshConfig, make_mesh
+  from aci_jax.parallel.rules import ROW_AXES
+
+  tok, cfg, _, scripts = trained
+  reqs = [Request(p, i) for i, (p, _, _, _) in enumerate(scripts)]
+  one, params = _engine(trained, sandbox, batch_size=8, kv_page_size=16)
+  ref = one.run(params, reqs).trajectories
+  eng = RolloutEngine(cfg, tok, one.cfg, executor=sandbox,
+                      mesh=make_mesh(MeshConfig(data=4, tensor=2)))
+  state = eng.new_state()
+  pool = state.cache.k
+  assert pool.shape[:2] == (4, cfg.num_kv_heads) and cfg.num_kv_heads % 2 == 0
+  assert pool.sharding.spec == P(ROW_AXES, "tensor", None, None, None, None)
+  shards = pool.addressable_shards
+  assert len(shards) == 8 and {s.data.shape for s in shards} == {
+      (1, cfg.num_kv_heads // 2) + pool.shape[2:]}
+  assert state.cache.table.sharding.spec == P(ROW_AXES, None)
+  out = eng.run(params, reqs).trajectories
+  assert [t.response_ids for t in out] == [t.response_ids for t in ref]

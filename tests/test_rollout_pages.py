@@ -57,16 +57,24 @@ def test_random_grow_and_release_keep_every_page_accounted_for(seed):
 
 
 def test_grow_takes_what_is_free_and_marks_the_table_for_the_device():
-  pool = PagePool(rows=3, groups=1, pages_per_group=7, page_size=8, pages_per_row=3)
+  pool = PagePool(rows=3, groups=1, pages_per_group=5, page_size=8, pages_per_row=3)
   assert not pool.dirty
   assert pool.grow(0, 9) == 16 and pool.dirty  # row 0, the oldest: 2 pages
-  assert pool.grow(1, 100) == 16  # row 1: 2 of the 5 free, the last 3 are row 0's reserve
+  assert pool.grow(1, 100) == 16  # row 1: 2 of the 3 free; the last is row 0's third page
   assert not pool.can_grow(2, 1) and pool.grow(2, 1) == 0  # nothing above the reserve
   assert pool.grow(0, 24) == 24  # the oldest row grows into the reserve
   pool.dirty = False
   pool.release(0)  # row 1 is now the oldest: it may take the rest
   assert pool.dirty and pool.grow(1, 24) == 24
   assert list(pool.table[1]) == [2, 3, 0]  # lowest free pages first
-  assert list(pool.table[0]) == [7, 7, 7]  # 7 = none
+  assert list(pool.table[0]) == [5, 5, 5]  # 5 = none
+
+
+def test_a_pool_with_every_rows_pages_never_makes_a_row_wait():
+  pool = PagePool(rows=4, groups=2, pages_per_group=6, page_size=8, pages_per_row=3)
+  for r in (1, 0, 3, 2):  # any order of arrival
+    assert pool.grow(r, 5) == 8
+  for r in (2, 3, 0, 1):
+    assert pool.grow(r, 24) == 24
   with pytest.raises(ValueError, match="do not divide"):
     PagePool(rows=3, groups=2, pages_per_group=4, page_size=8, pages_per_row=2)

@@ -12,12 +12,13 @@ An allocation that cannot be met is not an error here: `grow` takes what is free
 many tokens the row can now hold; the scheduler decides whether the row waits (its decode stops
 at its last page, `sampler.WAITING`) or its splice / prompt is put off to a later round.
 
-No deadlock: the last M pages of a group (M = a whole row's pages) are kept for the group's
-oldest row (the one holding pages the longest); other rows, and new rows while any row holds
-pages, take pages only above that reserve. The oldest row can therefore always grow to its
-full capacity, and finishes (or pauses for a tool and resumes) without waiting for anyone;
-when it gives its pages back the next oldest inherits the reserve, whole again. So rows may
-wait for pages, but some row always moves, and a group never needs more than it has.
+No deadlock: a group keeps back the pages its oldest row (the one holding pages the longest)
+still lacks for its full capacity (M pages, a whole table row, minus what it holds); other
+rows, and new rows while any row holds pages, take pages only above that reserve. The oldest
+row can therefore always grow to its full capacity, and finishes (or pauses for a tool and
+resumes) without waiting for anyone; when it gives its pages back, the free pages are at least
+M again, all a new oldest row can lack. So rows may wait for pages, but some row always moves;
+and a pool with M pages for every row never makes one wait (the reserve never binds).
 """
 
 from __future__ import annotations
@@ -57,14 +58,16 @@ class PagePool:
 
   def _reserve(self, row: int) -> int:
     """Free pages `row` must leave in its group: none for the group's oldest row (or a row
-    of a group where nobody holds pages), a whole row's pages for any other."""
+    of a group where nobody holds pages); for any other, the pages the oldest still lacks."""
     g = self.group(row)
     lo = g * (self.rows // self.groups)
     mine = self._since[row] if self._held[row] else self._clock + 1
-    for r in range(lo, lo + self.rows // self.groups):
-      if r != row and self._held[r] and self._since[r] < mine:
-        return self.pages_per_row
-    return 0
+    older = [r for r in range(lo, lo + self.rows // self.groups)
+             if r != row and self._held[r] and self._since[r] < mine]
+    if not older:
+      return 0
+    oldest = min(older, key=lambda r: self._since[r])
+    return self.pages_per_row - len(self._held[oldest])
 
   def can_grow(self, row: int, tokens: int) -> bool:
     """Whether `grow(row, tokens)` would give the row room for all `tokens`."""
