@@ -12,12 +12,13 @@ that does not run writes at its cursor without advancing).
 The pool of a `PagedKVCache` is [G, K, L, P, N, Dh]; within a group and kv head, the layers'
 pages form one run of L * P pages, so [K, L * P, N, Dh] is a free reshape and layer l's page p
 is page l * P + p: the kernel reads one layer's pages out of the stacked pool without a
-per-layer copy. Pages a row does not hold (P in its table) become page 0 of the layer; the
-kernel never reaches them (they lie past the row's length) unless the length says otherwise.
+per-layer copy. Pages a row does not hold (P in its table) become page 0 of the layer, so
+every index is in range; the kernel does not reach them (they lie past the row's length).
 
 The kernel casts K and V to bfloat16 inside (its `_maybe_dequantize`) and its lowering needs a
-head dim of whole 128-lane tiles: it is used where both hold (`paged_kernel_applies`). It takes no score scale (queries are scaled before the
-call). It cannot be partitioned by the TPU compiler: `paged_decode` runs it inside a
+head dim of whole 128-lane tiles: it is used where both hold (`paged_kernel_applies`). It
+takes no score scale (queries are scaled before the call). It cannot be partitioned by the
+TPU compiler: `paged_decode` runs it inside a
 `shard_map` over the active mesh (`attention.kernel_mesh`), rows and page groups over the
 data axes, kv heads (and their query heads) over `tensor`, one group per shard.
 """
