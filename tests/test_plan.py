@@ -206,6 +206,16 @@ def test_small_model_plan_on_small_topology():
     assert word in text
 
 
+def test_search_covers_the_programs_planned():
+  """`--search` with decode alone compiles no train step: it reports the rollout rows only,
+  doubling past the config's rows (the preset's paged pool grows with them)."""
+  from aci_jax import plan as PL
+
+  p = PL.plan(_tiny_config(), "v5e:2x2", programs=("decode",), search=True)
+  assert list(p.search) == ["rollout rows (decode)"]
+  assert p.search["rollout rows (decode)"] >= 2 * p.setup.rollout_rows
+
+
 def test_plan_reports_a_program_that_does_not_fit():
   """A KV cache far beyond HBM: the compiler's own refusal becomes 'does not fit'."""
   from aci_jax import plan as PL
