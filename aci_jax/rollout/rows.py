@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 
 class Phase(enum.Enum):
-  DECODING = enum.auto()  # on the device: running, or paused / finished and not yet collected
+  # On the device: running, waiting for KV pages, or paused / finished and not yet collected.
+  DECODING = enum.auto()
   HANDED = enum.auto()  # paused for a tool; its tokens are on the host, its cell not yet read
   IN_SANDBOX = enum.auto()  # its cell runs (`Row.future`)
   SPLICE_READY = enum.auto()  # `Row.splice` (tool output, a message, "" to resume) waits
