@@ -18,8 +18,10 @@ def _check(pool: PagePool) -> None:
     assert pool.free_pages(g) + len(held) == p, "a page lost or made up"
     assert set(held).isdisjoint(pool._free[g])  # pylint: disable=protected-access
     holders = [r for r in rows if pool.held(r)]
+    assert (pool.oldest(g) is None) == (not holders)
     if holders:  # the oldest holder can reach a whole row's pages from what is free
-      oldest = min(holders, key=lambda r: pool._since[r])  # pylint: disable=protected-access
+      oldest = pool.oldest(g)
+      assert oldest in holders
       assert pool.free_pages(g) >= m - pool.held(oldest) // pool.page_size
       assert pool.can_grow(oldest, m * pool.page_size)
   for r in range(pool.rows):
@@ -32,11 +34,14 @@ def _check(pool: PagePool) -> None:
 def test_random_grow_and_release_keep_every_page_accounted_for(seed):
   rng = np.random.default_rng(seed)
   pool = PagePool(rows=6, groups=2, pages_per_group=10, page_size=4, pages_per_row=5)
+  arrival = [[], []]  # per group, rows in the order they took a first page (kept here apart)
   for _ in range(400):
     r = int(rng.integers(pool.rows))
     if rng.random() < 0.25:
       pool.release(r)
       assert pool.held(r) == 0
+      if r in arrival[pool.group(r)]:
+        arrival[pool.group(r)].remove(r)
     else:
       tokens = int(rng.integers(0, 30))
       before, free = pool.held(r), pool.free_pages(pool.group(r))
@@ -48,6 +53,10 @@ def test_random_grow_and_release_keep_every_page_accounted_for(seed):
       else:  # it took what its group had above the reserve
         assert before <= got < want
       assert pool.free_pages(pool.group(r)) == free - (got - before) // 4
+      if got and not before:
+        arrival[pool.group(r)].append(r)
+    for g in range(2):
+      assert pool.oldest(g) == (arrival[g][0] if arrival[g] else None)
     _check(pool)
   for r in range(pool.rows):
     pool.release(r)

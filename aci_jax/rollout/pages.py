@@ -38,8 +38,9 @@ class PagePool:
     # Low page ids first (pop from the end), so a fresh pool hands out 0, 1, 2, ...
     self._free = [list(range(pages_per_group - 1, -1, -1)) for _ in range(groups)]
     self._held: list[list[int]] = [[] for _ in range(rows)]
-    self._since = [0] * rows  # when the row took its first page (its age, for the reserve)
-    self._clock = 0
+    # Per group, the rows holding pages in the order they took their first (dicts keep insertion
+    # order): the first is the group's oldest row, which the reserve is for.
+    self._holders: list[dict[int, None]] = [{} for _ in range(groups)]
     self.table = np.full((rows, pages_per_row), pages_per_group, np.int32)
     self.dirty = False  # the table changed since the device last got it
 
@@ -56,17 +57,16 @@ class PagePool:
   def pages_for(self, tokens: int) -> int:
     return -(-tokens // self.page_size)
 
+  def oldest(self, group: int) -> int | None:
+    """The row of `group` that has held pages the longest (None: nobody holds any)."""
+    return next(iter(self._holders[group]), None)
+
   def _reserve(self, row: int) -> int:
     """Free pages `row` must leave in its group: none for the group's oldest row (or a row
     of a group where nobody holds pages); for any other, the pages the oldest still lacks."""
-    g = self.group(row)
-    lo = g * (self.rows // self.groups)
-    mine = self._since[row] if self._held[row] else self._clock + 1
-    older = [r for r in range(lo, lo + self.rows // self.groups)
-             if r != row and self._held[r] and self._since[r] < mine]
-    if not older:
+    oldest = self.oldest(self.group(row))
+    if oldest is None or oldest == row:
       return 0
-    oldest = min(older, key=lambda r: self._since[r])
     return self.pages_per_row - len(self._held[oldest])
 
   def can_grow(self, row: int, tokens: int) -> bool:
@@ -81,13 +81,11 @@ class PagePool:
     want = min(self.pages_for(tokens), self.pages_per_row)
     held, free = self._held[row], self._free[self.group(row)]
     reserve = self._reserve(row)
-    if not held and want:
-      self._clock += 1
-      self._since[row] = self._clock
     while len(held) < want and len(free) > reserve:
       page = free.pop()
       self.table[row, len(held)] = page
       held.append(page)
+      self._holders[self.group(row)].setdefault(row)  # a first page: the youngest holder
       self.dirty = True
     return self.held(row)
 
@@ -97,6 +95,7 @@ class PagePool:
     if not held:
       return
     self._free[self.group(row)].extend(reversed(held))
+    del self._holders[self.group(row)][row]
     self.table[row] = self.pages_per_group
     held.clear()
     self.dirty = True
