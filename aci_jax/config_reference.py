@@ -146,6 +146,11 @@ MEANINGS = {
     "rollout.tool_format": "the tool-call format (aci_jax/tool_format.py): `markdown` (code in a "
                            "python fence, its output in an output fence); it owns the forced "
                            "code prefix and the stop and ban strings",
+    "rollout.kv_page_size": "slots per page of the paged KV cache (0: a contiguous cache of "
+                            "max_prompt_tokens + max_new_tokens slots per row)",
+    "rollout.kv_pool_tokens": "KV slots in the page pool shared by all rows (0: batch_size x "
+                              "capacity, no row ever waits); rows wait for pages when it is "
+                              "short (docs/sampling.md)",
     "rollout.temperature": "sampling temperature of the E-step rollouts",
     "rollout.top_p": "nucleus sampling (1: off)",
     "rollout.top_k": "top-k sampling (0: off)",

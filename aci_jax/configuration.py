@@ -59,7 +59,7 @@ DATACLASS_KEYS = {
     "rollout": [
         ("aci_jax.rollout.engine:RolloutConfig",
          ("batch_size", "max_prompt_tokens", "max_new_tokens", "max_tool_calls",
-          "decode_steps", "tool_format")),
+          "decode_steps", "tool_format", "kv_page_size", "kv_pool_tokens")),
         ("aci_jax.sampling.sampler:SamplingParams", ("temperature", "top_p", "top_k"))],
     "sandbox": [("aci_jax.sandbox.config:SandboxConfig",
                  ("timeout_s", "memory_mb", "mode", "allow_weak"))],

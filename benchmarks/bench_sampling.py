@@ -45,6 +45,7 @@ def bench_decode(args):
   from transformers import AutoModelForCausalLM, Qwen2Config
 
   from aci_jax.model import ModelConfig
+  from aci_jax.model.cache import pages_per_row
   from aci_jax.model.weights import load_params
   from aci_jax.sampling import SamplingParams, build_matcher
   from aci_jax.sampling import sampler as S
@@ -66,14 +67,22 @@ def bench_decode(args):
   sp = SamplingParams(greedy=True)
   print(f"# decode: Qwen2 {args.size} D={d} L=4 V={v} ({cfg.num_params() / 1e6:.1f}M params), "
         f"prompt {args.prompt}, "
-        f"{args.new} new tokens, {args.capacity or args.prompt + args.new + 1} KV slots per row, "
+        f"{args.new} new tokens, {args.capacity or args.prompt + args.new + 1} KV slots per row "
+        f"({f'pages of {args.page_size}' if args.page_size else 'contiguous'}), "
         f"greedy, float32, torch threads {args.threads}")
   print(f"{'batch':>6}{'ours tok/s':>12}{'hf tok/s':>10}{'ratio':>8}")
   for b in [int(x) for x in args.batches.split(",")]:
     prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, (b, args.prompt))
 
     def ours():
-      st = S.SamplerState.init(cfg, b, args.capacity or args.prompt + args.new + 1, args.new)
+      cap = args.capacity or args.prompt + args.new + 1
+      if args.page_size:  # the paged cache, a page for every slot of every row
+        m = pages_per_row(cap, args.page_size)
+        st = S.SamplerState.init(cfg, b, cap, args.new, page_size=args.page_size,
+                                 pages_per_group=b * m)
+        st = S.set_pages(st, jnp.arange(b * m, dtype=jnp.int32).reshape(b, m))
+      else:
+        st = S.SamplerState.init(cfg, b, cap, args.new)
       st = S.reset_rows(st, jnp.ones(b, bool), jnp.zeros((b, 2), jnp.uint32),
                         jnp.full(b, args.new), jnp.zeros(b, bool))
       st = S.extend(cfg, st, params, tables, jnp.asarray(prompt, jnp.int32),
@@ -295,6 +304,8 @@ def main(argv=None):
   p.add_argument("--prompt", type=int, default=32)
   p.add_argument("--new", type=int, default=128)
   p.add_argument("--capacity", type=int, default=0, help="KV slots per row (0: prompt+new+1)")
+  p.add_argument("--page_size", type=int, default=0,
+                 help="decode: the paged KV cache with pages of this many slots (0: contiguous)")
   p.add_argument("--threads", type=int, default=os.cpu_count())
   p.add_argument("--size", choices=sorted(SIZES), default="small")
   p.add_argument("--prompts", type=int, default=48)

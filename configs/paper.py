@@ -64,8 +64,10 @@ def get_config(model: str = "qwen2.5-7b"):
   # keep_per_query=8, epochs=1, adv_whiten="kept" (docs/em.md, "Advantage whitening").
   # Code mode is forced by a response prefix (paper): the tool format's (aci_jax/tool_format.py).
   # max_tool_calls stays 4, the design brief's default (Qwen2.5-Math harness).
+  # Ours: KV pages for 1,024 tokens per row on average (rollouts average ~600 tokens of the
+  # 4,096 slots a row may reach): a quarter of a contiguous cache (docs/tpu.md).
   c.rollout.update(batch_size=256, max_prompt_tokens=1024, max_new_tokens=3072,
-                   decode_steps=128)
+                   decode_steps=128, kv_pool_tokens=256 * 1024)
   c.loss.update(
       clip_eps_low=0.2, clip_eps_high=0.2,  # paper: epsilon = 0.2
       decision_coef=0.1,                    # ours (lambda is not given in the paper)

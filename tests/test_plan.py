@@ -114,6 +114,44 @@ def test_live_kv_loop_counted_for_the_live_length():
       assert cost.hbm_bytes < whole / 4
 
 
+def test_paged_kernel_counted_as_the_live_pages_it_copies():
+  """The Pallas paged-attention kernel takes the whole page pools as operands but copies only
+  each row's live pages: compiled for a 2x2 v5e (rows over 4 chips), it is counted for the
+  live length the planner is given, whole pages, and no per-layer copy of the pool appears."""
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from aci_jax import plan as PL
+  from aci_jax.model.attention import kernel_mesh
+  from aci_jax.model.live_attention import cached_attention
+
+  mesh = _mesh(_topology(), (4, 1, 1), ("data", "fsdp", "tensor"))
+  g, kh, layers, pages, n, dh, b, h, m = 4, 2, 3, 64, 128, 128, 32, 8, 8
+  rows = NamedSharding(mesh, P(("data", "fsdp")))
+  pool = jax.ShapeDtypeStruct((g, kh, layers, pages, n, dh), jnp.bfloat16,
+                              sharding=NamedSharding(mesh, P(("data", "fsdp"))))
+  q = jax.ShapeDtypeStruct((b, 1, h, dh), jnp.bfloat16, sharding=rows)
+  table = jax.ShapeDtypeStruct((b, m), jnp.int32, sharding=rows)
+  slot = jax.ShapeDtypeStruct((b, 1), jnp.int32, sharding=rows)
+  valid = jax.ShapeDtypeStruct((b, m * n), jnp.bool_, sharding=rows)
+
+  def f(q, k, v, table, slot, valid):
+    with kernel_mesh(mesh):
+      return cached_attention(q, k, v, 1, slot, valid, table=table, lengths=slot[:, 0] + 1)
+
+  text = jax.jit(f).lower(q, pool, pool, table, slot, valid).compile().as_text()
+  assert "paged_kv_pages_128" in text  # the kernel, not the gather loop
+  rows_per_chip = b // 4
+  pool_bytes = kh * layers * pages * n * dh * 2  # one chip's K pool
+  for live in (100, 300, 1000):
+    cost, _ = PL.hlo_cost(text, 4, live_tokens=live)
+    slots = -(-live // n) * n
+    kv_read = 2 * rows_per_chip * kh * slots * dh * 2  # K and V, bf16
+    assert kv_read <= cost.hbm_bytes <= kv_read + 2e6  # + q, output, table, lengths
+    assert cost.hbm_bytes < pool_bytes  # below reading (or copying) the K pool alone once
+    assert cost.flops == pytest.approx(4 * rows_per_chip * h * slots * dh, rel=0.01)
+
+
 def _tiny_config():
   import ml_collections
   from configs.paper import get_config
@@ -168,6 +206,16 @@ def test_small_model_plan_on_small_topology():
     assert word in text
 
 
+def test_search_covers_the_programs_planned():
+  """`--search` with decode alone compiles no train step: it reports the rollout rows only,
+  doubling past the config's rows (the preset's paged pool grows with them)."""
+  from aci_jax import plan as PL
+
+  p = PL.plan(_tiny_config(), "v5e:2x2", programs=("decode",), search=True)
+  assert list(p.search) == ["rollout rows (decode)"]
+  assert p.search["rollout rows (decode)"] >= 2 * p.setup.rollout_rows
+
+
 def test_plan_reports_a_program_that_does_not_fit():
   """A KV cache far beyond HBM: the compiler's own refusal becomes 'does not fit'."""
   from aci_jax import plan as PL
@@ -176,6 +224,7 @@ def test_plan_reports_a_program_that_does_not_fit():
   with c.unlocked():
     c.rollout.batch_size = 4096
     c.rollout.max_new_tokens = 65536 - 64
+    c.rollout.kv_pool_tokens = 0  # pages for every row's whole capacity
     c.model.num_layers = 8
     c.model.num_kv_heads = 4
   p = PL.plan(c, "v5e:2x2", programs=("decode",))

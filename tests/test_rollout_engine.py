@@ -141,6 +141,17 @@ def test_same_seed_same_trajectories_any_batch_size_and_order(trained, tmp_path)
       assert {k: v[0] for k, v in by_key.items()} == {k: v[0] for k, v in base.items()}
       for k in base:
         np.testing.assert_allclose(by_key[k][1], base[k][1], atol=1e-5)
+  # The paged cache with a short pool (capacity 72 = 9 pages of 8; 12 pages for 8 rows: rows
+  # wait for pages and are refilled as others finish) samples the same tokens.
+  rc = RolloutConfig(batch_size=8, max_prompt_tokens=48, max_new_tokens=24,
+                     sampling=SamplingParams(temperature=1.0), seed=3, kv_page_size=8,
+                     kv_pool_tokens=12 * 8)
+  res = RolloutEngine(cfg, tok, rc).run(params, reqs)
+  assert res.stats.page_waits > 0
+  for t in res.trajectories:
+    want_ids, want_logp = base[(t.prompt_index, t.sample_index)]
+    assert t.response_ids == want_ids
+    np.testing.assert_allclose(t.logp, want_logp, atol=1e-5)
   # Sampling passed to a call is the same as sampling configured: a greedy engine asked for
   # temperature 1 reproduces the runs above.
   rc = RolloutConfig(batch_size=8, max_prompt_tokens=48, max_new_tokens=24,
@@ -156,3 +167,52 @@ def test_user_stop_string_ends_the_response(trained, sandbox):
   (t,) = eng.run(params, [Request(scripts[1][0], 0)]).trajectories
   assert t.stop_reason == "stop"
   assert t.text.endswith("The answer is") and len(t.cells) == 1
+
+
+def test_paged_cache_under_pool_pressure_gives_the_contiguous_trajectories(trained, sandbox):
+  """The engine's paged KV cache with a pool of 1.5 rows' pages for 4 rows (rows wait for
+  pages, prompts and splices are put off, pages come back as rows finish and are refilled)
+  gives the contiguous cache's trajectories: tokens, cells, behaviour log-probs."""
+  _, _, _, scripts = trained
+  reqs = [Request(p, i, sample_index=s) for s in range(2)
+          for i, (p, _, _, _) in enumerate(scripts)]
+  contiguous, params = _engine(trained, sandbox, kv_page_size=0)
+  ref = contiguous.run(params, reqs)
+  assert ref.stats.page_waits == 0
+  # capacity 48 + 80 = 128 slots = 16 pages of 8; 24 pages, of which 16 the oldest row's.
+  paged, _ = _engine(trained, sandbox, kv_page_size=8, kv_pool_tokens=24 * 8)
+  out = paged.run(params, reqs)
+  assert out.stats.page_waits > 0  # the pool really was short
+  assert [t.response_ids for t in out.trajectories] == [t.response_ids for t in ref.trajectories]
+  assert ([[(c.code, c.output) for c in t.cells] for t in out.trajectories]
+          == [[(c.code, c.output) for c in t.cells] for t in ref.trajectories])
+  for a, b in zip(out.trajectories, ref.trajectories):
+    np.testing.assert_allclose(a.logp, b.logp, atol=1e-5, rtol=0)
+  with pytest.raises(ValueError, match="kv_pool_tokens"):
+    _engine(trained, sandbox, kv_page_size=8, kv_pool_tokens=15 * 8)
+
+
+def test_paged_pool_is_created_sharded_over_row_groups_and_kv_heads(trained, sandbox):
+  """On an 8-device mesh (data 4 x tensor 2) the page pool is born sharded: one page group per
+  data shard, kv heads split over tensor, so each device holds an eighth of it (never a
+  replica first); the block table follows the rows. Trajectories equal the one-device run."""
+  from jax.sharding import PartitionSpec as P
+  from aci_jax.parallel import MeshConfig, make_mesh
+  from aci_jax.parallel.rules import ROW_AXES
+
+  tok, cfg, _, scripts = trained
+  reqs = [Request(p, i) for i, (p, _, _, _) in enumerate(scripts)]
+  one, params = _engine(trained, sandbox, batch_size=8, kv_page_size=16)
+  ref = one.run(params, reqs).trajectories
+  eng = RolloutEngine(cfg, tok, one.cfg, executor=sandbox,
+                      mesh=make_mesh(MeshConfig(data=4, tensor=2)))
+  state = eng.new_state()
+  pool = state.cache.k
+  assert pool.shape[:2] == (4, cfg.num_kv_heads) and cfg.num_kv_heads % 2 == 0
+  assert pool.sharding.spec == P(ROW_AXES, "tensor", None, None, None, None)
+  shards = pool.addressable_shards
+  assert len(shards) == 8 and {s.data.shape for s in shards} == {
+      (1, cfg.num_kv_heads // 2) + pool.shape[2:]}
+  assert state.cache.table.sharding.spec == P(ROW_AXES, None)
+  out = eng.run(params, reqs).trajectories
+  assert [t.response_ids for t in out] == [t.response_ids for t in ref]

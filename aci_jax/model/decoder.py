@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from aci_jax.model.attention import attention
-from aci_jax.model.cache import KVCache, scatter_layer_rows, scatter_rows, write_slots
+from aci_jax.model.cache import (KVCache, PagedKVCache, scatter_layer_rows, scatter_pages,
+                                 scatter_rows, write_slots)
 from aci_jax.model.config import ModelConfig
 from aci_jax.model.live_attention import cached_attention
 from aci_jax.model.rope import apply_rope, rope_tables
@@ -65,13 +66,15 @@ class Attention(nn.Module):
 
   attn_block: int = 512
   live_block: int = 256
+  prefix_kv: bool = False
 
   @nn.compact
   def __call__(self, x, sin, cos, slots, key_valid, segment_ids, kv, layer):
     """x [B, T, D]; sin/cos [B, T, Dh/2]; slots [B, T] int32 (each token's cache slot);
     key_valid [B, S] bool; segment_ids [B, T] int32 or None (packed rows, no cache);
-    kv: None, or the whole cache (k, v) each [L, B, S, K, Dh] with `layer` the index of this
-    layer in it. Returns ([B, T, D], updated kv or None)."""
+    kv: None; or the whole cache (k, v) each [L, B, S, K, Dh]; or a paged one (k, v, table),
+    pools [G, K, L, P, N, Dh] and block table [B, M]; `layer` is the index of this layer in
+    it. Returns ([B, T, D], updated kv or None)."""
     cfg = self.cfg
     b, t, _ = x.shape
     h, k_heads, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -95,10 +98,18 @@ class Attention(nn.Module):
       # The stacked cache travels in the scan carry and is written in place: scanning it as
       # per-layer inputs/outputs instead would copy the whole cache on every decode step.
       # Attention then reads this layer's live key blocks straight out of the stacked cache.
-      new_kv = (scatter_layer_rows(kv[0], layer, slots, k),
-                scatter_layer_rows(kv[1], layer, slots, v))
+      if len(kv) == 3:  # paged: through the block table, pages stay where they are
+        table = kv[2]
+        new_kv = (scatter_pages(kv[0], layer, table, slots, k),
+                  scatter_pages(kv[1], layer, table, slots, v), table)
+      else:
+        table = None
+        new_kv = (scatter_layer_rows(kv[0], layer, slots, k),
+                  scatter_layer_rows(kv[1], layer, slots, v))
+      # Rows without holes: a one-token step may use the paged kernel (`cached_attention`).
+      lengths = slots[:, 0] + 1 if self.prefix_kv and t == 1 else None
       out = cached_attention(q, new_kv[0], new_kv[1], layer, slots, key_valid,
-                             block=self.live_block)
+                             block=self.live_block, table=table, lengths=lengths)
     out = constrain(out, heads).reshape(b, t, h * dh)
     return constrain(_dense(cfg, cfg.hidden_size, cfg.o_bias, "o_proj")(out), _X), new_kv
 
@@ -125,12 +136,14 @@ class Block(nn.Module):
   cfg: ModelConfig
   attn_block: int = 512
   live_block: int = 256
+  prefix_kv: bool = False
 
   @nn.compact
   def __call__(self, carry, layer, shared):
     x, kv = carry
     sin, cos, slots, key_valid, segment_ids = shared
-    attn_out, kv = Attention(self.cfg, self.attn_block, self.live_block, name="attn")(
+    attn_out, kv = Attention(self.cfg, self.attn_block, self.live_block, self.prefix_kv,
+                             name="attn")(
         _norm(self.cfg, "attn_norm")(x), sin, cos, slots, key_valid, segment_ids, kv, layer)
     x = constrain(x + attn_out, _X)
     x = constrain(x + MLP(self.cfg, name="mlp")(_norm(self.cfg, "mlp_norm")(x)), _X)
@@ -171,6 +184,10 @@ class Decoder(nn.Module):
   attn_block: int = 512
   # Key block of attention over the cache: reads stop at the block holding the longest row.
   live_block: int = 256
+  # The caller's promise that every row's valid cache slots are those below its cursor (no
+  # holes: the sampler's rows). One-token steps over a paged bf16 cache on TPU may then use
+  # the Pallas paged-attention kernel (`aci_jax.model.live_attention.cached_attention`).
+  prefix_kv: bool = False
 
   def setup(self):
     cfg = self.cfg
@@ -181,20 +198,22 @@ class Decoder(nn.Module):
                           param_dtype=cfg.weight_dtype, embedding_init=_INIT)
     self.layers = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(0, nn.broadcast), length=cfg.num_layers)(cfg, self.attn_block, self.live_block)
+        in_axes=(0, nn.broadcast), length=cfg.num_layers)(cfg, self.attn_block, self.live_block,
+                                                          self.prefix_kv)
     self.final_norm = _norm(cfg, "final_norm")
     if not cfg.tie_word_embeddings:
       self.lm_head = LMHead(cfg)
 
-  def __call__(self, tokens, positions, cache: KVCache | None = None, valid=None,
+  def __call__(self, tokens, positions, cache: KVCache | PagedKVCache | None = None, valid=None,
                advance=None, *, return_hidden: bool = False, segment_ids=None):
     """Runs T new tokens per row.
 
     Args:
       tokens: [B, T] int32 token ids.
       positions: [B, T] int32 RoPE positions (for left padding: the count of real tokens before).
-      cache: None for a plain forward over the chunk, or a KVCache with room for T more slots
-        per row after each row's cursor.
+      cache: None for a plain forward over the chunk, or a KVCache / PagedKVCache with room for
+        T more slots per row after each row's cursor (paged: pages assigned up to there;
+        tokens past a row's pages are dropped, see `PagedKVCache`).
       valid: [B, T] bool, False for padding; such tokens become holes nobody attends to.
       advance: [B] int32, how far each row's cursor moves (default T). A right-padded chunk may
         advance by each row's real length so the padding slots are reused by the next write.
@@ -218,7 +237,8 @@ class Decoder(nn.Module):
     else:
       slots = write_slots(cache.cursor, t)
       key_valid = scatter_rows(cache.valid, slots, valid)
-      kv = (cache.k, cache.v)
+      kv = ((cache.k, cache.v, cache.table) if isinstance(cache, PagedKVCache)
+            else (cache.k, cache.v))
     if segment_ids is not None and cache is not None:
       raise ValueError("segment_ids (packed rows) are for cache-free forward passes only")
     # The attention mask (key valid, causal by slot, same segment) is built block by block
@@ -229,7 +249,8 @@ class Decoder(nn.Module):
     new_cache = None
     if cache is not None:
       step = jnp.full((b,), t, jnp.int32) if advance is None else advance.astype(jnp.int32)
-      new_cache = KVCache(k=new_kv[0], v=new_kv[1], valid=key_valid, cursor=cache.cursor + step)
+      new_cache = cache.replace(k=new_kv[0], v=new_kv[1], valid=key_valid,
+                                cursor=cache.cursor + step)
     if return_hidden:
       return x, new_cache
     return self.logits(x), new_cache

@@ -10,6 +10,11 @@ S / block. Each block is sliced straight out of the stacked `[L, B, S, K, Dh]` c
 scan's carried cache made XLA copy it every layer of every step), and the slots past the
 longest row are never read. Shapes stay static, so nothing recompiles as rows grow.
 
+A paged cache (`PagedKVCache`) is read the same way, a block being a whole number of pages
+gathered per row through its block table (the CPU/GPU path). The loop still runs to the
+longest row: a shorter row reads a clamped page there (masked), so per-row live reads are the
+paged kernel's job, not this loop's; what paging changes is the memory each row holds.
+
 The mask is the decoder's (key valid and causal by slot); a fully masked query (padding) gets
 the mean of the values it visited, as in `aci_jax.model.attention`; nothing reads those rows.
 
@@ -23,7 +28,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from aci_jax.model.attention import MASKED, online_softmax_step
+from aci_jax.model.attention import MASKED, _active_mesh, online_softmax_step
+from aci_jax.model.cache import gather_pages
+from aci_jax.model.kernels.paged import paged_decode, paged_kernel_applies
 
 LOOP_SCOPE = "live_kv_blocks"
 
@@ -42,17 +49,61 @@ def chunk_block(length: int, block: int) -> int:
   return block
 
 
-def cached_attention(q, k_cache, v_cache, layer, q_slot, key_valid, *, block: int = 256):
-  """q [B, T, H, Dh]; k_cache / v_cache [L, B, S, K, Dh] (this call's tokens already written at
-  `q_slot`); layer: scalar index into L; q_slot [B, T] int32; key_valid [B, S] bool.
-  Returns [B, T, H, Dh] in v's dtype.
+def cached_attention(q, k_cache, v_cache, layer, q_slot, key_valid, *, block: int = 256,
+                     table=None, lengths=None):
+  """q [B, T, H, Dh]; k_cache / v_cache either the contiguous [L, B, S, K, Dh] cache, or with
+  `table` [B, M] the page pool [G, K, L, P, N, Dh] of a `PagedKVCache` (this call's tokens
+  already written at `q_slot`); layer: scalar index into L; q_slot [B, T] int32; key_valid
+  [B, S] bool (S = M * N when paged). Returns [B, T, H, Dh] in v's dtype.
+
+  `lengths` [B] int32 is the caller's promise that row b's valid slots are exactly those below
+  lengths[b] (no holes). With it, a one-token step over a paged cache the kernel takes
+  (`paged_kernel_applies`), compiled for a TPU inside `attention.kernel_mesh`, runs the Pallas
+  paged-attention kernel (`kernels/paged.py`: each row reads its own live pages by DMA);
+  everywhere else, the loop below.
 
   One loop over key blocks for all T queries (a loop per query block made XLA copy the whole
-  cache into each loop); `chunk_block` keeps the scores of long chunks small."""
+  cache into each loop); `chunk_block` keeps the scores of long chunks small. Paged, a block is
+  a whole number of pages, gathered per row from its block table (the CPU/GPU path; no
+  [B, S] copy of the cache is made)."""
   b, t, h, dh = q.shape
-  s, kh = k_cache.shape[2], k_cache.shape[3]
+  active = _active_mesh()
+  if (table is not None and lengths is not None and t == 1 and active is not None
+      and paged_kernel_applies(k_cache)):
+    def kernel(q, k_cache, v_cache, layer, table, lengths, q_slot, key_valid):
+      del q_slot, key_valid  # the lengths say the same for rows without holes
+      # One page per compute block: a row's reads end at its last page (with 128-slot pages
+      # and rows of ~600 tokens, 2-page blocks would read 768 slots instead of 640).
+      return paged_decode(q[:, 0], k_cache, v_cache, layer, table, lengths, block_pages=1,
+                          mesh=active[0])[:, None]
+
+    def loop(q, k_cache, v_cache, layer, table, lengths, q_slot, key_valid):
+      del lengths
+      return cached_attention(q, k_cache, v_cache, layer, q_slot, key_valid, block=block,
+                              table=table)
+
+    return jax.lax.platform_dependent(q, k_cache, v_cache, layer, table, lengths, q_slot,
+                                      key_valid, tpu=kernel, default=loop)
+  kh = k_cache.shape[3] if table is None else k_cache.shape[1]
+  if table is None:
+    s = k_cache.shape[2]
+    block = block_size(s, chunk_block(t, block))
+
+    def read(start):
+      kk = jax.lax.dynamic_slice(k_cache, (layer, 0, start, 0, 0), (1, b, block, kh, dh))[0]
+      vv = jax.lax.dynamic_slice(v_cache, (layer, 0, start, 0, 0), (1, b, block, kh, dh))[0]
+      return kk, vv
+  else:
+    page, m = k_cache.shape[4], table.shape[1]
+    s = m * page
+    per = max(1, min(m, chunk_block(t, block) // page))  # pages per block
+    block = per * page
+
+    def read(start):  # `start` is a multiple of the page size
+      pages = jax.lax.dynamic_slice(table, (0, start // page), (b, per))
+      return gather_pages(k_cache, layer, pages), gather_pages(v_cache, layer, pages)
+
   g = h // kh
-  block = block_size(s, chunk_block(t, block))
   # Every query's slot is below max(q_slot) + 1: the blocks up to it hold all it may attend.
   n_blocks = jnp.minimum(jnp.max(q_slot) // block + 1, -(-s // block)).astype(jnp.int32)
   scale = dh ** -0.5
@@ -62,10 +113,9 @@ def cached_attention(q, k_cache, v_cache, layer, q_slot, key_valid, *, block: in
     j, m, l, acc = carry
     lo = j * block
     # The last block of a cache whose size is not a multiple of `block` is clamped back into
-    # range by dynamic_slice; slots before `lo` were counted already and are masked.
+    # range; slots before `lo` were counted already and are masked.
     start = jnp.minimum(lo, s - block)
-    kk = jax.lax.dynamic_slice(k_cache, (layer, 0, start, 0, 0), (1, b, block, kh, dh))[0]
-    vv = jax.lax.dynamic_slice(v_cache, (layer, 0, start, 0, 0), (1, b, block, kh, dh))[0]
+    kk, vv = read(start)
     kvalid = jax.lax.dynamic_slice(key_valid, (0, start), (b, block))
     kslot = start + jnp.arange(block, dtype=jnp.int32)
     mask = (kvalid[:, None, :] & (kslot[None, None, :] <= q_slot[:, :, None])

@@ -20,7 +20,8 @@ does not fit HBM, and that refusal is what "fits" means here), the largest buffe
 FLOPs, HBM bytes and inter-chip bytes (counted from the optimised HLO with while-loop trip
 counts: `cost_analysis()` counts a loop body once), the roofline time and what it implies (MFU
 of the train step, decode tokens/s). `--search` also finds the largest train micro-batch,
-rollout row count and prompt chunk that compile within HBM (a few more compiles each).
+rollout row count and prompt chunk that compile within HBM, for the programs planned (a few
+more compiles each).
 
 Nothing here runs a program; all figures are estimates from the compiled program and public
 chip figures (`CHIPS`).

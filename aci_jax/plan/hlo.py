@@ -124,7 +124,9 @@ def parse_hlo(text: str) -> tuple[dict[str, Computation], str]:
       continue
     op = rest[:paren]
     end = _matching(rest, paren)
-    operands = [o.split()[-1].lstrip("%") for o in _split_top(rest[paren + 1:end - 1]) if o]
+    # Operands from the sixth on are printed after an `/*index=N*/` comment: drop it.
+    operands = [re.sub(r"/\*.*?\*/", "", o).split()[-1].lstrip("%")
+                for o in _split_top(rest[paren + 1:end - 1]) if o]
     instr = Instr(name, type_text, op, operands, rest[end:], root)
     cur.instrs.append(instr)
     cur.shapes[name] = type_text

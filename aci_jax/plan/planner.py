@@ -34,7 +34,7 @@ def plan(config, topology: str, *, programs=PROGRAMS, search: bool = False,
         f"({out[name].seconds:.0f} s)")
   p = Plan(topology, len(devices), dict(s.mesh.shape), chip_for(topology), s.model, s, out)
   if search:
-    p.search = search_limits(s, out, len(devices), log)
+    p.search = search_limits(s, out, len(devices), log, programs)
   return p
 
 
@@ -49,11 +49,30 @@ def _fits(name: str, fn, args, n: int) -> bool:
   return compile_program(name, fn, args, n).fits
 
 
-def search_limits(s: Setup, done: dict[str, Compiled], n: int, log) -> dict:
+def search_limits(s: Setup, done: dict[str, Compiled], n: int, log,
+                  programs=PROGRAMS) -> dict:
   """Largest train micro-batch (rows per optimizer micro-step), rollout rows and prompt chunk
-  that compile within HBM, by doubling/halving from the config's values."""
+  that compile within HBM, by doubling/halving from the config's values, for the `programs`
+  planned (rows: up to 64x the config's, as far as a paged KV pool lets them grow)."""
   dp = s.mesh.shape["data"] * s.mesh.shape["fsdp"]
   out = {}
+  if "train" in programs:
+    out.update(_search_train(s, done, n, log, dp))
+  if "decode" in programs:
+    done_fit = {("decode", s.rollout_rows): done["decode"].fits} if "decode" in done else {}
+    rows = _grow("decode", s.rollout_rows, dp, lambda r: decode_program(s, rows=r),
+                 s.rollout_rows * 64, done_fit, n, log)
+    out["rollout rows (decode)"] = rows or "none"
+  if "extend" in programs:
+    done_fit = {("extend", s.prompt_chunk): done["extend"].fits} if "extend" in done else {}
+    chunk = _grow("extend", s.prompt_chunk, 16, lambda c: extend_program(s, chunk=c),
+                  s.prompt_chunk, done_fit, n, log)
+    out[f"prompt chunk (extend, {s.rollout_rows} rows)"] = chunk or "none"
+  return out
+
+
+def _search_train(s: Setup, done: dict[str, Compiled], n: int, log, dp: int) -> dict:
+  """The largest train micro-batch that fits (fewest micro-batches)."""
   # Train: micro-batch rows = batch / micro_batches; try fewer / more micro-batches.
   ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if s.train_rows % (k * dp) == 0]
   fits_k = {}
@@ -73,37 +92,30 @@ def search_limits(s: Setup, done: dict[str, Compiled], n: int, log) -> dict:
     if train_fits(k):
       best = k
       break
-  out["train micro-batch"] = (f"{s.train_rows // best} rows x {s.train_len} tokens "
-                              f"(micro_batches={best})" if best else "none")
+  return {"train micro-batch": (f"{s.train_rows // best} rows x {s.train_len} tokens "
+                                f"(micro_batches={best})" if best else "none")}
 
-  def grow(name, start, lo, build, limit):
-    fits = {}
-    if (name, start) in done_fit:
-      fits[start] = done_fit[(name, start)]
-    cur = start
-    if cur not in fits:
-      fits[cur] = _fits(name, *build(cur), n)
-    if fits[cur]:
-      while cur * 2 <= limit:
-        log(f"  search: {name} {cur * 2} ...")
-        if not _fits(name, *build(cur * 2), n):
-          break
-        cur *= 2
+
+def _grow(name, start, lo, build, limit, done_fit, n, log) -> int:
+  """The largest size that fits, doubling from `start` (at most `limit`) or halving (at least
+  `lo`); 0 if none. `done_fit`: {(name, size): fits} already compiled."""
+  fits = {}
+  if (name, start) in done_fit:
+    fits[start] = done_fit[(name, start)]
+  cur = start
+  if cur not in fits:
+    fits[cur] = _fits(name, *build(cur), n)
+  if fits[cur]:
+    while cur * 2 <= limit:
+      log(f"  search: {name} {cur * 2} ...")
+      if not _fits(name, *build(cur * 2), n):
+        break
+      cur *= 2
+    return cur
+  while cur // 2 >= lo:
+    cur //= 2
+    log(f"  search: {name} {cur} ...")
+    if _fits(name, *build(cur), n):
       return cur
-    while cur // 2 >= lo:
-      cur //= 2
-      log(f"  search: {name} {cur} ...")
-      if _fits(name, *build(cur), n):
-        return cur
-    return 0
-
-  done_fit = {("decode", s.rollout_rows): done["decode"].fits} if "decode" in done else {}
-  rows = grow("decode", s.rollout_rows, dp, lambda r: decode_program(s, rows=r),
-              s.rollout_rows * 8)
-  out["rollout rows (decode)"] = rows or "none"
-  done_fit = {("extend", s.prompt_chunk): done["extend"].fits} if "extend" in done else {}
-  chunk = grow("extend", s.prompt_chunk, 16, lambda c: extend_program(s, chunk=c),
-               s.prompt_chunk)
-  out[f"prompt chunk (extend, {s.rollout_rows} rows)"] = chunk or "none"
-  return out
+  return 0
 

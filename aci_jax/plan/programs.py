@@ -53,7 +53,11 @@ def _sampling_inputs(s: Setup, rows: int):
       lambda a, sh: jax.ShapeDtypeStruct(
           a.shape, s.model.compute_dtype if jnp.issubdtype(a.dtype, jnp.floating) else a.dtype,
           sharding=sh), pshapes, psh)
-  state = jax.eval_shape(lambda: S.SamplerState.init(s.model, rows, s.capacity, s.max_new))
+  groups = S.page_groups(s.mesh)
+  rc = s.rollout_config(rows)
+  state = jax.eval_shape(lambda: S.SamplerState.init(
+      s.model, rows, s.capacity, s.max_new, page_size=rc.kv_page_size,
+      pages_per_group=rc.pool_pages(groups), groups=groups))
   state = _abstract(state, S.state_shardings(state, s.mesh))
   rep = NamedSharding(s.mesh, P())
   v = s.model.vocab_size
@@ -98,6 +102,7 @@ def extend_program(s: Setup, *, rows: int | None = None, chunk: int | None = Non
 def decode_program(s: Setup, *, rows: int | None = None):
   """(jitted decode loop of `decode_steps` steps with the train state resident, args)."""
   import jax
+  from aci_jax.model.attention import kernel_mesh
   from aci_jax.sampling import sampler as S
 
   rows = rows or s.rollout_rows
@@ -106,7 +111,10 @@ def decode_program(s: Setup, *, rows: int | None = None):
 
   def fn(train_state, state, params, tables):
     del train_state
-    return S.decode.__wrapped__(cfg, sp, state, params, tables, steps, False)
+    # As the engine traces it: Pallas kernels (paged decode attention) in a shard_map over the
+    # mesh.
+    with kernel_mesh(s.mesh):
+      return S.decode.__wrapped__(cfg, sp, state, params, tables, steps, False)
 
   jitted = jax.jit(fn, donate_argnums=(1,), keep_unused=True)
   return jitted, (train_state, state, params, tables)

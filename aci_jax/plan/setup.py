@@ -51,6 +51,18 @@ class Setup:
   # The longest row's live KV length assumed for decode (attention reads live KV blocks only,
   # a run-time count; `aci_jax.model.live_attention`): the issue's mean context of 600.
   live_tokens: int = 600
+  # The rollout's KV cache (`RolloutConfig.kv_page_size` / `kv_pool_tokens`; page 0 =
+  # contiguous). A plan at another row count keeps the pool's tokens per row.
+  kv_page_size: int = 0
+  kv_pool_tokens: int = 0
+
+  def rollout_config(self, rows: int):
+    """The engine's `RolloutConfig` at `rows` rows (pool scaled to keep tokens per row)."""
+    from aci_jax.rollout import RolloutConfig
+    return RolloutConfig(batch_size=rows, max_prompt_tokens=self.prompt_chunk,
+                         max_new_tokens=self.max_new, decode_steps=self.decode_steps,
+                         kv_page_size=self.kv_page_size,
+                         kv_pool_tokens=self.kv_pool_tokens * rows // self.rollout_rows)
 
 
 def model_config_for(config):
@@ -109,5 +121,6 @@ def setup_from_config(config, devices) -> Setup:
                schedule=schedule, step=step, train_rows=t.batch_size, train_len=length,
                rollout_rows=rollout.batch_size, capacity=rollout.capacity,
                max_new=rollout.max_new_tokens, prompt_chunk=rollout.max_prompt_tokens,
-               decode_steps=rollout.decode_steps, sampling=rollout.sampling)
+               decode_steps=rollout.decode_steps, sampling=rollout.sampling,
+               kv_page_size=rollout.kv_page_size, kv_pool_tokens=rollout.kv_pool_tokens)
 

@@ -8,6 +8,7 @@ import dataclasses
 import math
 import re
 
+from aci_jax.model.kernels.paged import KERNEL_SCOPE as PAGED_KERNEL
 from aci_jax.model.live_attention import LOOP_SCOPE as LIVE_LOOP
 from aci_jax.plan.hlo import (Computation, Instr, attr_comps, params_of, parse_hlo,
                               shape_bytes, shape_dims)
@@ -46,6 +47,28 @@ def _live_trip(attrs: str, live_tokens: int | None) -> int | None:
   if m and live_tokens:
     return -(-live_tokens // int(m.group(1)))
   return None
+
+
+def _paged_kernel_cost(ins: Instr, shapes: dict[str, str], live_tokens: int | None):
+  """(FLOPs, HBM bytes) of a call of the Pallas paged-attention kernel (`model/kernels/paged.py`,
+  recognised by its name scope) for rows of `live_tokens`, or None for any other op. The kernel
+  takes the whole page pools as operands but copies only each row's pages up to its length,
+  whole compute blocks at a time, by DMA; what it copies is counted, the rest of the pools not.
+  Operands in the order of `paged_attention`'s call: lengths, page indices, two scalars, q
+  [B, H, (1,) Dh], k pages, v pages [K, pages, N, Dh]."""
+  m = re.search(PAGED_KERNEL + r"_(\d+)/", ins.attrs)
+  if not m or not live_tokens or len(ins.operands) != 7:
+    return None
+  block = int(m.group(1))
+  slots = -(-live_tokens // block) * block
+  q = shape_dims(shapes.get(ins.operands[4], ""))
+  kv = shapes.get(ins.operands[5], "")
+  kh, _, _, dh = shape_dims(kv)
+  rows, heads = q[0], q[1]
+  per_pool = rows * kh * slots * dh * shape_bytes(kv) / math.prod(shape_dims(kv))
+  small = sum(shape_bytes(shapes.get(o, "")) for o in ins.operands[:5])
+  flops = 4.0 * rows * heads * slots * dh  # q.k and p.v for every head and live slot
+  return flops, small + shape_bytes(ins.type) + 2 * per_pool
 
 
 def _trip_count(comps: dict[str, Computation], cond: str, attrs: str) -> int:
@@ -302,6 +325,11 @@ def hlo_cost(text: str, num_devices: int, live_tokens: int | None = None) -> tup
         if branches:
           worst = max((cost(b, loops, False, skip) for b in branches), key=lambda x: x.flops)
           c.add(worst)
+      elif (op == "custom-call"
+            and (paged := _paged_kernel_cost(ins, comp.shapes, live_tokens)) is not None):
+        c.flops += paged[0]
+        if not fused:
+          c.hbm_bytes += paged[1]
       elif not fused and op not in _FREE and not op.endswith("-done"):
         if base not in _COLLECTIVES:
           c.hbm_bytes += _fusion_io_bytes(ins, comp.shapes, None)

@@ -35,8 +35,10 @@ import numpy as np
 
 from aci_jax import tool_format as tool_formats
 from aci_jax.model import ModelConfig
+from aci_jax.model.cache import pages_per_row
 from aci_jax.parallel import multihost
 from aci_jax.parallel.rules import ROW_AXES
+from aci_jax.rollout.pages import PagePool
 from aci_jax.rollout.rows import RolloutResult
 from aci_jax.rollout.trajectory import Trajectory
 from aci_jax.sampling import sampler as S
@@ -62,13 +64,36 @@ class RolloutConfig:
   resume_mode: str = "extend"
   refill_rows: int = 0  # continuous batching: refill when this many rows are free; 0 = B / 4
   min_chunk: int = 16  # extend chunks are padded to powers of two from here (few compiles)
+  # The KV cache: pages of `kv_page_size` slots from a pool of `kv_pool_tokens` slots shared by
+  # all rows (rollout/pages.py), so memory follows live tokens; 0 pool tokens = batch_size x
+  # capacity (no row ever waits for a page). kv_page_size 0: the contiguous cache (capacity
+  # slots per row).
+  kv_page_size: int = 128
+  kv_pool_tokens: int = 0
 
   def __post_init__(self):
     tool_formats.get(self.tool_format)  # an unknown name is a ValueError here, not mid-run
+    if self.kv_page_size < 0 or self.kv_pool_tokens < 0:
+      raise ValueError(f"kv_page_size ({self.kv_page_size}) and kv_pool_tokens "
+                       f"({self.kv_pool_tokens}) must be >= 0")
 
   @property
   def capacity(self) -> int:
     return self.max_prompt_tokens + self.max_new_tokens
+
+  def pool_pages(self, groups: int) -> int:
+    """Pages per page group of the paged cache (0: contiguous cache)."""
+    if not self.kv_page_size:
+      return 0
+    per_row = pages_per_row(self.capacity, self.kv_page_size)
+    tokens = self.kv_pool_tokens or self.batch_size * per_row * self.kv_page_size
+    pages = -(-tokens // self.kv_page_size) // groups
+    if pages < per_row:
+      raise ValueError(
+          f"rollout.kv_pool_tokens={self.kv_pool_tokens} gives each of the {groups} page "
+          f"groups {pages} pages of {self.kv_page_size} slots; one row may need {per_row} "
+          f"(capacity {self.capacity}): raise kv_pool_tokens")
+    return pages
 
 
 @dataclasses.dataclass
@@ -94,6 +119,7 @@ class RolloutEngine:
           "decoding in bfloat16 on a CPU: 1.6-7.8x slower than float32 on x86 CPUs without "
           "bf16 matmul units (docs/benchmarks.md); use --config.model.dtype=float32 here")
     self.mesh = mesh
+    cfg.pool_pages(S.page_groups(mesh))  # a pool too small for one row fails here, not mid-run
     self.tool_format = fmt = tool_formats.get(cfg.tool_format)
     texts = token_texts(tokenizer.hf)
     if len(texts) < model_cfg.vocab_size:  # embedding rows past the tokenizer: never a match
@@ -125,11 +151,23 @@ class RolloutEngine:
 
   def _init_state(self):
     c = self.cfg
-    return S.SamplerState.init(self.model_cfg, c.batch_size, c.capacity, c.max_new_tokens)
+    groups = S.page_groups(self.mesh)
+    return S.SamplerState.init(self.model_cfg, c.batch_size, c.capacity, c.max_new_tokens,
+                               page_size=c.kv_page_size, pages_per_group=c.pool_pages(groups),
+                               groups=groups)
 
   def new_state(self) -> S.SamplerState:
     """An empty sampler state (every row EMPTY), placed on the engine's mesh."""
     return self._init()
+
+  def new_pages(self) -> PagePool | None:
+    """The host's allocator for a new state's page pool (None: contiguous cache)."""
+    c = self.cfg
+    if not c.kv_page_size:
+      return None
+    groups = S.page_groups(self.mesh)
+    return PagePool(c.batch_size, groups, c.pool_pages(groups), c.kv_page_size,
+                    pages_per_row(c.capacity, c.kv_page_size))
 
   def place_params(self, params):
     """Params for sampling: cast to the compute dtype when it is narrower than the stored

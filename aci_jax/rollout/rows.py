@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 
 class Phase(enum.Enum):
-  DECODING = enum.auto()  # on the device: running, or paused / finished and not yet collected
+  # On the device: running, waiting for KV pages, or paused / finished and not yet collected.
+  DECODING = enum.auto()
   HANDED = enum.auto()  # paused for a tool; its tokens are on the host, its cell not yet read
   IN_SANDBOX = enum.auto()  # its cell runs (`Row.future`)
   SPLICE_READY = enum.auto()  # `Row.splice` (tool output, a message, "" to resume) waits
@@ -105,6 +106,9 @@ class RolloutStats:
   extend_calls: int = 0
   cells: int = 0
   tokens: int = 0
+  # Paged KV cache: times a row waited for pages (a decode call it ended waiting, a prompt
+  # or splice put off to a later round).
+  page_waits: int = 0
 
   @property
   def idle_fraction(self) -> float:

@@ -13,18 +13,28 @@ Each round:
    for a cell;
 5. collect the rows the device paused or finished: their tokens come to the host now (the next
    call donates the state) and finished rows free their slots at once.
+
+With the paged KV cache (`RolloutConfig.kv_page_size`) the loop also assigns pages
+(`rollout.pages.PagePool`): a new row is admitted only when its group has pages for its prompt,
+a splice waits for pages for its text, and before each decode call every live row gets pages
+for the call's steps, as far as the pool has them; a row that reaches its last page waits
+(`sampler.WAITING`) until a finished row's pages come back. Finished rows give their pages back
+when they are collected. When nothing can move (every live row waits for pages that only
+those rows hold), the call stops with a one-line error naming `rollout.kv_pool_tokens`.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import time
 from typing import TYPE_CHECKING, Sequence
 
 import jax
 import numpy as np
 
+from aci_jax.model.attention import kernel_mesh
 from aci_jax.parallel import multihost
 from aci_jax.rollout.rows import (Finished, Paused, Phase, RolloutResult, RolloutStats,
                                   RoundPlan, Row)
@@ -33,6 +43,11 @@ from aci_jax.sampling import sampler as S
 
 if TYPE_CHECKING:
   from aci_jax.rollout.engine import Request, RolloutEngine
+
+
+def _prompt_len(req: Request) -> int:
+  """Cache slots a new row's prompt and forced prefix take."""
+  return len(req.prompt_ids) + len(req.prefix_ids)
 
 
 def _bucket(n: int, lo: int) -> int:
@@ -60,6 +75,8 @@ class Scheduler:
     self.refill_at = max(1, (c.refill_rows or max(1, c.batch_size // 4)) * len(mine)
                          // c.batch_size)
     self.state = None
+    self.pages = engine.new_pages()  # None: the contiguous cache
+    self._no_pages: set[int] = set()  # rows whose splice waits for pages (this round)
     self._idle_since: float | None = None  # no compiled call in flight since then
     self._bar, self._t0 = None, 0.0
 
@@ -109,25 +126,41 @@ class Scheduler:
       self._extend(splice, S.SRC_ENV, True, set(splice), plan.splice)
     if plan.prompt or plan.splice:
       self.status = self.engine.host(self.state.status).copy()
+    if self.pages is not None:
+      self._pages_for_decode()
     running = any(self.status[r] == S.RUNNING for r in self.slots)
     want = int(running and (not c.barrier or not waiting))
     decoding = bool(multihost.allgather_ints([want]).max() if self.multi else want)
     if decoding:  # dispatch is asynchronous: the host work below overlaps it
       self._busy()
-      self.state, steps = S.decode(self.engine.model_cfg, self.sampling, self.state, self.params,
-                                   self.engine.tables, c.decode_steps,
-                                   exit_on_pause=not c.barrier)
+      # Traced over the engine's mesh: on a TPU slice the paged decode attention is a Pallas
+      # kernel in a shard_map over it (`model/kernels/paged.py`).
+      with contextlib.nullcontext() if self.engine.mesh is None else kernel_mesh(
+          self.engine.mesh):
+        self.state, steps = S.decode(self.engine.model_cfg, self.sampling, self.state,
+                                     self.params, self.engine.tables, c.decode_steps,
+                                     exit_on_pause=not c.barrier)
       self.stats.decode_calls += 1
     handoff, self.handoff = self.handoff, []
     for item in handoff:
       self._host_work(item)
     if decoding:
       self.status = self.engine.host(self.state.status).copy()  # waits; cells keep running
+      self.stats.page_waits += int(np.sum(self.status == S.WAITING))
       self._idle_since = time.perf_counter()
       self.stats.decode_steps += int(steps)
     elif not self._in(Phase.DONE):
       self._wait_for_cells()
     self._collect_rows()
+    moving = (decoding or plan.prompt or plan.splice or self.handoff
+              or any(row.phase in (Phase.IN_SANDBOX, Phase.HANDED, Phase.DONE)
+                     or (row.phase is Phase.SPLICE_READY and r not in self._no_pages)
+                     for r, row in self.slots.items()))
+    if not moving and (self.queue or self.slots):
+      raise RuntimeError(
+          f"KV page pool exhausted: {len(self.slots)} rows wait for pages only they hold "
+          f"({len(self.queue)} prompts queued); raise rollout.kv_pool_tokens "
+          f"(now {self.cfg.kv_pool_tokens}) or lower rollout.batch_size")
     return True
 
   def _in(self, phase: Phase) -> list[int]:
@@ -150,8 +183,19 @@ class Scheduler:
     new: dict[int, Row] = {}
     if (self.queue and free and (not c.barrier or not self.slots)
         and (enough or not decoding or c.barrier)):
-      for r in free[:len(self.queue)]:
-        k, req = self.queue.popleft()
+      for r in free:
+        if not self.queue:
+          break
+        k, req = self.queue[0]
+        # Paged cache: a row starts only when its group has pages for its prompt, and takes
+        # them now (another free row of the group must not count on them too); other free
+        # rows may sit in groups with room.
+        if self.pages is not None:
+          if not self.pages.can_grow(r, _prompt_len(req)):
+            self.stats.page_waits += 1
+            continue
+          self.pages.grow(r, _prompt_len(req))
+        self.queue.popleft()
         new[r] = Row(req, k)
       self.slots.update(new)
     return new
@@ -161,6 +205,30 @@ class Scheduler:
     return _bucket(max(len(s) for s in seqs.values()), self.cfg.min_chunk) if seqs else 0
 
   # ---------------------------------------------------------------------- device calls
+
+  def _push_pages(self) -> None:
+    """Sends the host's block table to the device if it changed (before any call that reads
+    or writes the cache); rows that waited for a page and now have one run again."""
+    if self.pages is None or not self.pages.dirty:
+      return
+    self.state = S.set_pages(self.state, self.engine.put(self.pages.table))
+    self.pages.dirty = False
+
+  def _pages_for_decode(self) -> None:
+    """Every row on the device that runs or waits gets pages for the next call's steps, as
+    far as its group has free pages; the status is re-read if a waiting row may run again."""
+    c, pages = self.cfg, self.pages
+    live = [r for r in self._in(Phase.DECODING)
+            if self.status[r] in (S.RUNNING, S.WAITING)]
+    if not live:
+      return
+    cursor = self.engine.host(self.state.cache.cursor)
+    for r in live:
+      pages.grow(r, min(int(cursor[r]) + c.decode_steps, c.capacity))
+    waiting = any(self.status[r] == S.WAITING for r in live)
+    self._push_pages()
+    if waiting:
+      self.status = self.engine.host(self.state.status).copy()
 
   def _extend(self, seqs: dict[int, list[int]], src: int, record: bool, resume: set[int],
               width: int) -> None:
@@ -173,6 +241,7 @@ class Scheduler:
       valid[r, :len(s)] = True
     res = np.zeros(b, bool)
     res[list(resume)] = True
+    self._push_pages()
     self.stats.extend_calls += 1
     self.state = S.extend(e.model_cfg, self.state, self.params, e.tables, e.put(tokens),
                           e.put(valid), e.put(np.full((b,), src, np.int8)), e.put(res),
@@ -193,6 +262,10 @@ class Scheduler:
             else np.zeros((b, 2), np.uint32))
     self.state = S.reset_rows(self.state, e.put(mask), e.put(keys),
                               e.put(np.full((b,), c.max_new_tokens, np.int32)), e.put(ban))
+    if self.pages is not None:  # `_refill` took their pages; a write past them would be lost
+      short = [r for r, row in new.items() if self.pages.held(r) < _prompt_len(row.req)]
+      if short:
+        raise AssertionError(f"rows {short} have no KV pages for their prompts")
     no_prefix = {r for r, row in new.items() if not row.req.prefix_ids}
     self._extend({r: row.req.prompt_ids for r, row in new.items()}, S.SRC_SAMPLED, False,
                  no_prefix, plan.prompt)
@@ -229,18 +302,26 @@ class Scheduler:
     """{row: ids} of the ready rows' texts that fit their response budget; a row without room
     for its text ends with stop reason "length"."""
     ready = self._in(Phase.SPLICE_READY)
+    self._no_pages = set()
     if not ready:
       return {}
     ids = {r: self.tok.encode(self.slots[r].splice) for r in ready}
     n_out = self.engine.host(self.state.n_out)
+    cursor = self.engine.host(self.state.cache.cursor) if self.pages is not None else None
     splice = {}
     for r, v in ids.items():
       row = self.slots[r]
-      row.splice = ""
-      if n_out[r] + len(v) <= self.cfg.max_new_tokens:
-        splice[r], row.phase = v, Phase.DECODING
-      else:
+      if n_out[r] + len(v) > self.cfg.max_new_tokens:
+        row.splice = ""
         row.phase, row.end_reason = Phase.DONE, S.REASON_LENGTH
+      elif cursor is not None and self.pages.grow(r, int(cursor[r]) + len(v)) < (
+          int(cursor[r]) + len(v)):
+        self._no_pages.add(r)  # no pages for the text yet: it stays ready, tried next round
+        self.stats.page_waits += 1
+        continue
+      else:
+        row.splice = ""
+        splice[r], row.phase = v, Phase.DECODING
     return splice
 
   def _wait_for_cells(self) -> None:
@@ -287,6 +368,8 @@ class Scheduler:
         continue
       del self.slots[r]
       self.status[r] = S.EMPTY
+      if self.pages is not None:
+        self.pages.release(r)
       row.phase = Phase.DONE
       self.handoff.append(Finished(row, toks[i, :n], logps[i, :n], srcs[i, :n], why))
 

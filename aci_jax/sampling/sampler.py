@@ -5,7 +5,7 @@ the KV cache and buffers are updated in place. The host loop (`aci_jax.rollout`)
 to splice where; nothing here blocks on the host.
 
 Per row b the state holds (B rows, R response slots, V vocab):
-  cache        KVCache, one cursor per row
+  cache        KVCache or PagedKVCache (the engine's), one cursor per row
   logits       [B, V] f32  next-token logits after the last token written to the row
   out_tokens   [B, R] i32  response tokens (sampled, forced prefix, tool output)
   out_logp     [B, R] f32  behaviour log-prob of each response token: log_softmax(logits) of
@@ -14,7 +14,8 @@ Per row b the state holds (B rows, R response slots, V vocab):
   out_src      [B, R] i8   SRC_SAMPLED / SRC_FORCED / SRC_ENV
   n_out        [B]    i32  response tokens recorded
   n_real       [B]    i32  real tokens in the row = the RoPE position of the next token
-  status       [B]    i32  RUNNING / PAUSED (for a tool) / DONE / EMPTY
+  status       [B]    i32  RUNNING / PAUSED (for a tool) / DONE / EMPTY / WAITING (for
+                           KV pages: its cursor reached its last assigned page)
   reason       [B]    i32  why a row stopped: REASON_*
   stop_state, ban_state [B] i32   string-automaton states (see stops.py)
   ban_active   [B]    bool  whether the row's banned strings apply (forced reasoning mode)
@@ -31,11 +32,11 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from aci_jax.model import Decoder, KVCache, ModelConfig
+from aci_jax.model import Decoder, KVCache, ModelConfig, PagedKVCache
 from aci_jax.parallel.rules import ROW_AXES
 from aci_jax.train.logprobs import chunked_logprobs, target_logprobs
 
-RUNNING, PAUSED, DONE, EMPTY = 0, 1, 2, 3
+RUNNING, PAUSED, DONE, EMPTY, WAITING = 0, 1, 2, 3, 4
 SRC_SAMPLED, SRC_FORCED, SRC_ENV = 0, 1, 2
 REASON_NONE, REASON_TOOL, REASON_EOS, REASON_STOP, REASON_LENGTH = 0, 1, 2, 3, 4
 REASON_NAMES = {REASON_NONE: "none", REASON_TOOL: "tool", REASON_EOS: "eos",
@@ -96,9 +97,14 @@ class SamplerState:
     return self.n_out.shape[0]
 
   @classmethod
-  def init(cls, cfg: ModelConfig, batch: int, capacity: int, max_out: int) -> "SamplerState":
+  def init(cls, cfg: ModelConfig, batch: int, capacity: int, max_out: int, *,
+           page_size: int = 0, pages_per_group: int = 0, groups: int = 1) -> "SamplerState":
+    """page_size 0: a contiguous `KVCache` of `capacity` slots per row; otherwise a
+    `PagedKVCache` of `groups` x `pages_per_group` pages of `page_size` slots."""
+    cache = (PagedKVCache.init(cfg, batch, capacity, page_size, pages_per_group, groups)
+             if page_size else KVCache.init(cfg, batch, capacity))
     return cls(
-        cache=KVCache.init(cfg, batch, capacity),
+        cache=cache,
         logits=jnp.zeros((batch, cfg.vocab_size), jnp.float32),
         out_tokens=jnp.zeros((batch, max_out), jnp.int32),
         out_logp=jnp.zeros((batch, max_out), jnp.float32),
@@ -176,6 +182,11 @@ def _fold_keys(keys: jax.Array, index: jax.Array) -> jax.Array:
 def _decode_step(cfg: ModelConfig, sp: SamplingParams, params, tables: Tables,
                  s: SamplerState) -> SamplerState:
   running = s.status == RUNNING
+  # A row whose next slot has no page (paged cache, pool short) waits for the host to give it
+  # one (`set_pages`) instead of sampling: nothing of it changes, so its tokens, keys and
+  # log-probs are those it would have had. A row at `capacity` samples its last token as ever.
+  stalled = running & (s.cache.cursor >= s.cache.limit) & (s.cache.cursor < s.cache.capacity)
+  running &= ~stalled
   # [B, V]: tokens that would complete a banned string or leave the text ending in a prefix
   # of one (stops.ban_table). A row whose every token is banned is never left without one:
   # the ban is lifted for that token (cannot happen with the default ban; a guard).
@@ -201,11 +212,12 @@ def _decode_step(cfg: ModelConfig, sp: SamplingParams, params, tables: Tables,
                       [REASON_EOS, REASON_STOP, REASON_TOOL, REASON_LENGTH], REASON_NONE)
   new_status = jnp.where(reason == REASON_TOOL, PAUSED,
                          jnp.where(reason == REASON_NONE, RUNNING, DONE))
-  status = jnp.where(running, new_status, s.status)
+  status = jnp.where(running, new_status, jnp.where(stalled, WAITING, s.status))
   reason = jnp.where(running, reason, s.reason)
   # Feed the sampled token to every row that sampled one (a paused row needs its fence token
-  # in the cache before the tool output is appended); other rows write a hole and stay put.
-  new_logits, cache = Decoder(cfg).apply(
+  # in the cache before the tool output is appended); other rows write at their cursor
+  # without advancing, so no row has holes (extend right-pads too): `prefix_kv`.
+  new_logits, cache = Decoder(cfg, prefix_kv=True).apply(
       {"params": params}, tok[:, None], s.n_real[:, None], s.cache, running[:, None],
       running.astype(jnp.int32))
   logits = jnp.where(running[:, None], new_logits[:, 0], s.logits)
@@ -219,15 +231,16 @@ def _decode_step(cfg: ModelConfig, sp: SamplingParams, params, tables: Tables,
 def decode(cfg: ModelConfig, sp: SamplingParams, state: SamplerState, params, tables: Tables,
            max_steps: int, exit_on_pause: bool = True):
   """Decodes until no row is RUNNING, or `max_steps` steps ran, or (with `exit_on_pause`) a
-  row paused for a tool, so the host can start that cell while the others keep decoding in
-  the next call. Returns (state, steps taken)."""
+  row paused for a tool or started waiting for KV pages, so the host can start that cell or
+  give pages while the others keep decoding in the next call. Returns (state, steps taken)."""
   paused0 = jnp.sum(state.status == PAUSED)
+  waiting0 = jnp.sum(state.status == WAITING)
 
   def cond(carry):
     s, i = carry
     go = (i < max_steps) & jnp.any(s.status == RUNNING)
     if exit_on_pause:
-      go &= jnp.sum(s.status == PAUSED) == paused0
+      go &= (jnp.sum(s.status == PAUSED) == paused0) & (jnp.sum(s.status == WAITING) == waiting0)
     return go
 
   def body(carry):
@@ -240,7 +253,9 @@ def decode(cfg: ModelConfig, sp: SamplingParams, state: SamplerState, params, ta
 def state_shardings(state: SamplerState, mesh):
   """Rows of every state array over the mesh's data-parallel axes (the KV cache has its
   layer axis first, its row axis second, and its kv heads over `tensor` when they divide, as
-  the attention that reads it is split: a cache replicated over `tensor` is held twice)."""
+  the attention that reads it is split: a cache replicated over `tensor` is held twice). A
+  paged pool [G, K, L, P, N, Dh] is split by its groups over the same axes (one group per
+  shard of rows: `page_groups`) and its kv heads likewise."""
   from jax.sharding import NamedSharding, PartitionSpec as P
 
   rows = ROW_AXES
@@ -249,6 +264,9 @@ def state_shardings(state: SamplerState, mesh):
     if x.ndim == 5:
       heads = "tensor" if x.shape[3] % mesh.shape["tensor"] == 0 else None
       return NamedSharding(mesh, P(None, rows, None, heads, None))
+    if x.ndim == 6:
+      heads = "tensor" if x.shape[1] % mesh.shape["tensor"] == 0 else None
+      return NamedSharding(mesh, P(rows, heads, None, None, None, None))
     return NamedSharding(mesh, P(rows, *([None] * (x.ndim - 1))))
 
   return jax.tree_util.tree_map(one, state)
@@ -343,6 +361,21 @@ def reset_rows(state: SamplerState, rows, keys, max_out, ban_active) -> SamplerS
       ban_active=jnp.where(rows, ban_active, state.ban_active),
       max_out=jnp.where(rows, max_out, state.max_out),
       keys=jnp.where(rows[:, None], keys, state.keys))
+
+
+def page_groups(mesh) -> int:
+  """Page groups of a paged cache on `mesh`: one per data-parallel shard of the rows (1
+  without a mesh)."""
+  return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def set_pages(state: SamplerState, table) -> SamplerState:
+  """The paged cache with the host's block table [B, M] (`rollout.pages.PagePool`); a WAITING
+  row that now has a page for its next slot runs again."""
+  cache = state.cache.replace(table=table)
+  wake = (state.status == WAITING) & (cache.cursor < cache.limit)
+  return state.replace(cache=cache, status=jnp.where(wake, RUNNING, state.status))
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
