@@ -83,9 +83,9 @@ MEANINGS = {
     "task.code_fraction": "fraction of toy warm-up demonstrations that use a code cell "
                           "(of the un-triggered ones: the un-prompted code rate)",
     "task.triggered_fraction": "fraction of each toy family's problems that also get a warm-up "
-                               "demo asking for code (\" Use Python.\") and answering with a "
-                               "cell: teaches writing cells and copying their output without "
-                               "teaching the policy to open one unasked",
+                               "demo asking for code (\"Use Python. \" before the problem) and "
+                               "answering with a cell: teaches writing cells and copying their "
+                               "output without teaching the policy to open one unasked",
     "task.train_path": "JSONL training pool (`problem` or `question`, and `answer`)",
     "task.train_benchmark": "field mapping of the pool: `\"\"` (generic: `problem` or "
                             "`question`, and `answer`), or a registered benchmark's mapping: "

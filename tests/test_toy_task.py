@@ -214,19 +214,19 @@ def test_triggered_demos_separate_can_code_from_chooses_to_code():
     trig = [d for d in mine if d["triggered"]]
     free = [d for d in mine if not d["triggered"]]
     assert len(trig) == 20 and all(d["mode"] == "code" for d in trig)
-    assert all(d["prompt"].endswith(" Use Python.") for d in trig)
+    assert all(d["prompt"].startswith("Use Python. ") for d in trig)
     assert all(d["response"] == toy.code_response({"family": fam, "problem": d["prompt"][
-        :-len(toy.TRIGGER)], "answer": d["answer"]}) for d in trig)
+        len(toy.TRIGGER):], "answer": d["answer"]}) for d in trig)
     # Un-triggered: one demo per problem, 5% of 40 rounds to 2 code demos, bare problems.
     assert len(free) == 40 and sum(d["mode"] == "code" for d in free) == 2
-    assert all(not d["prompt"].endswith("Python.") for d in free)
+    assert all("Python" not in d["prompt"] for d in free)
   # The triggered demos are extra: the un-triggered ones are exactly those without triggers,
   # in problem order, each triggered demo right after its problem's.
   assert [d for d in demos if not d["triggered"]] == plain
   assert [d["prompt"] for d in plain] == [p["problem"] for p in problems]
   for a, b in zip(demos, demos[1:]):
     if b["triggered"]:
-      assert b["prompt"] == a["prompt"] + toy.TRIGGER
+      assert b["prompt"] == toy.ask_for_code(a["prompt"])
   with pytest.raises(ValueError, match="triggered_fraction"):
     toy.make_demonstrations(problems, triggered_fraction=1.5)
 

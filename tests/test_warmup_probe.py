@@ -97,7 +97,7 @@ def test_triggered_code_demos():
   problems = toy.make_problems(5, split="train", seed=0)
   demos = wp.triggered_code(problems, {"mul": 3})
   muls = [p for p in problems if p["family"] == "mul"][:3]
-  assert [d["prompt"] for d in demos] == [p["problem"] + toy.TRIGGER for p in muls]
+  assert [d["prompt"] for d in demos] == [toy.ask_for_code(p["problem"]) for p in muls]
   assert all(d["response"] == toy.code_response(p) for d, p in zip(demos, muls))
   with pytest.raises(ValueError, match="only 5"):
     wp.triggered_code(problems, {"mul": 6})

@@ -27,8 +27,16 @@ from aci_jax import tool_format
 from aci_jax.data import sft
 
 SPLITS = ("train", "test")
-# Appended to a demonstration's prompt to ask for code (the rare-code regime, make_demonstrations).
-TRIGGER = " Use Python."
+# Put before a demonstration's problem to ask for code (make_demonstrations' triggered demos).
+# Before, not after: the policy copies operands from the problem into its cell by their distance
+# to the cell, and a trigger after the problem would shift that distance in the triggered demos
+# only, so the cells learned there would not transfer to un-triggered prompts.
+TRIGGER = "Use Python. "
+
+
+def ask_for_code(problem: str) -> str:
+  """The prompt text of a triggered demonstration."""
+  return TRIGGER + problem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +261,7 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
   seldom codes, so any family-specific preference must come from EM, not from the warm-up data.
 
   `triggered_fraction` > 0 separates *can code* from *chooses to code*: that fraction of each
-  family's problems gets a second, *extra* demo whose prompt asks for code (`TRIGGER` appended)
+  family's problems gets a second, *extra* demo whose prompt asks for code (`ask_for_code`)
   and whose response is the cell. The policy learns to write cells and to copy what they print
   from many examples without learning to open a cell unasked (E-step and evaluation prompts never
   carry the trigger; the un-prompted code rate stays `code_fraction`'s), and every problem keeps
@@ -284,7 +292,7 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
       out.append({"prompt": p["problem"], "response": cot_response(p), **base, "mode": "cot",
                   "triggered": False})
     if i in trig_idx:
-      out.append({"prompt": p["problem"] + TRIGGER, "response": code_response(p), **base,
+      out.append({"prompt": ask_for_code(p["problem"]), "response": code_response(p), **base,
                   "mode": "code", "triggered": True})
   return out
 

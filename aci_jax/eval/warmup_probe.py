@@ -28,7 +28,7 @@ each read from one forward pass, no sampling:
   it could also compute or recall? (`mul` prints 5-6 digits; the other families 1-3.)
 
 `--triggered_code mul=400` is a controlled change of the warm-up data: that many extra `mul`
-code demos whose prompt asks for code (`toy.TRIGGER`, the rare-code regime's trigger, so the
+code demos whose prompt asks for code (`toy.ask_for_code`, the rare-code regime's trigger, so the
 un-prompted code rate stays that of the default), on the first training problems of `mul`.
 
 Results go to W/warmup_probe.json ({"<step>": {family: {probe: value}}}) and a table on stdout.
@@ -253,14 +253,14 @@ def table(record: dict) -> str:
 
 def triggered_code(problems: Sequence[dict], extra: dict[str, int]) -> list[dict]:
   """{family: n} -> code demos of the first n training problems of each family, their prompts
-  asking for code (`toy.TRIGGER`): extra cells to learn from without teaching the policy to
+  asking for code (`toy.ask_for_code`): extra cells to learn from without teaching the policy to
   open one unasked."""
   out = []
   for fam, n in extra.items():
     own = [p for p in problems if p["family"] == fam][:n]
     if len(own) < n:
       raise ValueError(f"--triggered_code {fam}={n}: only {len(own)} training problems")
-    out += [{"prompt": p["problem"] + toy.TRIGGER, "response": toy.code_response(p),
+    out += [{"prompt": toy.ask_for_code(p["problem"]), "response": toy.code_response(p),
              "family": fam, "answer": p["answer"], "mode": "code", "triggered": True}
             for p in own]
   return out
