@@ -18,7 +18,12 @@ defaults, and the defaults of the keys no dataclass holds); docs/config.md lists
 from aci_jax.configuration import defaults
 
 
-def get_config():
+def get_config(variant: str = ""):
+  """`configs/default.py` is the embedded default; `configs/default.py:rare_code` the rare-code
+  regime (issue 16, docs/em.md): see `_rare_code`."""
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r} of configs/default.py; known: "
+                     f"{', '.join(repr(v) for v in VARIANTS)}")
   c = defaults()
   c.tokenizer = "toy"  # the built-in character tokenizer (259 ids)
   c.model.update(
@@ -65,4 +70,27 @@ def get_config():
   # accuracy 0.87 at 5e-4, 0.92 at 2.5e-4, add kept at 1.00; docs/em.md).
   c.optim.update(lr=2.5e-4, end_lr_ratio=1.0)
   c.export.update(at_end=False)
+  return VARIANTS[variant](c)
+
+
+def _rare_code(c):
+  """The paper's regime: a policy that *can* code but seldom chooses to.
+
+  Every problem of the warm-up set gets an extra demo that asks for code ("Use Python. " before
+  the problem) and answers with the cell, so writing cells and copying their output is trained
+  on 10,000 examples; among the un-asked demos only `task.code_fraction` = epsilon use code
+  (0.01 here; --config.task.code_fraction=0 is "RL from a model that never codes", 0.05 the
+  other end of the issue's range). Evaluation and E-step prompts never ask, so the native code
+  rate stays near epsilon. `mul_small` asks the same question as `mul` with a 1-digit operand,
+  which the policy can reason out: whether to code depends on the operands, not on the form.
+  Held-out: 80 problems per family, 400 per evaluation point.
+  """
+  families = ("compare", "add", "mul_small", "mul", "powmod")
+  c.task.update(families=families, warmup_examples=2000 * len(families), code_fraction=0.01,
+                triggered_fraction=1.0, eval_per_family=80)
+  # A triggered `mul` demo is 101 tokens with the chat template; rows are still packed to 192.
+  c.warmup.update(seq_len=112)
   return c
+
+
+VARIANTS = {"": lambda c: c, "rare_code": _rare_code}

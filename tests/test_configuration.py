@@ -120,6 +120,8 @@ def test_defaults_are_fresh_and_every_config_has_every_key():
   base = keys(defaults())
   configs = [runpy.run_path(os.path.join(ROOT, "configs", f"{name}.py"))["get_config"]()
              for name in ("default", "sft_toy", "smollm2_cpu")]
+  default = runpy.run_path(os.path.join(ROOT, "configs", "default.py"))
+  configs += [default["get_config"](v) for v in default["VARIANTS"]]
   paper = runpy.run_path(os.path.join(ROOT, "configs", "paper.py"))
   configs += [paper["get_config"](name) for name in paper["MODELS"]]
   for c in configs:

@@ -242,3 +242,29 @@ def test_mul_small_derivation_is_right_for_every_problem():
       tens, ones, total = re.search(r"(\d+)0\+(\d+)=(\d+)\.", toy.cot_response(p)).groups()
       assert int(tens) * 10 + int(ones) == int(total) == a * b
   assert not toy.FAMILIES["mul_small"].needs_code and toy.FAMILIES["mul"].needs_code
+
+
+def test_rare_code_config_warmup_data_asks_for_code_and_seldom_codes_unasked():
+  """configs/default.py:rare_code: every problem has an un-asked demo (1% of them code, per
+  family) and an extra demo asking for code; no E-step or evaluation problem asks."""
+  import os
+  import runpy
+
+  from aci_jax.em import modes
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  c = runpy.run_path(os.path.join(root, "configs", "default.py"))["get_config"]("rare_code")
+  with c.unlocked():
+    c.task.train_per_family, c.task.warmup_examples = 200, 1000  # 200 per family, all 5
+  train, evals = modes._problems(c)
+  demos = modes._warmup_demos(c, train)
+  assert len(demos) == 2000
+  for fam in c.task.families:
+    mine = [d for d in demos if d["family"] == fam]
+    asked = [d for d in mine if d["prompt"].startswith(toy.TRIGGER)]
+    unasked = [d for d in mine if not d["prompt"].startswith(toy.TRIGGER)]
+    assert len(asked) == len(unasked) == 200
+    assert all(d["mode"] == "code" for d in asked)
+    assert sum(d["mode"] == "code" for d in unasked) == 2  # 1% of 200
+  assert not any("Python" in p["problem"] for p in train + evals["toy"])
+  assert len(evals["toy"]) == 400
