@@ -188,6 +188,17 @@ class Decoder(nn.Module):
   # holes: the sampler's rows). One-token steps over a paged bf16 cache on TPU may then use
   # the Pallas paged-attention kernel (`aci_jax.model.live_attention.cached_attention`).
   prefix_kv: bool = False
+  # Parameters one subtree per layer (`unstack_layers`) and the layers called in a Python loop,
+  # instead of stacked [L, ...] and scanned. For sampling on a CPU: XLA's CPU dots need their
+  # operands as whole buffers, so a scanned (or unrolled) layer's weights are first copied out
+  # of the stacked array, every layer of every decode step: the step then moves each weight
+  # three times (read, write, read). `for_params` picks the form a parameter tree has.
+  unstacked: bool = False
+
+  @classmethod
+  def for_params(cls, cfg: ModelConfig, params, **kw) -> "Decoder":
+    """The Decoder that reads `params` as they are: stacked, or per layer (`unstack_layers`)."""
+    return cls(cfg, unstacked=LAYERS not in params, **kw)
 
   def setup(self):
     cfg = self.cfg
@@ -196,10 +207,14 @@ class Decoder(nn.Module):
       block = nn.remat(Block, prevent_cse=False, policy=_REMAT_POLICIES[cfg.remat])
     self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype,
                           param_dtype=cfg.weight_dtype, embedding_init=_INIT)
-    self.layers = nn.scan(
-        block, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(0, nn.broadcast), length=cfg.num_layers)(cfg, self.attn_block, self.live_block,
-                                                          self.prefix_kv)
+    if self.unstacked:
+      self.blocks = [block(cfg, self.attn_block, self.live_block, self.prefix_kv,
+                           name=layer_name(i)) for i in range(cfg.num_layers)]
+    else:
+      self.layers = nn.scan(
+          block, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(0, nn.broadcast), length=cfg.num_layers)(cfg, self.attn_block,
+                                                            self.live_block, self.prefix_kv)
     self.final_norm = _norm(cfg, "final_norm")
     if not cfg.tie_word_embeddings:
       self.lm_head = LMHead(cfg)
@@ -243,8 +258,15 @@ class Decoder(nn.Module):
       raise ValueError("segment_ids (packed rows) are for cache-free forward passes only")
     # The attention mask (key valid, causal by slot, same segment) is built block by block
     # inside `attention` / `cached_attention` from these, never as a [B, T, S] array here.
-    layer_ids = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
-    (x, new_kv), _ = self.layers((x, kv), layer_ids, (sin, cos, slots, key_valid, segment_ids))
+    shared = (sin, cos, slots, key_valid, segment_ids)
+    if self.unstacked:
+      carry = (x, kv)
+      for i, blk in enumerate(self.blocks):
+        carry, _ = blk(carry, i, shared)
+      x, new_kv = carry
+    else:
+      layer_ids = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
+      (x, new_kv), _ = self.layers((x, kv), layer_ids, shared)
     x = self.final_norm(x)
     new_cache = None
     if cache is not None:
@@ -273,6 +295,26 @@ def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:
 def param_shapes(cfg: ModelConfig) -> dict:
   """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating anything."""
   return jax.eval_shape(functools.partial(init_params, cfg), jax.random.key(0))
+
+
+LAYERS = "layers"  # the stacked layers' subtree of the parameter tree
+
+
+def layer_name(i: int) -> str:
+  """Layer i's subtree in an unstacked parameter tree (`unstack_layers`)."""
+  return f"{LAYERS}_{i}"
+
+
+def unstack_layers(params: dict) -> dict:
+  """The same parameters with the stacked [L, ...] layer subtree split into one subtree per
+  layer (`Decoder(unstacked=True)` reads this form; `Decoder.for_params` picks it). New arrays:
+  a slice of the stacked leaves, so the stacked tree stays usable."""
+  layers = params[LAYERS]
+  n = jax.tree_util.tree_leaves(layers)[0].shape[0]
+  out = {k: v for k, v in params.items() if k != LAYERS}
+  for i in range(n):
+    out[layer_name(i)] = jax.tree_util.tree_map(lambda x, i=i: x[i], layers)
+  return out
 
 
 def positions_from_valid(valid: jax.Array, start=None) -> jax.Array:

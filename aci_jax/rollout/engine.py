@@ -35,6 +35,7 @@ import numpy as np
 
 from aci_jax import tool_format as tool_formats
 from aci_jax.model import ModelConfig
+from aci_jax.model.decoder import LAYERS, unstack_layers
 from aci_jax.model.cache import pages_per_row
 from aci_jax.parallel import multihost
 from aci_jax.parallel.rules import ROW_AXES
@@ -188,7 +189,12 @@ class RolloutEngine:
 
     leaves, tree = jax.tree_util.tree_flatten(params)
     needs_cast = any(wide(x.dtype) for x in leaves)
-    if self.mesh is None and not needs_cast:
+    # On one CPU device the copy also splits the stacked layers (`unstack_layers`): XLA's CPU
+    # dots copy a scanned layer's weights out of the stack every decode step, which tripled
+    # the bytes a SmolLM2 step moved (docs/benchmarks.md). Same numbers, one more copy of the
+    # weights in host memory.
+    unstack = self.mesh is None and jax.default_backend() == "cpu" and LAYERS in params
+    if self.mesh is None and not needs_cast and not unstack:
       return params
     if self.mesh is not None and not needs_cast and jax.process_count() == 1:
       from aci_jax.parallel import SAMPLING_RULES, param_shardings
@@ -198,7 +204,8 @@ class RolloutEngine:
       narrow = lambda p: jax.tree_util.tree_map(lambda x: x.astype(cast) if wide(x.dtype) else x,
                                                 p)
       if self.mesh is None:
-        self._placers[key] = jax.jit(narrow)
+        self._placers[key] = jax.jit(
+            (lambda p: unstack_layers(narrow(p))) if unstack else narrow)
       else:
         # Casts and reshards in one pass (across processes resharding is a collective, which
         # a jitted identity does).

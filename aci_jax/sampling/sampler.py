@@ -217,7 +217,7 @@ def _decode_step(cfg: ModelConfig, sp: SamplingParams, params, tables: Tables,
   # Feed the sampled token to every row that sampled one (a paused row needs its fence token
   # in the cache before the tool output is appended); other rows write at their cursor
   # without advancing, so no row has holes (extend right-pads too): `prefix_kv`.
-  new_logits, cache = Decoder(cfg, prefix_kv=True).apply(
+  new_logits, cache = Decoder.for_params(cfg, params, prefix_kv=True).apply(
       {"params": params}, tok[:, None], s.n_real[:, None], s.cache, running[:, None],
       running.astype(jnp.int32))
   logits = jnp.where(running[:, None], new_logits[:, 0], s.logits)
@@ -284,7 +284,8 @@ def _chunk_logp(cfg, params, hidden, first_logits, tokens, block):
   prev_hidden = jnp.concatenate([jnp.zeros((b, 1, d), hidden.dtype), hidden[:, :-1]], axis=1)
 
   def head(h):
-    return Decoder(cfg).apply({"params": params}, h, method=Decoder.logits)
+    return Decoder.for_params(cfg, params).apply({"params": params}, h,
+                                                 method=Decoder.logits)
 
   # No gradient flows here, so nothing to rematerialise; the unused entropy is dead code to XLA.
   logp, _ = chunked_logprobs(head, prev_hidden, tokens, block, remat=False)
@@ -309,10 +310,11 @@ def extend(cfg: ModelConfig, state: SamplerState, params, tables: Tables, tokens
   n = jnp.sum(valid, axis=1, dtype=jnp.int32)
   has = n > 0
   positions = state.n_real[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)
-  hidden, cache = Decoder(cfg).apply({"params": params}, tokens, positions, state.cache, valid,
-                                     n, return_hidden=True)
+  hidden, cache = Decoder.for_params(cfg, params).apply(
+      {"params": params}, tokens, positions, state.cache, valid, n, return_hidden=True)
   last = jnp.take_along_axis(hidden, jnp.maximum(n - 1, 0)[:, None, None], axis=1)
-  new_logits = Decoder(cfg).apply({"params": params}, last, method=Decoder.logits)[:, 0]
+  new_logits = Decoder.for_params(cfg, params).apply({"params": params}, last,
+                                                    method=Decoder.logits)[:, 0]
   logits = jnp.where(has[:, None], new_logits, state.logits)
   out = dict(cache=cache, logits=logits, n_real=state.n_real + n)
   if record:
