@@ -249,6 +249,26 @@ def test_small_model_plan_on_small_topology():
     assert word in text
 
 
+def test_decode_moves_activations_not_weights_between_chips():
+  """Sampling weights split over fsdp (tensor 1, as a tensor=1 preset has them): a decode
+  step computes each projection on the chip's own weight slice for all rows and moves
+  activations. Left free, the compiler all-gathered the whole output projection (and each
+  layer's o_proj) at every step to serve its own rows: ~10x these bytes on this model."""
+  from aci_jax import plan as PL
+
+  c = _tiny_config()
+  with c.unlocked():
+    c.mesh.fsdp, c.mesh.tensor = 4, 1
+  p = PL.plan(c, "v5e:2x2", programs=("decode",))
+  dec = p.programs["decode"]
+  assert dec.fits
+  m = p.model
+  per_step = dec.cost.ici_bytes / p.setup.decode_steps
+  # One all-gather of the output projection onto a chip: 3/4 of its bf16 bytes arrive.
+  head_gather = 0.75 * m.hidden_size * m.vocab_size * 2
+  assert per_step < head_gather
+
+
 def test_search_covers_the_programs_planned():
   """`--search` with decode alone compiles no train step: it reports the rollout rows only,
   doubling past the config's rows (the preset's paged pool grows with them)."""
