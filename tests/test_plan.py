@@ -195,6 +195,38 @@ def test_on_chip_staging_is_not_hbm_traffic():
   assert cost.flops == 2 * 16 * 256 * 512
 
 
+_NESTED_HLO = """HloModule nested
+
+%pass (b0: bf16[256,512]) -> bf16[256,512] {
+  %b0 = bf16[256,512]{1,0} parameter(0)
+  ROOT %bc = bf16[256,512]{1,0} bitcast(%b0)
+}
+
+%fused_dot (p0: bf16[16,256], p1: bf16[256,512]) -> bf16[16,512] {
+  %p0 = bf16[16,256]{1,0} parameter(0)
+  %p1 = bf16[256,512]{1,0} parameter(1)
+  %w = bf16[256,512]{1,0} fusion(%p1), kind=kLoop, calls=%pass
+  ROOT %d = bf16[16,512]{1,0} dot(%p0, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+ENTRY %main (x: bf16[16,256], w: bf16[256,512]) -> bf16[16,512] {
+  %x = bf16[16,256]{1,0} parameter(0)
+  %w = bf16[256,512]{1,0} parameter(1)
+  ROOT %y = bf16[16,512]{1,0} fusion(%x, %w), kind=kOutput, calls=%fused_dot
+}
+"""
+
+
+def test_operand_handed_on_by_a_nested_fusion_is_read_whole():
+  """A matmul fusion whose weight passes through a nested bitcast fusion (as the compiler
+  writes the output projection) reads the whole weight; the counter took the nested fusion's
+  pass-through for an unread operand and counted 0 bytes for it."""
+  from aci_jax import plan as PL
+
+  cost, _ = PL.hlo_cost(_NESTED_HLO, 1)
+  assert cost.hbm_bytes == 16 * 256 * 2 + 256 * 512 * 2 + 16 * 512 * 2
+
+
 def _tiny_config():
   import ml_collections
   from configs.paper import get_config

@@ -249,6 +249,11 @@ def _value_read(comps, comp: Computation, name: str, depth: int = 0) -> float | 
   bitcasts and nested fusions); None when some use reads it whole."""
   if depth > 8:
     return None
+  # A value that is (part of) the computation's result is read whole by whoever uses the
+  # result: a nested fusion that only bitcasts an operand hands it on to the outer matmul.
+  for r in comp.instrs:
+    if r.root and (r.name == name or (r.op == "tuple" and name in r.operands)):
+      return None
   total = 0.0
   for u in comp.instrs:
     if name not in u.operands:
