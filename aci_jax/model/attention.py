@@ -269,10 +269,11 @@ def kernel_mesh(mesh, rules=sharding_rules.ACTIVATION_RULES):
     _MESH.reset(token)
 
 
-def along_sampling_weights(x: jax.Array, logical: str) -> jax.Array:
+def along_sampling_weights(x: jax.Array, logical: str | None) -> jax.Array:
   """`x` [..., N] with its last dimension split as the sampling copy of the weights splits the
   logical axis `logical` (`SAMPLING_RULES`: heads / kv heads / MLP / vocabulary over tensor,
-  then fsdp) and every other dimension whole, while the sampler traces under `kernel_mesh`;
+  then fsdp; None: whole) and every other dimension whole, while the sampler traces under
+  `kernel_mesh`;
   unchanged otherwise (training pins its activations with `activation_sharding`). Pinning a
   projection's flat input or output this way keeps its matmul on each chip's own slice of the
   weight: left to itself the TPU compiler all-gathers weights (the output projection, o_proj,

@@ -185,7 +185,11 @@ def _logits(cfg: ModelConfig, params, hidden: jax.Array) -> jax.Array:
   slice of the vocabulary (`along_sampling_weights`), then resharded to the state's rows.
   Left to itself the compiler all-gathers the whole output projection onto every chip at every
   decode step to compute its own rows' logits (Qwen2.5-7B on v5p-16: 0.4 GB per chip per step
-  at tensor 2, 0.95 GB at tensor 1), where this moves [B, V / chips] logits."""
+  at tensor 2, 0.95 GB at tensor 1), where this moves [B, V / chips] logits. The hidden states
+  are gathered whole first: otherwise the compiler may pass the rows around the ring and
+  multiply each piece by the whole projection slice, reading it from HBM once per piece
+  (8x at tensor 1)."""
+  hidden = along_sampling_weights(hidden, None)
   logits = Decoder(cfg).apply({"params": params}, hidden, method=Decoder.logits)
   return along_sampling_weights(logits, "vocab")
 
