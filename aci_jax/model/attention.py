@@ -46,7 +46,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from aci_jax.model.kernels.cudnn import cudnn_attention
 from aci_jax.model.kernels.splash import splash_attention
@@ -267,6 +267,24 @@ def kernel_mesh(mesh, rules=sharding_rules.ACTIVATION_RULES):
     yield
   finally:
     _MESH.reset(token)
+
+
+def along_sampling_weights(x: jax.Array, logical: str | None) -> jax.Array:
+  """`x` [..., N] with its last dimension split as the sampling copy of the weights splits the
+  logical axis `logical` (`SAMPLING_RULES`: heads / kv heads / MLP / vocabulary over tensor,
+  then fsdp; None: whole) and every other dimension whole, while the sampler traces under
+  `kernel_mesh`; unchanged otherwise (training pins its activations with
+  `activation_sharding`). Pinning a projection's flat input or output this way keeps its
+  matmul on each chip's own slice of the weight: left to itself the TPU compiler all-gathers
+  weights (the output projection, o_proj, q_proj slices) at every decode step to serve only
+  its own rows (docs/tpu.md, "Decode: the weight side")."""
+  # pylint: disable-next=protected-access
+  if sharding_rules._ACTIVATIONS.get() is not None or _MESH.get() is None:
+    return x
+  mesh = _MESH.get()[0]
+  spec = sharding_rules.spec_for(x.shape, (None,) * (x.ndim - 1) + (logical,), mesh,
+                                 sharding_rules.SAMPLING_RULES)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def _active_mesh():

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aci_jax.model.attention import attention
+from aci_jax.model.attention import along_sampling_weights, attention
 from aci_jax.model.cache import (KVCache, PagedKVCache, scatter_layer_rows, scatter_pages,
                                  scatter_rows, write_slots)
 from aci_jax.model.config import ModelConfig
@@ -80,11 +80,15 @@ class Attention(nn.Module):
     h, k_heads, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     heads = ("batch", "length", "heads", "head_dim")
     kv_heads = ("batch", "length", "kv_heads", "head_dim")
-    q = constrain(_dense(cfg, h * dh, cfg.qkv_bias, "q_proj")(x).reshape(b, t, h, dh), heads)
-    k = constrain(_dense(cfg, k_heads * dh, cfg.qkv_bias, "k_proj")(x).reshape(
-        b, t, k_heads, dh), kv_heads)
-    v = constrain(_dense(cfg, k_heads * dh, cfg.qkv_bias, "v_proj")(x).reshape(
-        b, t, k_heads, dh), kv_heads)
+    # Sampling: each projection on the chip's own slice of its sampling weight, all rows
+    # (`along_sampling_weights`); a no-op in training.
+    def proj(features, name, logical):
+      y = _dense(cfg, features, cfg.qkv_bias, name)(x)
+      return along_sampling_weights(y, logical)
+
+    q = constrain(proj(h * dh, "q_proj", "heads").reshape(b, t, h, dh), heads)
+    k = constrain(proj(k_heads * dh, "k_proj", "kv_heads").reshape(b, t, k_heads, dh), kv_heads)
+    v = constrain(proj(k_heads * dh, "v_proj", "kv_heads").reshape(b, t, k_heads, dh), kv_heads)
     q = apply_rope(q, sin, cos)
     k = apply_rope(k, sin, cos)
     if kv is None:
@@ -110,7 +114,7 @@ class Attention(nn.Module):
       lengths = slots[:, 0] + 1 if self.prefix_kv and t == 1 else None
       out = cached_attention(q, new_kv[0], new_kv[1], layer, slots, key_valid,
                              block=self.live_block, table=table, lengths=lengths)
-    out = constrain(out, heads).reshape(b, t, h * dh)
+    out = along_sampling_weights(constrain(out, heads).reshape(b, t, h * dh), "heads")
     return constrain(_dense(cfg, cfg.hidden_size, cfg.o_bias, "o_proj")(out), _X), new_kv
 
 

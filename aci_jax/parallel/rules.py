@@ -42,7 +42,9 @@ TRAINING_RULES: Rules = {
 # dominate); heads, MLP columns and vocabulary are split over tensor and then over fsdp, as far
 # as they divide. Splitting them over fsdp too keeps a tensor=1 mesh from holding a whole
 # replica of the weights per chip (15 GB in bf16 for a 7B model): a decode step then moves
-# activations between the fsdp chips ([rows, D] per layer), never weights.
+# activations between the fsdp chips ([rows, D] per layer), never weights (the sampler pins
+# them so: `aci_jax.model.attention.along_sampling_weights`). "heads" splits the flat
+# H * Dh dimension, so a chip may hold part of a head (Qwen2.5-7B, 8 chips: 3.5 heads).
 SAMPLING_RULES: Rules = {**TRAINING_RULES, "embed": None, "vocab": ("tensor", "fsdp"),
                          "heads": ("tensor", "fsdp"), "kv_heads": ("tensor", "fsdp"),
                          "mlp": ("tensor", "fsdp")}

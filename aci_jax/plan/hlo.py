@@ -31,6 +31,39 @@ def shape_bytes(type_text: str) -> float:
   return total
 
 
+# An array type with its layout, `bf16[448,3584]{1,0:T(8,128)(2,1)S(1)}`: a memory space other
+# than the default (`S(n)` in the layout) is not HBM. The TPU compiler's memory-space assignment
+# stages buffers in on-chip memory (space 1: a layer's weight slice prefetched before its dot,
+# activations between fusions) and keeps semaphores and scalars in others; space 5 is host
+# memory. Moving a value between spaces is an explicit `copy-start` / `copy-done` pair.
+_ARRAY_LAYOUT = re.compile(r"([a-z]+[0-9]*(?:e[0-9]m[0-9][a-z0-9]*)?)\[([0-9,]*)\](\{[^}]*\})?")
+
+
+def in_hbm(type_text: str) -> bool:
+  """Whether an array type's layout leaves it in the default memory space (HBM)."""
+  m = _ARRAY_LAYOUT.search(type_text)
+  return not (m and m.group(3) and re.search(r"S\(\d+\)", m.group(3)))
+
+
+def hbm_bytes(type_text: str) -> float:
+  """Bytes of an HLO type (array or tuple) that live in HBM: `shape_bytes` less the arrays whose
+  layout names another memory space."""
+  total = 0.0
+  for dtype, dims, layout in _ARRAY_LAYOUT.findall(type_text):
+    if layout and re.search(r"S\(\d+\)", layout):
+      continue
+    total += shape_bytes(f"{dtype}[{dims}]")
+  return total
+
+
+def tuple_parts(type_text: str) -> list[str]:
+  """The element types of a tuple type `(a, b, ...)`; [type_text] for an array."""
+  t = type_text.strip()
+  if not t.startswith("("):
+    return [t]
+  return _split_top(t[1:_matching(t, 0) - 1])
+
+
 def shape_dims(type_text: str) -> list[int]:
   m = _ARRAY.search(type_text)
   if not m:

@@ -10,14 +10,14 @@ import re
 
 from aci_jax.model.kernels.paged import KERNEL_SCOPE as PAGED_KERNEL
 from aci_jax.model.live_attention import LOOP_SCOPE as LIVE_LOOP
-from aci_jax.plan.hlo import (Computation, Instr, attr_comps, params_of, parse_hlo,
-                              shape_bytes, shape_dims)
+from aci_jax.plan.hlo import (Computation, Instr, attr_comps, hbm_bytes, in_hbm, params_of,
+                              parse_hlo, shape_bytes, shape_dims, tuple_parts)
 
 _COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all",
                 "collective-permute")
 _FREE = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while", "call",
          "conditional", "after-all", "partition-id", "replica-id", "iota", "opt-barrier",
-         "add-dependency", "copy-done", "copy-start", "send-done", "recv-done"}
+         "add-dependency", "copy-done", "send-done", "recv-done"}
 
 
 def _group_size(attrs: str, num_devices: int) -> int:
@@ -170,21 +170,38 @@ def _collective_part(ins: Instr, fused: Computation) -> tuple[set[int], set[int]
   return operands, outputs
 
 
+def _copy_start_bytes(ins: Instr, shapes: dict[str, str]) -> float:
+  """HBM bytes of an asynchronous copy between memory spaces, `copy-start` -> (destination,
+  source, context): a prefetch into on-chip memory reads its source from HBM, an eviction
+  writes its destination there."""
+  parts = tuple_parts(ins.type)
+  src = shapes.get(ins.operands[0], "") if ins.operands else ""
+  return hbm_bytes(src) + (hbm_bytes(parts[0]) if len(parts) > 1 else 0.0)
+
+
 def _fusion_io_bytes(ins: Instr, shapes: dict[str, str], fused: Computation | None,
                      comps: dict | None = None, skip_collective: bool = False) -> float:
   """HBM bytes a fusion (or plain op) moves: operands read plus output written, except that
   an in-place dynamic-update-slice moves only its update, and an operand read only through
-  dynamic-slice / gather moves only the slice. `skip_collective`: leave out what belongs to
-  the collective an async collective fusion carries (`_collective_part`)."""
-  out_b = shape_bytes(ins.type)
-  in_b = [shape_bytes(shapes.get(o, "")) for o in ins.operands]
+  dynamic-slice / gather moves only the slice. Values the compiler placed in another memory
+  space (on-chip, `hlo.in_hbm`) move no HBM bytes: a weight slice staged on chip is counted
+  once, where it is read from HBM, not again where it is written and read on chip.
+  `skip_collective`: leave out what belongs to the collective an async collective fusion
+  carries (`_collective_part`)."""
+  out_b = hbm_bytes(ins.type)
+  in_b = [hbm_bytes(shapes.get(o, "")) for o in ins.operands]
   if fused is None:
+    # In-place updates and slices: the update / slice, read or written where it is in HBM.
     if ins.op == "dynamic-update-slice" and len(ins.operands) > 1:
-      return 2 * in_b[1] + sum(in_b[2:])
+      upd = shape_bytes(shapes.get(ins.operands[1], ""))
+      return in_b[1] + (upd if in_hbm(ins.type) else 0.0) + sum(in_b[2:])
     if ins.op == "scatter" and len(ins.operands) > 2:
-      return 2 * in_b[2] + in_b[1]
+      upd = shape_bytes(shapes.get(ins.operands[2], ""))
+      return in_b[2] + (upd if in_hbm(ins.type) else 0.0) + in_b[1]
     if ins.op in ("dynamic-slice", "gather", "slice"):
-      return 2 * out_b + sum(in_b[1:])
+      src = shapes.get(ins.operands[0], "") if ins.operands else ""
+      read = shape_bytes(ins.type) if in_hbm(src) else 0.0
+      return read + out_b + sum(in_b[1:])
     return out_b + sum(in_b)
   by_index = params_of(fused)
   params = {n: i for i, n in by_index.items()}
@@ -203,7 +220,9 @@ def _fusion_io_bytes(ins: Instr, shapes: dict[str, str], fused: Computation | No
     if r.op in update_operand and r.operands and r.operands[0] in params:
       i = update_operand[r.op]
       upd = shape_bytes(fused.shapes.get(r.operands[i], "")) if len(r.operands) > i else 0
-      in_place[params[r.operands[0]]] = upd
+      # An update of a buffer held on chip moves nothing through HBM.
+      on_chip = not in_hbm(fused.shapes.get(r.operands[0], ""))
+      in_place[params[r.operands[0]]] = 0.0 if on_chip else upd
   skip_in, skip_out = _collective_part(ins, fused) if skip_collective else (set(), set())
   total = 0.0
   for j, r in enumerate(root_ops):
@@ -212,7 +231,7 @@ def _fusion_io_bytes(ins: Instr, shapes: dict[str, str], fused: Computation | No
     if r.op in update_operand and r.operands and r.operands[0] in params:
       total += in_place[params[r.operands[0]]]
     else:
-      total += shape_bytes(r.type)
+      total += hbm_bytes(r.type)
   for i, b in enumerate(in_b):
     if i in skip_in:
       continue
@@ -230,6 +249,11 @@ def _value_read(comps, comp: Computation, name: str, depth: int = 0) -> float | 
   bitcasts and nested fusions); None when some use reads it whole."""
   if depth > 8:
     return None
+  # A value that is (part of) the computation's result is read whole by whoever uses the
+  # result: a nested fusion that only bitcasts an operand hands it on to the outer matmul.
+  for r in comp.instrs:
+    if r.root and (r.name == name or (r.op == "tuple" and name in r.operands)):
+      return None
   total = 0.0
   for u in comp.instrs:
     if name not in u.operands:
@@ -330,6 +354,9 @@ def hlo_cost(text: str, num_devices: int, live_tokens: int | None = None) -> tup
         c.flops += paged[0]
         if not fused:
           c.hbm_bytes += paged[1]
+      elif op == "copy-start":
+        if not fused:
+          c.hbm_bytes += _copy_start_bytes(ins, comp.shapes)
       elif not fused and op not in _FREE and not op.endswith("-done"):
         if base not in _COLLECTIVES:
           c.hbm_bytes += _fusion_io_bytes(ins, comp.shapes, None)
