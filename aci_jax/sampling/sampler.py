@@ -190,7 +190,8 @@ def _logits(cfg: ModelConfig, params, hidden: jax.Array) -> jax.Array:
   multiply each piece by the whole projection slice, reading it from HBM once per piece
   (8x at tensor 1)."""
   hidden = along_sampling_weights(hidden, None)
-  logits = Decoder.for_params(cfg, params).apply({"params": params}, hidden, method=Decoder.logits)
+  logits = Decoder.for_params(cfg, params).apply({"params": params}, hidden,
+                                                 method=Decoder.logits)
   return along_sampling_weights(logits, "vocab")
 
 
