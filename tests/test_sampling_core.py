@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from aci_jax import tool_format
-from aci_jax.model import Decoder, ModelConfig, positions_from_valid
+from aci_jax.model import Decoder, KVCache, ModelConfig, init_params, positions_from_valid
+from aci_jax.model.decoder import LAYERS, unstack_layers
 from aci_jax.model.weights import load_params
 from aci_jax.rollout import Request, RolloutConfig, RolloutEngine
 from aci_jax.sampling import SamplingParams, build_matcher, sample_tokens, token_texts
@@ -273,14 +274,44 @@ def test_sampling_copy_in_compute_dtype_changes_no_logit(tmp_path, tok, tied):
   assert {x.dtype for x in jax.tree_util.tree_leaves(placed)} == {jnp.dtype(jnp.bfloat16)}
   seq = jnp.asarray([list(range(3, 19))], jnp.int32)
   pos = jnp.arange(16, dtype=jnp.int32)[None]
-  ref, got = (np.asarray(Decoder(cfg).apply({"params": p}, seq, pos)[0], np.float32)
-              for p in (params, placed))
+  # On a CPU the copy also splits the stacked layers (place_params): compare it with the
+  # float32 weights in the same form, so only the cast differs.
+  same_form = unstack_layers(params) if LAYERS not in placed else params
+  ref, got = (np.asarray(Decoder.for_params(cfg, p).apply({"params": p}, seq, pos)[0],
+                         np.float32) for p in (same_form, placed))
   np.testing.assert_array_equal(got, ref)
   # The whole sampler, from the float32 weights (no engine cast) and through the engine.
   prompts = [[5, 9, 2], [7] * 9, [11, 4, 4, 8, 1], [3]]
   reqs = [Request(p, i) for i, p in enumerate(prompts)]
   via_engine = eng.run(params, reqs).trajectories
-  eng.place_params = lambda p: p  # sample from the float32 weights themselves
+  eng.place_params = lambda p: same_form  # sample from the float32 weights themselves
   direct = eng.run(params, reqs).trajectories
   for a, b in zip(via_engine, direct):
     assert a.response_ids == b.response_ids and a.logp == b.logp
+
+
+def test_unstacked_layers_give_the_stacked_models_logits_and_cache():
+  """Decoder(unstacked=True) over `unstack_layers(params)` (what the engine samples from on a
+  CPU) is the same model as the scanned one: float32 logits and written K/V within 1e-5 of it
+  (summation order may differ between the two compiled programs), over a cache with history."""
+  cfg = ModelConfig(arch="llama", vocab_size=64, hidden_size=32, intermediate_size=48,
+                    num_layers=3, num_heads=4, num_kv_heads=2, head_dim=8, qkv_bias=False,
+                    tie_word_embeddings=False, max_position_embeddings=64, rope_theta=1e4,
+                    dtype="float32")
+  params = init_params(cfg, jax.random.key(0))
+  flat = unstack_layers(params)
+  assert LAYERS not in flat and set(flat) >= {"layers_0", "layers_1", "layers_2"}
+  np.testing.assert_array_equal(flat["layers_1"]["attn"]["q_proj"]["kernel"],
+                                params[LAYERS]["attn"]["q_proj"]["kernel"][1])
+  tok = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 5)), jnp.int32)
+  outs = []
+  for p in (params, flat):
+    model = Decoder.for_params(cfg, p)
+    assert model.unstacked == (p is flat)
+    cache = KVCache.init(cfg, 2, 16)
+    pos = jnp.broadcast_to(jnp.arange(5), (2, 5))
+    _, cache = model.apply({"params": p}, tok, pos, cache)
+    logits, cache = model.apply({"params": p}, tok[:, :1], pos[:, :1] + 5, cache)
+    outs.append((np.asarray(logits), np.asarray(cache.k), np.asarray(cache.v)))
+  for a, b in zip(*outs):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
