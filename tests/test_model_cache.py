@@ -4,25 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aci_jax.model import Decoder, KVCache, ModelConfig, init_params, positions_from_valid
-
-CFG = ModelConfig(arch="qwen2", vocab_size=80, hidden_size=48, intermediate_size=64,
-                  num_layers=3, num_heads=6, num_kv_heads=2, head_dim=8, qkv_bias=True,
-                  rope_theta=1e4, rms_norm_eps=1e-6)
+from aci_jax.model import Decoder, KVCache, positions_from_valid
+from cache_fixtures import CFG, full_logits as _full, params as _params
 
 
-def _params(seed=0):
-  params = init_params(CFG, jax.random.key(seed))
-  # Weights 3x the 0.02 init: attention is far from uniform and logits have std ~0.4, while
-  # the network does not yet amplify float32 rounding chaotically (at 6x, decode-vs-full
-  # differences reach 1e-5 from summation order alone).
-  return jax.tree_util.tree_map(lambda x: x * 3 if x.ndim >= 2 else x, params)
 
 
-@jax.jit
-def _full(params, tokens, valid):
-  pos = positions_from_valid(valid)
-  return Decoder(CFG).apply({"params": params}, tokens, pos, valid=valid)[0]
 
 
 @jax.jit

@@ -7,24 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aci_jax.model import Decoder, KVCache, ModelConfig, init_params, positions_from_valid
+from aci_jax.model import Decoder, KVCache, positions_from_valid
 from aci_jax.model.attention import dense_attention
 from aci_jax.model.live_attention import cached_attention, chunk_block
-
-CFG = ModelConfig(arch="qwen2", vocab_size=80, hidden_size=48, intermediate_size=64,
-                  num_layers=3, num_heads=6, num_kv_heads=2, head_dim=8, qkv_bias=True,
-                  rope_theta=1e4, rms_norm_eps=1e-6)
+from cache_fixtures import CFG, full_logits as _full, params as _params
 
 
-def _params(seed=0):
-  params = init_params(CFG, jax.random.key(seed))
-  return jax.tree_util.tree_map(lambda x: x * 3 if x.ndim >= 2 else x, params)
 
 
-@jax.jit
-def _full(params, tokens, valid):
-  return Decoder(CFG).apply({"params": params}, tokens, positions_from_valid(valid),
-                            valid=valid)[0]
 
 
 @pytest.mark.parametrize("live_block,capacity", [(4, 32), (5, 27), (64, 27)])

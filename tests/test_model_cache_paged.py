@@ -9,18 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aci_jax.model import Decoder, KVCache, ModelConfig, PagedKVCache, init_params
+from aci_jax.model import Decoder, KVCache, PagedKVCache
 from aci_jax.model import positions_from_valid
 from aci_jax.model.cache import gather_pages, pages_per_row, scatter_pages
-
-CFG = ModelConfig(arch="qwen2", vocab_size=80, hidden_size=48, intermediate_size=64,
-                  num_layers=3, num_heads=6, num_kv_heads=2, head_dim=8, qkv_bias=True,
-                  rope_theta=1e4, rms_norm_eps=1e-6)
+from cache_fixtures import CFG, params as _params
 
 
-def _params(seed=0):
-  params = init_params(CFG, jax.random.key(seed))
-  return jax.tree_util.tree_map(lambda x: x * 3 if x.ndim >= 2 else x, params)
 
 
 def _scattered_table(rng, batch, groups, pages_per_group, per_row, held):
