@@ -16,7 +16,7 @@ export) at a size a 2-core CPU finishes: 30 warm-up steps of format SFT (without
 never opens an output fence, so no cell ever runs), one EM iteration on 8 queries, greedy
 evaluation with forced-code and forced-reasoning passes on 8 problems per benchmark.
 
-CPU choices (ours): float32 compute (bf16 matmuls are 1.6-7.8x slower than float32 on x86
+CPU choices (ours): float32 compute (bf16 decode is 1.3-7.8x slower than float32 on x86
 CPUs without AMX, docs/benchmarks.md), and a KV cache sized to the job (256 prompt + 256 new
 tokens): every decode step reads every cache slot, so the paper's 4,096-slot cache would make
 each step several times slower here.

@@ -117,7 +117,7 @@ class RolloutEngine:
     self.model_cfg, self.tok, self.cfg, self.executor = model_cfg, tokenizer, cfg, executor
     if jax.default_backend() == "cpu" and model_cfg.dtype == "bfloat16":
       logging.getLogger(__name__).warning(
-          "decoding in bfloat16 on a CPU: 1.6-7.8x slower than float32 on x86 CPUs without "
+          "decoding in bfloat16 on a CPU: 1.3-7.8x slower than float32 on x86 CPUs without "
           "bf16 matmul units (docs/benchmarks.md); use --config.model.dtype=float32 here")
     self.mesh = mesh
     cfg.pool_pages(S.page_groups(mesh))  # a pool too small for one row fails here, not mid-run
