@@ -82,7 +82,7 @@ def bench_decode(args, directory):
     never = build_matcher(("\x01",), [""] * cfg.vocab_size)
     tables = S.Tables(jnp.asarray(never.next), jnp.asarray(never.hit),
                       jnp.asarray([False, True]), jnp.asarray(never.next),
-                      jnp.asarray(never.hit), jnp.asarray([-1], jnp.int32))
+                      jnp.asarray(never.hit > 0), jnp.asarray([-1], jnp.int32))
     sp = SamplingParams(greedy=True)
     itemsize = jnp.dtype(cfg.compute_dtype).itemsize
     for b in [int(x) for x in args.batches.split(",")]:

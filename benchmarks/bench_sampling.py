@@ -63,7 +63,7 @@ def bench_decode(args):
     params = load_params(tmp, cfg)
   never = build_matcher(("\x01",), [""] * cfg.vocab_size)
   tables = S.Tables(jnp.asarray(never.next), jnp.asarray(never.hit), jnp.asarray([False, True]),
-                    jnp.asarray(never.next), jnp.asarray(never.hit), jnp.asarray([-1], jnp.int32))
+                    jnp.asarray(never.next), jnp.asarray(never.hit > 0), jnp.asarray([-1], jnp.int32))
   sp = SamplingParams(greedy=True)
   print(f"# decode: Qwen2 {args.size} D={d} L=4 V={v} ({cfg.num_params() / 1e6:.1f}M params), "
         f"prompt {args.prompt}, "

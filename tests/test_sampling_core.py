@@ -83,7 +83,7 @@ def test_pause_extend_mixed_rows_equals_full_forward(tmp_path, tok):
   never = build_matcher(("\x01never\x01",), [""] * v)
   tables = S.Tables(stop_next=jnp.asarray(never.next), stop_hit=jnp.asarray(never.hit),
                     stop_is_tool=jnp.asarray([False, True]), ban_next=jnp.asarray(never.next),
-                    ban_hit=jnp.asarray(never.hit), eos_ids=jnp.asarray([-1], jnp.int32))
+                    ban_hit=jnp.asarray(never.hit > 0), eos_ids=jnp.asarray([-1], jnp.int32))
   state = S.SamplerState.init(cfg, b, 96, 64)
   keys = np.stack([np.asarray(S.row_key(0, i, 0)) for i in range(b)])
   state = S.reset_rows(state, jnp.ones(b, bool), jnp.asarray(keys), jnp.full(b, 64),

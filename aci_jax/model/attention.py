@@ -269,21 +269,23 @@ def kernel_mesh(mesh, rules=sharding_rules.ACTIVATION_RULES):
     _MESH.reset(token)
 
 
-def along_sampling_weights(x: jax.Array, logical: str | None) -> jax.Array:
+def along_sampling_weights(x: jax.Array, logical: str | None, axis: int = -1) -> jax.Array:
   """`x` [..., N] with its last dimension split as the sampling copy of the weights splits the
   logical axis `logical` (`SAMPLING_RULES`: heads / kv heads / MLP / vocabulary over tensor,
   then fsdp; None: whole) and every other dimension whole, while the sampler traces under
   `kernel_mesh`; unchanged otherwise (training pins its activations with
-  `activation_sharding`). Pinning a projection's flat input or output this way keeps its
-  matmul on each chip's own slice of the weight: left to itself the TPU compiler all-gathers
-  weights (the output projection, o_proj, q_proj slices) at every decode step to serve only
-  its own rows (docs/tpu.md, "Decode: the weight side")."""
+  `activation_sharding`). `axis`: the dimension split, if not the last (the group axis of a
+  fused projection's output, `aci_jax.model.fused`). Pinning a projection's flat input or
+  output this way keeps its matmul on each chip's own slice of the weight: left to itself the
+  TPU compiler all-gathers weights (the output projection, o_proj, q_proj slices) at every
+  decode step to serve only its own rows (docs/tpu.md, "Decode: the weight side")."""
   # pylint: disable-next=protected-access
   if sharding_rules._ACTIVATIONS.get() is not None or _MESH.get() is None:
     return x
   mesh = _MESH.get()[0]
-  spec = sharding_rules.spec_for(x.shape, (None,) * (x.ndim - 1) + (logical,), mesh,
-                                 sharding_rules.SAMPLING_RULES)
+  axes = [None] * x.ndim
+  axes[axis] = logical
+  spec = sharding_rules.spec_for(x.shape, tuple(axes), mesh, sharding_rules.SAMPLING_RULES)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 

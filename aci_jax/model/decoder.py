@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aci_jax.model import fused as fusion
 from aci_jax.model.attention import along_sampling_weights, attention
 from aci_jax.model.cache import (KVCache, PagedKVCache, scatter_layer_rows, scatter_pages,
                                  scatter_rows, write_slots)
@@ -67,6 +68,7 @@ class Attention(nn.Module):
   attn_block: int = 512
   live_block: int = 256
   prefix_kv: bool = False
+  fused: int = 0  # G > 0: one grouped q/k/v kernel (`aci_jax.model.fused`), the sampler's
 
   @nn.compact
   def __call__(self, x, sin, cos, slots, key_valid, segment_ids, kv, layer):
@@ -82,13 +84,18 @@ class Attention(nn.Module):
     kv_heads = ("batch", "length", "kv_heads", "head_dim")
     # Sampling: each projection on the chip's own slice of its sampling weight, all rows
     # (`along_sampling_weights`); a no-op in training.
-    def proj(features, name, logical):
-      y = _dense(cfg, features, cfg.qkv_bias, name)(x)
-      return along_sampling_weights(y, logical)
-
-    q = constrain(proj(h * dh, "q_proj", "heads").reshape(b, t, h, dh), heads)
-    k = constrain(proj(k_heads * dh, "k_proj", "kv_heads").reshape(b, t, k_heads, dh), kv_heads)
-    v = constrain(proj(k_heads * dh, "v_proj", "kv_heads").reshape(b, t, k_heads, dh), kv_heads)
+    logical = ("heads", "kv_heads", "kv_heads")
+    if self.fused:
+      # One matmul, so the layer's input is read from HBM once, not three times.
+      parts = _fused_proj(cfg, x, "qkv_proj", cfg.qkv_bias, self.fused)
+      q, k, v = (along_sampling_weights(p, a) for p, a in zip(parts, logical))
+    else:
+      q, k, v = (along_sampling_weights(_dense(cfg, n, cfg.qkv_bias, name)(x), a)
+                 for n, name, a in zip((h * dh, k_heads * dh, k_heads * dh),
+                                       ("q_proj", "k_proj", "v_proj"), logical))
+    q = constrain(q.reshape(b, t, h, dh), heads)
+    k = constrain(k.reshape(b, t, k_heads, dh), kv_heads)
+    v = constrain(v.reshape(b, t, k_heads, dh), kv_heads)
     q = apply_rope(q, sin, cos)
     k = apply_rope(k, sin, cos)
     if kv is None:
@@ -118,17 +125,33 @@ class Attention(nn.Module):
     return constrain(_dense(cfg, cfg.hidden_size, cfg.o_bias, "o_proj")(out), _X), new_kv
 
 
+def _fused_proj(cfg: ModelConfig, x, name: str, use_bias: bool, groups: int):
+  """A fused projection of the sampling copy (`aci_jax.model.fused`): x [..., D] -> its parts,
+  each [..., N_part] and split over the chips as the part's own projection would be."""
+  sizes = fusion.part_sizes(cfg, name)
+  y = nn.DenseGeneral((groups, sum(sizes) // groups), use_bias=use_bias,
+                      dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, kernel_init=_INIT,
+                      name=name)(x)
+  return fusion.split(along_sampling_weights(y, "fused", axis=-2), sizes, groups)
+
+
 class MLP(nn.Module):
   """SwiGLU: down(silu(gate(x)) * up(x))."""
 
   cfg: ModelConfig
+  fused: int = 0  # G > 0: one grouped gate/up kernel (`aci_jax.model.fused`), the sampler's
 
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
     hidden = ("batch", "length", "mlp")
-    gate = constrain(_dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "gate_proj")(x), hidden)
-    up = constrain(_dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "up_proj")(x), hidden)
+    if self.fused:
+      gate, up = (along_sampling_weights(p, "mlp")
+                  for p in _fused_proj(cfg, x, "gate_up_proj", cfg.mlp_bias, self.fused))
+    else:
+      gate = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "gate_proj")(x)
+      up = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "up_proj")(x)
+    gate, up = constrain(gate, hidden), constrain(up, hidden)
     return constrain(_dense(cfg, cfg.hidden_size, cfg.mlp_bias, "down_proj")(
         nn.silu(gate) * up), _X)
 
@@ -141,16 +164,18 @@ class Block(nn.Module):
   attn_block: int = 512
   live_block: int = 256
   prefix_kv: bool = False
+  fused: int = 0
 
   @nn.compact
   def __call__(self, carry, layer, shared):
     x, kv = carry
     sin, cos, slots, key_valid, segment_ids = shared
     attn_out, kv = Attention(self.cfg, self.attn_block, self.live_block, self.prefix_kv,
-                             name="attn")(
+                             self.fused, name="attn")(
         _norm(self.cfg, "attn_norm")(x), sin, cos, slots, key_valid, segment_ids, kv, layer)
     x = constrain(x + attn_out, _X)
-    x = constrain(x + MLP(self.cfg, name="mlp")(_norm(self.cfg, "mlp_norm")(x)), _X)
+    x = constrain(x + MLP(self.cfg, self.fused, name="mlp")(_norm(self.cfg, "mlp_norm")(x)),
+                  _X)
     return (x, kv), None
 
 
@@ -198,11 +223,15 @@ class Decoder(nn.Module):
   # of the stacked array, every layer of every decode step: the step then moves each weight
   # three times (read, write, read). `for_params` picks the form a parameter tree has.
   unstacked: bool = False
+  # G > 0: q/k/v and gate/up as one grouped matmul each (`aci_jax.model.fused.fuse`), the form
+  # of the sampler's copy of the weights on a mesh; each layer's input is read once per fusion.
+  fused: int = 0
 
   @classmethod
   def for_params(cls, cfg: ModelConfig, params, **kw) -> "Decoder":
-    """The Decoder that reads `params` as they are: stacked, or per layer (`unstack_layers`)."""
-    return cls(cfg, unstacked=LAYERS not in params, **kw)
+    """The Decoder that reads `params` as they are: stacked or per layer (`unstack_layers`),
+    separate or fused projections (`aci_jax.model.fused`)."""
+    return cls(cfg, unstacked=LAYERS not in params, fused=fusion.groups_of(params), **kw)
 
   def setup(self):
     cfg = self.cfg
@@ -212,13 +241,14 @@ class Decoder(nn.Module):
     self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype,
                           param_dtype=cfg.weight_dtype, embedding_init=_INIT)
     if self.unstacked:
-      self.blocks = [block(cfg, self.attn_block, self.live_block, self.prefix_kv,
+      self.blocks = [block(cfg, self.attn_block, self.live_block, self.prefix_kv, self.fused,
                            name=layer_name(i)) for i in range(cfg.num_layers)]
     else:
       self.layers = nn.scan(
           block, variable_axes={"params": 0}, split_rngs={"params": True},
           in_axes=(0, nn.broadcast), length=cfg.num_layers)(cfg, self.attn_block,
-                                                            self.live_block, self.prefix_kv)
+                                                            self.live_block, self.prefix_kv,
+                                                            self.fused)
     self.final_norm = _norm(cfg, "final_norm")
     if not cfg.tie_word_embeddings:
       self.lm_head = LMHead(cfg)

@@ -45,9 +45,11 @@ TRAINING_RULES: Rules = {
 # activations between the fsdp chips ([rows, D] per layer), never weights (the sampler pins
 # them so: `aci_jax.model.attention.along_sampling_weights`). "heads" splits the flat
 # H * Dh dimension, so a chip may hold part of a head (Qwen2.5-7B, 8 chips: 3.5 heads).
+# "fused": the group axis of the sampling copy's fused q/k/v and gate/up kernels
+# (`aci_jax.model.fused`), split as their parts are.
 SAMPLING_RULES: Rules = {**TRAINING_RULES, "embed": None, "vocab": ("tensor", "fsdp"),
                          "heads": ("tensor", "fsdp"), "kv_heads": ("tensor", "fsdp"),
-                         "mlp": ("tensor", "fsdp")}
+                         "mlp": ("tensor", "fsdp"), "fused": ("tensor", "fsdp")}
 
 # Activations of the training forward/backward: rows over every data-parallel axis, the model
 # dimension whole, heads / MLP columns / vocabulary over tensor. Pinning the model dimension
@@ -102,13 +104,15 @@ def logical_axes(params) -> dict:
   (from the parameter schema, `aci_jax.model.schema`)."""
   # Imported here: the decoder imports this module (for `constrain`), and importing the model
   # package from the top of this module would import the decoder back.
+  from aci_jax.model import fused
   from aci_jax.model.schema import BY_PATH
 
   def leaf_axes(path, leaf):
     names = _path_names(path)
-    if names not in BY_PATH:
+    if names in BY_PATH:
+      axes = BY_PATH[names].logical_axes()
+    elif (axes := fused.logical_axes(names)) is None:
       raise KeyError(f"no sharding rule for parameter {'/'.join(names)}")
-    axes = BY_PATH[names].logical_axes()
     if len(axes) != len(leaf.shape):
       raise ValueError(f"{'/'.join(names)} has shape {leaf.shape}, rule gives {axes}")
     return axes

@@ -41,13 +41,17 @@ def _sampling_inputs(s: Setup, rows: int):
   import jax
   import jax.numpy as jnp
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from aci_jax.model import param_shapes
+  from aci_jax.model import fused, param_shapes
   from aci_jax.parallel import SAMPLING_RULES, param_shardings
   from aci_jax.sampling import sampler as S
   from aci_jax.train.step import abstract_train_state
 
   train_state, _ = abstract_train_state(s.model, s.optimizer, s.mesh)
+  # The engine's sampling copy: fused q/k/v and gate/up (`RolloutEngine.place_params`).
+  groups = fused.sampling_groups(s.model, s.mesh)
   pshapes = param_shapes(s.model)
+  if groups:
+    pshapes = jax.eval_shape(lambda p: fused.fuse(p, groups), pshapes)
   psh = param_shardings(pshapes, s.mesh, SAMPLING_RULES)
   params = jax.tree.map(
       lambda a, sh: jax.ShapeDtypeStruct(
@@ -67,7 +71,7 @@ def _sampling_inputs(s: Setup, rows: int):
       stop_hit=jax.ShapeDtypeStruct((32, v), jnp.int32, sharding=rep),
       stop_is_tool=jax.ShapeDtypeStruct((2,), jnp.bool_, sharding=rep),
       ban_next=jax.ShapeDtypeStruct((32, v), jnp.int32, sharding=rep),
-      ban_hit=jax.ShapeDtypeStruct((32, v), jnp.int32, sharding=rep),
+      ban_hit=jax.ShapeDtypeStruct((32, v), jnp.bool_, sharding=rep),
       eos_ids=jax.ShapeDtypeStruct((2,), jnp.int32, sharding=rep))
   return train_state, params, state, tables
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from aci_jax import tool_format as tool_formats
 from aci_jax.model import ModelConfig
+from aci_jax.model import fused
 from aci_jax.model.decoder import LAYERS, unstack_layers
 from aci_jax.model.cache import pages_per_row
 from aci_jax.parallel import multihost
@@ -133,7 +134,7 @@ class RolloutEngine:
     self.tables = S.Tables(
         stop_next=jnp.asarray(sm.next), stop_hit=jnp.asarray(sm.hit),
         stop_is_tool=jnp.asarray([False, True] + [False] * len(cfg.stop_strings)),
-        ban_next=jnp.asarray(bm.next), ban_hit=jnp.asarray(ban_table(bm), jnp.int32),
+        ban_next=jnp.asarray(bm.next), ban_hit=jnp.asarray(ban_table(bm) > 0),
         eos_ids=jnp.asarray(eos, jnp.int32))
     self.rows = list(range(cfg.batch_size))  # the rows this process drives
     if mesh is None:
@@ -173,7 +174,7 @@ class RolloutEngine:
   def place_params(self, params):
     """Params for sampling: cast to the compute dtype when it is narrower than the stored
     weights, and on the engine's mesh placed by SAMPLING_RULES (replicated over data; heads, MLP
-    and vocabulary over tensor and then fsdp).
+    and vocabulary over tensor and then fsdp), with q/k/v and gate/up fused off the CPU.
 
     The cast changes no number: every layer casts its weights to the compute dtype before use
     (dense kernels and biases, norm scales, embeddings, the head), so a bf16 copy of float32
@@ -194,24 +195,35 @@ class RolloutEngine:
     # the bytes a SmolLM2 step moved (docs/benchmarks.md). Same numbers, one more copy of the
     # weights in host memory.
     unstack = self.mesh is None and jax.default_backend() == "cpu" and LAYERS in params
-    if self.mesh is None and not needs_cast and not unstack:
+    # Off the CPU the copy fuses q/k/v and gate/up into one grouped matmul each
+    # (`aci_jax.model.fused`): a decode step then reads each layer's input twice instead of
+    # five times. (On the CPU, where decode of these models is bound by the weights, the
+    # measured per-layer copy above is what is kept.)
+    groups = 0 if (jax.default_backend() == "cpu" and self.mesh is None
+                   or fused.groups_of(params)) else fused.sampling_groups(self.model_cfg,
+                                                                          self.mesh)
+    if self.mesh is None and not needs_cast and not unstack and not groups:
       return params
-    if self.mesh is not None and not needs_cast and jax.process_count() == 1:
+    if self.mesh is not None and jax.process_count() == 1:
+      # Onto the mesh first: the jitted copy below cannot take arrays committed elsewhere.
       from aci_jax.parallel import SAMPLING_RULES, param_shardings
-      return jax.device_put(params, param_shardings(params, self.mesh, SAMPLING_RULES))
+      params = jax.device_put(params, param_shardings(params, self.mesh, SAMPLING_RULES))
+      if not needs_cast and not groups:
+        return params
     key = (tree, tuple((x.shape, jnp.dtype(x.dtype)) for x in leaves))
     if key not in self._placers:
-      narrow = lambda p: jax.tree_util.tree_map(lambda x: x.astype(cast) if wide(x.dtype) else x,
-                                                p)
+      def narrow(p):
+        p = jax.tree_util.tree_map(lambda x: x.astype(cast) if wide(x.dtype) else x, p)
+        return fused.fuse(p, groups) if groups else p
       if self.mesh is None:
         self._placers[key] = jax.jit(
             (lambda p: unstack_layers(narrow(p))) if unstack else narrow)
       else:
-        # Casts and reshards in one pass (across processes resharding is a collective, which
-        # a jitted identity does).
+        # Casts, fuses and reshards in one pass (across processes resharding is a collective,
+        # which a jitted identity does).
         from aci_jax.parallel import SAMPLING_RULES, param_shardings
-        self._placers[key] = jax.jit(
-            narrow, out_shardings=param_shardings(params, self.mesh, SAMPLING_RULES))
+        out = param_shardings(jax.eval_shape(narrow, params), self.mesh, SAMPLING_RULES)
+        self._placers[key] = jax.jit(narrow, out_shardings=out)
     return self._placers[key](params)
 
   # ------------------------------------------------------------------ host <-> device rows

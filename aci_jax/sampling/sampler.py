@@ -34,7 +34,7 @@ from flax import struct
 
 from aci_jax.model import Decoder, KVCache, ModelConfig, PagedKVCache
 from aci_jax.model.attention import along_sampling_weights
-from aci_jax.parallel.rules import ROW_AXES
+from aci_jax.parallel.rules import ROW_AXES, SAMPLING_RULES, spec_for
 from aci_jax.train.logprobs import chunked_logprobs, target_logprobs
 
 RUNNING, PAUSED, DONE, EMPTY, WAITING = 0, 1, 2, 3, 4
@@ -72,7 +72,8 @@ class Tables:
   stop_hit: jax.Array  # [Ss, V] i32, pattern id (1-based) or 0
   stop_is_tool: jax.Array  # [P + 1] bool, indexed by pattern id; False at 0
   ban_next: jax.Array  # [Sb, V] i32
-  ban_hit: jax.Array  # [Sb, V] i32, nonzero: the token is banned there (stops.ban_table)
+  ban_hit: jax.Array  # [Sb, V] bool: the token is banned there (stops.ban_table); a byte per
+  # entry, since each decode step gathers a [B, V] row of it
   eos_ids: jax.Array  # [E] i32 (padded with -1)
 
 
@@ -151,7 +152,7 @@ def sample_tokens(keys: jax.Array, logits: jax.Array, sp: SamplingParams,
   if banned is not None:
     logits = jnp.where(banned, _NEG, logits)
   if sp.greedy:
-    tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    tok = first_argmax(logits)
     return tok, target_logprobs(policy, tok)[0]
   scaled = logits / sp.temperature
   filtered = scaled
@@ -167,9 +168,23 @@ def sample_tokens(keys: jax.Array, logits: jax.Array, sp: SamplingParams,
     keep = before < sp.top_p
     threshold = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
     filtered = jnp.where(filtered < threshold, _NEG, filtered)
-  tok = jax.vmap(lambda k, l: jax.random.categorical(jax.random.wrap_key_data(k), l))(
-      keys, filtered).astype(jnp.int32)
+  # `jax.random.categorical`'s own draw (Gumbel-max with the row's key), token for token.
+  noise = jax.vmap(lambda k: jax.random.gumbel(jax.random.wrap_key_data(k),
+                                                filtered.shape[-1:], filtered.dtype))(keys)
+  tok = first_argmax(noise + filtered)
   return tok, target_logprobs(policy, tok)[0]
+
+
+def first_argmax(x: jax.Array) -> jax.Array:
+  """[B, V] -> [B] int32: the first index of each row's maximum, as `jnp.argmax` (for values
+  that are not NaN). Written as a max and a min over indices where the max is reached: with
+  the vocabulary split over chips, `jnp.argmax`'s reduction made the TPU compiler build its
+  [B, V] index array split by rows and move it to the vocabulary split at every decode step
+  (0.08 GB per chip per step for Qwen2.5-7B on v5p-16); here the indices are computed inside
+  the reduction and only [B] values cross chips."""
+  m = jnp.max(x, axis=-1, keepdims=True)
+  idx = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+  return jnp.min(jnp.where(x == m, idx, x.shape[-1]), axis=-1).astype(jnp.int32)
 
 
 def _fold_keys(keys: jax.Array, index: jax.Array) -> jax.Array:
@@ -206,9 +221,13 @@ def _decode_step(cfg: ModelConfig, sp: SamplingParams, params, tables: Tables,
   # [B, V]: tokens that would complete a banned string or leave the text ending in a prefix
   # of one (stops.ban_table). A row whose every token is banned is never left without one:
   # the ban is lifted for that token (cannot happen with the default ban; a guard).
-  banned = s.ban_active[:, None] & (tables.ban_hit[s.ban_state] > 0)
+  banned = s.ban_active[:, None] & tables.ban_hit[s.ban_state].astype(jnp.bool_)
   banned &= ~jnp.all(banned, axis=-1, keepdims=True)
-  tok, logp = sample_tokens(_fold_keys(s.keys, s.n_out), s.logits, sp, banned)
+  # Each row's key on every chip (a few bytes), so the random bits of the draw are made where
+  # the row's logits are, split by vocabulary (`state_shardings`), not made split by rows and
+  # moved to them.
+  keys = along_sampling_weights(_fold_keys(s.keys, s.n_out), None)
+  tok, logp = sample_tokens(keys, s.logits, sp, banned)
   r = s.out_tokens.shape[1]
   slot = jnp.where(running, s.n_out, r)  # non-running rows write nowhere (dropped)
   rows = jnp.arange(s.batch)
@@ -285,7 +304,14 @@ def state_shardings(state: SamplerState, mesh):
       return NamedSharding(mesh, P(rows, heads, None, None, None, None))
     return NamedSharding(mesh, P(rows, *([None] * (x.ndim - 1))))
 
-  return jax.tree_util.tree_map(one, state)
+  out = jax.tree_util.tree_map(one, state)
+  # The next-token logits [B, V] as `_logits` computes them: every row whole, the vocabulary
+  # split as the sampling copy of the output projection splits it. Kept by rows instead, each
+  # step would move them between chips and re-tile them (Qwen2.5-7B on v5p-16: 0.08 GB per
+  # chip per step, docs/tpu.md); sampling reads each chip's slice once and reduces across
+  # chips only [B] maxima and sums.
+  vocab = spec_for(state.logits.shape, (None, "vocab"), mesh, SAMPLING_RULES)
+  return out.replace(logits=NamedSharding(mesh, vocab))
 
 
 # ----------------------------------------------------------------------- extend / prefill
