@@ -86,6 +86,12 @@ MEANINGS = {
                                "demo asking for code (\"Use Python. \" before the problem) and "
                                "answering with a cell: teaches writing cells and copying their "
                                "output without teaching the policy to open one unasked",
+    "task.triggered_families": "the toy families whose problems get those demos (`()`: every "
+                               "family)",
+    "task.triggered_length_balance": "give every answer length of a family an equal share of "
+                                     "its triggered demos (a problem repeated up to 4 times): "
+                                     "the toy policy copies a printed value only at the "
+                                     "lengths it saw often",
     "task.train_path": "JSONL training pool (`problem` or `question`, and `answer`)",
     "task.train_benchmark": "field mapping of the pool: `\"\"` (generic: `problem` or "
                             "`question`, and `answer`), or a registered benchmark's mapping: "

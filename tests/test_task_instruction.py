@@ -97,3 +97,19 @@ def test_toy_prompts_and_demonstrations_are_unchanged():
     config.task.warmup_examples = 40
   assert modes._warmup_demos(config, train) == toy.make_demonstrations(
       train[:40], code_fraction=config.task.code_fraction, seed=config.seed)
+
+
+def test_triggered_demo_keys_reach_the_warmup_demonstrations():
+  config = _config("default.py")
+  train = toy.make_problems(30, split="train", seed=0)
+  with config.unlocked():
+    config.task.update(warmup_examples=120, triggered_fraction=1.0, triggered_families=("mul",),
+                       triggered_length_balance=True)
+  demos = modes._warmup_demos(config, train)
+  assert demos == toy.make_demonstrations(
+      train, code_fraction=config.task.code_fraction, seed=config.seed, triggered_fraction=1.0,
+      triggered_families=("mul",), balance_lengths=True)
+  trig = [d for d in demos if d["triggered"]]
+  assert {d["family"] for d in trig} == {"mul"} and len(trig) == 30
+  # balanced: as many 5-digit products as 6-digit ones among the asked demos
+  assert sum(len(d["answer"]) == 5 for d in trig) == 15

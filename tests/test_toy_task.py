@@ -231,6 +231,47 @@ def test_triggered_demos_separate_can_code_from_chooses_to_code():
     toy.make_demonstrations(problems, triggered_fraction=1.5)
 
 
+def test_triggered_demos_limited_to_families_and_balanced_by_answer_length():
+  problems = toy.make_problems(300, families=("add", "mul", "powmod"), seed=2)
+  demos = toy.make_demonstrations(problems, code_fraction=0.1, triggered_fraction=1.0, seed=2,
+                                  triggered_families=("mul", "powmod"), balance_lengths=True)
+  plain = toy.make_demonstrations(problems, code_fraction=0.1, seed=2)
+  assert [d for d in demos if not d["triggered"]] == plain
+  trig = [d for d in demos if d["triggered"]]
+  assert not [d for d in trig if d["family"] == "add"]
+  def lengths(fam):
+    return collections.Counter(len(d["answer"]) for d in trig if d["family"] == fam)
+  def problem_lengths(fam):
+    return collections.Counter(len(p["answer"]) for p in problems if p["family"] == fam)
+  # mul: 5- and 6-digit products; the 5-digit ones are a minority of the problems (~17%) but
+  # get half of the 300 triggered demos.
+  assert set(problem_lengths("mul")) == {5, 6} and problem_lengths("mul")[5] < 100
+  assert lengths("mul") == {5: 150, 6: 150}
+  # powmod: a length too rare to fill its share gives it away (at most 4 demos per problem);
+  # the others split the rest evenly; 300 in all.
+  n1 = problem_lengths("powmod")[1]
+  assert 0 < 4 * n1 < 100
+  assert lengths("powmod")[1] == 4 * n1
+  assert abs(lengths("powmod")[2] - lengths("powmod")[3]) <= 1
+  assert sum(lengths("powmod").values()) == 300
+  per_problem = collections.Counter(d["prompt"] for d in trig)
+  assert max(per_problem.values()) <= toy.MAX_TRIGGERED_REPEAT
+  # every copy of a problem's triggered demo comes right after its un-triggered demo
+  last = None
+  for d in demos:
+    if d["triggered"]:
+      assert d["prompt"] == toy.ask_for_code(last["prompt"]) and d["response"] == toy.code_response(
+          {"family": last["family"], "problem": last["prompt"], "answer": last["answer"]})
+    else:
+      last = d
+  # Unbalanced, the same families: one triggered demo per problem, lengths as drawn.
+  unbalanced = [d for d in toy.make_demonstrations(problems, triggered_fraction=1.0, seed=2,
+                                                   triggered_families=("mul",)) if d["triggered"]]
+  assert collections.Counter(len(d["answer"]) for d in unbalanced) == problem_lengths("mul")
+  with pytest.raises(ValueError, match="unknown toy family"):
+    toy.make_demonstrations(problems, triggered_fraction=1.0, triggered_families=("mull",))
+
+
 def test_mul_small_derivation_is_right_for_every_problem():
   assert toy.cot_response({"family": "mul_small", "problem": "What is 6 * 94?",
                            "answer": "564"}) == "6*4=24, 6*9=54, 540+24=564. \\boxed{564}"

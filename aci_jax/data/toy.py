@@ -251,8 +251,50 @@ def code_response(problem: dict, fmt: tool_format.ToolFormat | None = None) -> s
   return (fmt or tool_format.get()).render_call(fam.code(ops), str(ans)) + boxed(ans)
 
 
+# A length-balanced family's triggered demos repeat a problem at most this often: enough to
+# give the 17% of `mul` products that have 5 digits half of `mul`'s triggered demos (~3 each),
+# few enough that a rare length (`powmod`'s 1-digit values, ~2%) cannot be learned by heart.
+MAX_TRIGGERED_REPEAT = 4
+
+
+def _triggered_counts(idx: list[int], problems: Sequence[dict], n: int, rng: random.Random,
+                      balance_lengths: bool) -> dict[int, int]:
+  """How many triggered demos each problem of one family gets (n in all)."""
+  if not balance_lengths:
+    return {i: 1 for i in rng.sample(idx, n)}
+  groups: dict[int, list[int]] = {}
+  for i in idx:
+    groups.setdefault(len(str(problems[i]["answer"])), []).append(i)
+  # Water-filling: equal shares per answer length; a length whose problems cannot fill its
+  # share without repeating one more than MAX_TRIGGERED_REPEAT times gives the rest away.
+  quota, open_, left = {}, sorted(groups), n
+  while open_:
+    share = left / len(open_)
+    full = [L for L in open_ if MAX_TRIGGERED_REPEAT * len(groups[L]) <= share]
+    if not full:
+      base, extra = divmod(left, len(open_))
+      quota.update({L: base + (k < extra) for k, L in enumerate(open_)})
+      break
+    for L in full:
+      quota[L] = MAX_TRIGGERED_REPEAT * len(groups[L])
+      left -= quota[L]
+      open_.remove(L)
+  counts: dict[int, int] = {}
+  for L in sorted(groups):
+    g = groups[L]
+    reps, rest = divmod(quota[L], len(g))
+    for i in g:
+      if reps:
+        counts[i] = reps
+    for i in rng.sample(g, rest):
+      counts[i] = counts.get(i, 0) + 1
+  return counts
+
+
 def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
-                        seed: int = 0, triggered_fraction: float = 0.0) -> list[dict]:
+                        seed: int = 0, triggered_fraction: float = 0.0,
+                        triggered_families: Sequence[str] | None = None,
+                        balance_lengths: bool = False) -> list[dict]:
   """Warm-up demonstrations: one un-triggered demo per problem, in problem order, each followed
   by its triggered demo if it has one.
 
@@ -268,20 +310,30 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
   its un-triggered demo, so the reasoning demos are not thinned. Issue 16: the copy of a
   5-6-digit printed value into \\boxed{} formed in some warm-ups and not in others when only the
   10% un-triggered `mul` cells showed it (docs/toy.md).
+  `triggered_families` (None: every family) limits the triggered demos to those families.
+  `balance_lengths` gives every answer length of a family an equal share of its triggered demos
+  (a problem repeated up to MAX_TRIGGERED_REPEAT times, its copies right after each other): this
+  policy learns to copy a printed value only at the lengths it was shown often (5-digit `mul`
+  products, 17% of them, were never copied, docs/toy.md). The count per family is unchanged.
   Returns [{"prompt", "response", "family", "answer", "mode": "cot" | "code", "triggered"}].
   """
   _check_fraction("code_fraction", code_fraction)
   _check_fraction("triggered_fraction", triggered_fraction)
+  if triggered_families is not None:
+    for f in triggered_families:
+      _family(f)
   by_family: dict[str, list[int]] = {}
   for i, p in enumerate(problems):
     by_family.setdefault(p["family"], []).append(i)
-  code_idx, trig_idx = set(), set()
+  code_idx, trig_count = set(), {}
   for fam, idx in sorted(by_family.items()):
     rng = random.Random(f"aci_jax.toy.demos:{seed}:{fam}")
     code_idx.update(rng.sample(idx, int(code_fraction * len(idx) + 0.5)))
-    if triggered_fraction:  # its own stream: the un-triggered draw above is unchanged by it
+    if triggered_fraction and (triggered_families is None or fam in triggered_families):
+      # its own stream: the un-triggered draw above is unchanged by it
       trng = random.Random(f"aci_jax.toy.triggers:{seed}:{fam}")
-      trig_idx.update(trng.sample(idx, int(triggered_fraction * len(idx) + 0.5)))
+      trig_count.update(_triggered_counts(idx, problems, int(triggered_fraction * len(idx) + 0.5),
+                                          trng, balance_lengths))
   out = []
   for i, p in enumerate(problems):
     base = {"family": p["family"], "answer": p["answer"]}
@@ -291,9 +343,8 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
     else:
       out.append({"prompt": p["problem"], "response": cot_response(p), **base, "mode": "cot",
                   "triggered": False})
-    if i in trig_idx:
-      out.append({"prompt": ask_for_code(p["problem"]), "response": code_response(p), **base,
-                  "mode": "code", "triggered": True})
+    out.extend({"prompt": ask_for_code(p["problem"]), "response": code_response(p), **base,
+                "mode": "code", "triggered": True} for _ in range(trig_count.get(i, 0)))
   return out
 
 

@@ -95,7 +95,13 @@ def _warmup_demos(config, train):
   if t.name == "toy":
     from aci_jax.data import toy
     demos = toy.make_demonstrations(train[:t.warmup_examples], code_fraction=t.code_fraction,
-                                    triggered_fraction=t.triggered_fraction, seed=config.seed)
+                                    triggered_fraction=t.triggered_fraction,
+                                    # () = every family
+                                    triggered_families=tuple(t.get("triggered_families",
+                                                                   ())) or None,
+                                    balance_lengths=bool(t.get("triggered_length_balance",
+                                                               False)),
+                                    seed=config.seed)
   else:
     from aci_jax.data.sft import load_demonstrations
     demos = load_demonstrations(config.warmup.data_path)
