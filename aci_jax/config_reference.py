@@ -87,7 +87,8 @@ MEANINGS = {
                                "answering with a cell: teaches writing cells and copying their "
                                "output without teaching the policy to open one unasked",
     "task.triggered_families": "the toy families whose problems get those demos (`()`: every "
-                               "family)",
+                               "family); an entry 'family:fraction' sets that family's own "
+                               "fraction (e.g. ('mul:1.0', 'powmod:0.3'))",
     "task.triggered_length_balance": "give every answer length of a family an equal share of "
                                      "its triggered demos (a problem repeated up to 4 times): "
                                      "the toy policy copies a printed value only at the "

@@ -309,3 +309,20 @@ def test_rare_code_config_warmup_data_asks_for_code_and_seldom_codes_unasked():
     assert sum(d["mode"] == "code" for d in unasked) == 2  # 1% of 200
   assert not any("Python" in p["problem"] for p in train + evals["toy"])
   assert len(evals["toy"]) == 400
+
+
+def test_per_family_triggered_fractions():
+  problems = toy.make_problems(200, seed=4)  # 200 per family
+  demos = toy.make_demonstrations(problems, triggered_fraction=0.5, seed=4,
+                                  triggered_families=("mul:1.0", "powmod", "add:0.1"))
+  asked = collections.Counter(d["family"] for d in demos if d["triggered"])
+  # 200 problems per family: 1.0 -> 200, the default 0.5 -> 100, 0.1 -> 20, unnamed -> 0
+  assert asked == {"mul": 200, "powmod": 100, "add": 20}
+  # the un-asked demos are the same draw whatever the asked ones are
+  plain = [d for d in demos if not d["triggered"]]
+  assert plain == [d for d in toy.make_demonstrations(problems, seed=4) if not d["triggered"]]
+  assert toy.triggered_shares(["mul:0.25", "add"], 0.75) == {"mul": 0.25, "add": 0.75}
+  for bad, msg in [(("mul:2",), "must be in"), (("mul:x",), "family:fraction"),
+                   (("mul", "mul:0.5"), "named twice"), (("mull:0.5",), "unknown toy family")]:
+    with pytest.raises(ValueError, match=msg):
+      toy.make_demonstrations(problems, triggered_fraction=0.5, triggered_families=bad)

@@ -291,6 +291,24 @@ def _triggered_counts(idx: list[int], problems: Sequence[dict], n: int, rng: ran
   return counts
 
 
+def triggered_shares(entries: Iterable[str], default: float) -> dict[str, float]:
+  """{"family": fraction} from `triggered_families` entries "family" (the `default` fraction)
+  or "family:fraction"."""
+  out = {}
+  for e in entries:
+    name, sep, frac = str(e).partition(":")
+    _family(name)
+    if name in out:
+      raise ValueError(f"toy family {name!r} named twice in triggered_families")
+    try:
+      out[name] = float(frac) if sep else default
+    except ValueError:
+      raise ValueError(f"triggered_families entry {e!r}: expected 'family' or "
+                       f"'family:fraction'") from None
+    _check_fraction(f"triggered fraction of {name!r}", out[name])
+  return out
+
+
 def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
                         seed: int = 0, triggered_fraction: float = 0.0,
                         triggered_families: Sequence[str] | None = None,
@@ -310,7 +328,10 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
   its un-triggered demo, so the reasoning demos are not thinned. Issue 16: the copy of a
   5-6-digit printed value into \\boxed{} formed in some warm-ups and not in others when only the
   10% un-triggered `mul` cells showed it (docs/toy.md).
-  `triggered_families` (None: every family) limits the triggered demos to those families.
+  `triggered_families` (None: every family) limits the triggered demos to those families; an
+  entry "family:fraction" (e.g. "mul:1.0", "add:0.1") gives that family its own fraction in place
+  of `triggered_fraction`, so the long `mul` copies can get many asked demos while the other
+  families keep few (asking only in `mul` left `powmod` cells miscopied, docs/toy.md).
   `balance_lengths` gives every answer length of a family an equal share of its triggered demos
   (a problem repeated up to MAX_TRIGGERED_REPEAT times, its copies right after each other): this
   policy learns to copy a printed value only at the lengths it was shown often (5-digit `mul`
@@ -319,9 +340,8 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
   """
   _check_fraction("code_fraction", code_fraction)
   _check_fraction("triggered_fraction", triggered_fraction)
-  if triggered_families is not None:
-    for f in triggered_families:
-      _family(f)
+  per_family = (None if triggered_families is None
+                else triggered_shares(triggered_families, triggered_fraction))
   by_family: dict[str, list[int]] = {}
   for i, p in enumerate(problems):
     by_family.setdefault(p["family"], []).append(i)
@@ -329,10 +349,11 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
   for fam, idx in sorted(by_family.items()):
     rng = random.Random(f"aci_jax.toy.demos:{seed}:{fam}")
     code_idx.update(rng.sample(idx, int(code_fraction * len(idx) + 0.5)))
-    if triggered_fraction and (triggered_families is None or fam in triggered_families):
+    share = triggered_fraction if per_family is None else per_family.get(fam, 0.0)
+    if share:
       # its own stream: the un-triggered draw above is unchanged by it
       trng = random.Random(f"aci_jax.toy.triggers:{seed}:{fam}")
-      trig_count.update(_triggered_counts(idx, problems, int(triggered_fraction * len(idx) + 0.5),
+      trig_count.update(_triggered_counts(idx, problems, int(share * len(idx) + 0.5),
                                           trng, balance_lengths))
   out = []
   for i, p in enumerate(problems):
