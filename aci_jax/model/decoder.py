@@ -122,7 +122,10 @@ class Attention(nn.Module):
       out = cached_attention(q, new_kv[0], new_kv[1], layer, slots, key_valid,
                              block=self.live_block, table=table, lengths=lengths)
     out = along_sampling_weights(constrain(out, heads).reshape(b, t, h * dh), "heads")
-    return constrain(_dense(cfg, cfg.hidden_size, cfg.o_bias, "o_proj")(out), _X), new_kv
+    # Sampling: the output whole on every chip (partial sums all-reduced, [rows, D]), as the
+    # projections' inputs are (see Block).
+    return constrain(along_sampling_weights(
+        _dense(cfg, cfg.hidden_size, cfg.o_bias, "o_proj")(out), None), _X), new_kv
 
 
 def _fused_proj(cfg: ModelConfig, x, name: str, use_bias: bool, groups: int):
@@ -152,8 +155,9 @@ class MLP(nn.Module):
       gate = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "gate_proj")(x)
       up = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "up_proj")(x)
     gate, up = constrain(gate, hidden), constrain(up, hidden)
-    return constrain(_dense(cfg, cfg.hidden_size, cfg.mlp_bias, "down_proj")(
-        nn.silu(gate) * up), _X)
+    # Sampling: whole on every chip, as o_proj's output (Attention).
+    return constrain(along_sampling_weights(_dense(cfg, cfg.hidden_size, cfg.mlp_bias,
+                                                   "down_proj")(nn.silu(gate) * up), None), _X)
 
 
 class Block(nn.Module):
@@ -170,11 +174,19 @@ class Block(nn.Module):
   def __call__(self, carry, layer, shared):
     x, kv = carry
     sin, cos, slots, key_valid, segment_ids = shared
+    # Sampling pins each projection's [rows, D] input and output whole on every chip (one
+    # all-gather / all-reduce of activations per projection; the residual stream between them
+    # stays as the compiler likes it). Left to itself, with rows split over the same chips as
+    # the weights (tensor=1), the TPU compiler turned the gather into a windowed loop that
+    # re-read each chip's weight slice once per window: 3.1x the decode floor instead of 1.3x
+    # (docs/tpu.md). A no-op in training (`along_sampling_weights`).
     attn_out, kv = Attention(self.cfg, self.attn_block, self.live_block, self.prefix_kv,
                              self.fused, name="attn")(
-        _norm(self.cfg, "attn_norm")(x), sin, cos, slots, key_valid, segment_ids, kv, layer)
+        along_sampling_weights(_norm(self.cfg, "attn_norm")(x), None), sin, cos, slots,
+        key_valid, segment_ids, kv, layer)
     x = constrain(x + attn_out, _X)
-    x = constrain(x + MLP(self.cfg, self.fused, name="mlp")(_norm(self.cfg, "mlp_norm")(x)),
+    x = constrain(x + MLP(self.cfg, self.fused, name="mlp")(
+        along_sampling_weights(_norm(self.cfg, "mlp_norm")(x), None)),
                   _X)
     return (x, kv), None
 
