@@ -138,6 +138,10 @@ MEANINGS = {
                 "Q_hat, then reasoning); below ln 9 the paper form cannot separate decisions",
     "em.form": "`paper` (softmax of the product, Eq. 5) or `posterior` (s* proportional to "
                "(pi_hat Q_hat)^alpha)",
+    "em.score": "what s* scores: `pi_q` (pi_hat Q_hat, the paper) or `q` (Q_hat alone: reason "
+                "when reasoning does as well, code when code does better; docs/em.md)",
+    "em.code_cost": "price of a tool call, subtracted from Q_hat(x, code) in the score (with "
+                    "`q` and alpha = inf: code must win by more than this)",
     "em.adv_whiten": "advantages whitened per query over the `kept` rollouts or over all "
                      "`forced` rollouts of the query (docs/em.md)",
     "em.pi_prior": "pseudo-count per decision added to the native counts of pi_hat",

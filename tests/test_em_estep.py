@@ -86,6 +86,56 @@ def test_ties_are_broken_explicitly():
           [1.0, 0.0] if want == COT else [0.0, 1.0])
 
 
+def test_q_score_and_code_cost():
+  """score="q": pi is ignored, code must beat reasoning by more than code_cost; the run-J case
+  (a reasoning query whose policy drifted to code, both modes always right) stays reasoning,
+  where the paper's pi*Q follows the drift. Expected values worked by hand."""
+  drifted = (np.asarray([0.1, 0.9]), np.asarray([1.0, 1.0]))
+  assert chosen_decision(*drifted) == CODE  # pi*Q = [0.1, 0.9]
+  assert chosen_decision(*drifted, score="q") == COT  # Q tie -> reasoning
+  cases = [  # (Q_cot, Q_code, cost, want)
+      (0.75, 1.0, 0.0, CODE),  # code better by one rollout in four
+      (0.75, 1.0, 0.25, COT),  # ... which the cost exactly cancels: a tie, reasoning
+      (0.5, 1.0, 0.25, CODE),  # better by two: code
+      (0.0, 0.5, 0.25, CODE),  # only code works
+      (0.0, 0.0, 0.25, COT)]
+  for q_cot, q_code, cost, want in cases:
+    q = np.asarray([q_cot, q_code])
+    for pi in ((1.0, 0.0), (0.0, 1.0), (0.5, 0.5)):  # pi must not matter
+      assert chosen_decision(np.asarray(pi), q, "q", cost) == want, (q, cost, pi)
+      np.testing.assert_array_equal(reference_strategy(np.asarray(pi), q, math.inf, "paper",
+                                                       "q", cost),
+                                    [1.0, 0.0] if want == COT else [0.0, 1.0])
+  # Soft forms with the cost: paper = softmax(alpha * [Q_cot, Q_code - cost]);
+  # posterior = max(score, 0)^alpha normalised.
+  pi, q = np.asarray([0.5, 0.5]), np.asarray([0.5, 0.7])
+  a, b = math.exp(4 * 0.5), math.exp(4 * 0.6)
+  np.testing.assert_allclose(reference_strategy(pi, q, 4.0, "paper", "q", 0.1),
+                             [a / (a + b), b / (a + b)])
+  np.testing.assert_allclose(reference_strategy(pi, q, 2.0, "posterior", "q", 0.1),
+                             [0.25 / 0.61, 0.36 / 0.61])
+  np.testing.assert_allclose(reference_strategy(pi, np.asarray([0.5, 0.1]), 1.0, "posterior",
+                                                "q", 0.2), [1.0, 0.0])
+  # pi_q with a cost: pi * [Q_cot, Q_code - cost] = [0.5, 0.45] -> reasoning.
+  assert chosen_decision(pi, np.asarray([1.0, 1.0]), "pi_q", 0.1) == COT
+  with pytest.raises(ValueError, match="score"):
+    EStepConfig(score="pq")
+  with pytest.raises(ValueError, match="code_cost"):
+    EStepConfig(code_cost=-0.1)
+
+
+def test_curation_with_q_score_trains_reasoning_on_a_drifted_query():
+  """Through `curate`: a query with native rollouts all code but forced rollouts all right in
+  both modes keeps only reasoning rollouts (decision term on them) under score="q"."""
+  rng = np.random.default_rng(3)
+  g = scripted_group(0, rng, 1.0, 1.0, 1.0, 4, 4)
+  for score, want in (("pi_q", CODE), ("q", COT)):
+    cur = curate([g], EStepConfig(alpha=math.inf, pi_prior=0.5, keep_per_query=4, score=score),
+                 np.random.default_rng(0))
+    assert [decision_of(t) for t in cur.trajectories] == [want] * 4, score
+    assert all(cur.decision)
+
+
 def test_paper_preset_strategy_is_decisive():
   """configs/paper.py: a query only code solves, on which the policy never coded (8 native
   rollouts, none with code), gets s*(code) >= 0.9; one both modes solve where the policy

@@ -16,10 +16,19 @@ pi_hat * Q_hat is in [0, 1], the paper form at alpha = 1 keeps s* within [0.27, 
 the estimates: `alpha_floor_warning` and the `estep/undecided_fraction` statistic say when
 alpha is too small to separate the decisions.
 
+The score inside s* is the paper's pi_hat * Q_hat (`score="pi_q"`, default) or Q_hat alone
+(`score="q"`: "reason when you can, code when you must", the rule selection accuracy grades
+against). Both use Q_hat(x, code) - `code_cost`, a price on the tool call (default 0): with
+`score="q"`, code must beat reasoning by more than code_cost (e.g. 0.25 = one forced rollout in
+four) to be chosen. Why "q" exists: under pi_q, once a reasoning query's native rollouts drift to
+code (pi_hat(code) -> 1), argmax pi * Q picks code whenever code is as accurate as reasoning, and
+the decision term then trains the drift in (docs/toy.md, run J: `add` flipped to code at 1.00
+accuracy in both modes).
+
 The chosen decision of a query (its decision-term target, and the one-hot of alpha = inf) is
-argmax_c pi_hat * Q_hat with ties broken explicitly: the higher Q_hat wins (so a query whose
-policy never tried code, pi_hat(code) = 0, still picks code when only code works), and a tie in
-both goes to reasoning (no tool call when both do equally well).
+argmax_c of the score with ties broken explicitly: the higher (cost-adjusted) Q_hat wins (so a
+query whose policy never tried code, pi_hat(code) = 0, still picks code when only code works),
+and a tie in both goes to reasoning (no tool call when both do equally well).
 
 Curation draws `keep_per_query` rollouts per query: counts per decision ~ Multinomial(keep, s*),
 capped at the K forced rollouts of that decision with the excess moved to the other decision
@@ -44,6 +53,7 @@ log = logging.getLogger(__name__)
 
 COT, CODE = 0, 1
 FORMS = ("paper", "posterior")
+SCORES = ("pi_q", "q")
 WHITEN_SETS = ("kept", "forced")
 # s* must reach this for a query to count as decided (estep/undecided_fraction); the paper form
 # can only get there when alpha * pi_hat * Q_hat differ by ln(9).
@@ -59,6 +69,8 @@ class EStepConfig:
   alpha: float = 1.0  # inverse temperature of the reference strategy; math.inf = argmax
   form: str = "paper"  # "paper": softmax(alpha * pi * Q); "posterior": pi * Q normalised
   pi_prior: float = 0.0  # pseudo-counts added per decision to the native counts
+  score: str = "pi_q"  # "pi_q": pi_hat * Q_hat (paper); "q": Q_hat alone (module docstring)
+  code_cost: float = 0.0  # subtracted from Q_hat(x, code) in the score: the price of a tool call
   keep_per_query: int = 8  # rollouts kept per query for the M-step
   adv_whiten: str = "kept"  # mean/std over the kept rollouts, or over all forced ones
 
@@ -67,6 +79,10 @@ class EStepConfig:
       raise ValueError(f"estep form must be one of {FORMS}, got {self.form!r}")
     if self.adv_whiten not in WHITEN_SETS:
       raise ValueError(f"adv_whiten must be one of {WHITEN_SETS}, got {self.adv_whiten!r}")
+    if self.score not in SCORES:
+      raise ValueError(f"estep score must be one of {SCORES}, got {self.score!r}")
+    if not 0 <= self.code_cost < 1:
+      raise ValueError(f"code_cost must be in [0, 1) (rewards are 0/1), got {self.code_cost}")
     if not self.alpha >= 0:
       raise ValueError(f"alpha must be >= 0 (or inf), got {self.alpha}")
     if self.keep_per_query < 1:
@@ -119,28 +135,40 @@ def estimate_q(forced: dict[int, Sequence[Trajectory]]) -> np.ndarray:
                      if forced.get(c) else np.nan for c in (COT, CODE)])
 
 
-def chosen_decision(pi: np.ndarray, q: np.ndarray) -> int:
-  """argmax_c pi_hat * Q_hat, ties to the higher Q_hat, then to reasoning (module docstring)."""
-  qq = np.nan_to_num(np.asarray(q, np.float64))
-  score = np.asarray(pi, np.float64) * qq
+def decision_scores(pi: np.ndarray, q: np.ndarray, score: str = "pi_q",
+                    code_cost: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+  """(score, cost-adjusted Q_hat) per decision; NaN Q counts as 0 (module docstring)."""
+  qq = np.nan_to_num(np.asarray(q, np.float64)) - np.asarray([0.0, code_cost])
+  if score == "q":
+    return qq, qq
+  if score == "pi_q":
+    return np.asarray(pi, np.float64) * qq, qq
+  raise ValueError(f"estep score must be one of {SCORES}, got {score!r}")
+
+
+def chosen_decision(pi: np.ndarray, q: np.ndarray, score: str = "pi_q",
+                    code_cost: float = 0.0) -> int:
+  """argmax_c of the score, ties to the higher adjusted Q_hat, then to reasoning."""
+  sc, qq = decision_scores(pi, q, score, code_cost)
   # Lexicographic (score, Q, prefer CoT): CoT = 0 wins a full tie by coming first.
-  return max((COT, CODE), key=lambda c: (score[c], qq[c], -c))
+  return max((COT, CODE), key=lambda c: (sc[c], qq[c], -c))
 
 
-def reference_strategy(pi: np.ndarray, q: np.ndarray, alpha: float, form: str) -> np.ndarray:
+def reference_strategy(pi: np.ndarray, q: np.ndarray, alpha: float, form: str,
+                       score: str = "pi_q", code_cost: float = 0.0) -> np.ndarray:
   """s*(c|x) for c in (CoT, code); see the module docstring. NaN Q counts as 0."""
-  score = np.asarray(pi, np.float64) * np.nan_to_num(np.asarray(q, np.float64))
+  sc, _ = decision_scores(pi, q, score, code_cost)
   if math.isinf(alpha):
     out = np.zeros(2)
-    out[chosen_decision(pi, q)] = 1.0
+    out[chosen_decision(pi, q, score, code_cost)] = 1.0
     return out
   if form == "posterior":
     if alpha == 0:
       return np.full(2, 0.5)
-    w = score ** alpha
+    w = np.maximum(sc, 0.0) ** alpha  # a cost can push code's score below 0: weight 0
     total = w.sum()
     return w / total if total > 0 else np.full(2, 0.5)
-  z = alpha * score
+  z = alpha * sc
   z = np.exp(z - z.max())
   return z / z.sum()
 
@@ -160,7 +188,7 @@ def alpha_floor_warning(alpha: float, form: str) -> str | None:
 def estimate(group: QueryGroup, cfg: EStepConfig) -> QueryEstimate:
   pi = estimate_pi(group.native, cfg.pi_prior)
   q = estimate_q(group.forced)
-  s = reference_strategy(pi, q, cfg.alpha, cfg.form)
+  s = reference_strategy(pi, q, cfg.alpha, cfg.form, cfg.score, cfg.code_cost)
   forced = [t for ts in group.forced.values() for t in ts]
   dropped = not any(_reward(t) > 0 for t in forced)
   return QueryEstimate(group.query_id, pi, q, s, dropped)
@@ -202,7 +230,7 @@ def curate(groups: Sequence[QueryGroup], cfg: EStepConfig,
     counts = g_rng.multinomial(cfg.keep_per_query, est.s_star)
     pools = [list(g.forced.get(c, [])) for c in (COT, CODE)]
     counts = capped_counts(counts, [len(p) for p in pools], est.s_star)
-    chosen = chosen_decision(est.pi, est.q)
+    chosen = chosen_decision(est.pi, est.q, cfg.score, cfg.code_cost)
     picked: list[Trajectory] = []
     for c in (COT, CODE):
       pool, n = pools[c], int(counts[c])

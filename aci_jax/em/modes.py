@@ -118,7 +118,7 @@ def _warmup_demos(config, train):
 
 def warmup_settings(config, data_path: str, export_dir: str):
   """The warm-up's SFTSettings: config.warmup's schedule over the EM run's optimizer and loss
-  settings, plain SFT (sft_nll, no decision term), exported to `export_dir`."""
+  settings, plain SFT (sft_nll, no decision term, no KL), exported to `export_dir`."""
   from aci_jax.train.losses import LossConfig
   from aci_jax.train.modes import SFTSettings
   from aci_jax.train.optim import OptimConfig
@@ -132,7 +132,7 @@ def warmup_settings(config, data_path: str, export_dir: str):
       data=data_path, steps=w.steps, batch_size=w.batch_size, seq_len=w.seq_len,
       optim=dataclass_from(OptimConfig, optim, name="warmup"),
       loss=dataclass_from(LossConfig, {**dict(config.loss), "policy": "sft_nll",
-                                       "decision_coef": 0.0}, name="loss"),
+                                       "decision_coef": 0.0, "kl_coef": 0.0}, name="loss"),
       pack_len=int(w.get("pack_len", 0)), system=config.data.get("system") or None,
       log_every=max(1, min(25, w.steps // 10)),
       # The EM run checkpoints every iteration; a warm-up step is far cheaper than a save.

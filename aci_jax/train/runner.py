@@ -14,6 +14,7 @@ import time
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from aci_jax import fileio
@@ -26,7 +27,7 @@ from aci_jax.train.checkpoint import Checkpointer
 from aci_jax.train.losses import LossConfig
 from aci_jax.train.optim import OptimConfig, make_optimizer
 from aci_jax.train.step import (StepConfig, TrainState, abstract_train_state, init_train_state,
-                                make_train_step, shard_batch)
+                                make_logprobs_fn, make_train_step, shard_batch)
 
 log = logging.getLogger(__name__)
 
@@ -87,26 +88,40 @@ class Trainer:
     self.shardings = None
     self.meta: dict[str, Any] = {}
     self._step_fn = None
+    # The KL term's reference policy: the run's starting parameters (the loaded checkpoint or
+    # the seeded init), kept as a second copy only when a loss term needs `ref_logp`.
+    self._ref_params = None
+    self._ref_fn = None
 
   # --------------------------------------------------------------------- state
 
   def restore_or_init(self) -> bool:
     """Restores the latest checkpoint if there is one (returns True), else initialises."""
     abstract, self.shardings = abstract_train_state(self.model_cfg, self.optimizer, self.mesh)
+    needs_ref = "ref_logp" in self.loss_cfg.required_keys()
     if self.ckpt.latest_step() is not None:
       self.state, self.meta = self.ckpt.restore(abstract)
       self.metrics.reset(self.meta.get("metrics_history", []))
+      if needs_ref:  # a resumed run keeps the reference it started with
+        self._ref_params = self._initial_params()
       return True
-    if self.hf_path:
-      from aci_jax.model.weights import load_params
-      params = load_params(self.hf_path, self.model_cfg, shardings=self.shardings.params)
-    else:
-      params = jax.jit(init_params, static_argnums=0, out_shardings=self.shardings.params)(
-          self.model_cfg, jax.random.key(self.config.seed))
+    params = self._initial_params()
+    if needs_ref:
+      # A copy: the train state's parameters are donated to (and overwritten by) each step.
+      self._ref_params = jax.tree.map(jnp.copy, params)
     self.state, self.shardings = init_train_state(params, self.optimizer, self.mesh,
                                                   seed=self.config.seed + 1)
     self.meta = {"em_iteration": 0, "data_cursor": 0, "metrics_history": []}
     return False
+
+  def _initial_params(self):
+    """The run's starting parameters: the configured checkpoint, else the seeded init (the
+    same on every call, so a resumed run rebuilds the same KL reference)."""
+    if self.hf_path:
+      from aci_jax.model.weights import load_params
+      return load_params(self.hf_path, self.model_cfg, shardings=self.shardings.params)
+    return jax.jit(init_params, static_argnums=0, out_shardings=self.shardings.params)(
+        self.model_cfg, jax.random.key(self.config.seed))
 
   @property
   def step(self) -> int:
@@ -122,6 +137,10 @@ class Trainer:
     global_rows = len(next(iter(host_batch.values()))) * jax.process_count()
     batch = shard_batch(host_batch, self.mesh, global_rows=global_rows)
     t0 = time.perf_counter()
+    if self._ref_params is not None and "ref_logp" not in batch:
+      if self._ref_fn is None:
+        self._ref_fn = make_logprobs_fn(self.model_cfg, self.shardings.params)
+      batch = {**batch, "ref_logp": self._ref_fn(self._ref_params, batch)}
     self.state, metrics = self._step_fn(self.state, batch)
     out = {k: float(v) for k, v in jax.device_get(metrics).items()}
     dt = time.perf_counter() - t0
