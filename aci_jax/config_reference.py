@@ -198,8 +198,9 @@ MEANINGS = {
     "loss.clip_eps_high": "epsilon above 1 of the importance-ratio clip",
     "loss.decision_coef": "lambda of the decision term (cross-entropy on the correct rollouts "
                           "of the chosen decision); 0: off",
-    "loss.kl_coef": "KL to a reference policy (0: off, as in the paper; the EM batches carry no "
-                    "reference log-probs, so only 0 runs there)",
+    "loss.kl_coef": "KL to the reference policy, the run's starting parameters (0: off, as in "
+                    "the paper; > 0 keeps a second copy of the parameters and runs one more "
+                    "forward per step; never in the EM warm-up)",
     "loss.aggregation": "`token_mean` or `seq_mean`, for every term",
     "optim.lr": "peak learning rate",
     "optim.warmup_steps": "linear warm-up from 0",

@@ -32,11 +32,20 @@ def get_config(variant: str = ""):
       arch="llama", vocab_size=259, hidden_size=128, intermediate_size=384, num_layers=4,
       num_heads=4, num_kv_heads=2, head_dim=32, qkv_bias=False, tie_word_embeddings=False,
       max_position_embeddings=512, rope_theta=10000.0, eos_token_ids=(256,))
-  # The task's defaults are the toy's: 4 families, 2,000 training problems each.
+  # The task's defaults are the toy's: 4 families, 2,000 training problems each, 10% of the
+  # un-asked warm-up demos code. On top, extra demos whose prompt asks for code ("asked"
+  # demos, toy.ask_for_code; evaluation and E-step prompts never ask): one per `mul` problem,
+  # for half the `powmod` and a quarter of the `add`/`compare` problems, every answer length
+  # equally often. They teach writing a cell and copying its printed output into \boxed{}, the
+  # skill that formed on some seeds and not others when only the 10% un-asked cells showed it
+  # (issue 16; docs/toy.md runs F-I).
+  c.task.update(triggered_fraction=1.0, triggered_length_balance=True,
+                triggered_families=("mul:1.0", "powmod:0.5", "add:0.25", "compare:0.25"))
 
   # Warm-up SFT (a separate run in <workdir>/warmup, exported and loaded by the EM run).
   c.warmup.update(
-      steps=2000, batch_size=32, lr=3e-3, warmup_steps=100, seq_len=96,
+      # seq_len 112: an asked `mul` demo is up to 101 tokens with the chat template.
+      steps=2000, batch_size=32, lr=3e-3, warmup_steps=100, seq_len=112,
       end_lr_ratio=0.1, weight_decay=0.01, b2=0.98, clip_norm=0.0,  # cosine to lr/10
       # Each step's 32 demos (~61 of 96 tokens on average) packed into rows of 192 tokens
       # (12 rows instead of 32, the same trained tokens): steps 1.2-1.4x faster (docs/em.md).
@@ -52,8 +61,12 @@ def get_config(variant: str = ""):
   # 2,000 it had (docs/em.md). With only 500 problems per family it never did.
   # adv_whiten stays "kept" (advantages whitened over the kept rollouts, ours); "forced" (over
   # all 2K forced rollouts) measured in docs/em.md: a policy-term signal, no accuracy gain.
+  # score="q", code_cost=0.25: the chosen decision is argmax Q_hat with code needing to win by
+  # more than one forced rollout in four ("reason when you can"). With the paper's pi * Q a
+  # reasoning family whose native rollouts drift to code flips to code once both modes are
+  # right (docs/toy.md run J: `add` at iteration 5); configs/paper.py keeps pi * Q.
   c.em.update(iterations=6, native_samples=4, k_per_decision=4, keep_per_query=4,
-              alpha=float("inf"), pi_prior=0.5, epochs=2)
+              alpha=float("inf"), pi_prior=0.5, score="q", code_cost=0.25, epochs=2)
   c.rollout.update(batch_size=64, max_prompt_tokens=64, max_new_tokens=128, max_tool_calls=2)
   c.sandbox.update(memory_mb=1024)
   c.grader.update(num_workers=1)
@@ -66,9 +79,11 @@ def get_config(variant: str = ""):
       # (the default, for 152k vocabularies) buys nothing: 0-10% of a warm-up step measured.
       logprob_remat=False)
   c.loss.update(decision_coef=1.0)
-  # lr 2.5e-4: at 5e-4 reasoning on add/compare drifted under the M-step (3 seeds: final
-  # accuracy 0.87 at 5e-4, 0.92 at 2.5e-4, add kept at 1.00; docs/em.md).
-  c.optim.update(lr=2.5e-4, end_lr_ratio=1.0)
+  # lr 6e-5: the M-step's updates for the code families wear away the reasoning ones' digit
+  # facts ("8+8=17"): add fell 0.92 -> 0.32 after one M-step at 2.5e-4, -> 0.72 at 1.25e-4,
+  # and stayed at 0.92-0.96 at 6e-5, where the code families still reach 1.00 by iteration 2-3
+  # (docs/toy.md runs I, J, L).
+  c.optim.update(lr=6e-5, end_lr_ratio=1.0)
   c.export.update(at_end=False)
   return VARIANTS[variant](c)
 
@@ -91,7 +106,8 @@ def _rare_code(c):
   """
   families = ("compare", "add", "mul_small", "mul", "powmod")
   c.task.update(families=families, warmup_examples=2000 * len(families), code_fraction=0.01,
-                triggered_fraction=1.0, eval_per_family=80)
+                triggered_fraction=1.0, triggered_families=(), triggered_length_balance=False,
+                eval_per_family=80)
   # A triggered `mul` demo is 101 tokens with the chat template; rows are still packed to 192.
   c.warmup.update(seq_len=112)
   return c
