@@ -95,8 +95,12 @@ def test_toy_prompts_and_demonstrations_are_unchanged():
   train = toy.make_problems(20, split="train", seed=0)
   with config.unlocked():
     config.task.warmup_examples = 40
+  # The toy demos carry no instruction: exactly toy.make_demonstrations' output for the
+  # default's data settings (its asked-for-code demos included, written out here).
   assert modes._warmup_demos(config, train) == toy.make_demonstrations(
-      train[:40], code_fraction=config.task.code_fraction, seed=config.seed)
+      train[:40], code_fraction=0.1, seed=config.seed, triggered_fraction=1.0,
+      triggered_families=("mul:1.0", "powmod:0.5", "add:0.25", "compare:0.25"),
+      balance_lengths=True)
 
 
 def test_triggered_demo_keys_reach_the_warmup_demonstrations():
