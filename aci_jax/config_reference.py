@@ -191,6 +191,8 @@ MEANINGS = {
     "train.logprob_chunk": "log-probs are computed this many positions at a time, never the "
                            "full [B, T, V] logits",
     "train.logprob_remat": "recompute the chunked logits in the backward pass",
+    "train.scan_layers": "scan over the stacked layers (False: unroll them; faster steps for "
+                         "small, shallow models, compile time grows with depth)",
     "train.log_every": "sft mode: write metrics every N steps",
     "loss.policy": "registered policy term: `ppo_clip`, `tis`, `grpo`, `sft_nll` "
                    "(docs/training.md)",

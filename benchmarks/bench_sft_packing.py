@@ -7,7 +7,8 @@ The production path (`aci_jax.train.runner.Trainer` built from configs/default.p
 trainer per variant, every row-count bucket compiled first, then `--rounds` rounds in which each
 variant runs `--steps` steps in turn (interleaved, so a busy machine slows every variant alike).
 Prints the median seconds per step and the ratio against the previous default (logits remat on,
-32 padded rows of 96 tokens). Packed variants train on the same 32 demos per step.
+32 padded rows of 96 tokens). Packed variants train on the same 32 demos per step; "unrolled"
+is `train.scan_layers=False` (the default config's setting since 2026-12-03).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-VARIANTS = {  # name: (logprob_remat, pack_len)
-    "remat, 32x96 (was)": (True, 0),
-    "no remat, 32x96": (False, 0),
-    "no remat, packed 192": (False, 192),
-    "no remat, packed 288": (False, 288),
+VARIANTS = {  # name: (logprob_remat, pack_len, scan_layers)
+    "remat, 32x96 (was)": (True, 0, True),
+    "no remat, 32x96": (False, 0, True),
+    "no remat, packed 192": (False, 192, True),
+    "no remat, packed 288": (False, 288, True),
+    "packed 192, unrolled": (False, 192, False),
 }
 
 
@@ -48,13 +50,14 @@ def main(argv=None):
   recs = [{"prompt": d["prompt"], "response": d["response"]}
           for d in toy.make_demonstrations(train, code_fraction=0.1, seed=0)]
   runs = {}
-  for name, (remat, pack) in VARIANTS.items():
+  for name, (remat, pack, scan) in VARIANTS.items():
     c = get_config()
     with c.unlocked():
       c.mode, c.loss.policy, c.loss.decision_coef = "sft", "sft_nll", 0.0
       c.optim.lr, c.optim.decay_steps, c.optim.warmup_steps = 3e-3, 2000, 100
       c.optim.clip_norm = 0.0
       c.train.logprob_remat = remat
+      c.train.scan_layers = scan
     data, _ = build_sft_data(recs, tok, batch_size=32, seq_len=96, seed=0, pack_len=pack,
                              row_multiple=4)
     trainer = Trainer(c, tempfile.mkdtemp())

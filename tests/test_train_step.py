@@ -54,12 +54,12 @@ def cached_run(mesh_cfg: MeshConfig | None, micro=1):
   return _RUNS[key]
 
 
-def run_steps(mesh, *, micro=1, cfg=CFG, steps=2, loss=LOSS, batches=None):
+def run_steps(mesh, *, micro=1, cfg=CFG, steps=2, loss=LOSS, batches=None, scan_layers=True):
   params = init_params(cfg, jax.random.key(0))
   tx, sched = make_optimizer(OPT)
   state, sh = init_train_state(params, tx, mesh, seed=0)
-  fn = make_train_step(cfg, loss, tx, sched, mesh, sh, StepConfig(micro_batches=micro,
-                                                                  logprob_chunk=5))
+  fn = make_train_step(cfg, loss, tx, sched, mesh, sh, StepConfig(
+      micro_batches=micro, logprob_chunk=5, scan_layers=scan_layers))
   metrics = []
   for i in range(steps):
     batch = batches[i] if batches else rl_batch(i)
@@ -189,6 +189,16 @@ def test_accumulation_is_not_an_average_of_micro_means():
     p2, m2, _ = run_steps(mesh, micro=2, batches=[b, b], loss=loss)
     assert_trees_close(p2, p1, atol=PARAM_ATOL)
     assert_metrics_close(m2, m1)
+
+
+def test_unrolled_layers_train_like_the_scan():
+  """train.scan_layers=False (the toy's faster CPU step) runs each layer on its slice of the
+  stacked parameters: the same two AdamW steps, the parameters still stacked."""
+  p_scan, m_scan, _ = cached_run(None)
+  p_loop, m_loop, state = run_steps(one_device_mesh(), scan_layers=False)
+  assert "layers" in state.params  # the train state keeps the stacked (checkpoint) form
+  assert_trees_close(p_loop, p_scan, atol=PARAM_ATOL)
+  assert_metrics_close(m_loop, m_scan)
 
 
 def test_bf16_compute_with_float32_master_weights():

@@ -105,7 +105,8 @@ def setup_from_config(config, devices) -> Setup:
   t = config.train
   step = dataclass_from(StepConfig, {"micro_batches": t.micro_batches,
                                      "logprob_chunk": t.logprob_chunk,
-                                     "logprob_remat": t.get("logprob_remat", True)},
+                                     "logprob_remat": t.get("logprob_remat", True),
+                                     "scan_layers": t.get("scan_layers", True)},
                         name="train")
   optimizer, schedule = make_optimizer(dataclass_from(OptimConfig, config.optim, name="optim"))
   rollout = _rollout_config(config)

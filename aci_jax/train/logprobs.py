@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from aci_jax.model import Decoder, ModelConfig
+from aci_jax.model.decoder import LAYERS, unstack_layers
 
 
 def target_logprobs(logits: jax.Array, targets: jax.Array):
@@ -75,17 +76,21 @@ def chunked_logprobs(head_fn, hidden: jax.Array, targets: jax.Array, chunk: int,
 
 def token_logprobs(params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
                    valid: jax.Array, *, chunk: int = 512, remat: bool = True,
-                   segment_ids: jax.Array | None = None):
+                   segment_ids: jax.Array | None = None, scan_layers: bool = True):
   """Shifted log-probabilities of a batch under the policy.
 
   Args:
     tokens, positions, valid: [B, T] (int32, int32, bool) as for `Decoder`.
     chunk: sequence positions per logits chunk.
     segment_ids: [B, T] int32 for rows that pack several sequences (see `Decoder`), or None.
+    scan_layers: False runs stacked parameters' layers unrolled, each on its slice (the
+      gradient is the same; see `StepConfig.scan_layers`).
   Returns:
     (logp [B, T-1], entropy [B, T-1]), float32; index t is log p(tokens[:, t+1] | tokens[:, :t+1]).
   """
-  model = Decoder(cfg)
+  if not scan_layers and LAYERS in params:
+    params = unstack_layers(params)
+  model = Decoder.for_params(cfg, params)
   hidden, _ = model.apply({"params": params}, tokens, positions, valid=valid, return_hidden=True,
                           segment_ids=segment_ids)
 

@@ -130,6 +130,12 @@ class StepConfig:
   micro_batches: int = 1  # gradient-accumulation steps per optimizer step
   logprob_chunk: int = 512  # sequence positions per logits chunk
   logprob_remat: bool = True  # recompute logits chunks in the backward (see logprobs.py)
+  # False: the layers run as a Python loop over per-layer slices of the stacked parameters
+  # instead of a scan. Compile time then grows with depth, so it is for small models: a
+  # scan's backward keeps every layer's residuals in zero-initialised [L, ...] buffers, and
+  # on the toy's 4 layers that filling and copying was ~15% of a CPU warm-up step
+  # (benchmarks/bench_sft_packing.py).
+  scan_layers: bool = True
 
 
 def _reduce(red: str, a, b):
@@ -161,6 +167,7 @@ def make_train_step(model_cfg: ModelConfig, loss_cfg: L.LossConfig,
       logp, ent = token_logprobs(params, model_cfg, inputs["tokens"], inputs["positions"],
                                  inputs["valid"].astype(jnp.bool_),
                                  chunk=step_cfg.logprob_chunk, remat=step_cfg.logprob_remat,
+                                 scan_layers=step_cfg.scan_layers,
                                  segment_ids=inputs.get("segment_ids"))
     total, metrics = L.objective(L.context(logp, ent, targets), weights, loss_cfg)
     reductions.update({name: red for name, (red, _) in metrics.items()})  # trace-time record
