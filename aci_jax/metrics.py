@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from typing import Iterable, Mapping
 
@@ -111,7 +112,11 @@ class MetricsWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+      self._tb = None
     self.sync()
+    if self.active and self.remote:  # the bucket has everything: drop the local mirror
+      shutil.rmtree(self.local, ignore_errors=True)
+      self.active = False  # later writes would have nowhere to go
 
 
 def read_jsonl(path: str) -> list[dict]:

@@ -87,8 +87,11 @@ def test_metrics_writer_mirrors_to_the_bucket(gcs):
                                                 {"step": 2, "bad": None, "loss": 1.5}]
   assert any(n.startswith("metrics/tb/events.out.tfevents.") for n in objects("metrics/tb/"))
   w.reset([{"step": 1, "loss": 2.0}])  # a resume from the checkpoint at step 1
+  mirror = w.local
+  assert os.path.isdir(mirror)
   w.close()
   assert read_jsonl(f"{run}/metrics.jsonl") == [{"step": 1, "loss": 2.0}]
+  assert not os.path.exists(mirror)  # closing removes the local mirror (no /tmp leak per run)
   # A new writer (a new process after preemption) continues the remote file.
   w = MetricsWriter(run, tensorboard=False, sync_seconds=3600.0)
   w.write(2, {"loss": 1.25})
