@@ -10,7 +10,7 @@ from scipy.stats import chisquare
 
 from aci_jax.em.estep import (CODE, COT, EStepConfig, QueryGroup, alpha_floor_warning,
                               capped_counts, chosen_decision, curate, decision_of, estep_stats,
-                              estimate, polarisation, reference_strategy)
+                              estimate, family_stats, polarisation, reference_strategy)
 from aci_jax.rollout.trajectory import Cell, Trajectory
 
 
@@ -214,6 +214,21 @@ def test_polarisation_of_the_native_code_rate():
   assert st["estep/native_code_rate_above_95"] == pytest.approx(0.4)
   assert st["estep/native_code_rate_query_hist"] == [2, 0, 1, 0, 0, 0, 0, 0, 0, 2]
   assert estep_stats(native, [], [])["estep/native_code_rate_below_05"] == pytest.approx(0.4)
+
+
+def test_family_stats_count_queries_with_any_native_code():
+  """By hand: mul queries 0 (no code), 1 (1 of 4 code) -> any-code 1/2, code rate 1/8;
+  add query 2 (all code, 2 of 4 right) -> 1, 1, 0.5; query 3 has no family and is left out."""
+  codes = {0: [0, 0, 0, 0], 1: [1, 0, 0, 0], 2: [1, 1, 1, 1], 3: [1, 1, 1, 1]}
+  rewards = {0: [1, 0, 0, 0], 1: [1, 1, 0, 0], 2: [1, 0, 1, 0], 3: [1, 1, 1, 1]}
+  native = [(q, bool(c), float(r)) for q in codes for c, r in zip(codes[q], rewards[q])]
+  fam = {0: "mul", 1: "mul", 2: "add", 3: None}
+  st = family_stats(native, fam.get)
+  assert st == pytest.approx({
+      "estep/family/mul/native_code_rate": 1 / 8, "estep/family/mul/native_accuracy": 3 / 8,
+      "estep/family/mul/any_native_code": 0.5,
+      "estep/family/add/native_code_rate": 1.0, "estep/family/add/native_accuracy": 0.5,
+      "estep/family/add/any_native_code": 1.0})
 
 
 def test_no_code_and_limit_records_are_not_code_use():

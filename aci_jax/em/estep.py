@@ -296,6 +296,27 @@ def polarisation(native: Sequence[tuple[int, bool, float]]) -> dict:
   }
 
 
+def family_stats(native: Sequence[tuple[int, bool, float]],
+                 family_of: Callable[[int], str | None]) -> dict:
+  """Per family (`family_of(query id)`, None = no family): the native code rate, the native
+  accuracy, and the fraction of queries with at least one native code rollout -- what plain RL
+  can learn code from at all (issue 16: a code-needing query none of whose native rollouts
+  codes gives GRPO no code sample to reinforce)."""
+  by_fam: dict[str, dict[int, list[tuple[bool, float]]]] = {}
+  for qid, code, reward in native:
+    fam = family_of(qid)
+    if fam is not None:
+      by_fam.setdefault(str(fam), {}).setdefault(qid, []).append((bool(code), float(reward)))
+  out = {}
+  for fam, queries in sorted(by_fam.items()):
+    rollouts = [o for v in queries.values() for o in v]
+    out[f"estep/family/{fam}/native_code_rate"] = float(np.mean([c for c, _ in rollouts]))
+    out[f"estep/family/{fam}/native_accuracy"] = float(np.mean([r for _, r in rollouts]))
+    out[f"estep/family/{fam}/any_native_code"] = float(
+        np.mean([any(c for c, _ in v) for v in queries.values()]))
+  return out
+
+
 def estep_stats(native: Sequence[tuple[int, bool, float]], ests: Sequence[QueryEstimate],
                 kept: Sequence[Trajectory]) -> dict:
   """Scalars and histograms for the metrics log; `native` from `native_outcomes`."""

@@ -31,7 +31,8 @@ import numpy as np
 from aci_jax import fileio
 from aci_jax.em import algorithms
 from aci_jax.em.batches import bucketed_minibatches
-from aci_jax.em.estep import CODE, COT, EStepConfig, QueryGroup, estep_stats, native_outcomes
+from aci_jax.em.estep import (CODE, COT, EStepConfig, QueryGroup, estep_stats, family_stats,
+                              native_outcomes)
 from aci_jax.parallel import multihost
 from aci_jax.rollout import Request, Trajectory
 from aci_jax.rollout.trajectory import pack, unpack
@@ -245,6 +246,7 @@ class EMLoop:
     self.grade(trajs)
     kept, adv, decision, ests, native = self.gather(queries, self.curate(trajs, curate_rng))
     stats = estep_stats(native, ests, kept)
+    stats.update(family_stats(native, lambda q: self.problems[q].meta.get("family")))
     if not kept:  # no signal: the M-step cannot run and the policy will not change
       correct = sum(1 for t in trajs if t.reward)
       boxed = sum(1 for t in trajs if "\\boxed" in t.text)
