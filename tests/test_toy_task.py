@@ -322,7 +322,17 @@ def test_per_family_triggered_fractions():
   plain = [d for d in demos if not d["triggered"]]
   assert plain == [d for d in toy.make_demonstrations(problems, seed=4) if not d["triggered"]]
   assert toy.triggered_shares(["mul:0.25", "add"], 0.75) == {"mul": 0.25, "add": 0.75}
-  for bad, msg in [(("mul:2",), "must be in"), (("mul:x",), "family:fraction"),
+  # A share above 1: 2.5 asked demos per problem on average, every problem at least twice,
+  # with and without length balancing.
+  for balance in (False, True):
+    demos = toy.make_demonstrations(problems, triggered_families=("mul:2.5",), seed=4,
+                                    balance_lengths=balance)
+    per_problem = collections.Counter(d["prompt"] for d in demos if d["triggered"])
+    assert sum(per_problem.values()) == 500, balance
+    if not balance:
+      assert set(per_problem.values()) == {2, 3} and len(per_problem) == 200
+  for bad, msg in [(("mul:5",), "must be in"), (("mul:-1",), "must be in"),
+                   (("mul:x",), "family:fraction"),
                    (("mul", "mul:0.5"), "named twice"), (("mull:0.5",), "unknown toy family")]:
     with pytest.raises(ValueError, match=msg):
       toy.make_demonstrations(problems, triggered_fraction=0.5, triggered_families=bad)

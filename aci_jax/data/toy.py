@@ -261,7 +261,11 @@ def _triggered_counts(idx: list[int], problems: Sequence[dict], n: int, rng: ran
                       balance_lengths: bool) -> dict[int, int]:
   """How many triggered demos each problem of one family gets (n in all)."""
   if not balance_lengths:
-    return {i: 1 for i in rng.sample(idx, n)}
+    reps, rest = divmod(n, len(idx))  # a share above 1: every problem `reps` times, then some
+    counts = {i: reps for i in idx} if reps else {}
+    for i in rng.sample(idx, rest):
+      counts[i] = counts.get(i, 0) + 1
+    return counts
   groups: dict[int, list[int]] = {}
   for i in idx:
     groups.setdefault(len(str(problems[i]["answer"])), []).append(i)
@@ -305,7 +309,9 @@ def triggered_shares(entries: Iterable[str], default: float) -> dict[str, float]
     except ValueError:
       raise ValueError(f"triggered_families entry {e!r}: expected 'family' or "
                        f"'family:fraction'") from None
-    _check_fraction(f"triggered fraction of {name!r}", out[name])
+    if not 0.0 <= out[name] <= MAX_TRIGGERED_REPEAT:
+      raise ValueError(f"triggered share of {name!r} must be in [0, {MAX_TRIGGERED_REPEAT}] "
+                       f"(asked demos per problem), got {out[name]}")
   return out
 
 
@@ -331,7 +337,9 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
   `triggered_families` (None: every family) limits the triggered demos to those families; an
   entry "family:fraction" (e.g. "mul:1.0", "add:0.1") gives that family its own fraction in place
   of `triggered_fraction`, so the long `mul` copies can get many asked demos while the other
-  families keep few (asking only in `mul` left `powmod` cells miscopied, docs/toy.md).
+  families keep few (asking only in `mul` left `powmod` cells miscopied, docs/toy.md). A
+  per-family share may exceed 1 (up to MAX_TRIGGERED_REPEAT): "mul:2.0" is two asked demos per
+  `mul` problem on average.
   `balance_lengths` gives every answer length of a family an equal share of its triggered demos
   (a problem repeated up to MAX_TRIGGERED_REPEAT times, its copies right after each other): this
   policy learns to copy a printed value only at the lengths it was shown often (5-digit `mul`
