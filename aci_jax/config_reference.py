@@ -143,7 +143,8 @@ MEANINGS = {
     "em.code_cost": "price of a tool call, subtracted from Q_hat(x, code) in the score (with "
                     "`q` and alpha = inf: code must win by more than this)",
     "em.adv_whiten": "advantages whitened per query over the `kept` rollouts or over all "
-                     "`forced` rollouts of the query (docs/em.md)",
+                     "`forced` rollouts of the query, or `none` (advantage = reward) "
+                     "(docs/em.md)",
     "em.pi_prior": "pseudo-count per decision added to the native counts of pi_hat",
     "em.epochs": "passes over the curated set per M-step",
     "em.batch_length": "M-step sequence length (0: the longest trajectory, bucketed)",

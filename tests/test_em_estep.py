@@ -201,6 +201,15 @@ def test_advantages_whitened_over_kept_or_all_forced():
     r = np.asarray([t.reward for t in cur.trajectories])
     ref = r if whiten_set == "kept" else forced_r
     np.testing.assert_allclose(cur.advantages, (r - ref.mean()) / (ref.std() + 1e-6))
+  # "none": the reward itself, so an all-right query still reinforces its rollouts.
+  cur = curate([g], EStepConfig(alpha=math.inf, keep_per_query=4, adv_whiten="none"),
+               np.random.default_rng(0))
+  assert cur.advantages == [t.reward for t in cur.trajectories]
+  right = scripted_group(1, rng, 0.5, 1.0, 1.0, 8, 8)  # every forced rollout right
+  for whiten_set, expected in (("kept", 0.0), ("none", 1.0)):
+    cur = curate([right], EStepConfig(alpha=math.inf, keep_per_query=4, adv_whiten=whiten_set),
+                 np.random.default_rng(0))
+    np.testing.assert_allclose(cur.advantages, [expected] * 4)
   with pytest.raises(ValueError, match="adv_whiten"):
     EStepConfig(adv_whiten="all")
 

@@ -35,7 +35,8 @@ capped at the K forced rollouts of that decision with the excess moved to the ot
 when s* gives it any weight; then rollouts of each decision uniformly without replacement.
 Queries whose forced rollouts all fail carry no signal and are dropped. Advantages are whitened
 per query, over the kept rollouts (`adv_whiten="kept"`) or over all forced rollouts of the query
-(`"forced"`), and the decision term covers the correct kept rollouts of the chosen decision.
+(`"forced"`), or not at all (`"none"`: advantage = reward); the decision term covers the correct
+kept rollouts of the chosen decision.
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ log = logging.getLogger(__name__)
 COT, CODE = 0, 1
 FORMS = ("paper", "posterior")
 SCORES = ("pi_q", "q")
-WHITEN_SETS = ("kept", "forced")
+# "none": the advantage is the reward itself (1 right, 0 wrong): the kept right rollouts are
+# reinforced even where every kept rollout is right, which whitening turns into zero signal
+# (a reasoning family the policy already solves then gets no gradient that keeps it solved).
+WHITEN_SETS = ("kept", "forced", "none")
 # s* must reach this for a query to count as decided (estep/undecided_fraction); the paper form
 # can only get there when alpha * pi_hat * Q_hat differ by ln(9).
 DECIDED = 0.9
@@ -241,6 +245,8 @@ def curate(groups: Sequence[QueryGroup], cfg: EStepConfig,
     rewards = [_reward(t) for t in picked]
     if cfg.adv_whiten == "forced":
       a = whiten(rewards, [_reward(t) for p in pools for t in p])
+    elif cfg.adv_whiten == "none":
+      a = np.asarray(rewards, np.float64)
     else:
       a = whiten(rewards)
     for t, ai in zip(picked, a):
