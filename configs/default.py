@@ -8,10 +8,11 @@ code is rare (10% in every family) plus demos that ask for code, then EM iterati
 it to *reason* on the families it can do in its head (compare, add) and to *write code* on
 those it cannot (mul, powmod). Writes summary.json and plots/*.png in the workdir. Values here
 are our choices for a laptop-sized run; configs/paper.py carries the paper's settings.
-Measured (docs/em.md, 2026-12-03): seeds 1-5 go from 0.44-0.49 to 0.86-0.98 held-out accuracy
-(selection 0.91-0.99, code rate 1.00 on mul/powmod and 0.00 on compare/add); seeds 1-3 meet
-issue 16's item 1, seed 4 leaves mul at 0.68 and seed 5 add at 0.72. 961 s on an idle 2-core
-VM (797 s of it the warm-up) that runs the warm-up step 1.7x slower than the VM of 2026-11-21.
+Measured (docs/em.md, 2026-12-03): seven runs go from 0.32-0.49 to 0.74-0.98 held-out accuracy
+(selection 0.89-0.99, code rate 1.00 on mul/powmod); three meet issue 16's item 1, the others
+fail on a copy the warm-up did not learn or on reasoning drift under the M-step. 961 s on an
+idle 2-core VM (797 s of it the warm-up, before `scan_layers=False` made its step 1.13x faster)
+that runs the warm-up step 1.6-1.7x slower than the VM of 2026-11-21.
 
 Only what differs from the defaults is stated (aci_jax/configuration.py: the dataclass
 defaults, and the defaults of the keys no dataclass holds); docs/config.md lists every key.
