@@ -22,11 +22,16 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAMILIES = ("compare", "add")
+# One family, the default policy size, 1,000 warm-up steps over 1,000 problems (each with its
+# un-asked and its asked demo): about 4 minutes on 2 cores. Calibration (docs/em.md, "The
+# rare-code regime"): 600 steps over 400 problems of compare + add left forced-code accuracy at
+# 0.62 (cells miscopying operands); 1,000 steps over 1,000 each gave 0.84 (add 0.92), native
+# P(code) 0.6-0.9%.
+FAMILIES = ("add",)
 SMALL = ["--config.em.iterations=0", "--config.progress=False",
-         f"--config.task.families={FAMILIES!r}", "--config.task.train_per_family=400",
-         "--config.task.warmup_examples=800", "--config.task.eval_per_family=25",
-         "--config.warmup.steps=600"]
+         f"--config.task.families={FAMILIES!r}", "--config.task.train_per_family=1000",
+         "--config.task.warmup_examples=1000", "--config.task.eval_per_family=50",
+         "--config.warmup.steps=1000"]
 
 
 def test_rare_code_warmup_can_code_but_seldom_chooses_to(tmp_path):
@@ -57,10 +62,11 @@ def test_rare_code_warmup_can_code_but_seldom_chooses_to(tmp_path):
   tok = char_tokenizer()
   prefix = tok.encode(tool_format.get(config["rollout"]["tool_format"]).code_prefix)
   temperature = config["rollout"]["temperature"]
-  problems = [p for f in FAMILIES for p in toy.family_problems(f, 50, split="test", seed=0)]
+  problems = [p for f in FAMILIES for p in toy.family_problems(f, 100, split="test", seed=0)]
   prompts = [toy.prompt_ids(tok, p["problem"]) for p in problems]
   p_code = np.exp(prefix_logprob(cfg, params, prompts, prefix, temperature=temperature))
   assert p_code.mean() <= 0.02, (p_code.mean(), p_code.max())
+  assert np.quantile(p_code, 0.9) <= 0.05, np.quantile(p_code, 0.9)  # rare on (nearly) every query
   # The asked demos did teach cells: with the trigger the policy opens one.
   asked = [toy.prompt_ids(tok, toy.ask_for_code(p["problem"])) for p in problems]
   p_asked = np.exp(prefix_logprob(cfg, params, asked, prefix, temperature=temperature))
