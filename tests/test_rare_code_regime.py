@@ -20,7 +20,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One family, the default policy size, 1,000 warm-up steps over 1,000 problems (each with its
@@ -35,7 +34,6 @@ SMALL = ["--config.em.iterations=0", "--config.progress=False",
          "--config.warmup.steps=1000"]
 
 
-@pytest.mark.slow
 def test_rare_code_warmup_can_code_but_seldom_chooses_to(tmp_path):
   from aci_jax import tool_format
   from aci_jax.data import toy
