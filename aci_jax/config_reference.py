@@ -46,7 +46,7 @@ SECTIONS = {
 MEANINGS = {
     "mode": "what runs: `autocode` (warm-up, EM, evaluation), `sft`, `export`",
     "seed": "seeds the data order, initialisation, sampling keys and curation",
-    "progress": "tqdm progress bar on process 0",
+    "progress": "tqdm progress bars (training steps, rollout rows) on process 0",
     "tokenizer": "`toy` (built-in character tokenizer, 259 ids), a HF tokenizer directory, or "
                  "`\"\"` = the tokenizer of `model.path`",
     "model.init": "`scratch` (build from the keys below) or `hf` (config and weights from "
