@@ -99,6 +99,7 @@ def test_reuse_is_checked_against_the_donor_config(tmp_path):
      "arm names repeat"),
     (["--seeds", "1", "--", "--config.seed=4"], "sets --config.seed"),
     (["--seeds", "1", "--", "oops"], "expected --config.key=value overrides"),
+    (["--seeds", "1", "--out", "gs://bucket/g"], "must be local"),
 ])
 def test_bad_flags_fail_with_one_line(tmp_path, args, message):
   r = _grid(tmp_path / "g", *args)

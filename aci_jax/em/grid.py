@@ -197,6 +197,9 @@ def main(argv=None) -> int:
   p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
   try:
     args = p.parse_args(argv)
+    if "://" in args.out:
+      raise GridError(f"--out {args.out!r}: the grid directory must be local (each run's "
+                      "--workdir may not be a bucket here: the warm-up is copied on disk)")
     if not os.path.isfile(args.config.split(":")[0]):
       raise GridError(f"--config {args.config!r}: no such file")
     bad = [o for o in common if not o.startswith("--config.")]

@@ -260,8 +260,7 @@ def autocode(config, workdir: str) -> None:
     log.info("%s EM run at iteration %d", "resumed" if resumed else "started",
              trainer.meta.get("em_iteration", 0))
     engine = RolloutEngine(trainer.model_cfg, tok, rollout_cfg, executor=sandbox,
-                           mesh=trainer.mesh)
-    engine.show_progress = bool(config.get("progress", True))  # --config.progress=False: no bars
+                           mesh=trainer.mesh, show_progress=bool(config.get("progress", True)))
     ev = config.eval
     # The warm-up's framing (system message, answer-format instruction) of every prompt the
     # policy sees after it: E-step rollouts and evaluation alike.

@@ -114,7 +114,7 @@ class RolloutEngine:
   loop (`rollout.scheduler`, module docstring)."""
 
   def __init__(self, model_cfg: ModelConfig, tokenizer, cfg: RolloutConfig, executor=None,
-               mesh=None):
+               mesh=None, show_progress: bool = True):
     self.model_cfg, self.tok, self.cfg, self.executor = model_cfg, tokenizer, cfg, executor
     if jax.default_backend() == "cpu" and model_cfg.dtype == "bfloat16":
       logging.getLogger(__name__).warning(
@@ -149,7 +149,7 @@ class RolloutEngine:
       self._init = jax.jit(self._init_state, out_shardings=shardings)
       self.rows = multihost.addressable_rows(shardings.status, (cfg.batch_size,))
     self._placers: dict = {}  # params' (tree, shapes, dtypes) -> jitted cast / reshard
-    self.show_progress = True  # tqdm over rows in long runs (run_local)
+    self.show_progress = show_progress  # tqdm over rows in long runs (run_local)
 
   def _init_state(self):
     c = self.cfg
