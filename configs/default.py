@@ -12,8 +12,8 @@ Measured (docs/em.md, "Six layers and full multi-head attention", 2026-12-03): o
 whose 4-layer warm-up never learned to copy operands into a cell (1 and 3), this policy's
 warm-up writes right cells (forced-code accuracy 1.00 on mul, 0.84-1.00 on powmod), and the
 third EM iteration meets every bar of issue 16's item 1 (held-out 0.47-0.51 -> 0.95-0.97).
-The run is ~20 minutes on a 2-core VM, not the issue's 10: the warm-up's 2,000 steps of this
-model dominate it.
+The run is roughly 25-30 minutes on an idle 2-core VM (estimated from the step times), not the
+issue's 10: the warm-up's 2,000 steps of this model dominate it.
 
 Only what differs from the defaults is stated (aci_jax/configuration.py: the dataclass
 defaults, and the defaults of the keys no dataclass holds); docs/config.md lists every key.
