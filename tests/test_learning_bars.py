@@ -82,3 +82,10 @@ def test_a_missing_evaluation_is_a_one_line_error(tmp_path):
   run = _run(tmp_path, "r", WARMUP, iteration=1)
   with pytest.raises(SystemExit, match="iteration_4/toy.summary.json not found"):
     learning_bars.main([run, "--iteration", "4"])
+
+
+def test_a_family_the_toy_does_not_know_is_a_one_line_error(tmp_path):
+  final = _summary(0.98, 0.97, add=(0.96, 0.0), compare=(1.0, 0.0), mul=(1.0, 1.0),
+                   powmod=(0.96, 1.0), sqrt=(1.0, 1.0))
+  with pytest.raises(SystemExit, match="unknown toy family 'sqrt'"):
+    learning_bars.main([_run(tmp_path, "r", final)])

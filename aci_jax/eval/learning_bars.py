@@ -68,14 +68,15 @@ def judge(warmup: dict, final: dict, *, run: str = "", iteration: int = 0) -> Ve
   from aci_jax.data import toy
 
   families = sorted(final["by_family"])
-  unknown = [f for f in families if f not in toy.FAMILIES]
-  if unknown:
-    raise SystemExit(f"learning_bars: families {unknown} are not toy families")
+  try:
+    code = set(toy.code_families(families))
+  except ValueError as e:
+    raise SystemExit(f"learning_bars: {e}") from None
   misses = []
   cells = [f"{warmup['accuracy']:.2f} -> {final['accuracy']:.2f}"]
   for fam in families:
     now, before = final["by_family"][fam], warmup["by_family"][fam]
-    if toy.FAMILIES[fam].needs_code:
+    if fam in code:
       cells.append(f"{fam} {now['accuracy']:.2f} (code {now['code_rate']:.2f})")
       if now["accuracy"] < CODE_ACCURACY - _EPS:
         misses.append(f"{fam} accuracy {now['accuracy']:.2f} < {CODE_ACCURACY}")
