@@ -207,3 +207,26 @@ def test_cell_sent_right_after_an_idle_death_is_rerun_once():
         assert r.output == "42", r
       sb.close_session(("s", k))
     assert sb.run("t", "print(6 * 7)").output == "42"
+
+
+def test_cell_queued_for_a_session_the_server_kills_while_idle_runs_on_a_rebuilt_one():
+  """The server kills an idle session that runs code after its result (here: a cell replaced
+  the runner's read loop with a spin) while that session's next cell waits at the server for a
+  free worker, and the zygote has not yet reported the death when the worker frees up. The
+  kill is the server's own decision, so the queued cell must be re-run on a rebuilt process,
+  not reported `killed` by a SIGKILL it had nothing to do with (the stress test saw 14 such
+  cells in 10,000 on a loaded CI machine). The zygote is stopped to hold that window open."""
+  with Sandbox(SandboxConfig(timeout_s=10, max_workers=1, spares=0)) as sb:
+    spin = "import os\ndef spin(fd, n):\n  while True:\n    pass\nos.read = spin\nprint('patched')"
+    assert sb.run("b", "pass").status == Status.OK  # b's process exists before the zygote stops
+    assert sb.run("a", spin).output == "patched"
+    zygote = sb.process_ids()["zygote"]
+    os.kill(zygote, signal.SIGSTOP)  # kill requests and exits wait in its socket meanwhile
+    try:
+      blocker = sb.submit("b", "import time\ntime.sleep(4)\nprint('slept')")  # the one worker
+      queued = sb.submit("a", "print(6 * 7)")  # reaches the server now, waits behind `blocker`
+      assert blocker.result(timeout=30).output == "slept"  # `a` was condemned meanwhile
+    finally:
+      os.kill(zygote, signal.SIGCONT)
+    r = queued.result(timeout=30)
+    assert r.status == Status.OK and r.output == "42", r

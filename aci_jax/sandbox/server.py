@@ -165,8 +165,11 @@ class Server:
                           " bytes", alive=c.sid in self.sessions)
         continue
       s = self.sessions.get(c.sid)
-      if s is None and not c.new:
-        self._lost(c.cid, c.sid)  # died while this cell waited for a worker
+      if (s is None and not c.new) or (s is not None and s.dying):
+        # Died, or condemned (killed idle, evicted, closed) while this cell waited for a
+        # worker: the zygote may not have reported the exit yet, and running the cell there
+        # would report our own SIGKILL as the cell's outcome. The host re-sends it instead.
+        self._lost(c.cid, c.sid)
         continue
       try:
         if s is None:
