@@ -119,7 +119,10 @@ def _rare_code(c):
   Status (docs/toy.md, "Many demos that ask for code"): the same asked demos on the default's
   four families (run E2, seed 1, epsilon 10%) gave a warm-up with right cells everywhere and
   forced-code accuracy 1.00 on `powmod`, 0.76 on `mul` (5-digit products not copied); this
-  variant itself has not been trained yet.
+  variant itself has not been trained yet. As it stands it stops at start (`error: config.task:
+  toy family 'mul_small' has fewer than 2000 ...`): `mul_small` (2..9 times 10..99) has 576
+  distinct training problems, fewer than the 2,000 per family asked for (issue 16: the family's
+  operand range or a per-family count must change).
   """
   families = ("compare", "add", "mul_small", "mul", "powmod")
   c.task.update(families=families, warmup_examples=2000 * len(families), code_fraction=0.01,

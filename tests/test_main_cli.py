@@ -95,6 +95,20 @@ def test_a_mode_validator_error_is_one_line(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+def test_a_toy_family_too_small_for_the_count_asked_is_one_line(tmp_path):
+  # mul_small (2..9 times 10..99) has 720 problems in all: 2,000 distinct training ones cannot
+  # exist, and the run must say so in one line, not a traceback from the data code.
+  res = run_main("--config", os.path.join(ROOT, "configs", "default.py"),
+                 "--workdir", str(tmp_path / "w"), "--config.task.families=('mul_small',)",
+                 "--config.task.train_per_family=2000", "--config.progress=False")
+  lines = error_lines(res)
+  assert res.returncode == 2, res.stderr[-2000:]
+  assert len(lines) == 1, lines
+  assert lines[0].startswith("error: config.task: toy family 'mul_small' has fewer than 2000 "
+                             "distinct 'train' problems"), lines[0]
+  assert "Traceback" not in res.stderr
+
+
 def test_importing_main_loads_no_mode_and_no_jax():
   # A bad flag must fail before JAX and the mode modules load (seconds on a busy machine).
   code = ("import sys, aci_jax.main; "

@@ -11,7 +11,8 @@ em.iterations = 0, so the run is warm-up + evaluation):
   held-out problems: >= 0.8;
 - and, as the control that the asked demos did their job, the same prompts *with* the trigger
   open a cell with probability >= 0.9.
-The full-size measurement (5 families) is in docs/em.md ("The rare-code regime").
+The measurements behind this scale, and the full five-family variant's status, are in docs/em.md
+("The rare-code regime").
 """
 
 import json

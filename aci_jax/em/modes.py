@@ -55,8 +55,12 @@ def _problems(config):
   if t.name == "toy":
     from aci_jax.data import toy
     fams = tuple(t.families)
-    train = toy.make_problems(t.train_per_family, split="train", families=fams, seed=config.seed)
-    test = toy.make_problems(t.eval_per_family, split="test", families=fams, seed=config.seed)
+    try:  # a count a family cannot supply, an unknown family: the user's config, one line
+      train = toy.make_problems(t.train_per_family, split="train", families=fams,
+                                seed=config.seed)
+      test = toy.make_problems(t.eval_per_family, split="test", families=fams, seed=config.seed)
+    except ValueError as e:
+      raise ConfigError(f"config.task: {e}".splitlines()[0]) from None
     return train, {"toy": test}
   from aci_jax.data import datasets
   if not t.train_path and int(config.em.iterations) > 0:
