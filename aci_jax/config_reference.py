@@ -78,6 +78,8 @@ MEANINGS = {
     "task.name": "`toy` (the synthetic task, generated) or `jsonl` (files below)",
     "task.families": "toy problem families (docs/toy.md)",
     "task.train_per_family": "toy training problems per family",
+    "task.train_caps": "per-family caps on train_per_family, `('family:n', ...)`, for a "
+                       "family with fewer problems (`mul_small` has 576)",
     "task.eval_per_family": "toy held-out problems per family",
     "task.warmup_examples": "toy warm-up demonstrations (the first N training problems)",
     "task.code_fraction": "fraction of toy warm-up demonstrations that use a code cell "

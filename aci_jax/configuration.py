@@ -79,7 +79,8 @@ PLAIN_DEFAULTS = {
     "mesh": {},
     # + families (the toy's DEFAULT_FAMILIES) and eval_paths (one per registered benchmark)
     # instruction: the answer-format instruction after every problem ("" = none, the toy's)
-    "task": dict(name="toy", train_per_family=2000, eval_per_family=25, warmup_examples=8000,
+    "task": dict(name="toy", train_per_family=2000, train_caps=(), eval_per_family=25,
+                 warmup_examples=8000,
                  code_fraction=0.1, triggered_fraction=0.0, triggered_families=(),
                  triggered_length_balance=False, train_path="", train_benchmark="",
                  eval_limit=0, instruction=""),

@@ -110,22 +110,19 @@ def _rare_code(c):
 
   Every problem of the warm-up set gets an extra demo that asks for code ("Use Python. " before
   the problem) and answers with the cell, so writing cells and copying their output is trained
-  on 10,000 examples; among the un-asked demos only `task.code_fraction` = epsilon use code
+  on 8,576 examples; among the un-asked demos only `task.code_fraction` = epsilon use code
   (0.01 here; --config.task.code_fraction=0 is "RL from a model that never codes", 0.05 the
   other end of the issue's range). Evaluation and E-step prompts never ask, so the native code
   rate stays near epsilon. `mul_small` asks the same question as `mul` with a 1-digit operand,
   which the policy can reason out: whether to code depends on the operands, not on the form.
   Held-out: 80 problems per family, 400 per evaluation point.
-  Status (docs/toy.md, "Many demos that ask for code"): the same asked demos on the default's
-  four families (run E2, seed 1, epsilon 10%) gave a warm-up with right cells everywhere and
-  forced-code accuracy 1.00 on `powmod`, 0.76 on `mul` (5-digit products not copied); this
-  variant itself has not been trained yet. As it stands it stops at start (`error: config.task:
-  toy family 'mul_small' has fewer than 2000 ...`): `mul_small` (2..9 times 10..99) has 576
-  distinct training problems, fewer than the 2,000 per family asked for (issue 16: the family's
-  operand range or a per-family count must change).
+  `mul_small` (2..9 times 10..99) holds 576 distinct training problems, so its count is capped
+  there (`task.train_caps`) while the other families keep 2,000: 8,576 problems, every one in
+  the warm-up. Measured warm-up in docs/em.md ("The rare-code regime").
   """
   families = ("compare", "add", "mul_small", "mul", "powmod")
-  c.task.update(families=families, warmup_examples=2000 * len(families), code_fraction=0.01,
+  c.task.update(families=families, train_caps=("mul_small:576",),
+                warmup_examples=2000 * (len(families) - 1) + 576, code_fraction=0.01,
                 triggered_fraction=1.0, triggered_families=(), triggered_length_balance=False,
                 eval_per_family=80)
   # A triggered `mul` demo is 101 tokens with the chat template; rows are still packed to 192.

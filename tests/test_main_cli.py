@@ -95,6 +95,20 @@ def test_a_mode_validator_error_is_one_line(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("caps, message", [
+    ("('mul_small',)", "error: config.task: per-family cap 'mul_small': expected 'family:n'"),
+    ("('mul:5',)", "error: config.task: per-family caps name 'mul', not among the families"),
+])
+def test_a_bad_per_family_cap_is_one_line(tmp_path, caps, message):
+  res = run_main("--config", os.path.join(ROOT, "configs", "default.py") + ":rare_code",
+                 "--workdir", str(tmp_path / "w"), "--config.task.families=('add', 'mul_small')",
+                 f"--config.task.train_caps={caps}", "--config.progress=False")
+  lines = error_lines(res)
+  assert res.returncode == 2, res.stderr[-2000:]
+  assert len(lines) == 1 and lines[0].startswith(message), lines
+  assert "Traceback" not in res.stderr
+
+
 def test_a_toy_family_too_small_for_the_count_asked_is_one_line(tmp_path):
   # mul_small (2..9 times 10..99) has 720 problems in all: 2,000 distinct training ones cannot
   # exist, and the run must say so in one line, not a traceback from the data code.

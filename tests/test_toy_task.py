@@ -336,3 +336,52 @@ def test_per_family_triggered_fractions():
                    (("mul", "mul:0.5"), "named twice"), (("mull:0.5",), "unknown toy family")]:
     with pytest.raises(ValueError, match=msg):
       toy.make_demonstrations(problems, triggered_fraction=0.5, triggered_families=bad)
+
+
+def test_a_family_cap_limits_that_family_and_the_others_go_on_alone():
+  fams = ("add", "mul_small", "mul")
+  probs = toy.make_problems(700, families=fams, seed=3, caps={"mul_small": 576})
+  by = collections.Counter(p["family"] for p in probs)
+  assert by == {"add": 700, "mul_small": 576, "mul": 700}
+  # All 576 distinct training problems of mul_small (2..9 x 10..99 = 720, held-out ones aside).
+  small = {p["problem"] for p in probs if p["family"] == "mul_small"}
+  assert len(small) == 576
+  assert all(toy.split_of("mul_small", t, 0.2) == "train" for t in small)
+  # Round-robin while every family has problems, then the others alone, in family order.
+  assert [p["family"] for p in probs[:6]] == list(fams) * 2
+  assert [p["family"] for p in probs[3 * 576:3 * 576 + 4]] == ["add", "mul", "add", "mul"]
+  # A cap above the count changes nothing; the uncapped families are the uncapped draw.
+  assert toy.make_problems(50, families=fams, seed=3, caps={"mul_small": 576}) == \
+      toy.make_problems(50, families=fams, seed=3)
+  plain = toy.make_problems(700, families=("add", "mul"), seed=3)
+  assert [p for p in probs if p["family"] != "mul_small"] == plain
+
+
+def test_family_caps_parse_and_reject_bad_entries():
+  assert toy.family_caps(["mul_small:576", "add:10"]) == {"mul_small": 576, "add": 10}
+  assert toy.family_caps([]) == {}
+  for bad, msg in ((["mul_small"], "expected 'family:n'"), (["mul_small:x"], "expected"),
+                   (["mul_small:-3"], "expected"), (["add:1", "add:2"], "named twice"),
+                   (["nope:5"], "nope")):
+    with pytest.raises(ValueError, match=msg):
+      toy.family_caps(bad)
+  with pytest.raises(ValueError, match="not among the families"):
+    toy.make_problems(5, families=("add",), caps={"mul": 3})
+
+
+def test_the_rare_code_config_builds_its_full_problem_set():
+  """configs/default.py:rare_code at its own counts: 2,000 training problems per family but the
+  576 of mul_small, all of them warm-up demos, 80 held-out ones per family."""
+  import os
+  import runpy
+
+  from aci_jax.em import modes
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  c = runpy.run_path(os.path.join(root, "configs", "default.py"))["get_config"]("rare_code")
+  train, evals = modes._problems(c)
+  assert collections.Counter(p["family"] for p in train) == {
+      "compare": 2000, "add": 2000, "mul": 2000, "powmod": 2000, "mul_small": 576}
+  assert c.task.warmup_examples == len(train)
+  assert collections.Counter(p["family"] for p in evals["toy"]) == {
+      f: 80 for f in c.task.families}

@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 import random
 import re
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from aci_jax import tool_format
 from aci_jax.data import sft
@@ -201,16 +201,38 @@ def family_problems(family: str, n: int, *, split: str = "train", seed: int = 0,
 
 def make_problems(n_per_family: int, *, split: str = "train",
                   families: Sequence[str] = DEFAULT_FAMILIES, seed: int = 0,
-                  heldout_fraction: float = 0.2) -> list[dict]:
+                  heldout_fraction: float = 0.2,
+                  caps: Mapping[str, int] | None = None) -> list[dict]:
   """Problems of every family, interleaved round-robin (family order as given).
 
-  Returns [{"family": str, "problem": str, "answer": str}] of length n_per_family * len(families).
+  `caps` ({"family": n}) caps `n_per_family` for the families it names, for a family too
+  small for the common count (`mul_small` holds 576 training problems); once a family is used
+  up the others go on alone. Returns [{"family": str, "problem": str, "answer": str}]:
+  min(n_per_family, cap) problems of each family.
   """
   if len(set(families)) != len(families) or not families:
     raise ValueError(f"families must be a non-empty list without repeats, got {families!r}")
-  per = [family_problems(f, n_per_family, split=split, seed=seed,
+  caps = dict(caps or {})
+  if unknown := sorted(set(caps) - set(families)):
+    raise ValueError(f"per-family caps name {', '.join(map(repr, unknown))}, not among the "
+                     f"families {tuple(families)!r}")
+  per = [family_problems(f, min(n_per_family, caps.get(f, n_per_family)), split=split, seed=seed,
                          heldout_fraction=heldout_fraction) for f in families]
-  return [p[i] for i in range(n_per_family) for p in per]
+  return [p[i] for i in range(max(map(len, per))) for p in per if i < len(p)]
+
+
+def family_caps(entries: Iterable[str]) -> dict[str, int]:
+  """{"family": n} from "family:n" entries (`task.train_caps`)."""
+  out = {}
+  for e in entries:
+    name, sep, n = str(e).partition(":")
+    _family(name)
+    if name in out:
+      raise ValueError(f"toy family {name!r} named twice in the per-family caps")
+    if not sep or not n.strip().isdigit():
+      raise ValueError(f"per-family cap {e!r}: expected 'family:n' with n a whole number")
+    out[name] = int(n)
+  return out
 
 
 def operands(problem: dict) -> tuple:

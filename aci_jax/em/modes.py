@@ -57,7 +57,8 @@ def _problems(config):
     fams = tuple(t.families)
     try:  # a count a family cannot supply, an unknown family: the user's config, one line
       train = toy.make_problems(t.train_per_family, split="train", families=fams,
-                                seed=config.seed)
+                                seed=config.seed,
+                                caps=toy.family_caps(t.get("train_caps", ())))
       test = toy.make_problems(t.eval_per_family, split="test", families=fams, seed=config.seed)
     except ValueError as e:
       raise ConfigError(f"config.task: {e}".splitlines()[0]) from None
