@@ -97,7 +97,7 @@ def test_a_mode_validator_error_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("caps, message", [
     ("('mul_small',)", "error: config.task: per-family cap 'mul_small': expected 'family:n'"),
-    ("('mul:5',)", "error: config.task: per-family caps name 'mul', not among the families"),
+    ("('mull:5',)", "error: config.task: unknown toy family 'mull'"),
 ])
 def test_a_bad_per_family_cap_is_one_line(tmp_path, caps, message):
   res = run_main("--config", os.path.join(ROOT, "configs", "default.py") + ":rare_code",

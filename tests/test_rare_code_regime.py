@@ -43,12 +43,7 @@ SMALL = ["--config.em.iterations=0", "--config.progress=False",
 
 @pytest.mark.run_first  # minutes on one worker
 def test_rare_code_warmup_can_code_but_seldom_chooses_to(tmp_path):
-  from aci_jax import tool_format
-  from aci_jax.data import toy
-  from aci_jax.data.char_tokenizer import char_tokenizer
-  from aci_jax.eval.decision_probe import prefix_logprob
-  from aci_jax.model import ModelConfig
-  from aci_jax.model.weights import load_params
+  from aci_jax.eval import rare_code_bars
 
   work = tmp_path / "rare"
   run = subprocess.run(
@@ -57,25 +52,50 @@ def test_rare_code_warmup_can_code_but_seldom_chooses_to(tmp_path):
        *SMALL], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT},
       timeout=2400)  # ~950 s on a 2-core VM next to another run
   assert run.returncode == 0, run.stderr[-3000:]
-  summary = json.loads((work / "eval" / "warmup" / "toy.summary.json").read_text())
   config = json.loads((work / "config.json").read_text())
   assert config["task"]["code_fraction"] == 0.01  # the variant's epsilon reached the run
-  # Forced into code mode, the policy writes a cell and copies its output.
-  forced = summary["selection"]["forced_code_accuracy"]
-  assert forced >= 0.8, summary["selection"]
-  # Un-asked, it almost never opens a cell: P(code prefix | prompt) at the sampling temperature.
-  hf = str(work / "warmup" / "hf")
-  cfg = ModelConfig.from_pretrained(hf, dtype="float32")
-  params = load_params(hf, cfg)
-  tok = char_tokenizer()
-  prefix = tok.encode(tool_format.get(config["rollout"]["tool_format"]).code_prefix)
-  temperature = config["rollout"]["temperature"]
-  problems = [p for f in FAMILIES for p in toy.family_problems(f, 100, split="test", seed=0)]
-  prompts = [toy.prompt_ids(tok, p["problem"]) for p in problems]
-  p_code = np.exp(prefix_logprob(cfg, params, prompts, prefix, temperature=temperature))
-  assert p_code.mean() <= 0.02, (p_code.mean(), p_code.max())
-  assert np.quantile(p_code, 0.9) <= 0.05, np.quantile(p_code, 0.9)  # rare on (nearly) every query
-  # The asked demos did teach cells: with the trigger the policy opens one.
-  asked = [toy.prompt_ids(tok, toy.ask_for_code(p["problem"])) for p in problems]
-  p_asked = np.exp(prefix_logprob(cfg, params, asked, prefix, temperature=temperature))
-  assert p_asked.mean() >= 0.9, p_asked.mean()
+  # P(code) at the sampling temperature on the 50 held-out problems, un-asked and asked, and
+  # the evaluation's forced code-mode accuracy: every bar of rare_code_bars (the module the
+  # five-family measurement in docs/em.md uses).
+  rates = rare_code_bars.code_rates(str(work))
+  assert len(rates.native) == 50 and set(rates.families) == set(FAMILIES)
+  lines, misses = rare_code_bars.judge(str(work), rates)
+  assert not misses, "\n".join(lines + misses)
+
+
+def _fake_run(tmp_path, forced_by_family: dict) -> str:
+  run = tmp_path / "run"
+  (run / "eval" / "warmup").mkdir(parents=True)
+  n = len(forced_by_family)
+  summary = {"selection": {"forced_code_accuracy": sum(forced_by_family.values()) / n},
+             "by_family": {f: {"selection": {"forced_code_accuracy": a}}
+                           for f, a in forced_by_family.items()}}
+  (run / "eval" / "warmup" / "toy.summary.json").write_text(json.dumps(summary))
+  return str(run)
+
+
+@pytest.mark.parametrize("native, asked, forced, missed", [
+    # 100 queries per family: 1% everywhere, asked 0.99, forced 0.9: every bar met.
+    ([0.01] * 200, [0.99] * 200, {"add": 0.9, "mul": 0.9}, []),
+    # mean 1.9% but 15% of the queries at 10%: the p90 bar (rare on nearly every query).
+    ([0.0035] * 170 + [0.1] * 30, [0.99] * 200, {"add": 0.9, "mul": 0.9}, ["p90"]),
+    # mean just over 2%.
+    ([0.0201] * 200, [0.99] * 200, {"add": 0.9, "mul": 0.9}, ["mean"]),
+    # the copy failed on one family: overall forced 0.75.
+    ([0.01] * 200, [0.99] * 200, {"add": 1.0, "mul": 0.5}, ["forced-code"]),
+    # the asked demos did not take.
+    ([0.01] * 200, [0.5] * 200, {"add": 0.9, "mul": 0.9}, ["asked"]),
+])
+def test_rare_code_bars_judge_each_bar(tmp_path, native, asked, forced, missed):
+  from aci_jax.eval import rare_code_bars
+
+  run = _fake_run(tmp_path, forced)
+  rates = rare_code_bars.CodeRates(families=("add",) * 100 + ("mul",) * 100,
+                                   native=np.asarray(native, np.float64),
+                                   asked=np.asarray(asked, np.float64))
+  lines, misses = rare_code_bars.judge(run, rates)
+  assert len(misses) == len(missed), misses
+  for m, word in zip(misses, missed):
+    assert word in m, (m, word)
+  # one row per family and one over all, in the table
+  assert sum(line.startswith(("| add ", "| mul ", "| all ")) for line in lines) == 3

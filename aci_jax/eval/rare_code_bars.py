@@ -1,0 +1,142 @@
+"""Is a warm-up policy in the rare-code regime? It *can* code but seldom *chooses* to.
+
+    python -m aci_jax.eval.rare_code_bars RUN [RUN ...] [--temperature T]
+
+RUN is a toy run's workdir after its warm-up and the warm-up evaluation (e.g.
+`python -m aci_jax.main --config configs/default.py:rare_code --workdir RUN
+--config.em.iterations=0`). On the run's own held-out problems, per family and over all:
+
+- native P(code): the exact probability, at the E-step's sampling temperature
+  (`rollout.temperature` of RUN/config.json unless --temperature), that the response to an
+  un-asked prompt opens a cell (`decision_probe.prefix_logprob`: one forward pass per prompt);
+  mean, 90th percentile, max, and the fraction of queries above 5%;
+- asked P(code): the same with the prompt asking for code (`toy.ask_for_code`), the control that
+  the asked demos taught cells;
+- forced-code accuracy: the evaluation's greedy forced code-mode pass (real sandbox,
+  RUN/eval/warmup/toy.summary.json).
+
+The bars (issue 16 item 2, docs/em.md "The rare-code regime"), checked over all the held-out
+problems: native P(code) mean <= 2% and 90th percentile <= 5%; forced-code accuracy >= 0.8;
+asked P(code) mean >= 0.9. Prints a markdown table per run and the bars it misses; exits 1 if
+any run misses one, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+
+NATIVE_MEAN, NATIVE_P90, FORCED, ASKED = 0.02, 0.05, 0.8, 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeRates:
+  """P(code) per held-out query, un-asked and asked, with each query's family."""
+  families: tuple[str, ...]
+  native: np.ndarray  # [N] float64
+  asked: np.ndarray  # [N] float64
+
+
+def _load_json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise SystemExit(f"rare_code_bars: {path} not found (a toy run's workdir after its warm-up "
+                     "evaluation?)") from None
+
+
+def code_rates(run: str, *, temperature: float | None = None) -> CodeRates:
+  """P(code) of RUN's warm-up policy (RUN/warmup/hf) on RUN's held-out toy problems."""
+  import ml_collections
+
+  from aci_jax import tool_format
+  from aci_jax.data import toy
+  from aci_jax.em import modes
+  from aci_jax.eval.decision_probe import prefix_logprob
+  from aci_jax.model import ModelConfig
+  from aci_jax.model.weights import load_params
+  from aci_jax.tokenizer import load_tokenizer
+
+  config = ml_collections.ConfigDict(_load_json(os.path.join(run, "config.json")))
+  if config.task.name != "toy":
+    raise SystemExit(f"rare_code_bars: {run} is a {config.task.name!r} run; the bars are "
+                     "defined on the toy task")
+  hf = os.path.join(run, "warmup", "hf")
+  cfg = ModelConfig.from_pretrained(hf, dtype="float32")
+  params = load_params(hf, cfg)
+  tok = load_tokenizer(os.path.join(run, "tokenizer"))
+  prompt = modes.prompt_builder(config, tok)  # the framing the E-step and evaluation use
+  _, evals = modes._problems(config)
+  problems = evals["toy"]
+  prefix = tok.encode(tool_format.get(config.rollout.tool_format).code_prefix)
+  t = float(config.rollout.temperature if temperature is None else temperature)
+
+  def rates(texts):
+    return np.exp(prefix_logprob(cfg, params, [prompt(x) for x in texts], prefix,
+                                 temperature=t))
+
+  return CodeRates(families=tuple(p["family"] for p in problems),
+                   native=rates([p["problem"] for p in problems]),
+                   asked=rates([toy.ask_for_code(p["problem"]) for p in problems]))
+
+
+def _row(name: str, native: np.ndarray, asked: np.ndarray, forced) -> str:
+  f = "" if forced is None else f"{forced:.2f}"
+  return (f"| {name} | {len(native)} | {100 * native.mean():.2f}% | "
+          f"{100 * np.quantile(native, 0.9):.2f}% | {100 * native.max():.1f}% | "
+          f"{(native > NATIVE_P90).mean():.2f} | {asked.mean():.3f} | {f} |")
+
+
+def judge(run: str, rates: CodeRates) -> tuple[list[str], list[str]]:
+  """(markdown table lines, bars missed) for one run."""
+  summary = _load_json(os.path.join(run, "eval", "warmup", "toy.summary.json"))
+  if not summary.get("selection"):
+    raise SystemExit(f"rare_code_bars: {run}'s warm-up evaluation has no forced passes "
+                     "(eval.selection was off)")
+  fams = np.asarray(rates.families)
+  lines = [f"{run}:", "",
+           "| family | n | native P(code) mean | p90 | max | share > 5% | asked P(code) | "
+           "forced-code accuracy |",
+           "|---|---|---|---|---|---|---|---|"]
+  by_family = summary.get("by_family", {})
+  for fam in dict.fromkeys(rates.families):
+    m = fams == fam
+    sel = (by_family.get(fam) or {}).get("selection") or {}
+    lines.append(_row(fam, rates.native[m], rates.asked[m], sel.get("forced_code_accuracy")))
+  forced = summary["selection"]["forced_code_accuracy"]
+  lines.append(_row("all", rates.native, rates.asked, forced))
+  misses = []
+  if rates.native.mean() > NATIVE_MEAN:
+    misses.append(f"native P(code) mean {rates.native.mean():.4f} > {NATIVE_MEAN}")
+  if np.quantile(rates.native, 0.9) > NATIVE_P90:
+    misses.append(f"native P(code) p90 {np.quantile(rates.native, 0.9):.4f} > {NATIVE_P90}")
+  if forced is None or forced < FORCED:
+    misses.append(f"forced-code accuracy {forced} < {FORCED}")
+  if rates.asked.mean() < ASKED:
+    misses.append(f"asked P(code) mean {rates.asked.mean():.3f} < {ASKED}")
+  return lines, misses
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("runs", nargs="+", help="toy run workdirs after the warm-up evaluation")
+  p.add_argument("--temperature", type=float, default=None,
+                 help="sampling temperature of P(code) (default: the run's rollout.temperature)")
+  a = p.parse_args(argv)
+  failed = False
+  for run in a.runs:
+    lines, misses = judge(run, code_rates(run, temperature=a.temperature))
+    print("\n".join(lines))
+    print("bars: " + ("all met" if not misses else "MISSED: " + "; ".join(misses)) + "\n")
+    failed |= bool(misses)
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
