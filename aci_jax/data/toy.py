@@ -222,15 +222,24 @@ def make_problems(n_per_family: int, *, split: str = "train",
   return [p[i] for i in range(max(map(len, per))) for p in per if i < len(p)]
 
 
+def _family_entries(entries: Iterable[str], what: str) -> Iterable[tuple[str, str, str | None]]:
+  """(entry, family, value or None) of "family" / "family:value" config entries; an unknown or
+  repeated family is a ValueError naming `what`."""
+  seen = set()
+  for e in entries:
+    name, sep, value = str(e).partition(":")
+    _family(name)
+    if name in seen:
+      raise ValueError(f"toy family {name!r} named twice in {what}")
+    seen.add(name)
+    yield str(e), name, (value if sep else None)
+
+
 def family_caps(entries: Iterable[str]) -> dict[str, int]:
   """{"family": n} from "family:n" entries (`task.train_caps`)."""
   out = {}
-  for e in entries:
-    name, sep, n = str(e).partition(":")
-    _family(name)
-    if name in out:
-      raise ValueError(f"toy family {name!r} named twice in the per-family caps")
-    if not sep or not n.strip().isdigit():
+  for e, name, n in _family_entries(entries, "the per-family caps"):
+    if n is None or not n.strip().isdigit():
       raise ValueError(f"per-family cap {e!r}: expected 'family:n' with n a whole number")
     out[name] = int(n)
   return out
@@ -322,13 +331,9 @@ def triggered_shares(entries: Iterable[str], default: float) -> dict[str, float]
   """{"family": fraction} from `triggered_families` entries "family" (the `default` fraction)
   or "family:fraction"."""
   out = {}
-  for e in entries:
-    name, sep, frac = str(e).partition(":")
-    _family(name)
-    if name in out:
-      raise ValueError(f"toy family {name!r} named twice in triggered_families")
+  for e, name, frac in _family_entries(entries, "triggered_families"):
     try:
-      out[name] = float(frac) if sep else default
+      out[name] = float(frac) if frac is not None else default
     except ValueError:
       raise ValueError(f"triggered_families entry {e!r}: expected 'family' or "
                        f"'family:fraction'") from None

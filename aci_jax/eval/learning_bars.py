@@ -45,12 +45,13 @@ class Verdict:
     return not self.misses
 
 
-def _load(path: str) -> dict:
+def load_json(path: str, tool: str = "learning_bars") -> dict:
+  """A run's JSON file; a missing one ends `tool` with one line."""
   try:
     with open(path) as f:
       return json.load(f)
   except FileNotFoundError:
-    raise SystemExit(f"learning_bars: {path} not found (is this an EM run's workdir with its "
+    raise SystemExit(f"{tool}: {path} not found (is this a run's workdir with its "
                      f"evaluations?)") from None
 
 
@@ -102,8 +103,8 @@ def judge(warmup: dict, final: dict, *, run: str = "", iteration: int = 0) -> Ve
 
 def judge_run(run: str, iteration: int | None = None) -> Verdict:
   it = last_iteration(run) if iteration is None else iteration
-  warmup = _load(os.path.join(run, "eval", "warmup", "toy.summary.json"))
-  final = _load(os.path.join(run, "eval", f"iteration_{it}", "toy.summary.json"))
+  warmup = load_json(os.path.join(run, "eval", "warmup", "toy.summary.json"))
+  final = load_json(os.path.join(run, "eval", f"iteration_{it}", "toy.summary.json"))
   return judge(warmup, final, run=run, iteration=it)
 
 

@@ -31,6 +31,8 @@ import sys
 
 import numpy as np
 
+from aci_jax.eval.learning_bars import load_json
+
 NATIVE_MEAN, NATIVE_P90, FORCED, ASKED = 0.02, 0.05, 0.8, 0.9
 
 
@@ -43,12 +45,7 @@ class CodeRates:
 
 
 def _load_json(path: str) -> dict:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    raise SystemExit(f"rare_code_bars: {path} not found (a toy run's workdir after its warm-up "
-                     "evaluation?)") from None
+  return load_json(path, "rare_code_bars")
 
 
 def code_rates(run: str, *, temperature: float | None = None) -> CodeRates:
