@@ -206,9 +206,9 @@ def make_problems(n_per_family: int, *, split: str = "train",
   """Problems of every family, interleaved round-robin (family order as given).
 
   `caps` ({"family": n}) caps `n_per_family` for the families it names (families not run are
-  ignored), for a family too small for the common count (`mul_small` holds 576 training problems); once a family is used
-  up the others go on alone. Returns [{"family": str, "problem": str, "answer": str}]:
-  min(n_per_family, cap) problems of each family.
+  ignored), for a family too small for the common count (`mul_small` holds 576 training
+  problems); once a family is used up the others go on alone. Returns [{"family": str,
+  "problem": str, "answer": str}]: min(n_per_family, cap) problems of each family.
   """
   if len(set(families)) != len(families) or not families:
     raise ValueError(f"families must be a non-empty list without repeats, got {families!r}")
@@ -217,8 +217,8 @@ def make_problems(n_per_family: int, *, split: str = "train",
   caps = dict(caps or {})
   for f in caps:
     _family(f)
-  per = [family_problems(f, min(n_per_family, caps.get(f, n_per_family)), split=split, seed=seed,
-                         heldout_fraction=heldout_fraction) for f in families]
+  per = [family_problems(f, min(n_per_family, caps.get(f, n_per_family)), split=split,
+                         seed=seed, heldout_fraction=heldout_fraction) for f in families]
   return [p[i] for i in range(max(map(len, per))) for p in per if i < len(p)]
 
 

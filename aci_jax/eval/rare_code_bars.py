@@ -18,14 +18,13 @@ RUN is a toy run's workdir after its warm-up and the warm-up evaluation (e.g.
 The bars (issue 16 item 2, docs/em.md "The rare-code regime"), checked over all the held-out
 problems: native P(code) mean <= 2% and 90th percentile <= 5%; forced-code accuracy >= 0.8;
 asked P(code) mean >= 0.9. Prints a markdown table per run and the bars it misses; exits 1 if
-any run misses one, 2 on bad input.
+any run misses one, or with one line on bad input (a missing file, a run that is not a toy run).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 
