@@ -81,7 +81,7 @@ MEANINGS = {
     "task.train_caps": "per-family caps on train_per_family, `('family:n', ...)`, for a "
                        "family with fewer problems (`mul_small` has 576)",
     "task.eval_per_family": "toy held-out problems per family",
-    "task.warmup_examples": "toy warm-up demonstrations (the first N training problems)",
+    "task.warmup_examples": "toy warm-up demonstrations (the first N training problems; 0 = all)",
     "task.code_fraction": "fraction of toy warm-up demonstrations that use a code cell "
                           "(of the un-triggered ones: the un-prompted code rate)",
     "task.triggered_fraction": "fraction of each toy family's problems that also get a warm-up "

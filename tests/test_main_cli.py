@@ -85,6 +85,17 @@ def test_every_mode_in_the_table_resolves():
   assert M.resolve(M.MODES["autocode"][1]) is validate
 
 
+def test_a_negative_warmup_example_count_is_one_line(tmp_path):
+  # train[:n] with n < 0 would drop problems silently; 0 means every training problem.
+  res = run_main("--config", os.path.join(ROOT, "configs", "default.py"),
+                 "--workdir", str(tmp_path / "w"), "--config.task.warmup_examples=-5")
+  lines = error_lines(res)
+  assert res.returncode == 2, res.stderr[-2000:]
+  assert lines == ["error: config.task.warmup_examples must be >= 0 (0 = every training "
+                   "problem), got -5"], lines
+  assert not (tmp_path / "w").exists()
+
+
 def test_a_mode_validator_error_is_one_line(tmp_path):
   # The autocode validator rejects the value before any workdir is made.
   res = run_main("--config", os.path.join(ROOT, "configs", "default.py"),

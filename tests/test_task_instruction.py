@@ -117,3 +117,18 @@ def test_triggered_demo_keys_reach_the_warmup_demonstrations():
   assert {d["family"] for d in trig} == {"mul"} and len(trig) == 30
   # balanced: as many 5-digit products as 6-digit ones among the asked demos
   assert sum(len(d["answer"]) == 5 for d in trig) == 15
+
+
+def test_zero_warmup_examples_means_every_training_problem():
+  config = _config("default.py")
+  train = toy.make_problems(10, split="train", seed=0)  # 40 problems, 10 per family
+  with config.unlocked():
+    config.task.warmup_examples = 0
+  every = modes._warmup_demos(config, train)
+  with config.unlocked():
+    config.task.warmup_examples = 25
+  first = modes._warmup_demos(config, train)
+  def problems_of(demos):  # an un-triggered demo's prompt is its problem
+    return {d["prompt"] for d in demos if not d["triggered"]}
+  assert problems_of(every) == {p["problem"] for p in train}
+  assert problems_of(first) == {p["problem"] for p in train[:25]}

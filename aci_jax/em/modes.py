@@ -99,7 +99,8 @@ def _warmup_demos(config, train):
   t = config.task
   if t.name == "toy":
     from aci_jax.data import toy
-    demos = toy.make_demonstrations(train[:t.warmup_examples], code_fraction=t.code_fraction,
+    n = int(t.warmup_examples) or len(train)  # 0 = every training problem (validate: >= 0)
+    demos = toy.make_demonstrations(train[:n], code_fraction=t.code_fraction,
                                     triggered_fraction=t.triggered_fraction,
                                     # () = every family
                                     triggered_families=tuple(t.get("triggered_families",
@@ -218,6 +219,10 @@ def validate(config) -> None:
                       f"{config.grader.fallback!r}")
   if config.task.name not in ("toy", "jsonl"):
     raise ConfigError(f"config.task.name must be 'toy' or 'jsonl', got {config.task.name!r}")
+  if config.task.name == "toy" and int(config.task.warmup_examples) < 0:
+    # train[:n] with n < 0 would silently drop problems from the end of the set
+    raise ConfigError("config.task.warmup_examples must be >= 0 (0 = every training problem), "
+                      f"got {config.task.warmup_examples}")
 
 
 def autocode(config, workdir: str) -> None:
