@@ -115,6 +115,8 @@ def test_cli_arms_means_and_outputs(runs, tmp_path, capsys):
   assert curve[1]["accuracy"]["mean"] == pytest.approx(0.55)
   assert curve[3]["rollouts"]["mean"] == pytest.approx(425)
   assert curve[3]["steps"]["mean"] == pytest.approx(37.5)
+  assert curve[1]["selection_accuracy"]["mean"] == pytest.approx(0.65)  # (0.6 + 0.7) / 2
+  assert curve[3]["code_rate"]["mean"] == pytest.approx(0.375)  # (0.5 + 0.25) / 2
   pol = {p["iteration"]: p for p in ac["polarisation"]}
   assert pol[3]["above_95"]["mean"] == pytest.approx(0.4)  # (0.5 + 0.3) / 2
   assert pol[3]["below_05"]["mean"] == pytest.approx(0.4)  # (0.3 + 0.5) / 2
@@ -135,6 +137,29 @@ def test_cli_arms_means_and_outputs(runs, tmp_path, capsys):
   for name in ("accuracy_vs_rollouts", "accuracy_vs_steps", "polarisation",
                "code_rate_by_family"):
     assert os.path.getsize(os.path.join(out, f"{name}.png")) > 1000
+
+
+def test_paired_differences_use_only_the_seeds_both_arms_ran(tmp_path, capsys):
+  def run(name, algorithm, seed, final_acc):
+    fin = _ev(final_acc, 0.0, 0.5, {})
+    return _write(tmp_path / name, algorithm, seed, _ev(0.1, 0.0, 0.1, {}),
+                  [_it(1, 10, 1, 0.0, 1.0, fin)], fin)
+  dirs = [run("a1", "autocode", 1, 0.9), run("a2", "autocode", 2, 0.6),
+          run("a3", "autocode", 3, 0.5), run("g1", "grpo", 1, 0.5), run("g2", "grpo", 2, 0.6),
+          run("g4", "grpo", 4, 0.9)]
+  out = str(tmp_path / "out")
+  assert compare.main([*dirs, "--out", out]) == 0
+  pair = json.load(open(os.path.join(out, "compare.json")))["paired"]
+  assert pair["against"] == "autocode"
+  g = pair["arms"]["grpo"]
+  # common seeds 1 and 2 (3 and 4 have no partner): differences 0.9-0.5 = 0.4 and 0.6-0.6 = 0,
+  # mean 0.2, sample sd sqrt(0.04 + 0.04) = 0.2828; one win, one tie. Unpaired, the arms'
+  # means would be equal (0.667 both) and say nothing.
+  assert g["seeds"] == [1, 2] and g["wins"] == 1 and g["ties"] == 1
+  assert g["diff"]["mean"] == pytest.approx(0.2) and g["diff"]["sd"] == pytest.approx(0.08 ** .5)
+  md = capsys.readouterr().out
+  assert "## Paired by seed: autocode minus each arm" in md
+  assert "| grpo | 2 | 0.200 ± 0.283 | 1 of 2 |" in md
 
 
 def test_labels_make_arms_first_match_wins(runs, tmp_path, capsys):

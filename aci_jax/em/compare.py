@@ -7,7 +7,9 @@ with at least one native code rollout (what plain RL can reinforce code from at 
 
 Each RUN_DIR holds the summary.json of `aci_jax.em.modes.autocode` (and its config.json). A run's
 arm is its algorithm (summary["algorithm"]) unless a `--label NAME=GLOB` glob matches its
-directory path (first match wins), so ablations of one algorithm can be separate arms.
+directory path (first match wins), so ablations of one algorithm can be separate arms. The
+first arm is also compared with each other one seed by seed (final accuracy differences on the
+seeds both ran), which is the reading that removes the seed's shared variance (warm-up, pools).
 
 Evaluation points: iteration 0 is the warm-up policy (0 rollouts, 0 optimizer steps), then every
 iteration evaluated, at the rollouts and optimizer steps summed up to and including it. Across
@@ -196,13 +198,37 @@ def aggregate(runs: list[dict], arms: list[str], benchmark: str) -> dict:
                for k in ("accuracy", "selection_accuracy", "code_rate", "rollouts", "steps")},
             "per_family": {f: {k: stat(p["per_family"].get(f, {}).get(k) for p in finals)
                                for k in ("accuracy", "code_rate")} for f in fams}},
-        "curve": _by_iteration(points, ("rollouts", "steps", "accuracy")),
+        "curve": _by_iteration(points, ("rollouts", "steps", "accuracy",
+                                        "selection_accuracy", "code_rate")),
         "polarisation": _by_iteration([run_polarisation(r["summary"]) for r in members],
                                       ("above_95", "below_05")),
         "any_native_code": {f: {k: stat(a.get(f, {}).get(k) for a in anys)
                                 for k in ("mean", "first")} for f in any_fams},
     }
+  out["paired"] = paired(out["arms"])
   return out
+
+
+def paired(arms: dict) -> dict:
+  """Final accuracy of the first arm minus each other arm's, on the seeds both ran: the seed
+  draws the warm-up, the training pool and the held-out problems, so a per-seed difference
+  removes that shared variance, which the arms' separate means and sds keep. {arm: {"seeds",
+  "diff" (stat), "wins" (seeds where the first arm is strictly better), "ties"}}."""
+  names = list(arms)
+  if len(names) < 2:
+    return {}
+  def finals(arm):
+    return {r["seed"]: r["points"][-1]["accuracy"] for r in arms[arm]["runs"]
+            if r["seed"] is not None and r["points"][-1]["accuracy"] is not None}
+  base = finals(names[0])
+  out = {}
+  for arm in names[1:]:
+    other = finals(arm)
+    seeds = sorted(set(base) & set(other))
+    diffs = [base[s] - other[s] for s in seeds]
+    out[arm] = {"seeds": seeds, "diff": stat(diffs), "wins": sum(d > 0 for d in diffs),
+                "ties": sum(d == 0 for d in diffs)}
+  return {"against": names[0], "arms": out}
 
 
 # ------------------------------------------------------------------------------ report
@@ -239,6 +265,25 @@ def to_markdown(result: dict) -> str:
           f"({_fmt(a['final']['per_family'][f]['code_rate'], False)})"
           if f in a["final"]["per_family"] else "-" for f in fams)]
        for name, a in arms.items()])
+  pts = sorted({c["iteration"] for a in arms.values() for c in a["curve"]})
+  lines += ["## Per evaluation point", "",
+            "Accuracy / selection accuracy at each evaluation point (0 = the warm-up policy), "
+            "mean over the runs that have it.", ""]
+  rows = []
+  for name, a in arms.items():
+    by_it = {c["iteration"]: c for c in a["curve"]}
+    rows.append([name, *(f"{_fmt(by_it[i]['accuracy'], False)} / "
+                         f"{_fmt(by_it[i]['selection_accuracy'], False)}" if i in by_it else "-"
+                         for i in pts)])
+  lines += _table(["arm", *(f"it {i}" for i in pts)], rows)
+  pair = result.get("paired") or {}
+  if pair.get("arms"):
+    lines += [f"## Paired by seed: {pair['against']} minus each arm", "",
+              "Final accuracy difference on the seeds both arms ran (mean ± sample sd), and on "
+              f"how many of them {pair['against']} is strictly better.", ""]
+    lines += _table(["arm", "seeds", "difference", f"{pair['against']} better"], [
+        [name, str(len(d["seeds"])), _fmt(d["diff"]), f"{d['wins']} of {len(d['seeds'])}"]
+        for name, d in pair["arms"].items()])
   its = sorted({p["iteration"] for a in arms.values() for p in a["polarisation"]})
   if its:
     lines += ["## Polarisation", "", "Per E-step: fraction of queries whose native code rate is "
