@@ -126,6 +126,10 @@ def test_cli_arms_means_and_outputs(runs, tmp_path, capsys):
   assert anym["mean"]["mean"] == pytest.approx(0.5) and anym["mean"]["sd"] == pytest.approx(0)
   assert anym["first"]["mean"] == pytest.approx(0.5)
   assert anym["first"]["sd"] == pytest.approx(math.sqrt(0.125))
+  # every E-step's histogram is [1] * 10 in both runs: 0.1 of the queries in each bin
+  hist = {h["iteration"]: h for h in ac["code_rate_histogram"]}
+  assert sorted(hist) == [1, 2, 3] and hist[2]["n"] == 2
+  assert hist[2]["fractions"] == pytest.approx([0.1] * 10)
   grpo = res["arms"]["grpo"]
   assert grpo["n"] == 1 and grpo["final"]["accuracy"] == {"mean": 0.35, "sd": None, "n": 1}
   assert grpo["final"]["rollouts"]["mean"] == 100 and grpo["any_native_code"] == {}
@@ -135,8 +139,22 @@ def test_cli_arms_means_and_outputs(runs, tmp_path, capsys):
   assert "0.800 ± 0.141" in md and "## Polarisation" in md
   assert "at least one native code rollout" in md and runs[2] in md
   for name in ("accuracy_vs_rollouts", "accuracy_vs_steps", "polarisation",
-               "code_rate_by_family"):
+               "code_rate_by_family", "code_rate_histograms"):
     assert os.path.getsize(os.path.join(out, f"{name}.png")) > 1000
+
+
+def test_histograms_are_fractions_averaged_per_run():
+  # run 1: 3 queries at rate 0, 1 at rate 1 -> [0.75, 0, ..., 0.25]; run 2: 1 query at 0 of 1
+  # -> [1, 0, ...]. Each run weighs the same: bin 0 = (0.75 + 1) / 2, bin 9 = 0.125, although
+  # pooled counts would give 4/5 and 1/5. An E-step logged without a histogram is left out.
+  def summ(*hists):
+    return {"iterations": [{"iteration": i + 1, "estep/native_code_rate_query_hist": h}
+                           for i, h in enumerate(hists)]}
+  h1, h2 = [3] + [0] * 8 + [1], [1] + [0] * 9
+  mean = compare._mean_histograms([compare.run_histograms(summ(h1, None)),
+                                   compare.run_histograms(summ(h2, [0] * 10))])
+  assert [m["iteration"] for m in mean] == [1] and mean[0]["n"] == 2
+  assert mean[0]["fractions"] == pytest.approx([0.875] + [0.0] * 8 + [0.125])
 
 
 def test_paired_differences_use_only_the_seeds_both_arms_ran(tmp_path, capsys):

@@ -17,7 +17,8 @@ runs, points are aligned by iteration; "sd" is the sample standard deviation (dd
 for a single run.
 
 Writes OUT_DIR/compare.md (also printed), OUT_DIR/compare.json (the same numbers),
-accuracy_vs_rollouts.png, accuracy_vs_steps.png, polarisation.png, code_rate_by_family.png.
+accuracy_vs_rollouts.png, accuracy_vs_steps.png, polarisation.png, code_rate_by_family.png,
+and code_rate_histograms.png (the per-query native code-rate histogram of every E-step, per arm).
 """
 
 from __future__ import annotations
@@ -149,6 +150,27 @@ def run_polarisation(summary: dict) -> list[dict]:
            "below_05": e.get("estep/native_code_rate_below_05")} for e in summary["iterations"]]
 
 
+def run_histograms(summary: dict) -> list[dict]:
+  """Per E-step the per-query native code-rate histogram (10 bins over [0, 1]) as fractions of
+  the step's queries; iterations logged without one are left out."""
+  out = []
+  for e in summary["iterations"]:
+    h = e.get("estep/native_code_rate_query_hist")
+    if h and sum(h):
+      out.append({"iteration": e["iteration"], "fractions": [c / sum(h) for c in h]})
+  return out
+
+
+def _mean_histograms(per_run: list[list[dict]]) -> list[dict]:
+  """Per iteration, the bin-wise mean of the runs' fractions (each run weighs the same)."""
+  table: dict[int, list[list[float]]] = {}
+  for rows in per_run:
+    for r in rows:
+      table.setdefault(r["iteration"], []).append(r["fractions"])
+  return [{"iteration": it, "n": len(hs), "fractions": [sum(b) / len(hs) for b in zip(*hs)]}
+          for it, hs in sorted(table.items())]
+
+
 def run_any_native(summary: dict) -> dict:
   """{family: {"mean", "first"}}: the fraction of the family's E-step queries with at least one
   native code rollout, averaged over iterations and at the first one (before any M-step: what
@@ -202,6 +224,8 @@ def aggregate(runs: list[dict], arms: list[str], benchmark: str) -> dict:
                                         "selection_accuracy", "code_rate")),
         "polarisation": _by_iteration([run_polarisation(r["summary"]) for r in members],
                                       ("above_95", "below_05")),
+        "code_rate_histogram": _mean_histograms([run_histograms(r["summary"])
+                                                 for r in members]),
         "any_native_code": {f: {k: stat(a.get(f, {}).get(k) for a in anys)
                                 for k in ("mean", "first")} for f in any_fams},
     }
@@ -318,7 +342,7 @@ def _save(fig, path: str) -> None:
 
 
 def write_plots(result: dict, out_dir: str) -> list[str]:
-  """The four PNGs of the module docstring; returns their paths."""
+  """The PNGs of the module docstring; returns their paths."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -367,6 +391,33 @@ def write_plots(result: dict, out_dir: str) -> list[str]:
   ax.set_ylim(-0.02, 1.02)
   ax.set_title("polarisation of the native code rate per query")
   _done(fig, ax, "polarisation.png")
+
+  its = sorted({h["iteration"] for a in arms.values() for h in a["code_rate_histogram"]})
+  if its:  # rows: arms, columns: E-steps; the shape the polarisation masses summarise
+    fig, axes = plt.subplots(len(arms), len(its), figsize=(2.2 * len(its) + 1, 1.6 * len(arms)
+                                                           + 0.8), dpi=100, squeeze=False,
+                             sharex=True, sharey=True)
+    centers = [(b + 0.5) / 10 for b in range(10)]
+    for r, (name, a) in enumerate(arms.items()):
+      by_it = {h["iteration"]: h for h in a["code_rate_histogram"]}
+      for c, it in enumerate(its):
+        ax = axes[r][c]
+        if it in by_it:
+          ax.bar(centers, by_it[it]["fractions"], width=0.095, color=colors[name])
+        ax.set_ylim(0, 1.02)
+        if r == 0:
+          ax.set_title(f"E-step {it}", fontsize=8)
+        if c == 0:
+          ax.set_ylabel(name, fontsize=7)
+        if r == len(arms) - 1:
+          ax.set_xlabel("native code rate", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.suptitle("per-query native code rate: fraction of queries per bin (mean over runs)",
+                 fontsize=8)
+    path = fileio.join(out_dir, "code_rate_histograms.png")
+    _save(fig, path)
+    plt.close(fig)
+    written.append(path)
 
   fams = sorted({f for a in arms.values() for f in a["final"]["per_family"]})
   fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(fams) + 2), 4), dpi=100)
