@@ -113,8 +113,11 @@ def _rare_code(c):
   on 8,576 examples; among the un-asked demos only `task.code_fraction` = epsilon use code
   (0.01 here; --config.task.code_fraction=0 is "RL from a model that never codes", 0.05 the
   other end of the issue's range). Evaluation and E-step prompts never ask, so the native code
-  rate stays near epsilon. `mul_small` asks the same question as `mul` with a 1-digit operand,
-  which the policy can reason out: whether to code depends on the operands, not on the form.
+  rate stays near epsilon (but with epsilon = 0 the E-step's forced code prefix no longer reaches
+  the cells, which only follow the asking prompt: docs/em.md, "Results"). `mul_small` asks the
+  same question as `mul` with a 1-digit operand, meant to be reasoned out so that whether to
+  code depends on the operands, not on the form; the 2,000-step warm-up does not teach its
+  multiplication-table facts (reasoning accuracy 0.01-0.10 on five seeds).
   Held-out: 80 problems per family, 400 per evaluation point.
   `mul_small` (2..9 times 10..99) holds 576 distinct training problems, so its count is capped
   there (`task.train_caps`) while the other families keep 2,000: 8,576 problems, every one in
@@ -122,7 +125,8 @@ def _rare_code(c):
   """
   families = ("compare", "add", "mul_small", "mul", "powmod")
   c.task.update(families=families, train_caps=("mul_small:576",),
-                warmup_examples=2000 * (len(families) - 1) + 576, code_fraction=0.01,
+                warmup_examples=0,  # every training problem
+                code_fraction=0.01,
                 triggered_fraction=1.0, triggered_families=(), triggered_length_balance=False,
                 eval_per_family=80)
   # A triggered `mul` demo is 101 tokens with the chat template; rows are still packed to 192.

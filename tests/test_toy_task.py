@@ -385,7 +385,9 @@ def test_the_rare_code_config_builds_its_full_problem_set():
   train, evals = modes._problems(c)
   assert collections.Counter(p["family"] for p in train) == {
       "compare": 2000, "add": 2000, "mul": 2000, "powmod": 2000, "mul_small": 576}
-  assert c.task.warmup_examples == len(train)
+  # every training problem is a warm-up demo (warmup_examples = 0 means all of them)
+  demos = modes._warmup_demos(c, train)
+  assert {d["prompt"] for d in demos if not d["triggered"]} == {p["problem"] for p in train}
   assert collections.Counter(p["family"] for p in evals["toy"]) == {
       f: 80 for f in c.task.families}
   # The variant on one family (tests/test_rare_code_regime.py): the mul_small cap is moot.
