@@ -163,12 +163,9 @@ def run_histograms(summary: dict) -> list[dict]:
 
 def _mean_histograms(per_run: list[list[dict]]) -> list[dict]:
   """Per iteration, the bin-wise mean of the runs' fractions (each run weighs the same)."""
-  table: dict[int, list[list[float]]] = {}
-  for rows in per_run:
-    for r in rows:
-      table.setdefault(r["iteration"], []).append(r["fractions"])
-  return [{"iteration": it, "n": len(hs), "fractions": [sum(b) / len(hs) for b in zip(*hs)]}
-          for it, hs in sorted(table.items())]
+  return [{"iteration": it, "n": len(rs),
+           "fractions": [sum(b) / len(rs) for b in zip(*(r["fractions"] for r in rs))]}
+          for it, rs in _group_by_iteration(per_run)]
 
 
 def run_any_native(summary: dict) -> dict:
@@ -183,14 +180,19 @@ def run_any_native(summary: dict) -> dict:
   return {f: {"mean": sum(v) / len(v), "first": v[0]} for f, v in sorted(per.items())}
 
 
-def _by_iteration(rows_per_run: list[list[dict]], keys) -> list[dict]:
-  """Aligns runs by iteration: per iteration, a stat over the runs that have it, per key."""
+def _group_by_iteration(rows_per_run: list[list[dict]]) -> list[tuple[int, list[dict]]]:
+  """Aligns runs by iteration: (iteration, the rows of the runs that have it), in order."""
   table: dict[int, list[dict]] = {}
   for rows in rows_per_run:
     for r in rows:
       table.setdefault(r["iteration"], []).append(r)
+  return sorted(table.items())
+
+
+def _by_iteration(rows_per_run: list[list[dict]], keys) -> list[dict]:
+  """Per iteration, a stat over the runs that have it, per key."""
   return [{"iteration": it, "n": len(rs), **{k: stat(r[k] for r in rs) for k in keys}}
-          for it, rs in sorted(table.items())]
+          for it, rs in _group_by_iteration(rows_per_run)]
 
 
 def aggregate(runs: list[dict], arms: list[str], benchmark: str) -> dict:
@@ -273,6 +275,17 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
           *("| " + " | ".join(r) + " |" for r in rows), ""]
 
 
+def _iteration_table(arms: dict, series: str, first: str, second: str) -> list[str]:
+  """Arms x iterations of `arms[arm][series]`, each cell "first / second" (means)."""
+  its = sorted({r["iteration"] for a in arms.values() for r in a[series]})
+  rows = []
+  for name, a in arms.items():
+    by_it = {r["iteration"]: r for r in a[series]}
+    rows.append([name, *(f"{_fmt(by_it[i][first], False)} / {_fmt(by_it[i][second], False)}"
+                         if i in by_it else "-" for i in its)])
+  return _table(["arm", *(f"it {i}" for i in its)], rows)
+
+
 def to_markdown(result: dict) -> str:
   arms = result["arms"]
   fams = sorted({f for a in arms.values() for f in a["final"]["per_family"]})
@@ -289,17 +302,10 @@ def to_markdown(result: dict) -> str:
           f"({_fmt(a['final']['per_family'][f]['code_rate'], False)})"
           if f in a["final"]["per_family"] else "-" for f in fams)]
        for name, a in arms.items()])
-  pts = sorted({c["iteration"] for a in arms.values() for c in a["curve"]})
   lines += ["## Per evaluation point", "",
             "Accuracy / selection accuracy at each evaluation point (0 = the warm-up policy), "
             "mean over the runs that have it.", ""]
-  rows = []
-  for name, a in arms.items():
-    by_it = {c["iteration"]: c for c in a["curve"]}
-    rows.append([name, *(f"{_fmt(by_it[i]['accuracy'], False)} / "
-                         f"{_fmt(by_it[i]['selection_accuracy'], False)}" if i in by_it else "-"
-                         for i in pts)])
-  lines += _table(["arm", *(f"it {i}" for i in pts)], rows)
+  lines += _iteration_table(arms, "curve", "accuracy", "selection_accuracy")
   pair = result.get("paired") or {}
   if pair.get("arms"):
     lines += [f"## Paired by seed: {pair['against']} minus each arm", "",
@@ -308,17 +314,10 @@ def to_markdown(result: dict) -> str:
     lines += _table(["arm", "seeds", "difference", f"{pair['against']} better"], [
         [name, str(len(d["seeds"])), _fmt(d["diff"]), f"{d['wins']} of {len(d['seeds'])}"]
         for name, d in pair["arms"].items()])
-  its = sorted({p["iteration"] for a in arms.values() for p in a["polarisation"]})
-  if its:
+  if any(a["polarisation"] for a in arms.values()):
     lines += ["## Polarisation", "", "Per E-step: fraction of queries whose native code rate is "
               "> 0.95 / < 0.05 (mean over runs).", ""]
-    rows = []
-    for name, a in arms.items():
-      by_it = {p["iteration"]: p for p in a["polarisation"]}
-      rows.append([name, *(f"{_fmt(by_it[i]['above_95'], False)} / "
-                           f"{_fmt(by_it[i]['below_05'], False)}" if i in by_it else "-"
-                           for i in its)])
-    lines += _table(["arm", *(f"it {i}" for i in its)], rows)
+    lines += _iteration_table(arms, "polarisation", "above_95", "below_05")
   any_fams = sorted({f for a in arms.values() for f in a["any_native_code"]})
   if any_fams:
     lines += ["## Queries with at least one native code rollout", "",
