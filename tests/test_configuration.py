@@ -79,7 +79,7 @@ NOT_KEYS = {
     "rollout": {"sampling", "seed", "stop_strings", "barrier", "resume_mode", "refill_rows",
                 "min_chunk", "greedy"},
     "sandbox": {"max_output_bytes", "max_chars", "max_workers", "max_pending", "max_sessions",
-                "max_code_bytes", "spares", "nproc", "nofile", "file_mb", "cpu_s",
+                "max_code_bytes", "spares", "nproc", "nofile", "stack_mb", "file_mb", "cpu_s",
                 "session_cpu_s", "uid_base", "isolation", "preload", "warmup",
                 "display_last_expr", "stdout_on_error", "strip", "empty_text", "timeout_text",
                 "persistent_recovery"},

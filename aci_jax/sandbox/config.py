@@ -36,6 +36,9 @@ class SandboxConfig:
   spares: int = 4                   # pre-forked idle processes, so a new session starts at once
   nproc: int = 64                   # RLIMIT_NPROC (processes + threads of the session uid)
   nofile: int = 256                 # RLIMIT_NOFILE
+  stack_mb: int = 8                 # RLIMIT_STACK: fixed, so C-level recursion overflows the
+                                    # same way whatever `ulimit -s` the host has (unlimited
+                                    # would let it grow into the memory limit, slowly)
   file_mb: int = 64                 # RLIMIT_FSIZE, and the size of the private /tmp tmpfs
   cpu_s: float = 0.0                # RLIMIT_CPU per cell (soft); 0 = timeout_s + 1
   session_cpu_s: float = 0.0        # RLIMIT_CPU hard limit for a session; 0 = max(60, 20*timeout)
@@ -60,6 +63,8 @@ class SandboxConfig:
       raise ValueError(f"isolation must be auto|namespaces|seccomp, got {self.isolation!r}")
     if not self.timeout_s > 0 or self.memory_mb < 64 or self.max_chars < 2:
       raise ValueError("timeout_s must be > 0, memory_mb >= 64, max_chars >= 2")
+    if not 1 <= self.stack_mb < self.memory_mb:
+      raise ValueError(f"stack_mb must be >= 1 and below memory_mb, got {self.stack_mb}")
     workers = self.max_workers or os.cpu_count() or 1
     cpu = self.cpu_s or self.timeout_s + 1.0
     session_cpu = self.session_cpu_s or max(60.0, 20.0 * self.timeout_s)

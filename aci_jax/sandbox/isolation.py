@@ -101,13 +101,14 @@ def make_tree_readonly(path: str = "/") -> None:
 
 
 def set_rlimits(*, address_space: int, cpu_soft: int, cpu_hard: int, nproc: int, fsize: int,
-                nofile: int) -> None:
+                nofile: int, stack: int) -> None:
   """Limits in bytes / CPU seconds / counts; applied to this process and inherited by children."""
   for res, soft, hard in ((resource.RLIMIT_AS, address_space, address_space),
                           (resource.RLIMIT_CPU, cpu_soft, cpu_hard),
                           (resource.RLIMIT_NPROC, nproc, nproc),
                           (resource.RLIMIT_FSIZE, fsize, fsize),
                           (resource.RLIMIT_NOFILE, nofile, nofile),
+                          (resource.RLIMIT_STACK, stack, stack),
                           (resource.RLIMIT_CORE, 0, 0)):
     resource.setrlimit(res, (soft, hard))
 

@@ -167,7 +167,7 @@ def setup(spec: dict) -> None:
   os.chdir(workdir)
   isolation.set_rlimits(address_space=spec["memory"], cpu_soft=spec["cpu_soft"],
                         cpu_hard=spec["cpu_hard"], nproc=spec["nproc"], fsize=spec["fsize"],
-                        nofile=spec["nofile"])
+                        nofile=spec["nofile"], stack=spec["stack"])
   if spec["drop_uid"]:
     os.setgroups([])
     os.setresgid(uid, uid, uid)

@@ -53,6 +53,7 @@ class Isolation:
         memory=int(cfg.memory_mb) << 20, cpu_s=float(cfg.cpu_s),
         cpu_soft=int(cfg.cpu_s) + 1, cpu_hard=int(cfg.session_cpu_s) + 1,
         nproc=cfg.nproc, fsize=int(cfg.file_mb) << 20, nofile=cfg.nofile,
+        stack=int(cfg.stack_mb) << 20,
         display_last_expr=cfg.display_last_expr, seccomp=seccomp, block_signals=not root)
 
   def choose(self, probe: Callable[[], str | None], remove: Callable[[str], None]) -> dict:
