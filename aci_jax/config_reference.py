@@ -135,6 +135,10 @@ MEANINGS = {
     "em.queries_per_iteration": "queries drawn per iteration (a seeded pass over the pool)",
     "em.native_samples": "unforced rollouts per query, for pi_hat(code|x)",
     "em.k_per_decision": "K: forced rollouts per decision (code, reasoning), for Q_hat(x, c)",
+    "em.ask_for_code": "text put before the problem in the prompt of the forced code rollouts "
+                        "(e.g. the toy's \"Use Python. \"); they are trained on under the "
+                        "un-asked prompt with their behaviour log-probs re-scored there. Empty: "
+                        "the code prefix alone forces code (docs/em.md)",
     "em.keep_per_query": "rollouts per query kept for the M-step, drawn by s*(c|x)",
     "em.alpha": "alpha of s* = softmax(alpha pi_hat Q_hat); `inf` = hard argmax (ties: higher "
                 "Q_hat, then reasoning); below ln 9 the paper form cannot separate decisions",

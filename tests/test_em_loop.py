@@ -119,3 +119,65 @@ def test_baselines_use_native_rollouts_only(setup, algorithm, policy):
     assert kept == 4 * sum(len(v) > 1 for v in by_q.values())
   assert np.isfinite(stats.get("em/loss_last", 0.0))
   tr.close()
+
+
+def test_forced_code_by_instruction_trains_under_the_unasked_prompt(setup):
+  """em.ask_for_code: forced code rollouts are sampled from the asking prompt, put under the
+  un-asked one, and the M-step sees their behaviour log-probs re-scored there, checked against
+  the Hugging Face model in float64 (the policy has not moved when they are re-scored)."""
+  import torch
+  from transformers import AutoModelForCausalLM
+
+  tok, cfg, model_dir, sb, grader, tmp = setup
+  tr = _trainer(model_dir, tmp / "run_asked")
+  engine = RolloutEngine(cfg, tok, RolloutConfig(batch_size=8, max_prompt_tokens=64,
+                                                 max_new_tokens=80,
+                                                 sampling=SamplingParams(temperature=0.5)),
+                         executor=sb)
+  em = EMConfig(algorithm="autocode", iterations=1, queries_per_iteration=3, native_samples=1,
+                k_per_decision=2, keep_per_query=2, alpha=float("inf"), pi_prior=1.0, epochs=1,
+                ask_for_code="Use Python. ")
+  prompt = lambda q: tok.chat_ids([{"role": "user", "content": q}])
+  problems = _problems()
+  loop = EMLoop(em, tr, engine, grader, tok, problems, prompt, seed=0)
+  reqs = loop.requests([0], 0)
+  for r in reqs:
+    asked = r.mode == "code"
+    assert r.prompt_ids == prompt(("Use Python. " if asked else "") + problems[0].problem)
+    assert r.meta.get("asked", False) == asked
+
+  seen = []
+  step = tr.train_step
+  tr.train_step = lambda b: (seen.append({k: np.array(v) for k, v in b.items()}), step(b))[1]
+  stats = loop.run_iteration()
+  trajs = stats["trajectories"]
+  assert all(list(t.prompt_ids) == prompt(problems[t.prompt_index].problem) for t in trajs)
+  assert sum(t.meta.get("asked", False) for t in trajs) == 3 * 2
+  assert stats["em/asked_kept"] > 0 and seen
+
+  hf = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float64).eval()
+  by_tokens = {tuple(t.prompt_ids) + tuple(t.response_ids): t for t in trajs}
+  asked_rows = 0
+  for b in seen:
+    for i in range(len(b["tokens"])):
+      n = int(b["valid"][i].sum())
+      if n == 0:
+        continue
+      t = by_tokens[tuple(b["tokens"][i, :n].tolist())]
+      p = len(t.prompt_ids)
+      got = b["behaviour_logp"][i, p:n]
+      if not t.meta.get("asked"):  # recorded at sampling time, untouched
+        np.testing.assert_array_equal(got, t.logp.array)
+        continue
+      asked_rows += 1
+      with torch.no_grad():
+        logits = hf(torch.tensor([b["tokens"][i, :n].tolist()])).logits[0]
+      ref = torch.log_softmax(logits[p - 1:n - 1], -1).gather(
+          1, torch.tensor(b["tokens"][i, p:n].tolist())[:, None])[:, 0].numpy()
+      mask = b["loss_mask"][i, p:n] > 0
+      # float32 forward of a 2-layer model against float64: ~1e-6; 1e-4 leaves room.
+      np.testing.assert_allclose(got[mask], ref[mask], atol=1e-4)
+      # Under the asking prompt the cell's tokens were likelier: the old log-probs differ.
+      assert not np.allclose(t.logp.array[mask], ref[mask], atol=1e-3)
+  assert asked_rows == stats["em/asked_kept"]
+  tr.close()

@@ -92,9 +92,11 @@ class Algorithm:
     return c.native_samples + 2 * c.k_per_decision, 0
 
   def requests(self, prompt_ids: list[int], query: int, iteration: int,
-               code_prefix_ids: list[int]) -> list[Request]:
+               code_prefix_ids: list[int], code_prompt_ids: list[int] | None = None
+               ) -> list[Request]:
     """The rollouts of one query: native ones, then forced reasoning (the fence banned), then
-    forced code (the response starts with `code_prefix_ids`)."""
+    forced code (the response starts with `code_prefix_ids`; sampled from `code_prompt_ids`,
+    the prompt that asks for code, when given, and marked `asked`)."""
     native, forced = self.rollouts()
     meta = {"iteration": iteration}
     base = iteration * _ITERATION_STRIDE
@@ -102,8 +104,9 @@ class Algorithm:
            for s in range(native)]
     out += [Request(prompt_ids, query, base + _MODE_OFFSET["cot"] + s, "cot", ban=True,
                     meta=meta) for s in range(forced)]
-    out += [Request(prompt_ids, query, base + _MODE_OFFSET["code"] + s, "code",
-                    prefix_ids=code_prefix_ids, meta=meta) for s in range(forced)]
+    code_meta = meta if code_prompt_ids is None else {**meta, "asked": True}
+    out += [Request(code_prompt_ids or prompt_ids, query, base + _MODE_OFFSET["code"] + s,
+                    "code", prefix_ids=code_prefix_ids, meta=code_meta) for s in range(forced)]
     return out
 
   # ------------------------------------------------------------------------ curation

@@ -87,6 +87,12 @@ class EMConfig(EStepConfig):
   k_per_decision: int = 8  # forced rollouts per decision (Q_hat)
   epochs: int = 1
   batch_length: int = 0  # 0 = bucketed longest trajectory
+  # Forced code by instruction: the forced code rollouts are sampled from the prompt of
+  # `ask_for_code + problem` (and still start with the code prefix). A policy that was taught
+  # to write cells only when asked (the rare-code warm-up with epsilon = 0) does not reach them
+  # from the prefix alone. The M-step trains them under the un-asked prompt, the one the policy
+  # must learn to code from, with behaviour log-probs re-scored there.
+  ask_for_code: str = ""
 
   def __post_init__(self):
     algorithms.get(self.algorithm)
@@ -142,11 +148,13 @@ class EMLoop:
     # A prompt that does not fit the sampler (with the forced code prefix) can never be rolled
     # out; such problems leave the pool up front, as other RL trainers filter over-long prompts.
     limit = engine.cfg.max_prompt_tokens - len(self._prefix)
-    fits = [p for p in self.problems if len(prompt_fn(p.problem)) <= limit]
+    fits = [p for p in self.problems
+            if len(self.code_prompt(p.problem) or prompt_fn(p.problem)) <= limit]
     if len(fits) < len(self.problems):
       log.warning("EM: %d of %d training problems have prompts over %d tokens "
-                  "(rollout.max_prompt_tokens minus the code prefix) and are left out",
-                  len(self.problems) - len(fits), len(self.problems), limit)
+                  "(rollout.max_prompt_tokens minus the code prefix%s) and are left out",
+                  len(self.problems) - len(fits), len(self.problems), limit,
+                  ", asking for code" if cfg.ask_for_code else "")
     if not fits:
       from aci_jax.configuration import ConfigError
       raise ConfigError(f"config.rollout.max_prompt_tokens={engine.cfg.max_prompt_tokens}: no "
@@ -165,11 +173,27 @@ class EMLoop:
       cursor += 1
     return out
 
+  def code_prompt(self, problem: str) -> list[int] | None:
+    """The prompt of the forced code rollouts when they are asked for (`em.ask_for_code`)."""
+    return self.prompt_fn(self.cfg.ask_for_code + problem) if self.cfg.ask_for_code else None
+
   def requests(self, queries: Sequence[int], iteration: int) -> list[Request]:
     """The algorithm's rollouts of every query, in the order of `queries`."""
     return [r for q in queries
             for r in self.algorithm.requests(self.prompt_fn(self.problems[q].problem), q,
-                                             iteration, self._prefix)]
+                                             iteration, self._prefix,
+                                             code_prompt_ids=self.code_prompt(
+                                                 self.problems[q].problem))]
+
+  def unask(self, trajs: Sequence[Trajectory]) -> int:
+    """Puts the un-asked prompt under every rollout sampled from the asking one (the prompt
+    the M-step trains it under); its recorded log-probs are re-scored there in `mstep`."""
+    n = 0
+    for t in trajs:
+      if t.meta.get("asked"):
+        t.set_prompt(self.prompt_fn(self.problems[t.prompt_index].problem))
+        n += 1
+    return n
 
   def grade(self, trajs: Sequence[Trajectory]) -> None:
     """Sets `reward` (1.0 iff the final boxed answer equals the gold; truncated = 0).
@@ -217,11 +241,31 @@ class EMLoop:
     lo = jax.process_index() * n
     out = []
     # Each mini-batch padded to its own (length-bucketed) longest row, not the iteration's.
-    for mb in bucketed_minibatches(trajs, adv, decision, size, rng, epochs=c.epochs,
-                                   length=c.batch_length or None):
+    batches = bucketed_minibatches(trajs, adv, decision, size, rng, epochs=c.epochs,
+                                   length=c.batch_length or None, rows=True)
+    asked = np.asarray([bool(t.meta.get("asked")) for t in trajs] + [False])  # [-1]: padding
+    if asked.any():
+      # Rollouts sampled under the asking prompt carry that prompt's log-probs; under the
+      # un-asked one the clipped ratio would start far from 1 (the policy seldom codes there).
+      # Re-scored by the policy that sampled them, before the first update changes it.
+      batches = [(self._rescored(mb, asked[idx]), idx) for mb, idx in batches]
+    for mb, _ in batches:
       m = tr.train_step({k: v[lo:lo + n] for k, v in mb.items()})
       tr.log(tr.step, m)
       out.append(m)
+    return out
+
+  def _rescored(self, mb: dict, rows: np.ndarray) -> dict:
+    """`mb` with the behaviour log-probs of `rows` replaced by the current policy's (T = 1, the
+    sampler's convention), computed on the global batch: every process holds all its rows."""
+    tr = self.trainer
+    n = len(rows) // jax.process_count()
+    lo = jax.process_index() * n
+    logp = tr.token_logprobs({k: mb[k][lo:lo + n] for k in ("tokens", "positions", "valid")})
+    out = dict(mb)
+    keep = mb["loss_mask"] > 0  # response tokens; the rest stay 0 as build_batch leaves them
+    out["behaviour_logp"] = np.where(rows[:, None] & keep, logp, mb["behaviour_logp"]).astype(
+        np.float32)
     return out
 
   # ------------------------------------------------------------------------ driver
@@ -239,6 +283,7 @@ class EMLoop:
     mine = [q for q in queries if owner[q] == jax.process_index()]
     rollout = self.engine.run_local(tr.state.params, self.requests(mine, it))
     trajs = rollout.trajectories
+    self.unask(trajs)
     t_roll = time.perf_counter() - t0
     cells = sum(1 for t in trajs for cell in t.cells if cell.status not in ("limit", "no_code"))
     log.info("E-step: process %d of %d ran %d rollouts and %d code cells",
@@ -260,6 +305,7 @@ class EMLoop:
           sum(1 for t in trajs if t.used_code), len(queries), "!" * 78)
     t1 = time.perf_counter()
     mstep = self.mstep(kept, adv, decision, rng)
+    stats["em/asked_kept"] = sum(1 for t in kept if t.meta.get("asked"))
     stats.update({
         "em/iteration": it + 1,
         **dict(zip(("em/rollouts", "em/cells"),

@@ -147,6 +147,11 @@ class Trajectory:
     self.logp = _column(self.logp, np.float32)
     self.source = _column(self.source, np.int8)
 
+  def set_prompt(self, ids) -> None:
+    """Puts the response under another prompt (shared like the sampler's); `logp` stays the
+    one recorded under the old prompt."""
+    self.prompt_ids = _shared_prompt(ids)
+
   @property
   def loss_mask(self) -> Column:
     """1 on tokens the policy wrote (sampled or forced prefix), 0 on tool output (uint8)."""

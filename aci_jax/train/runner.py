@@ -91,7 +91,7 @@ class Trainer:
     # The KL term's reference policy: the run's starting parameters (the loaded checkpoint or
     # the seeded init), kept as a second copy only when a loss term needs `ref_logp`.
     self._ref_params = None
-    self._ref_fn = None
+    self._logp_fn = None  # (params, batch) -> log-probs: the reference's, token_logprobs'
 
   # --------------------------------------------------------------------- state
 
@@ -138,15 +138,30 @@ class Trainer:
     batch = shard_batch(host_batch, self.mesh, global_rows=global_rows)
     t0 = time.perf_counter()
     if self._ref_params is not None and "ref_logp" not in batch:
-      if self._ref_fn is None:
-        self._ref_fn = make_logprobs_fn(self.model_cfg, self.shardings.params)
-      batch = {**batch, "ref_logp": self._ref_fn(self._ref_params, batch)}
+      batch = {**batch, "ref_logp": self._logprobs_fn()(self._ref_params, batch)}
     self.state, metrics = self._step_fn(self.state, batch)
     out = {k: float(v) for k, v in jax.device_get(metrics).items()}
     dt = time.perf_counter() - t0
     out["perf/step_seconds"] = dt
     out["perf/tokens_per_second"] = float(np.sum(host_batch["valid"])) * jax.process_count() / dt
     return out
+
+  def _logprobs_fn(self):
+    if self._logp_fn is None:
+      self._logp_fn = make_logprobs_fn(self.model_cfg, self.shardings.params)
+    return self._logp_fn
+
+  def token_logprobs(self, host_batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    """log p(tokens[t] | tokens[:t]) [B, T] of the global batch under the current parameters
+    (0 at t = 0; the sampler's T = 1 convention), from this process's rows of `tokens`,
+    `positions` and `valid`; every process gets all B rows back."""
+    global_rows = len(host_batch["tokens"]) * jax.process_count()
+    out = self._logprobs_fn()(self.state.params, shard_batch(host_batch, self.mesh,
+                                                       global_rows=global_rows))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      return np.asarray(multihost_utils.process_allgather(out, tiled=True))
+    return np.asarray(jax.device_get(out))
 
   def log(self, step: int, scalars: Mapping[str, float]) -> None:
     record = self.metrics.write(step, scalars)
