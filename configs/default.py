@@ -114,7 +114,8 @@ def _rare_code(c):
   (0.01 here; --config.task.code_fraction=0 is "RL from a model that never codes", 0.05 the
   other end of the issue's range). Evaluation and E-step prompts never ask, so the native code
   rate stays near epsilon (but with epsilon = 0 the E-step's forced code prefix no longer reaches
-  the cells, which only follow the asking prompt: docs/em.md, "Results"). `mul_small` asks the
+  the cells, which only follow the asking prompt: add --config.em.ask_for_code="Use Python. " to
+  force code by instruction; docs/em.md, "Results"). `mul_small` asks the
   same question as `mul` with a 1-digit operand, meant to be reasoned out so that whether to
   code depends on the operands, not on the form; the 2,000-step warm-up does not teach its
   multiplication-table facts (reasoning accuracy 0.01-0.10 on five seeds).

@@ -32,9 +32,12 @@ def get_config():
   c.tokenizer = {model!r}
   c.model.init, c.model.path = "hf", {model!r}
   c.warmup.steps = 0
+  # Forced code asked for by instruction: the M-step re-scores those rows on the global batch
+  # (Trainer.token_logprobs, all-gathered), which two hosts must do as one.
   c.em.update(iterations=1, queries_per_iteration=3, native_samples=2, k_per_decision=2,
-              keep_per_query=2, epochs=2)
-  c.rollout.update(batch_size=8, max_prompt_tokens=48, max_new_tokens=80)
+              keep_per_query=2, epochs=2, ask_for_code="Use Python. ",
+              code_cost=0.0)  # code kept where it wins at all (the default prices it at 0.5)
+  c.rollout.update(batch_size=8, max_prompt_tokens=64, max_new_tokens=80)
   c.train.batch_size = 8
   # Adam divides by sqrt(v) + eps: with eps 1e-8, a weight whose gradient is at rounding level
   # (a token that barely occurs) moves by up to lr on a rounding difference between the two
@@ -111,9 +114,11 @@ def test_two_processes_run_em_like_one(tmp_path):
   s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
   it1, it2 = s1["iterations"][0], s2["iterations"][0]
   for key, value in it1.items():
-    if key.startswith("estep/") or key in ("em/rollouts", "em/cells", "em/mstep_steps"):
+    if key.startswith("estep/") or key in ("em/rollouts", "em/cells", "em/mstep_steps",
+                                           "em/asked_kept"):
       assert it2[key] == pytest.approx(value, rel=1e-6), key
   assert it1["estep/kept_rollouts"] > 0 and it1["em/mstep_steps"] > 0
+  assert it1["em/asked_kept"] > 0
   assert s2["final"] == s1["final"]
 
   # Evaluation: every trajectory (greedy, sampled, forced) token for token, gathered on host 0.
