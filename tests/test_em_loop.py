@@ -45,6 +45,13 @@ def _trainer(model_dir, workdir, policy="ppo_clip", decision_coef=0.5, batch_siz
   return tr
 
 
+def _engine(cfg, tok, sb, temperature, max_prompt_tokens=48):
+  return RolloutEngine(cfg, tok, RolloutConfig(batch_size=8, max_prompt_tokens=max_prompt_tokens,
+                                               max_new_tokens=80,
+                                               sampling=SamplingParams(temperature=temperature)),
+                       executor=sb)
+
+
 def _problems():
   return [Problem(q, a) for q, (_, _, a) in QUESTIONS.items()]
 
@@ -52,10 +59,7 @@ def _problems():
 def test_one_autocode_iteration(setup):
   tok, cfg, model_dir, sb, grader, tmp = setup
   tr = _trainer(model_dir, tmp / "run_autocode")
-  engine = RolloutEngine(cfg, tok, RolloutConfig(batch_size=8, max_prompt_tokens=48,
-                                                 max_new_tokens=80,
-                                                 sampling=SamplingParams(temperature=0.5)),
-                         executor=sb)
+  engine = _engine(cfg, tok, sb, temperature=0.5)
   em = EMConfig(algorithm="autocode", iterations=1, queries_per_iteration=3, native_samples=2,
                 k_per_decision=2, keep_per_query=2, alpha=float("inf"), pi_prior=1.0, epochs=4)
   loop = EMLoop(em, tr, engine, grader, tok, _problems(),
@@ -96,10 +100,7 @@ def test_one_autocode_iteration(setup):
 def test_baselines_use_native_rollouts_only(setup, algorithm, policy):
   tok, cfg, model_dir, sb, grader, tmp = setup
   tr = _trainer(model_dir, tmp / f"run_{algorithm}", policy=policy, decision_coef=0.0)
-  engine = RolloutEngine(cfg, tok, RolloutConfig(batch_size=8, max_prompt_tokens=48,
-                                                 max_new_tokens=80,
-                                                 sampling=SamplingParams(temperature=1.5)),
-                         executor=sb)
+  engine = _engine(cfg, tok, sb, temperature=1.5)
   em = EMConfig(algorithm=algorithm, iterations=1, queries_per_iteration=2, native_samples=2,
                 k_per_decision=1, epochs=1)
   loop = EMLoop(em, tr, engine, grader, tok, _problems(),
@@ -130,10 +131,7 @@ def test_forced_code_by_instruction_trains_under_the_unasked_prompt(setup):
 
   tok, cfg, model_dir, sb, grader, tmp = setup
   tr = _trainer(model_dir, tmp / "run_asked")
-  engine = RolloutEngine(cfg, tok, RolloutConfig(batch_size=8, max_prompt_tokens=64,
-                                                 max_new_tokens=80,
-                                                 sampling=SamplingParams(temperature=0.5)),
-                         executor=sb)
+  engine = _engine(cfg, tok, sb, temperature=0.5, max_prompt_tokens=64)
   em = EMConfig(algorithm="autocode", iterations=1, queries_per_iteration=3, native_samples=1,
                 k_per_decision=2, keep_per_query=2, alpha=float("inf"), pi_prior=1.0, epochs=1,
                 ask_for_code="Use Python. ")
