@@ -144,6 +144,14 @@ def test_forced_code_by_instruction_trains_under_the_unasked_prompt(setup):
     assert r.prompt_ids == prompt(("Use Python. " if asked else "") + problems[0].problem)
     assert r.meta.get("asked", False) == asked
 
+  sampled = {}  # id -> the log-probs recorded under the asking prompt, before re-scoring
+  rescore = loop.rescore_asked
+
+  def keep_sampled(trajs):
+    sampled.update({id(t): t.logp.array.copy() for t in trajs})
+    return rescore(trajs)
+
+  loop.rescore_asked = keep_sampled
   seen = []
   step = tr.train_step
   tr.train_step = lambda b: (seen.append({k: np.array(v) for k, v in b.items()}), step(b))[1]
@@ -165,7 +173,7 @@ def test_forced_code_by_instruction_trains_under_the_unasked_prompt(setup):
       p = len(t.prompt_ids)
       got = b["behaviour_logp"][i, p:n]
       if not t.meta.get("asked"):  # recorded at sampling time, untouched
-        np.testing.assert_array_equal(got, t.logp.array)
+        np.testing.assert_array_equal(got, sampled[id(t)])
         continue
       asked_rows += 1
       with torch.no_grad():
@@ -176,6 +184,6 @@ def test_forced_code_by_instruction_trains_under_the_unasked_prompt(setup):
       # float32 forward of a 2-layer model against float64: ~1e-6; 1e-4 leaves room.
       np.testing.assert_allclose(got[mask], ref[mask], atol=1e-4)
       # Under the asking prompt the cell's tokens were likelier: the old log-probs differ.
-      assert not np.allclose(t.logp.array[mask], ref[mask], atol=1e-3)
+      assert not np.allclose(sampled[id(t)][mask], ref[mask], atol=1e-3)
   assert asked_rows == stats["em/asked_kept"]
   tr.close()

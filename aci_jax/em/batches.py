@@ -70,7 +70,7 @@ def build_batch(trajs: Sequence[Trajectory], advantages: Sequence[float] | None 
 def bucketed_minibatches(trajs: Sequence[Trajectory], advantages: Sequence[float],
                          decision: Sequence[bool], size: int, rng: np.random.Generator,
                          epochs: int = 1, *, length: int | None = None, window: int = 0,
-                         min_length: int = 64, rows: bool = False) -> Iterator:
+                         min_length: int = 64) -> Iterator[dict[str, np.ndarray]]:
   """Mini-batches of exactly `size` rows, each padded only to its own longest row (rounded up
   by `ladder_length`), instead of every row to the iteration's longest trajectory.
 
@@ -79,8 +79,7 @@ def bucketed_minibatches(trajs: Sequence[Trajectory], advantages: Sequence[float
   mini-batches are visited in random order. Every row is used once per epoch; a mini-batch
   holds rows of similar length (ties in random order), so a step's gradient mixes fewer lengths
   than a uniform draw would. `length` (em.batch_length) fixes one length for all instead. The
-  last mini-batch is filled with all-padding rows. `rows=True` yields `(mini-batch, index)`
-  pairs, `index[i]` the trajectory of row i (-1 for a padding row).
+  last mini-batch is filled with all-padding rows.
   """
   n = len(trajs)
   if n == 0:
@@ -105,7 +104,7 @@ def bucketed_minibatches(trajs: Sequence[Trajectory], advantages: Sequence[float
         mb = {k: np.concatenate([v, np.zeros((short,) + v.shape[1:], v.dtype)])
               for k, v in mb.items()}
         mb["positions"][-short:] = np.arange(mb["positions"].shape[1])
-      yield (mb, np.concatenate([idx, np.full(short, -1, idx.dtype)])) if rows else mb
+      yield mb
 
 
 def padding_ratio(batches) -> float:

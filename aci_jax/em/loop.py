@@ -30,7 +30,7 @@ import numpy as np
 
 from aci_jax import fileio
 from aci_jax.em import algorithms
-from aci_jax.em.batches import bucketed_minibatches
+from aci_jax.em.batches import build_batch, bucketed_minibatches
 from aci_jax.em.estep import (CODE, COT, EStepConfig, QueryGroup, estep_stats, family_stats,
                               native_outcomes)
 from aci_jax.parallel import multihost
@@ -187,7 +187,7 @@ class EMLoop:
 
   def unask(self, trajs: Sequence[Trajectory]) -> int:
     """Puts the un-asked prompt under every rollout sampled from the asking one (the prompt
-    the M-step trains it under); its recorded log-probs are re-scored there in `mstep`."""
+    the M-step trains it under); its recorded log-probs are re-scored there in `rescore_asked`."""
     n = 0
     for t in trajs:
       if t.meta.get("asked"):
@@ -241,32 +241,38 @@ class EMLoop:
     lo = jax.process_index() * n
     out = []
     # Each mini-batch padded to its own (length-bucketed) longest row, not the iteration's.
-    batches = bucketed_minibatches(trajs, adv, decision, size, rng, epochs=c.epochs,
-                                   length=c.batch_length or None, rows=True)
-    asked = np.asarray([bool(t.meta.get("asked")) for t in trajs] + [False])  # [-1]: padding
-    if asked.any():
-      # Rollouts sampled under the asking prompt carry that prompt's log-probs; under the
-      # un-asked one the clipped ratio would start far from 1 (the policy seldom codes there).
-      # Re-scored by the policy that sampled them, before the first update changes it.
-      batches = [(self._rescored(mb, asked[idx]), idx) for mb, idx in batches]
-    for mb, _ in batches:
+    for mb in bucketed_minibatches(trajs, adv, decision, size, rng, epochs=c.epochs,
+                                   length=c.batch_length or None):
       m = tr.train_step({k: v[lo:lo + n] for k, v in mb.items()})
       tr.log(tr.step, m)
       out.append(m)
     return out
 
-  def _rescored(self, mb: dict, rows: np.ndarray) -> dict:
-    """`mb` with the behaviour log-probs of `rows` replaced by the current policy's (T = 1, the
-    sampler's convention), computed on the global batch: every process holds all its rows."""
+  def rescore_asked(self, trajs: Sequence[Trajectory]) -> int:
+    """Replaces the behaviour log-probs of the rollouts sampled under the asking prompt (now
+    under the un-asked one, `unask`) by the current policy's there, once per rollout before the
+    M-step's first update: left with the asking prompt's, the clipped ratio of the cell's first
+    tokens would start near P(code | un-asked) / P(code | asked), tiny for a policy that seldom
+    codes. Every process holds the same `trajs` and feeds its block of each global batch."""
+    asked = [t for t in trajs if t.meta.get("asked")]
     tr = self.trainer
-    n = len(rows) // jax.process_count()
+    size = tr.config.train.batch_size
+    n = size // jax.process_count()
     lo = jax.process_index() * n
-    logp = tr.token_logprobs({k: mb[k][lo:lo + n] for k in ("tokens", "positions", "valid")})
-    out = dict(mb)
-    keep = mb["loss_mask"] > 0  # response tokens; the rest stay 0 as build_batch leaves them
-    out["behaviour_logp"] = np.where(rows[:, None] & keep, logp, mb["behaviour_logp"]).astype(
-        np.float32)
-    return out
+    for i in range(0, len(asked), size):
+      chunk = asked[i:i + size]
+      mb = build_batch(chunk)
+      rows = {k: np.zeros((size,) + mb[k].shape[1:], mb[k].dtype)
+              for k in ("tokens", "positions", "valid")}
+      rows["positions"][:] = np.arange(rows["positions"].shape[1])  # padding rows too
+      for k in rows:
+        rows[k][:len(chunk)] = mb[k]
+      logp = tr.token_logprobs({k: v[lo:lo + n] for k, v in rows.items()})
+      for j, t in enumerate(chunk):
+        p, r = len(t.prompt_ids), len(t.response_ids)
+        # Tokens the policy wrote; tool output keeps its record (loss mask 0, never trained).
+        t.set_logp(np.where(t.loss_mask.array > 0, logp[j, p:p + r], t.logp.array))
+    return len(asked)
 
   # ------------------------------------------------------------------------ driver
 
@@ -304,8 +310,8 @@ class EMLoop:
           "max_new_tokens.\n%s", "!" * 78, it + 1, correct, len(trajs), boxed,
           sum(1 for t in trajs if t.used_code), len(queries), "!" * 78)
     t1 = time.perf_counter()
+    stats["em/asked_kept"] = self.rescore_asked(kept)
     mstep = self.mstep(kept, adv, decision, rng)
-    stats["em/asked_kept"] = sum(1 for t in kept if t.meta.get("asked"))
     stats.update({
         "em/iteration": it + 1,
         **dict(zip(("em/rollouts", "em/cells"),

@@ -152,6 +152,12 @@ class Trajectory:
     one recorded under the old prompt."""
     self.prompt_ids = _shared_prompt(ids)
 
+  def set_logp(self, values) -> None:
+    """New behaviour log-probs, one per response token (e.g. re-scored under a new prompt)."""
+    if len(values) != len(self.response_ids):
+      raise ValueError(f"{len(values)} log-probs for {len(self.response_ids)} response tokens")
+    self.logp = Column(values, np.float32)
+
   @property
   def loss_mask(self) -> Column:
     """1 on tokens the policy wrote (sampled or forced prefix), 0 on tool output (uint8)."""
