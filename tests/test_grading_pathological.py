@@ -83,6 +83,9 @@ PATHOLOGICAL = [
     (", ".join(f"\\sqrt{{{i}}}" for i in range(1000)), ", ".join(f"\\sqrt{{{i}}}" for i in reversed(range(1000))), True),
     (", ".join(f"\\sqrt{{{i}}}" for i in range(1000)), ", ".join(f"\\sqrt{{{i + 1}}}" for i in range(1000)), False),
     ("x > 1 and " * 5000 + "x < 2", "(1,2)", None),
+    # quotients of quadratics on both sides: a quartic, which sympy's solver took over a minute on
+    (r"|\frac{x^2-5x+6}{x^2+3x-1}| < |\frac{2x^2-7}{x^2+1}|", "x > 1", False),
+    (r"|17x^2-53x+61| < |13x^2+31x-97|", r"x > 1", False),              # surd roots: exact sign analysis
 
 ]
 
