@@ -95,6 +95,9 @@ MEANINGS = {
                                      "its triggered demos (a problem repeated up to 4 times): "
                                      "the toy policy copies a printed value only at the "
                                      "lengths it saw often",
+    "task.copy_drill": "fraction of toy code demos whose cell prints a value one or two digits "
+                       "off the answer, boxed as printed: the box is learned as a copy of the "
+                       "output (never a training target) rather than recomputed from the operands",
     "task.train_path": "JSONL training pool (`problem` or `question`, and `answer`)",
     "task.train_benchmark": "field mapping of the pool: `\"\"` (generic: `problem` or "
                             "`question`, and `answer`), or a registered benchmark's mapping: "

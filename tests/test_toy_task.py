@@ -168,6 +168,40 @@ def test_encode_demo_masks_exactly_the_tool_output():
   assert mask == [1] * len(resp)
 
 
+def test_copy_drill_boxes_the_printed_value_and_trains_only_the_box():
+  tok = char_tokenizer()
+  probs = toy.make_problems(150, families=tuple(sorted(toy.FAMILIES)), seed=3)
+  kw = dict(code_fraction=0.2, triggered_fraction=1.0, seed=3)
+  plain = toy.make_demonstrations(probs, **kw)
+  demos = toy.make_demonstrations(probs, copy_drill=0.3, **kw)
+  assert len(demos) == len(plain) and not any(d["drill"] for d in plain)
+  code = [d for d in demos if d["mode"] == "code"]
+  drills = [d for d in code if d["drill"]]
+  # A Bernoulli(0.3) draw per code demo: within 4 standard deviations of 30%.
+  n = len(code)
+  assert abs(len(drills) - 0.3 * n) < 4 * (0.3 * 0.7 * n) ** 0.5 and drills
+  for d, q in zip(demos, plain):
+    if not d["drill"]:
+      assert {k: v for k, v in d.items() if k != "drill"} == {k: v for k, v in q.items() if k != "drill"}
+      continue
+    m = re.fullmatch(r"(```python\n.*?```\n```output\n)(.*?)\n```\n\\boxed\{(.*)\}", d["response"], re.S)
+    assert m, d["response"]
+    cell, printed, box = m.groups()
+    assert q["response"].startswith(cell)        # the cell is the true problem's cell
+    assert box == printed != d["answer"] and len(printed) == len(d["answer"])
+    assert printed[0] != "0" or len(printed) == 1
+    assert 1 <= sum(a != b for a, b in zip(printed, d["answer"])) <= 2
+    # The off value is environment output (mask 0); the box copying it is trained (mask 1).
+    _, resp, mask = toy.encode_demo(tok, d["prompt"], d["response"])
+    out_at = len(cell)                           # char tokenizer: token k is character k
+    box_at = d["response"].rindex(printed)
+    assert resp[out_at:out_at + len(printed)] == [ord(c) for c in printed]
+    assert set(mask[out_at:out_at + len(printed)]) == {0}
+    assert set(mask[box_at:box_at + len(printed)]) == {1}
+  with pytest.raises(ValueError, match="copy_drill"):
+    toy.make_demonstrations(probs, copy_drill=1.5)
+
+
 def test_encode_demo_agrees_with_the_sft_data_path():
   from aci_jax.data import sft
 

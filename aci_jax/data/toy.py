@@ -269,18 +269,40 @@ def cot_response(problem: dict) -> str:
   return fam.reasoning(ops, ans) + boxed(ans)
 
 
-def code_response(problem: dict, fmt: tool_format.ToolFormat | None = None) -> str:
+def code_response(problem: dict, fmt: tool_format.ToolFormat | None = None,
+                  printed: str | None = None) -> str:
   """Code-mode demo in the tool format `fmt` (no EOS): the call, its output, the boxed answer;
   with the default format
 
       ```python\\n<code>```\\n```output\\n<printed>\\n```\\n\\boxed{<answer>}
 
   It starts with exactly the format's forced code prefix. The printed text is `str(answer)`,
-  exactly what the sandbox shows for `print(<int>)`.
+  exactly what the sandbox shows for `print(<int>)`; a copy-drill demo passes another `printed`
+  value, and the box copies that (see `copy_drill_value`).
   """
   fam, ops = _family(problem["family"]), operands(problem)
-  ans = fam.answer(ops)
-  return (fmt or tool_format.get()).render_call(fam.code(ops), str(ans)) + boxed(ans)
+  shown = str(fam.answer(ops)) if printed is None else printed
+  return (fmt or tool_format.get()).render_call(fam.code(ops), shown) + boxed(shown)
+
+
+def copy_drill_value(answer, rng: random.Random) -> str:
+  """A value of the same length as `answer` (an int) that differs from it in one or two digits
+  (never a leading zero, never the answer itself): what a copy-drill demo's cell "prints".
+
+  The printed value is environment output (loss mask 0: never a training target), the box that
+  copies it is trained. On drill demos the box cannot be predicted from the operands, only read
+  from the output, so the policy cannot fit the box by recomputing the answer from the problem:
+  the shortcut behind the toy's miscopied boxes (`611 * 172` printed `105092`, boxed `105022`,
+  docs/em.md "The five-family warm-up")."""
+  text = str(answer)
+  sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
+  if not digits.isdigit():
+    raise ValueError(f"copy drill needs an integer answer, got {answer!r}")
+  out = list(digits)
+  for pos in rng.sample(range(len(out)), min(len(out), rng.choice((1, 2)))):
+    choices = [d for d in "0123456789" if d != out[pos] and not (pos == 0 and d == "0" and len(out) > 1)]
+    out[pos] = rng.choice(choices)
+  return sign + "".join(out)
 
 
 # A length-balanced family's triggered demos repeat a problem at most this often: enough to
@@ -346,7 +368,7 @@ def triggered_shares(entries: Iterable[str], default: float) -> dict[str, float]
 def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
                         seed: int = 0, triggered_fraction: float = 0.0,
                         triggered_families: Sequence[str] | None = None,
-                        balance_lengths: bool = False) -> list[dict]:
+                        balance_lengths: bool = False, copy_drill: float = 0.0) -> list[dict]:
   """Warm-up demonstrations: one un-triggered demo per problem, in problem order, each followed
   by its triggered demo if it has one.
 
@@ -372,10 +394,15 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
   (a problem repeated up to MAX_TRIGGERED_REPEAT times, its copies right after each other): this
   policy learns to copy a printed value only at the lengths it was shown often (5-digit `mul`
   products, 17% of them, were never copied, docs/toy.md). The count per family is unchanged.
-  Returns [{"prompt", "response", "family", "answer", "mode": "cot" | "code", "triggered"}].
+  `copy_drill` is the fraction of code demos (triggered or not, drawn per demo) whose cell
+  "prints" a value one or two digits off the answer and whose box copies it (`copy_drill_value`):
+  the box is then learned as a copy of the output, not as a guess from the operands.
+  Returns [{"prompt", "response", "family", "answer", "mode": "cot" | "code", "triggered",
+  "drill"}]; "answer" stays the problem's answer ("drill": the box holds another value).
   """
   _check_fraction("code_fraction", code_fraction)
   _check_fraction("triggered_fraction", triggered_fraction)
+  _check_fraction("copy_drill", copy_drill)
   per_family = (None if triggered_families is None
                 else triggered_shares(triggered_families, triggered_fraction))
   by_family: dict[str, list[int]] = {}
@@ -391,17 +418,22 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
       trng = random.Random(f"aci_jax.toy.triggers:{seed}:{fam}")
       trig_count.update(_triggered_counts(idx, problems, int(share * len(idx) + 0.5),
                                           trng, balance_lengths))
+  drng = random.Random(f"aci_jax.toy.drill:{seed}")  # its own stream: no other draw moves
+
+  def code_demo(p: dict, prompt: str, triggered: bool) -> dict:
+    drill = copy_drill > 0 and drng.random() < copy_drill
+    printed = copy_drill_value(p["answer"], drng) if drill else None
+    return {"prompt": prompt, "response": code_response(p, printed=printed), "family": p["family"],
+            "answer": p["answer"], "mode": "code", "triggered": triggered, "drill": drill}
+
   out = []
   for i, p in enumerate(problems):
-    base = {"family": p["family"], "answer": p["answer"]}
     if i in code_idx:
-      out.append({"prompt": p["problem"], "response": code_response(p), **base, "mode": "code",
-                  "triggered": False})
+      out.append(code_demo(p, p["problem"], False))
     else:
-      out.append({"prompt": p["problem"], "response": cot_response(p), **base, "mode": "cot",
-                  "triggered": False})
-    out.extend({"prompt": ask_for_code(p["problem"]), "response": code_response(p), **base,
-                "mode": "code", "triggered": True} for _ in range(trig_count.get(i, 0)))
+      out.append({"prompt": p["problem"], "response": cot_response(p), "family": p["family"],
+                  "answer": p["answer"], "mode": "cot", "triggered": False, "drill": False})
+    out.extend(code_demo(p, ask_for_code(p["problem"]), True) for _ in range(trig_count.get(i, 0)))
   return out
 
 

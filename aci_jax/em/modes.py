@@ -107,6 +107,7 @@ def _warmup_demos(config, train):
                                                                    ())) or None,
                                     balance_lengths=bool(t.get("triggered_length_balance",
                                                                False)),
+                                    copy_drill=float(t.get("copy_drill", 0.0)),
                                     seed=config.seed)
   else:
     from aci_jax.data.sft import load_demonstrations
