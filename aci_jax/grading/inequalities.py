@@ -3,19 +3,22 @@
 ``sympy.solveset`` spends seconds on a single quadratic inequality with irrational roots (and
 minutes on a quartic one), which a grader cannot afford per answer. The relations accepted here
 are those that stay within degree 2: with every ``|u|`` opened either way and both sides brought
-to one, each relation is ``N(x)/D(x) op 0`` with rational-coefficient polynomials ``N, D`` of
-degree <= 2. Then the real line splits at finitely many *critical points* (real roots of every
+to one, each relation is ``N(x)/D(x) op 0`` with polynomials ``N, D`` of degree <= 2 (real
+coefficients; rational in nearly every answer). Then the real line splits at finitely many *critical points* (real roots of every
 such ``N`` and ``D``, of every absolute value's argument and of every denominator), between which
 no relation can change its truth; each piece is decided by exact evaluation at one rational point
 inside it, and each critical point (a quadratic surd ``p + q*sqrt(d)``) by exact evaluation there.
 Arithmetic on quadratic surds is exact in sympy (``expand`` is canonical: zero iff it is ``0``),
-so no step relies on a floating-point tolerance.
+so with rational coefficients no step relies on a floating-point tolerance; with irrational ones
+a sign sympy cannot decide leaves the chain unsolved rather than guessed.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+
+from .symbolic import Undecided, real_sign
 
 MAX_ABS = 2   # absolute values in one relation: 2^k sign cases are analysed
 
@@ -27,7 +30,8 @@ class _Unsupported(Exception):
 def solve_chain(parts: list, ops: list[str], x, sympy):
     """Real solution set (a sympy Set) of ``parts[0] ops[0] parts[1] ops[1] ...`` in ``x``, where
     ops are ``<``, ``>``, ``\\leq``, ``\\geq``, ``\\ne``; None when a relation is outside the class
-    above (higher degree, irrational coefficients, functions other than ``Abs``)."""
+    above (higher degree, more than MAX_ABS absolute values, functions other than ``Abs``) or a
+    sign cannot be decided."""
     try:
         return _Chain(parts, ops, x, sympy).solution()
     except _Unsupported:
@@ -74,8 +78,8 @@ class _Chain:
 
     # -- exact arithmetic on rationals and quadratic surds
     def _fraction(self, expr):
-        """(numerator, denominator) polynomials of ``expr`` (Abs kept out), each of degree <= 2
-        with rational coefficients."""
+        """(numerator, denominator) polynomials of ``expr`` (each ``|u|`` read as ``u``), each of
+        degree <= 2 with real coefficients."""
         sympy = self.sympy
         num, den = sympy.fraction(sympy.together(sympy.expand(expr.xreplace(
             {a: a.args[0] for a in expr.atoms(sympy.Abs)}))))
@@ -84,7 +88,7 @@ class _Chain:
             if not t.is_polynomial(self.x):
                 raise _Unsupported
             poly = sympy.Poly(sympy.expand(t), self.x)
-            if poly.degree() > 2 or not all(c.is_Rational for c in poly.all_coeffs()):
+            if poly.degree() > 2 or not all(c.is_number and c.is_real for c in poly.all_coeffs()):
                 raise _Unsupported
             out.append(poly)
         return out[0], out[1]
@@ -98,23 +102,19 @@ class _Chain:
             return [-c[1] / c[0]]
         a, b, cc = c
         disc = b * b - 4 * a * cc
-        if disc < 0:
+        sd = self._sign(disc)
+        if sd < 0:
             return []
-        if disc == 0:
+        if sd == 0:
             return [-b / (2 * a)]
         s = sympy.sqrt(disc)
         return [(-b - s) / (2 * a), (-b + s) / (2 * a)]
 
     def _sign(self, value) -> int:
-        """Exact sign of a rational or quadratic-surd number."""
-        v = self.sympy.expand(value)
-        if v == 0:
-            return 0
-        if v.is_positive:
-            return 1
-        if v.is_negative:
-            return -1
-        raise _Unsupported  # never for the numbers built here; refuse rather than guess
+        try:
+            return real_sign(value, self.sympy)
+        except Undecided:
+            raise _Unsupported from None  # refuse rather than guess
 
     def _cmp(self, a, b) -> int:
         return self._sign(a - b)

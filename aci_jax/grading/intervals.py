@@ -11,7 +11,7 @@ from .limits import WORK, Refused
 from .normalize import key
 from .numeric import number
 from .parse import VAR, Node
-from .symbolic import evalf, load_sympy, to_sympy
+from .symbolic import Undecided, evalf, load_sympy, real_sign, to_sympy
 
 def as_set(node: Node):
     """A sympy set for interval-like nodes (intervals, unions, one-variable inequalities); None otherwise."""
@@ -42,34 +42,91 @@ def as_set(node: Node):
 
 
 def union(sets: list, sympy):
-    """``sympy.Union(*sets)``, with the intervals among them merged first by one sort and sweep:
-    sympy's own simplification compares every pair (1,000 intervals took over a second)."""
-    intervals = [s for s in sets if isinstance(s, sympy.Interval)]
-    if len(intervals) < 3:
+    """``sympy.Union(*sets)``, merged first by one sort and sweep (``_pieces``): sympy's own
+    simplification compares every pair (1,000 intervals took over a second)."""
+    pieces = _pieces(sympy.Union(*sets, evaluate=False), sympy)
+    if pieces is None:
         return sympy.Union(*sets)
+    return _as_sympy(pieces, sympy)
+
+
+def sets_equal(a, b, sympy) -> bool:
+    """Two real sets are the same set: their canonical pieces (disjoint, sorted, merged; see
+    ``_pieces``) agree endpoint by endpoint, each endpoint compared exactly (``real_sign``).
+
+    Not ``a.symmetric_difference(b).is_empty``: sympy compares endpoints structurally, so
+    ``[.., sqrt(2)/2]`` against ``(.., 1/sqrt(2))`` came out as the open interval between the two
+    spellings of one number, "empty", and a closed bound graded equal to an open one. Sets this
+    cannot decompose, or an endpoint sympy cannot order, are equal only when identical."""
+    pa, pb = _pieces(a, sympy), _pieces(b, sympy)
+    if pa is None or pb is None:
+        return bool(a == b)
     try:
-        intervals.sort(key=functools.cmp_to_key(_cmp_left))
-        merged = [intervals[0]]
-        for iv in intervals[1:]:
-            last = merged[-1]
-            # Overlapping, or touching with the shared endpoint in at least one of the two.
-            if bool(iv.start < last.end) or (bool(iv.start == last.end) and not (iv.left_open and last.right_open)):
-                if bool(iv.end > last.end) or (bool(iv.end == last.end) and not iv.right_open):
-                    merged[-1] = sympy.Interval(last.start, iv.end, last.left_open, iv.right_open)
-            else:
-                merged.append(iv)
-    except TypeError:   # an endpoint sympy cannot order: leave it all to sympy
-        return sympy.Union(*sets)
-    return sympy.Union(*merged, *(s for s in sets if not isinstance(s, sympy.Interval)))
+        return len(pa) == len(pb) and all(
+            _order(x[0], y[0], sympy) == 0 and _order(x[1], y[1], sympy) == 0
+            and x[2:] == y[2:] for x, y in zip(pa, pb))
+    except Undecided:
+        return bool(a == b)
 
 
-def _cmp_left(a, b) -> int:
-    """Order intervals by left endpoint, a closed one before an open one at the same point."""
-    if bool(a.start < b.start):
-        return -1
-    if bool(b.start < a.start):
-        return 1
-    return int(a.left_open) - int(b.left_open)
+def _order(a, b, sympy) -> int:
+    """Exact -1/0/1 comparison of two endpoints (numbers or +-oo); raises Undecided."""
+    return 0 if a == b else real_sign(a - b, sympy)
+
+
+def _pieces(s, sympy) -> list | None:
+    """``s`` as sorted disjoint pieces ``(lo, hi, lo_open, hi_open)`` (a point is ``(q, q, False,
+    False)``), touching pieces merged, empty ones dropped; None for sets that are not finite unions
+    of intervals and real points, or whose endpoints cannot be ordered exactly."""
+    raw = []
+    stack = [s]
+    while stack:
+        t = stack.pop()
+        if isinstance(t, sympy.Union):
+            stack.extend(t.args)
+        elif t == sympy.S.EmptySet:
+            continue
+        elif t == sympy.S.Reals:
+            raw.append((-sympy.oo, sympy.oo, True, True))
+        elif isinstance(t, sympy.Interval):
+            raw.append((t.start, t.end, bool(t.left_open), bool(t.right_open)))
+        elif isinstance(t, sympy.FiniteSet) and all(q.is_number for q in t.args):
+            raw.extend((q, q, False, False) for q in t.args)
+        else:
+            return None
+    try:
+        def order(a, b) -> int:
+            return _order(a, b, sympy)
+
+        def before(x, y) -> int:   # by left endpoint, a closed one first
+            return order(x[0], y[0]) or (int(x[2]) - int(y[2]))
+
+        raw = [p for p in raw if order(p[0], p[1]) < 0 or (order(p[0], p[1]) == 0 and not (p[2] or p[3]))]
+        raw.sort(key=functools.cmp_to_key(before))
+        out = []
+        for lo, hi, lo_open, hi_open in raw:
+            if out:
+                plo, phi, plo_open, phi_open = out[-1]
+                c = order(lo, phi)
+                if c < 0 or (c == 0 and not (lo_open and phi_open)):   # overlapping or touching
+                    e = order(hi, phi)
+                    if e > 0 or (e == 0 and phi_open and not hi_open):
+                        out[-1] = (plo, hi, plo_open, hi_open)
+                    continue
+            out.append((lo, hi, lo_open, hi_open))
+    except (Undecided, TypeError):
+        return None
+    return out
+
+
+def _as_sympy(pieces: list, sympy):
+    """Disjoint sorted pieces as one sympy set, not re-merged by sympy (which compares endpoints
+    structurally: ``[0, sqrt(2)/2)`` and ``(1/sqrt(2), 1]`` became ``[0, 1]``)."""
+    sets = [sympy.FiniteSet(lo) if lo == hi and not (lo_open or hi_open)
+            else sympy.Interval(lo, hi, lo_open, hi_open) for lo, hi, lo_open, hi_open in pieces]
+    if not sets:
+        return sympy.S.EmptySet
+    return sets[0] if len(sets) == 1 else sympy.Union(*sets, evaluate=False)
 
 
 def _all_sets(nodes) -> list | None:

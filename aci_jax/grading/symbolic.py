@@ -170,6 +170,30 @@ def evalf(e, sympy, prec: int = 40):
     return z if mpmath.isfinite(z) else None
 
 
+class Undecided(Exception):
+    """sympy cannot tell this number from zero: the caller must not guess."""
+
+
+def real_sign(value, sympy) -> int:
+    """Sign (-1, 0, 1) of a real number, exact: 0 only when ``expand`` makes it exactly 0 (canonical
+    for rationals and quadratic surds) or sympy proves it zero (``equals``); +-1 from 60-digit
+    evaluation when the magnitude is clearly above the evaluation's error. Infinities by sign.
+    Raises Undecided otherwise (e.g. ``log(6) - log(2) - log(3)`` if sympy cannot prove it 0)."""
+    if value in (sympy.oo, -sympy.oo):
+        return 1 if value == sympy.oo else -1
+    v = sympy.expand(value)
+    if v == 0:
+        return 0
+    if v.is_extended_real is False or v.free_symbols:
+        raise Undecided(str(value)[:80])
+    approx = v.evalf(60)
+    if approx.is_Number and approx != 0 and abs(approx) > sympy.Float(10) ** -40:
+        return 1 if approx > 0 else -1
+    if v.equals(0):
+        return 0
+    raise Undecided(str(value)[:80])
+
+
 def _undefined(e, sympy) -> bool:
     """A division by zero or an indeterminate form anywhere in ``e``."""
     if e.has(sympy.zoo, sympy.nan):
