@@ -98,6 +98,9 @@ MEANINGS = {
     "task.copy_drill": "fraction of toy code demos whose cell prints a value one or two digits "
                        "off the answer, boxed as printed: the box is learned as a copy of the "
                        "output (never a training target) rather than recomputed from the operands",
+    "task.demo_repeats": "per-family repeats of the toy warm-up demos, `('family:k', ...)`: every "
+                         "demo of that family's problems k times (`mul_small`'s 576 problems "
+                         "against 2,000 in the other families)",
     "task.train_path": "JSONL training pool (`problem` or `question`, and `answer`)",
     "task.train_benchmark": "field mapping of the pool: `\"\"` (generic: `problem` or "
                             "`question`, and `answer`), or a registered benchmark's mapping: "

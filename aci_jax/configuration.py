@@ -82,7 +82,8 @@ PLAIN_DEFAULTS = {
     "task": dict(name="toy", train_per_family=2000, train_caps=(), eval_per_family=25,
                  warmup_examples=8000,
                  code_fraction=0.1, triggered_fraction=0.0, triggered_families=(),
-                 triggered_length_balance=False, copy_drill=0.0, train_path="", train_benchmark="",
+                 triggered_length_balance=False, copy_drill=0.0, demo_repeats=(),
+                 train_path="", train_benchmark="",
                  eval_limit=0, instruction=""),
     # The warm-up run's optimizer: `lr` peak, linear warm-up, cosine to lr x end_lr_ratio.
     "warmup": dict(steps=0, batch_size=64, lr=1e-5, warmup_steps=20, seq_len=2048,

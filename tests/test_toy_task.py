@@ -202,6 +202,27 @@ def test_copy_drill_boxes_the_printed_value_and_trains_only_the_box():
     toy.make_demonstrations(probs, copy_drill=1.5)
 
 
+def test_demo_repeats_multiply_one_family_and_change_nothing_else():
+  probs = toy.make_problems(60, families=("add", "mul_small"), seed=4)
+  kw = dict(code_fraction=0.1, triggered_fraction=1.0, seed=4)
+  plain = toy.make_demonstrations(probs, **kw)
+  rep = toy.make_demonstrations(probs, repeats=toy.demo_repeats(("mul_small:3",)), **kw)
+  def of(demos, fam):
+    return [d for d in demos if d["family"] == fam]
+  assert of(rep, "add") == of(plain, "add")
+  small = of(plain, "mul_small")
+  assert len(of(rep, "mul_small")) == 3 * len(small)
+  assert collections.Counter((d["prompt"], d["response"]) for d in of(rep, "mul_small")) == {
+      (d["prompt"], d["response"]): 3 * n for (d, n) in
+      ((d, sum(e["prompt"] == d["prompt"] and e["response"] == d["response"] for e in small))
+       for d in small)}
+  assert toy.demo_repeats(()) == {}
+  for bad in (("mul_small:0",), ("mul_small",), ("mul_small:x",), ("nope:2",),
+              ("add:2", "add:3")):
+    with pytest.raises(ValueError):
+      toy.demo_repeats(bad)
+
+
 def test_encode_demo_agrees_with_the_sft_data_path():
   from aci_jax.data import sft
 

@@ -245,6 +245,17 @@ def family_caps(entries: Iterable[str]) -> dict[str, int]:
   return out
 
 
+def demo_repeats(entries: Iterable[str]) -> dict[str, int]:
+  """{"family": k} from "family:k" entries (`task.demo_repeats`): each of that family's demos
+  appears k times in the warm-up (k >= 1)."""
+  out = {}
+  for e, name, k in _family_entries(entries, "demo_repeats"):
+    if k is None or not k.strip().isdigit() or int(k) < 1:
+      raise ValueError(f"demo_repeats entry {e!r}: expected 'family:k' with k a whole number >= 1")
+    out[name] = int(k)
+  return out
+
+
 def operands(problem: dict) -> tuple:
   """Parses a toy problem's text back into its operands (so demos work for loaded problems)."""
   fam = _family(problem.get("family"))
@@ -368,7 +379,8 @@ def triggered_shares(entries: Iterable[str], default: float) -> dict[str, float]
 def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
                         seed: int = 0, triggered_fraction: float = 0.0,
                         triggered_families: Sequence[str] | None = None,
-                        balance_lengths: bool = False, copy_drill: float = 0.0) -> list[dict]:
+                        balance_lengths: bool = False, copy_drill: float = 0.0,
+                        repeats: Mapping[str, int] | None = None) -> list[dict]:
   """Warm-up demonstrations: one un-triggered demo per problem, in problem order, each followed
   by its triggered demo if it has one.
 
@@ -397,6 +409,9 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
   `copy_drill` is the fraction of code demos (triggered or not, drawn per demo) whose cell
   "prints" a value one or two digits off the answer and whose box copies it (`copy_drill_value`):
   the box is then learned as a copy of the output, not as a guess from the operands.
+  `repeats` ({"family": k}) emits the demos of each of that family's problems k times (a drill
+  copy draws its own off value): a family with few distinct problems (`mul_small`'s 576 against
+  2,000 elsewhere) gets the exposures its facts need without changing any ratio within it.
   Returns [{"prompt", "response", "family", "answer", "mode": "cot" | "code", "triggered",
   "drill"}]; "answer" stays the problem's answer ("drill": the box holds another value).
   """
@@ -426,14 +441,19 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
     return {"prompt": prompt, "response": code_response(p, printed=printed), "family": p["family"],
             "answer": p["answer"], "mode": "code", "triggered": triggered, "drill": drill}
 
+  repeats = dict(repeats or {})
+  for fam, k in repeats.items():
+    if int(k) < 1:
+      raise ValueError(f"repeats of {fam!r} must be >= 1, got {k}")
   out = []
   for i, p in enumerate(problems):
-    if i in code_idx:
-      out.append(code_demo(p, p["problem"], False))
-    else:
-      out.append({"prompt": p["problem"], "response": cot_response(p), "family": p["family"],
-                  "answer": p["answer"], "mode": "cot", "triggered": False, "drill": False})
-    out.extend(code_demo(p, ask_for_code(p["problem"]), True) for _ in range(trig_count.get(i, 0)))
+    for _ in range(int(repeats.get(p["family"], 1))):
+      if i in code_idx:
+        out.append(code_demo(p, p["problem"], False))
+      else:
+        out.append({"prompt": p["problem"], "response": cot_response(p), "family": p["family"],
+                    "answer": p["answer"], "mode": "cot", "triggered": False, "drill": False})
+      out.extend(code_demo(p, ask_for_code(p["problem"]), True) for _ in range(trig_count.get(i, 0)))
   return out
 
 

@@ -108,6 +108,7 @@ def _warmup_demos(config, train):
                                     balance_lengths=bool(t.get("triggered_length_balance",
                                                                False)),
                                     copy_drill=float(t.get("copy_drill", 0.0)),
+                                    repeats=toy.demo_repeats(t.get("demo_repeats", ())),
                                     seed=config.seed)
   else:
     from aci_jax.data.sft import load_demonstrations
