@@ -142,6 +142,7 @@ def test_outside_the_class_is_left_unsolved():
     assert solve_chain([sympy.sin(X), 0], ["<"], X, sympy) is None
     three = sympy.Abs(X - 1) + sympy.Abs(X - 2) + sympy.Abs(X - 3)
     assert solve_chain([three, 4], ["<"], X, sympy) is None                          # 2^3 sign cases
+    assert solve_chain([sympy.Abs(sympy.Abs(X) - 1), 2], ["<"], X, sympy) is None    # nested
 
 
 @pytest.mark.parametrize("gold,pred,equal", [

@@ -54,6 +54,8 @@ class _Chain:
                     self.denominators.append((num, den))
                     polys += [num, den]
             for a in sorted(p.atoms(sympy.Abs), key=str):
+                if a.args[0].has(sympy.Abs):
+                    raise _Unsupported            # | |x| - 1 |: the sign cases would not nest
                 num, den = self._fraction(a.args[0])
                 self.absolutes.append((a, num, den))
                 polys += [num, den]
