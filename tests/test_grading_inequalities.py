@@ -12,6 +12,7 @@ import sympy
 
 from aci_jax.grading.equiv import compare
 from aci_jax.grading.inequalities import solve_chain
+from aci_jax.grading.symbolic import Undecided, real_sign
 
 X = sympy.Symbol("x")
 OPS = {"<": lambda a, b: a < b, ">": lambda a, b: a > b, "\\leq": lambda a, b: a <= b,
@@ -179,3 +180,20 @@ def test_compare_reads_solved_relations(gold, pred, equal):
 def test_set_endpoints_compare_exactly_whatever_their_spelling(gold, pred, equal):
     assert compare(gold, pred) == (equal, "ok")
     assert compare(pred, gold) == (equal, "ok")
+
+
+def test_real_sign_is_exact_or_refuses():
+    with sympy.evaluate(False):
+        two_spellings = sympy.sqrt(2) / 2 - 1 / sympy.sqrt(2)
+        log_zero = sympy.log(6) - sympy.log(2) - sympy.log(3)
+    assert real_sign(two_spellings, sympy) == 0
+    assert real_sign(log_zero, sympy) == 0
+    # Nonzero however small: 60 correct digits of the number, not of its distance from 0.
+    assert real_sign(sympy.Integer(10) ** -50, sympy) == 1
+    assert real_sign(sympy.sqrt(2) - sympy.Rational(14142135623730950488016887242096980785697, 10**40), sympy) == -1
+    assert real_sign(sympy.pi - sympy.Rational(314159265358979323846264338327950288419716939937510582097494459, 10**62), sympy) == 1
+    assert real_sign(-sympy.oo, sympy) == -1
+    with pytest.raises(Undecided):
+        real_sign(sympy.Symbol("y"), sympy)
+    with pytest.raises(Undecided):
+        real_sign(sympy.I, sympy)

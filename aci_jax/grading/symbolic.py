@@ -176,18 +176,24 @@ class Undecided(Exception):
 
 def real_sign(value, sympy) -> int:
     """Sign (-1, 0, 1) of a real number, exact: 0 only when ``expand`` makes it exactly 0 (canonical
-    for rationals and quadratic surds) or sympy proves it zero (``equals``); +-1 from 60-digit
-    evaluation when the magnitude is clearly above the evaluation's error. Infinities by sign.
-    Raises Undecided otherwise (e.g. ``log(6) - log(2) - log(3)`` if sympy cannot prove it 0)."""
+    for rationals and quadratic surds) or sympy proves it zero (``equals``); +-1 from sympy's
+    strict 60-digit evaluation, which either reaches 60 correct digits of a nonzero number (so
+    its sign is right however small it is) or says it cannot tell it from zero. Infinities by
+    sign. Raises Undecided otherwise (a zero sympy cannot prove, a non-real number)."""
     if value in (sympy.oo, -sympy.oo):
         return 1 if value == sympy.oo else -1
     v = sympy.expand(value)
     if v == 0:
         return 0
+    if v.is_Rational:
+        return 1 if v > 0 else -1
     if v.is_extended_real is False or v.free_symbols:
         raise Undecided(str(value)[:80])
-    approx = v.evalf(60)
-    if approx.is_Number and approx != 0 and abs(approx) > sympy.Float(10) ** -40:
+    try:
+        approx = v.evalf(60, strict=True)
+    except (sympy.core.evalf.PrecisionExhausted, ValueError, TypeError):
+        approx = None
+    if approx is not None and approx.is_Number and approx.is_real and approx != 0:
         return 1 if approx > 0 else -1
     if v.equals(0):
         return 0
