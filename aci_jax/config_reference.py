@@ -101,6 +101,10 @@ MEANINGS = {
     "task.demo_repeats": "per-family repeats of the toy warm-up demos, `('family:k', ...)`: every "
                          "demo of that family's problems k times (`mul_small`'s 576 problems "
                          "against 2,000 in the other families)",
+    "task.forced_fraction": "fraction of each toy family's problems that also get a warm-up "
+                            "demo with the un-asked prompt and the cell, its opening code "
+                            "prefix given as context (loss mask 0): cells learned where the "
+                            "E-step and evaluation force code, without training the decision",
     "task.train_path": "JSONL training pool (`problem` or `question`, and `answer`)",
     "task.train_benchmark": "field mapping of the pool: `\"\"` (generic: `problem` or "
                             "`question`, and `answer`), or a registered benchmark's mapping: "

@@ -83,6 +83,7 @@ PLAIN_DEFAULTS = {
                  warmup_examples=8000,
                  code_fraction=0.1, triggered_fraction=0.0, triggered_families=(),
                  triggered_length_balance=False, copy_drill=0.0, demo_repeats=(),
+                 forced_fraction=0.0,
                  train_path="", train_benchmark="",
                  eval_limit=0, instruction=""),
     # The warm-up run's optimizer: `lr` peak, linear warm-up, cosine to lr x end_lr_ratio.

@@ -223,6 +223,45 @@ def test_demo_repeats_multiply_one_family_and_change_nothing_else():
       toy.demo_repeats(bad)
 
 
+def test_forced_demos_add_unasked_cells_whose_code_prefix_is_context():
+  from aci_jax import tool_format
+  from aci_jax.data import sft
+
+  tok = char_tokenizer()
+  probs = toy.make_problems(40, families=("add", "mul"), seed=5)
+  kw = dict(code_fraction=0.1, triggered_fraction=1.0, seed=5)
+  plain = toy.make_demonstrations(probs, **kw)
+  demos = toy.make_demonstrations(probs, forced_fraction=0.25, **kw)
+  forced = [d for d in demos if d["forced"]]
+  # Every other demo is unchanged, in order: the forced draw is its own stream.
+  assert [d for d in demos if not d["forced"]] == plain
+  prefix = tool_format.get().code_prefix
+  by_problem = {p["problem"]: p for p in probs}
+  for fam in ("add", "mul"):
+    assert sum(d["family"] == fam for d in forced) == 10  # round(0.25 * 40), per family
+  for d in forced:
+    p = by_problem[d["prompt"]]                           # the un-asked prompt
+    assert d["response"] == toy.code_response(p) and d["mode"] == "code"
+    assert d["forced_prefix"] == prefix and not d["triggered"]
+    ex = sft.encode_demonstration(tok, d["prompt"], d["response"], max_len=1 << 20,
+                                  forced_prefix=d["forced_prefix"])
+    n_prompt = len(tok.chat_ids([{"role": "user", "content": d["prompt"]}]))
+    # char tokenizer: the prefix's characters follow the prompt, none of them a target; the
+    # first target is the cell's first character
+    assert ex.tokens[n_prompt:n_prompt + len(prefix)].tolist() == [ord(c) for c in prefix]
+    assert not ex.loss_mask[:n_prompt + len(prefix)].any()
+    assert ex.loss_mask[n_prompt + len(prefix)] == 1
+  # and the SFT path keeps the prefix out of the loss: fewer trained tokens than plain cells
+  _, with_forced = sft.build_sft_data(demos, tok, batch_size=4, seq_len=256)
+  _, without = sft.build_sft_data(plain, tok, batch_size=4, seq_len=256)
+  # model-written characters of each forced demo, less the prefix, plus its EOS
+  extra = sum(sum(len(t) for t, by_model in sft.split_response(d["response"]) if by_model)
+              - len(prefix) + 1 for d in forced)
+  assert with_forced["trained_tokens"] - without["trained_tokens"] == extra
+  with pytest.raises(ValueError, match="forced_fraction"):
+    toy.make_demonstrations(probs, forced_fraction=-0.1)
+
+
 def test_encode_demo_agrees_with_the_sft_data_path():
   from aci_jax.data import sft
 

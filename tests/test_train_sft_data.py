@@ -62,6 +62,55 @@ def test_segments_are_tokenised_separately_and_masked(bpe):
   assert not ex.truncated
 
 
+CODE_RESPONSE = "```python\nprint(2 ** 10)\n```\n```output\n1024\n```\n\\boxed{1024}"
+
+
+def test_forced_prefix_is_context_tokenised_as_the_rollout_appends_it(bpe):
+  # The E-step's forced rollout: prompt ids, then the encoded code prefix (environment), then
+  # the model's tokens. The demo with that prefix forced must be exactly that sequence, with the
+  # prefix (the decision) never a target.
+  prefix = "```python\n"
+  ex = encode_demonstration(bpe, "What is 2^10?", CODE_RESPONSE, max_len=10_000,
+                            forced_prefix=prefix)
+  prompt_ids = list(bpe.chat_ids([{"role": "user", "content": "What is 2^10?"}]))
+  segs = split_response(CODE_RESPONSE)
+  rest = [(segs[0][0][len(prefix):], True)] + segs[1:]
+  want = prompt_ids + bpe.encode(prefix)
+  want_mask = [0.0] * len(want)
+  for text, by_model in rest:
+    ids = bpe.encode(text)
+    want += ids
+    want_mask += [float(by_model)] * len(ids)
+  want.append(bpe.eos_ids[0])
+  want_mask.append(1.0)
+  assert ex.tokens.tolist() == want and ex.loss_mask.tolist() == want_mask
+  trained = bpe.decode([t for t, m in zip(ex.tokens, ex.loss_mask) if m])
+  assert trained.startswith("print(2 ** 10)") and "```python" not in trained
+  # Without the prefix the same demo trains the fence too: one more trained stretch.
+  plain = encode_demonstration(bpe, "What is 2^10?", CODE_RESPONSE, max_len=10_000)
+  assert plain.loss_mask.sum() > ex.loss_mask.sum()
+  assert bpe.decode([t for t, m in zip(plain.tokens, plain.loss_mask) if m]).startswith(prefix)
+
+
+@pytest.mark.parametrize("prefix, message", [
+    (3, "must be a string"),
+    ("print", "must start with its forced_prefix"),          # not the start of the response
+    (CODE_RESPONSE, "must start with its forced_prefix"),      # nothing left to learn
+    ("```python\nprint(2 ** 10)\n```\n```output\n10", "must start"),  # into the tool output
+])
+def test_bad_forced_prefix_is_a_data_error_with_its_line(tmp_path, prefix, message):
+  p = tmp_path / "d.jsonl"
+  good = {"prompt": "a", "response": CODE_RESPONSE, "forced_prefix": "```python\n"}
+  p.write_text(json.dumps(good) + "\n" + json.dumps({**good, "forced_prefix": prefix}) + "\n")
+  with pytest.raises(DataError, match=rf"d.jsonl:2: .*{message}"):
+    load_demonstrations(str(p))
+  with pytest.raises(DataError, match=rf"record 1: .*{message}"):
+    build_sft_data([good, {**good, "forced_prefix": prefix}], char_tokenizer(), batch_size=1,
+                   seq_len=128)
+  p.write_text(json.dumps(good) + "\n")  # the good record alone loads
+  assert load_demonstrations(str(p)) == [good]
+
+
 def test_truncation_and_char_tokenizer():
   tok = char_tokenizer()
   ex = encode_demonstration(tok, "p", "abc", max_len=100)

@@ -12,6 +12,12 @@ text gets loss mask 0, as do the prompt tokens; the model's text and a final EOS
 Segments are tokenised one at a time and concatenated, never as one string: that is exactly the
 token sequence the sampler produces (the model's ids, then the tokenised tool output appended),
 so SFT trains on the tokenisation the policy will see at rollout time.
+
+An optional "forced_prefix" (a string the response starts with) is context, not a target: it
+is tokenised on its own and gets loss mask 0, as the E-step's forced code prefix is appended to
+the prompt by the environment. A demo with the tool format's code prefix as its forced prefix
+teaches writing a cell *once code is chosen* without teaching the choice (the first token of
+the response, the decision, is never a target); see `toy.make_demonstrations(forced_fraction)`.
 """
 
 from __future__ import annotations
@@ -46,12 +52,27 @@ def load_demonstrations(path: str, fmt: tool_format.ToolFormat | None = None) ->
       raise DataError(f"{path}:{lineno}: empty response")
     try:
       split_response(rec["response"], fmt)
+      _check_forced_prefix(rec, fmt)
     except DataError as e:
       raise DataError(f"{path}:{lineno}: {e}") from None
     out.append(rec)
   if not out:
     raise DataError(f"{path}: no demonstrations")
   return out
+
+
+def _check_forced_prefix(rec: dict, fmt: tool_format.ToolFormat | None = None) -> str:
+  """The record's "forced_prefix" ("" when absent), checked: a string that starts the model's
+  first segment of the response and leaves something after it to learn."""
+  prefix = rec.get("forced_prefix", "")
+  if not isinstance(prefix, str):
+    raise DataError("field 'forced_prefix' must be a string")
+  if prefix:
+    text, by_model = split_response(rec["response"], fmt)[0]
+    if not (by_model and text.startswith(prefix)) or rec["response"] == prefix:
+      raise DataError(f"the response must start with its forced_prefix {prefix!r} (within "
+                      "the model's first segment) and go on after it")
+  return prefix
 
 
 def split_response(response: str, fmt: tool_format.ToolFormat | None = None
@@ -62,14 +83,27 @@ def split_response(response: str, fmt: tool_format.ToolFormat | None = None
 
 def encode_demonstration(tokenizer, prompt: str, response: str, *, max_len: int,
                          system: str | None = None, add_eos: bool = True,
-                         fmt: tool_format.ToolFormat | None = None) -> Example:
-  """Token ids and loss mask for one demonstration (prompt masked, tool output masked)."""
+                         fmt: tool_format.ToolFormat | None = None,
+                         forced_prefix: str = "") -> Example:
+  """Token ids and loss mask for one demonstration (prompt masked, tool output masked, and
+  `forced_prefix`, the start of the response given as context, masked)."""
   messages = ([{"role": "system", "content": system}] if system else []) + [
       {"role": "user", "content": prompt}]
   ids = list(tokenizer.chat_ids(messages, add_generation_prompt=True))
+  segments = split_response(response, fmt)
+  if forced_prefix:
+    text, by_model = segments[0]
+    if not (by_model and text.startswith(forced_prefix)):
+      raise DataError(f"forced_prefix {forced_prefix!r} is not the start of the model's first "
+                      "segment of the response")
+    # Tokenised on its own, as the rollout appends the encoded prefix to the prompt ids.
+    ids += tokenizer.encode(forced_prefix)
+    segments = [(text[len(forced_prefix):], True)] + segments[1:]
   prompt_len = len(ids)
   mask = [0.0] * len(ids)
-  for text, by_model in split_response(response, fmt):
+  for text, by_model in segments:
+    if not text:
+      continue
     seg = tokenizer.encode(text)
     ids += seg
     mask += [1.0 if by_model else 0.0] * len(seg)
@@ -218,9 +252,15 @@ def build_sft_data(source: str | Sequence[dict], tokenizer, *, batch_size: int, 
     for i, r in enumerate(recs):
       if not (isinstance(r.get("prompt"), str) and isinstance(r.get("response"), str)):
         raise DataError(f"record {i}: needs string fields 'prompt' and 'response'")
-      split_response(r["response"], fmt)
+      try:
+        split_response(r["response"], fmt)
+        _check_forced_prefix(r, fmt)
+      except DataError as e:
+        raise DataError(f"record {i}: {e}") from None
   examples = [encode_demonstration(tokenizer, r["prompt"], r["response"], max_len=seq_len,
-                                   system=system, fmt=fmt) for r in recs]
+                                   system=system, fmt=fmt,
+                                   forced_prefix=r.get("forced_prefix", ""))
+              for r in recs]
   examples = [e for e in examples if e.loss_mask.sum() > 0]  # nothing to learn otherwise
   if not examples:
     raise DataError(f"{path}: every demonstration is empty after truncation to {seq_len} tokens")

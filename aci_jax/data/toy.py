@@ -380,7 +380,8 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
                         seed: int = 0, triggered_fraction: float = 0.0,
                         triggered_families: Sequence[str] | None = None,
                         balance_lengths: bool = False, copy_drill: float = 0.0,
-                        repeats: Mapping[str, int] | None = None) -> list[dict]:
+                        repeats: Mapping[str, int] | None = None,
+                        forced_fraction: float = 0.0) -> list[dict]:
   """Warm-up demonstrations: one un-triggered demo per problem, in problem order, each followed
   by its triggered demo if it has one.
 
@@ -412,12 +413,22 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
   `repeats` ({"family": k}) emits the demos of each of that family's problems k times (a drill
   copy draws its own off value): a family with few distinct problems (`mul_small`'s 576 against
   2,000 elsewhere) gets the exposures its facts need without changing any ratio within it.
+  `forced_fraction` is the fraction of each family's problems (its own draw) that get one more
+  extra demo: the un-asked prompt with the cell, whose opening code prefix is a `forced_prefix`
+  (context, loss mask 0; `aci_jax.data.sft`), exactly what the E-step's forced code rollouts and
+  the evaluation's forced code pass see. Asked demos alone taught cells that follow the trigger:
+  a rare-code warm-up wrote the right cell after the asked prompt on 100% of held-out `add`
+  problems and after the un-asked prompt + forced prefix on 5% (docs/em.md). The forced demo
+  never trains the first response token (the decision), so the native code rate stays
+  `code_fraction`'s.
   Returns [{"prompt", "response", "family", "answer", "mode": "cot" | "code", "triggered",
-  "drill"}]; "answer" stays the problem's answer ("drill": the box holds another value).
+  "drill", "forced"}] ("forced_prefix" on the forced demos); "answer" stays the problem's
+  answer ("drill": the box holds another value).
   """
   _check_fraction("code_fraction", code_fraction)
   _check_fraction("triggered_fraction", triggered_fraction)
   _check_fraction("copy_drill", copy_drill)
+  _check_fraction("forced_fraction", forced_fraction)
   per_family = (None if triggered_families is None
                 else triggered_shares(triggered_families, triggered_fraction))
   by_family: dict[str, list[int]] = {}
@@ -433,13 +444,19 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
       trng = random.Random(f"aci_jax.toy.triggers:{seed}:{fam}")
       trig_count.update(_triggered_counts(idx, problems, int(share * len(idx) + 0.5),
                                           trng, balance_lengths))
+  forced_idx = set()
+  if forced_fraction:
+    for fam, idx in sorted(by_family.items()):
+      frng = random.Random(f"aci_jax.toy.forced:{seed}:{fam}")  # its own stream, as above
+      forced_idx.update(frng.sample(idx, int(forced_fraction * len(idx) + 0.5)))
   drng = random.Random(f"aci_jax.toy.drill:{seed}")  # its own stream: no other draw moves
 
   def code_demo(p: dict, prompt: str, triggered: bool) -> dict:
     drill = copy_drill > 0 and drng.random() < copy_drill
     printed = copy_drill_value(p["answer"], drng) if drill else None
     return {"prompt": prompt, "response": code_response(p, printed=printed), "family": p["family"],
-            "answer": p["answer"], "mode": "code", "triggered": triggered, "drill": drill}
+            "answer": p["answer"], "mode": "code", "triggered": triggered, "drill": drill,
+            "forced": False}
 
   repeats = dict(repeats or {})
   for fam, k in repeats.items():
@@ -452,8 +469,12 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
         out.append(code_demo(p, p["problem"], False))
       else:
         out.append({"prompt": p["problem"], "response": cot_response(p), "family": p["family"],
-                    "answer": p["answer"], "mode": "cot", "triggered": False, "drill": False})
+                    "answer": p["answer"], "mode": "cot", "triggered": False, "drill": False,
+                    "forced": False})
       out.extend(code_demo(p, ask_for_code(p["problem"]), True) for _ in range(trig_count.get(i, 0)))
+      if i in forced_idx:
+        out.append({**code_demo(p, p["problem"], False), "forced": True,
+                    "forced_prefix": tool_format.get().code_prefix})
   return out
 
 

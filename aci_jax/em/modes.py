@@ -109,6 +109,7 @@ def _warmup_demos(config, train):
                                                                False)),
                                     copy_drill=float(t.get("copy_drill", 0.0)),
                                     repeats=toy.demo_repeats(t.get("demo_repeats", ())),
+                                    forced_fraction=float(t.get("forced_fraction", 0.0)),
                                     seed=config.seed)
   else:
     from aci_jax.data.sft import load_demonstrations
