@@ -99,3 +99,19 @@ def test_rare_code_bars_judge_each_bar(tmp_path, native, asked, forced, missed):
     assert word in m, (m, word)
   # one row per family and one over all, in the table
   assert sum(line.startswith(("| add ", "| mul ", "| all ")) for line in lines) == 3
+
+
+def test_rare_code_bars_show_where_the_cells_are_right(tmp_path):
+  # The diagnostic columns: cells right after the asked prompt, wrong after the forced prefix on
+  # half of `mul` (the skill tied to the trigger); they are not a bar.
+  from aci_jax.eval import rare_code_bars
+
+  run = _fake_run(tmp_path, {"add": 0.9, "mul": 0.9})
+  rates = rare_code_bars.CodeRates(
+      families=("add",) * 4 + ("mul",) * 4, native=np.full(8, 0.01), asked=np.full(8, 0.99),
+      cell_asked=np.ones(8, bool), cell_forced=np.array([1, 1, 1, 1, 1, 0, 1, 0], bool))
+  lines, misses = rare_code_bars.judge(run, rates)
+  assert not misses
+  row = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ")}
+  assert row["add"].endswith("| 1.00 / 1.00 |") and row["mul"].endswith("| 1.00 / 0.50 |")
+  assert row["all"].endswith("| 1.00 / 0.75 |")

@@ -13,7 +13,12 @@ RUN is a toy run's workdir after its warm-up and the warm-up evaluation (e.g.
 - asked P(code): the same with the prompt asking for code (`toy.ask_for_code`), the control that
   the asked demos taught cells;
 - forced-code accuracy: the evaluation's greedy forced code-mode pass (real sandbox,
-  RUN/eval/warmup/toy.summary.json).
+  RUN/eval/warmup/toy.summary.json);
+- cell exact match, asked / forced (a diagnostic, not a bar): after the code prefix, does greedy
+  decoding (teacher-forced, one forward pass) reproduce the problem's cell up to its stop marker,
+  with the asking prompt and with the un-asked one (the context of the E-step's forced rollouts
+  and of the forced pass above)? Where can-code fails it separates a skill tied to the trigger
+  (asked right, forced wrong) from a missing one (docs/em.md, "Forced-prefix demos").
 
 The bars (issue 16 item 2, docs/em.md "The rare-code regime"), checked over all the held-out
 problems: native P(code) mean <= 2% and 90th percentile <= 5%; forced-code accuracy >= 0.8;
@@ -41,6 +46,9 @@ class CodeRates:
   families: tuple[str, ...]
   native: np.ndarray  # [N] float64
   asked: np.ndarray  # [N] float64
+  # teacher-forced cell exact match after the code prefix, asked / un-asked prompt ([N] bool)
+  cell_asked: np.ndarray | None = None
+  cell_forced: np.ndarray | None = None
 
 
 def _load_json(path: str) -> dict:
@@ -55,6 +63,7 @@ def code_rates(run: str, *, temperature: float | None = None) -> CodeRates:
   from aci_jax.data import toy
   from aci_jax.em import modes
   from aci_jax.eval.decision_probe import prefix_logprob
+  from aci_jax.eval.warmup_probe import teacher_forced_argmax
   from aci_jax.model import ModelConfig
   from aci_jax.model.weights import load_params
   from aci_jax.tokenizer import load_tokenizer
@@ -70,23 +79,40 @@ def code_rates(run: str, *, temperature: float | None = None) -> CodeRates:
   prompt = modes.prompt_builder(config, tok)  # the framing the E-step and evaluation use
   _, evals = modes._problems(config)
   problems = evals["toy"]
-  prefix = tok.encode(tool_format.get(config.rollout.tool_format).code_prefix)
+  fmt = tool_format.get(config.rollout.tool_format)
+  prefix = tok.encode(fmt.code_prefix)
   t = float(config.rollout.temperature if temperature is None else temperature)
 
   def rates(texts):
     return np.exp(prefix_logprob(cfg, params, [prompt(x) for x in texts], prefix,
                                  temperature=t))
 
+  cells = []  # the cell after the prefix, through its stop marker (what the model writes)
+  for p in problems:
+    code = toy.code_response(p, fmt)
+    cells.append(tok.encode(code[len(fmt.code_prefix):code.index(fmt.pause_string)
+                                 + len(fmt.pause_string)]))
+
+  def cell_match(texts):
+    ctx = [list(prompt(x)) + list(prefix) for x in texts]
+    pred = teacher_forced_argmax(cfg, params, ctx, cells)
+    return np.asarray([np.array_equal(a, np.asarray(b)) for a, b in zip(pred, cells)])
+
+  unasked = [p["problem"] for p in problems]
+  asked = [toy.ask_for_code(p["problem"]) for p in problems]
   return CodeRates(families=tuple(p["family"] for p in problems),
-                   native=rates([p["problem"] for p in problems]),
-                   asked=rates([toy.ask_for_code(p["problem"]) for p in problems]))
+                   native=rates(unasked), asked=rates(asked),
+                   cell_asked=cell_match(asked), cell_forced=cell_match(unasked))
 
 
-def _row(name: str, native: np.ndarray, asked: np.ndarray, forced) -> str:
+def _row(name: str, rates: CodeRates, m: np.ndarray, forced) -> str:
+  native, asked = rates.native[m], rates.asked[m]
   f = "" if forced is None else f"{forced:.2f}"
+  cells = ("" if rates.cell_asked is None else
+           f"{rates.cell_asked[m].mean():.2f} / {rates.cell_forced[m].mean():.2f}")
   return (f"| {name} | {len(native)} | {100 * native.mean():.2f}% | "
           f"{100 * np.quantile(native, 0.9):.2f}% | {100 * native.max():.1f}% | "
-          f"{(native > NATIVE_P90).mean():.2f} | {asked.mean():.3f} | {f} |")
+          f"{(native > NATIVE_P90).mean():.2f} | {asked.mean():.3f} | {f} | {cells} |")
 
 
 def judge(run: str, rates: CodeRates) -> tuple[list[str], list[str]]:
@@ -98,15 +124,15 @@ def judge(run: str, rates: CodeRates) -> tuple[list[str], list[str]]:
   fams = np.asarray(rates.families)
   lines = [f"{run}:", "",
            "| family | n | native P(code) mean | p90 | max | share > 5% | asked P(code) | "
-           "forced-code accuracy |",
-           "|---|---|---|---|---|---|---|---|"]
+           "forced-code accuracy | cell exact match, asked / forced |",
+           "|---|---|---|---|---|---|---|---|---|"]
   by_family = summary.get("by_family", {})
   for fam in dict.fromkeys(rates.families):
     m = fams == fam
     sel = (by_family.get(fam) or {}).get("selection") or {}
-    lines.append(_row(fam, rates.native[m], rates.asked[m], sel.get("forced_code_accuracy")))
+    lines.append(_row(fam, rates, m, sel.get("forced_code_accuracy")))
   forced = summary["selection"]["forced_code_accuracy"]
-  lines.append(_row("all", rates.native, rates.asked, forced))
+  lines.append(_row("all", rates, np.ones(len(fams), bool), forced))
   misses = []
   if rates.native.mean() > NATIVE_MEAN:
     misses.append(f"native P(code) mean {rates.native.mean():.4f} > {NATIVE_MEAN}")
