@@ -108,14 +108,16 @@ def get_config(variant: str = ""):
 def _rare_code(c):
   """The paper's regime: a policy that *can* code but seldom chooses to.
 
-  Every problem of the warm-up set gets an extra demo that asks for code ("Use Python. " before
-  the problem) and answers with the cell, so writing cells and copying their output is trained
-  on 8,576 examples; among the un-asked demos only `task.code_fraction` = epsilon use code
-  (0.01 here; --config.task.code_fraction=0 is "RL from a model that never codes", 0.05 the
+  Every problem of the warm-up set gets two extra demos with its cell: one whose prompt asks for
+  code ("Use Python. " before the problem), and one with the un-asked prompt whose code prefix is
+  given as context (`task.forced_fraction`: loss mask 0, so the decision is never trained), the
+  way the E-step and the evaluation force code. Writing cells and copying their output is
+  trained on 17,152 examples; among the un-asked demos only `task.code_fraction` = epsilon choose
+  code (0.01 here; --config.task.code_fraction=0 is "RL from a model that never codes", 0.05 the
   other end of the issue's range). Evaluation and E-step prompts never ask, so the native code
-  rate stays near epsilon (but with epsilon = 0 the E-step's forced code prefix no longer reaches
-  the cells, which only follow the asking prompt: add --config.em.ask_for_code="Use Python. " to
-  force code by instruction; docs/em.md, "Results"). `mul_small` asks the
+  rate stays near epsilon. Without the forced demos the cells followed the trigger only: right
+  after the asked prompt, wrong after the forced prefix on most problems of some families, and on
+  all at epsilon = 0 (docs/em.md, "Forced-prefix demos"). `mul_small` asks the
   same question as `mul` with a 1-digit operand, meant to be reasoned out so that whether to
   code depends on the operands, not on the form; the 2,000-step warm-up does not teach its
   multiplication-table facts (reasoning accuracy 0.01-0.10 on five seeds).
@@ -129,6 +131,11 @@ def _rare_code(c):
                 warmup_examples=0,  # every training problem
                 code_fraction=0.01,
                 triggered_fraction=1.0, triggered_families=(), triggered_length_balance=False,
+                # and a forced demo per problem: the cell after the un-asked prompt and the
+                # code prefix (context, not a target), where the E-step and evaluation force
+                # code; without it cells followed the trigger only (docs/em.md,
+                # "Forced-prefix demos")
+                forced_fraction=1.0,
                 eval_per_family=80)
   # A triggered `mul` demo is 101 tokens with the chat template; rows are still packed to 192.
   c.warmup.update(seq_len=112)
