@@ -381,7 +381,8 @@ def test_mul_small_derivation_is_right_for_every_problem():
 
 def test_rare_code_config_warmup_data_asks_for_code_and_seldom_codes_unasked():
   """configs/default.py:rare_code: every problem has an un-asked demo (1% of them code, per
-  family) and an extra demo asking for code; no E-step or evaluation problem asks."""
+  family), an extra demo asking for code and an extra forced demo (the un-asked prompt, the cell
+  with its code prefix as context); no E-step or evaluation problem asks."""
   import os
   import runpy
 
@@ -393,13 +394,16 @@ def test_rare_code_config_warmup_data_asks_for_code_and_seldom_codes_unasked():
     c.task.train_per_family, c.task.warmup_examples = 200, 1000  # 200 per family, all 5
   train, evals = modes._problems(c)
   demos = modes._warmup_demos(c, train)
-  assert len(demos) == 2000
+  assert len(demos) == 3000
   for fam in c.task.families:
     mine = [d for d in demos if d["family"] == fam]
     asked = [d for d in mine if d["prompt"].startswith(toy.TRIGGER)]
-    unasked = [d for d in mine if not d["prompt"].startswith(toy.TRIGGER)]
-    assert len(asked) == len(unasked) == 200
-    assert all(d["mode"] == "code" for d in asked)
+    forced = [d for d in mine if d.get("forced_prefix")]
+    unasked = [d for d in mine if not d["prompt"].startswith(toy.TRIGGER)
+               and not d.get("forced_prefix")]
+    assert len(asked) == len(unasked) == len(forced) == 200
+    assert all(d["mode"] == "code" for d in asked + forced)
+    assert not any(d["prompt"].startswith(toy.TRIGGER) for d in forced)
     assert sum(d["mode"] == "code" for d in unasked) == 2  # 1% of 200
   assert not any("Python" in p["problem"] for p in train + evals["toy"])
   assert len(evals["toy"]) == 400
