@@ -62,17 +62,26 @@ def load_demonstrations(path: str, fmt: tool_format.ToolFormat | None = None) ->
 
 
 def _check_forced_prefix(rec: dict, fmt: tool_format.ToolFormat | None = None) -> str:
-  """The record's "forced_prefix" ("" when absent), checked: a string that starts the model's
-  first segment of the response and leaves something after it to learn."""
+  """The record's "forced_prefix" ("" when absent), checked as `encode_demonstration` uses it,
+  so that a bad one is reported with its file and line before any tokenisation."""
   prefix = rec.get("forced_prefix", "")
   if not isinstance(prefix, str):
     raise DataError("field 'forced_prefix' must be a string")
-  if prefix:
-    text, by_model = split_response(rec["response"], fmt)[0]
-    if not (by_model and text.startswith(prefix)) or rec["response"] == prefix:
-      raise DataError(f"the response must start with its forced_prefix {prefix!r} (within "
-                      "the model's first segment) and go on after it")
+  _after_forced_prefix(split_response(rec["response"], fmt), prefix)
   return prefix
+
+
+def _after_forced_prefix(segments: list[tuple[str, bool]], prefix: str
+                         ) -> list[tuple[str, bool]]:
+  """`segments` less `prefix`, which must start the model's first segment and leave something
+  after it to learn."""
+  if not prefix:
+    return segments
+  text, by_model = segments[0]
+  if not (by_model and text.startswith(prefix)) or (text == prefix and len(segments) == 1):
+    raise DataError(f"the response must start with its forced_prefix {prefix!r} (within "
+                    "the model's first segment) and go on after it")
+  return [(text[len(prefix):], True)] + segments[1:]
 
 
 def split_response(response: str, fmt: tool_format.ToolFormat | None = None
@@ -90,15 +99,10 @@ def encode_demonstration(tokenizer, prompt: str, response: str, *, max_len: int,
   messages = ([{"role": "system", "content": system}] if system else []) + [
       {"role": "user", "content": prompt}]
   ids = list(tokenizer.chat_ids(messages, add_generation_prompt=True))
-  segments = split_response(response, fmt)
+  segments = _after_forced_prefix(split_response(response, fmt), forced_prefix)
   if forced_prefix:
-    text, by_model = segments[0]
-    if not (by_model and text.startswith(forced_prefix)):
-      raise DataError(f"forced_prefix {forced_prefix!r} is not the start of the model's first "
-                      "segment of the response")
     # Tokenised on its own, as the rollout appends the encoded prefix to the prompt ids.
     ids += tokenizer.encode(forced_prefix)
-    segments = [(text[len(forced_prefix):], True)] + segments[1:]
   prompt_len = len(ids)
   mask = [0.0] * len(ids)
   for text, by_model in segments:

@@ -296,6 +296,14 @@ def code_response(problem: dict, fmt: tool_format.ToolFormat | None = None,
   return (fmt or tool_format.get()).render_call(fam.code(ops), shown) + boxed(shown)
 
 
+def cell_text(problem: dict, fmt: tool_format.ToolFormat | None = None) -> str:
+  """What the model writes of `code_response` after the forced code prefix: the cell through
+  its stop marker (the pause string), the target of a forced code rollout's first call."""
+  fmt = fmt or tool_format.get()
+  code = code_response(problem, fmt)
+  return code[len(fmt.code_prefix):code.index(fmt.pause_string) + len(fmt.pause_string)]
+
+
 def copy_drill_value(answer, rng: random.Random) -> str:
   """A value of the same length as `answer` (an int) that differs from it in one or two digits
   (never a leading zero, never the answer itself): what a copy-drill demo's cell "prints".

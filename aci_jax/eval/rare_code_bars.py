@@ -87,11 +87,7 @@ def code_rates(run: str, *, temperature: float | None = None) -> CodeRates:
     return np.exp(prefix_logprob(cfg, params, [prompt(x) for x in texts], prefix,
                                  temperature=t))
 
-  cells = []  # the cell after the prefix, through its stop marker (what the model writes)
-  for p in problems:
-    code = toy.code_response(p, fmt)
-    cells.append(tok.encode(code[len(fmt.code_prefix):code.index(fmt.pause_string)
-                                 + len(fmt.pause_string)]))
+  cells = [tok.encode(toy.cell_text(p, fmt)) for p in problems]
 
   def cell_match(texts):
     ctx = [list(prompt(x)) + list(prefix) for x in texts]

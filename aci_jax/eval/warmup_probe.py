@@ -110,12 +110,11 @@ def probe_items(tokenizer, family: str, n: int, seed: int = 0) -> dict:
     prompt = toy.prompt_ids(tokenizer, p["problem"])
     code = toy.code_response(p)
     box = code.index("\\boxed{") + len("\\boxed{")
-    stop = code.index("```output") + len("```output")
     items["prompt"].append(prompt)
     items["copy_ctx"].append(prompt + tokenizer.encode(code[:box]))
     items["copy_tgt"].append(tokenizer.encode(f"{p['answer']}}}"))
     items["cell_ctx"].append(prompt + tokenizer.encode(fence))
-    items["cell_tgt"].append(tokenizer.encode(code[len(fence):stop]))
+    items["cell_tgt"].append(tokenizer.encode(toy.cell_text(p)))
     for length in PRINTED_LENGTHS:
       v = str(rng.randrange(10 ** (length - 1), 10 ** length))
       ctx, tgt = items[f"printed_{length}"]
