@@ -118,3 +118,30 @@ def test_rare_code_bars_show_where_the_cells_are_right(tmp_path):
   row = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ")}
   assert row["add"].endswith("| 1.00 / 1.00 |") and row["mul"].endswith("| 1.00 / 0.50 |")
   assert row["all"].endswith("| 1.00 / 0.75 |")
+
+
+@pytest.mark.parametrize("forced, overall, missed", [
+    # compare_len's habit is wrong on half its problems: the bar reads the other families'
+    # forced accuracy (100 add at 0.9, 300 mul at 0.8: 0.825), not the overall 0.74.
+    ({"add": 0.9, "mul": 0.8, "compare_len": 0.5}, 0.74, False),
+    # mul's cells fail: 100 x 0.9 + 300 x 0.7 over 400 = 0.75 < 0.8 whatever compare_len does.
+    ({"add": 0.9, "mul": 0.7, "compare_len": 1.0}, 0.8, True),
+])
+def test_rare_code_bars_leave_error_prone_code_out_of_the_can_code_bar(tmp_path, forced,
+                                                                       overall, missed):
+  from aci_jax.eval import rare_code_bars
+
+  run = _fake_run(tmp_path, forced)
+  summary = json.loads((tmp_path / "run" / "eval" / "warmup" / "toy.summary.json").read_text())
+  summary["selection"]["forced_code_accuracy"] = overall
+  (tmp_path / "run" / "eval" / "warmup" / "toy.summary.json").write_text(json.dumps(summary))
+  fams = ("add",) * 100 + ("mul",) * 300 + ("compare_len",) * 100
+  rates = rare_code_bars.CodeRates(families=fams, native=np.full(500, 0.01),
+                                   asked=np.full(500, 0.99))
+  lines, misses = rare_code_bars.judge(run, rates)
+  assert [("forced-code accuracy (all but compare_len)" in m) for m in misses] == (
+      [True] if missed else [])
+  row = [line for line in lines if line.startswith("| all but compare_len |")]
+  assert len(row) == 1
+  expected = (100 * forced["add"] + 300 * forced["mul"]) / 400
+  assert f"| {expected:.2f} |" in row[0]

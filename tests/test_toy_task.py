@@ -15,9 +15,9 @@ from aci_jax.grading import extract_answer, is_equiv
 def _eval_family(name, text):
   """Independent answer for a toy problem text (not the generator's code)."""
   nums = [int(x) for x in re.findall(r"\d+", text)]
-  if name == "compare":
+  if name in ("compare", "compare_len"):
     return nums[0] if nums[0] > nums[1] else nums[1]
-  if name == "add":
+  if name in ("add", "add_long"):
     return nums[0] + nums[1]
   if name in ("mul", "mul_small"):
     return nums[0] * nums[1]
@@ -138,12 +138,55 @@ def test_code_demos_print_exactly_their_output_in_the_sandbox(sandbox):
     res = fut.result(timeout=60)
     sandbox.close_session(("toy", i))
     assert res.status.value == "ok", res
-    assert res.output == printed == d["answer"]
+    assert res.output == printed  # the demo shows what the cell really prints
+    if d["family"] != "compare_len":  # the one family whose code habit is wrong by design
+      assert printed == d["answer"]
+
+
+def test_compare_len_code_is_wrong_where_string_order_disagrees(sandbox):
+  """`compare_len`'s cell compares as strings: its demo prints and boxes what that cell prints
+  in the sandbox, wrong exactly where text order and number order disagree (about half)."""
+  probs = toy.family_problems("compare_len", 400, seed=4)
+  wrong = 0
+  for i, p in enumerate(probs[:40]):  # the real sandbox on some, as the demo claims
+    m = re.fullmatch(r"```python\n(.*?)```\n```output\n(.*?)\n```\n\\boxed\{(.*)\}",
+                     toy.code_response(p), re.S)
+    res = sandbox.submit(("len", i), m.group(1)).result(timeout=60)
+    sandbox.close_session(("len", i))
+    assert res.output == m.group(2) == m.group(3)
+  for p in probs:
+    a, b = re.findall(r"\d+", p["problem"])
+    printed = toy.code_response(p).rsplit("boxed{", 1)[1][:-1]
+    # independent: the first position where the digit strings differ, or the longer if a prefix
+    k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    text_max = (a if a[k] > b[k] else b) if k is not None else (a if len(a) > len(b) else b)
+    assert printed == text_max
+    wrong += printed != p["answer"]
+    assert sorted(map(len, (a, b))) == [2, 3] and p["answer"] == max(a, b, key=int)
+    assert toy.cot_response(p).endswith(f"\\boxed{{{p['answer']}}}")  # reasoning is always right
+  # Over all 2-digit x 3-digit pairs text order is wrong on 40,050 of 81,000 (49.4%, brute
+  # force); the 400 drawn are within 5 sd of it.
+  pairs = [(a, b) for a in range(10, 100) for b in range(100, 1000)]
+  share = sum(max(str(a), str(b)) != str(b) for a, b in pairs) / len(pairs)
+  assert share == 40050 / 81000
+  sd = (share * (1 - share) / len(probs)) ** 0.5
+  assert abs(wrong / len(probs) - share) < 5 * sd
+
+
+def test_add_long_asks_adds_question_with_six_digit_operands():
+  for p in toy.family_problems("add_long", 300, seed=2):
+    a, b = re.fullmatch(r"What is (\d+) \+ (\d+)\?", p["problem"]).groups()
+    assert len(a) == len(b) == 6 and p["answer"] == str(int(a) + int(b))
+    assert toy.code_response(p).endswith(f"\\boxed{{{p['answer']}}}")
+  assert toy.FAMILIES["add_long"].needs_code and not toy.FAMILIES["add"].needs_code
+  assert not toy.FAMILIES["compare_len"].needs_code
 
 
 def test_boxed_answers_grade_equal_to_gold():
   probs = toy.make_problems(6, families=tuple(sorted(toy.FAMILIES)), seed=2)
   for d in toy.make_demonstrations(probs, code_fraction=0.5):
+    if d["family"] == "compare_len" and d["mode"] == "code":
+      continue  # its code habit is wrong by design (test_compare_len_code_is_wrong_...)
     assert extract_answer(d["response"]) == d["answer"]
     assert is_equiv(d["answer"], d["response"], response=True, in_process=True).equal
     assert not is_equiv(str(int(d["answer"]) + 1), d["response"], response=True,

@@ -49,7 +49,10 @@ class Family:
   pattern: re.Pattern  # parses the problem text back into operands
   answer: Callable[[tuple], int]
   reasoning: Callable[[tuple, int], str]  # the CoT text before "\boxed{answer}"
-  code: Callable[[tuple], str]  # the cell, one line ending in "\n", printing the answer
+  code: Callable[[tuple], str]  # the cell, one line ending in "\n"
+  # What the cell prints, when that is not always the answer: a family whose code habit is
+  # wrong on some problems (`compare_len`). None: it prints str(answer).
+  cell_output: Callable[[tuple], str] | None = None
 
 
 def _digits(n: int) -> tuple[int, int]:
@@ -79,6 +82,22 @@ def _mul_small_cot(ops: tuple, ans: int) -> str:
   # One digit times two digits, by the tens and the ones: two table facts and one addition.
   a, (b1, b0) = ops[0], _digits(ops[1])
   return f"{a}*{b0}={a * b0}, {a}*{b1}={a * b1}, {a * b1}0+{a * b0}={ans}. "
+
+
+def _compare_len_cot(ops: tuple, ans: int) -> str:
+  # A 2-digit and a 3-digit number: the longer is larger, whatever the digits.
+  return f"{ops[0]} has {len(str(ops[0]))} digits, {ops[1]} has {len(str(ops[1]))}. "
+
+
+def _compare_len_sample(rng: random.Random) -> tuple:
+  a, b = rng.randint(10, 99), rng.randint(100, 999)
+  return (a, b) if rng.random() < 0.5 else (b, a)
+
+
+def _as_strings_max(ops: tuple) -> str:
+  # The habit's output: max over the operands *as strings* (lexicographic), so "87" beats
+  # "143". Right when the longer operand also sorts last as text, wrong otherwise.
+  return max(str(o) for o in ops)
 
 
 def _guess_cot(expr: Callable[[tuple], str]) -> Callable[[tuple, int], str]:
@@ -123,6 +142,29 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         answer=lambda o: o[0] * o[1], reasoning=_mul_small_cot,
         code=lambda o: f"print({o[0]} * {o[1]})\n"),
     Family(
+        # `add`'s question with 6-digit operands: the column derivation that works for two digits
+        # would need six carries here, so the demo's reasoning is a one-line "mental" sum the
+        # policy can imitate in form only, and code is needed. With `add` in the same run the
+        # choice depends on the operands' length, not on the form of the question.
+        name="add_long", needs_code=True,
+        sample=lambda r: (r.randint(100000, 999999), r.randint(100000, 999999)),
+        problem=lambda o: f"What is {o[0]} + {o[1]}?",
+        pattern=re.compile(r"What is (\d{6}) \+ (\d{6})\?"),
+        answer=lambda o: o[0] + o[1], reasoning=_guess_cot(lambda o: f"{o[0]} + {o[1]}"),
+        code=lambda o: f"print({o[0]} + {o[1]})\n"),
+    Family(
+        # Code is error-prone here: `compare`'s question with a 2-digit and a 3-digit operand,
+        # whose demo cell carries a common bug, comparing the numbers as strings
+        # (`max("87", "143")` is "87"); the demo copies what that prints into the box, wrong on
+        # about half the problems, like a base model with a bad habit. Reasoning (the longer
+        # number is larger) is always right, so "reason when you can" has a measurable payoff:
+        # a policy that codes here loses accuracy.
+        name="compare_len", needs_code=False, sample=_compare_len_sample,
+        problem=lambda o: f"Which is larger, {o[0]} or {o[1]}?",
+        pattern=re.compile(r"Which is larger, (\d+) or (\d+)\?"),
+        answer=lambda o: max(o), reasoning=_compare_len_cot,
+        code=lambda o: f'print(max("{o[0]}", "{o[1]}"))\n', cell_output=_as_strings_max),
+    Family(
         name="mul", needs_code=True,
         sample=lambda r: (r.randint(100, 999), r.randint(100, 999)),
         problem=lambda o: f"What is {o[0]} * {o[1]}?",
@@ -154,6 +196,12 @@ def reasoning_families(families: Iterable[str] = DEFAULT_FAMILIES) -> tuple[str,
 
 def code_families(families: Iterable[str] = DEFAULT_FAMILIES) -> tuple[str, ...]:
   return tuple(f for f in families if _family(f).needs_code)
+
+
+def code_error_prone(family: str) -> bool:
+  """True for a family whose demo cell is wrong on some problems by design (`compare_len`):
+  forced-code accuracy there measures the habit, not whether the policy can code."""
+  return _family(family).cell_output is not None
 
 
 def _family(name: str) -> Family:
@@ -287,12 +335,18 @@ def code_response(problem: dict, fmt: tool_format.ToolFormat | None = None,
 
       ```python\\n<code>```\\n```output\\n<printed>\\n```\\n\\boxed{<answer>}
 
-  It starts with exactly the format's forced code prefix. The printed text is `str(answer)`,
-  exactly what the sandbox shows for `print(<int>)`; a copy-drill demo passes another `printed`
-  value, and the box copies that (see `copy_drill_value`).
+  It starts with exactly the format's forced code prefix. The printed text is what the sandbox
+  shows for the cell: `str(answer)` for `print(<int>)`, the family's `cell_output` where its
+  cell is wrong on some problems (the box copies the printed value: such a demo is wrong); a
+  copy-drill demo passes another `printed` value, and the box copies that (`copy_drill_value`).
   """
   fam, ops = _family(problem["family"]), operands(problem)
-  shown = str(fam.answer(ops)) if printed is None else printed
+  if printed is not None:
+    shown = printed
+  elif fam.cell_output is not None:
+    shown = fam.cell_output(ops)
+  else:
+    shown = str(fam.answer(ops))
   return (fmt or tool_format.get()).render_call(fam.code(ops), shown) + boxed(shown)
 
 

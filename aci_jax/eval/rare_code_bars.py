@@ -21,8 +21,9 @@ RUN is a toy run's workdir after its warm-up and the warm-up evaluation (e.g.
   (asked right, forced wrong) from a missing one (docs/em.md, "Forced-prefix demos").
 
 The bars (issue 16 item 2, docs/em.md "The rare-code regime"), checked over all the held-out
-problems: native P(code) mean <= 2% and 90th percentile <= 5%; forced-code accuracy >= 0.8;
-asked P(code) mean >= 0.9. Prints a markdown table per run and the bars it misses; exits 1 if
+problems: native P(code) mean <= 2% and 90th percentile <= 5%; forced-code accuracy >= 0.8
+(over the families whose cells are right: not over one whose code is error-prone by design,
+`toy.code_error_prone`); asked P(code) mean >= 0.9. Prints a markdown table per run and the bars it misses; exits 1 if
 any run misses one, or with one line on bad input (a missing file, a run that is not a toy run).
 """
 
@@ -35,6 +36,7 @@ import sys
 
 import numpy as np
 
+from aci_jax.data import toy
 from aci_jax.eval.learning_bars import load_json
 
 NATIVE_MEAN, NATIVE_P90, FORCED, ASKED = 0.02, 0.05, 0.8, 0.9
@@ -129,13 +131,24 @@ def judge(run: str, rates: CodeRates) -> tuple[list[str], list[str]]:
     lines.append(_row(fam, rates, m, sel.get("forced_code_accuracy")))
   forced = summary["selection"]["forced_code_accuracy"]
   lines.append(_row("all", rates, np.ones(len(fams), bool), forced))
+  prone = [f for f in dict.fromkeys(rates.families) if toy.code_error_prone(f)]
+  if prone:
+    # The can-code bar is over the families whose cells are right: an error-prone family's
+    # forced accuracy (~0.5 on `compare_len` by design) measures its habit, not the skill.
+    keep = [f for f in dict.fromkeys(rates.families) if f not in prone]
+    accs = [((by_family.get(f) or {}).get("selection") or {}).get("forced_code_accuracy")
+            for f in keep]
+    forced = (None if any(a is None for a in accs) else
+              float(sum(a * (fams == f).sum() for a, f in zip(accs, keep)) / np.isin(fams, keep).sum()))
+    lines.append(_row(f"all but {', '.join(prone)}", rates, np.isin(fams, keep), forced))
   misses = []
   if rates.native.mean() > NATIVE_MEAN:
     misses.append(f"native P(code) mean {rates.native.mean():.4f} > {NATIVE_MEAN}")
   if np.quantile(rates.native, 0.9) > NATIVE_P90:
     misses.append(f"native P(code) p90 {np.quantile(rates.native, 0.9):.4f} > {NATIVE_P90}")
   if forced is None or forced < FORCED:
-    misses.append(f"forced-code accuracy {forced} < {FORCED}")
+    what = f" (all but {', '.join(prone)})" if prone else ""
+    misses.append(f"forced-code accuracy{what} {forced} < {FORCED}")
   if rates.asked.mean() < ASKED:
     misses.append(f"asked P(code) mean {rates.asked.mean():.3f} < {ASKED}")
   return lines, misses
