@@ -23,8 +23,9 @@ RUN is a toy run's workdir after its warm-up and the warm-up evaluation (e.g.
 The bars (issue 16 item 2, docs/em.md "The rare-code regime"), checked over all the held-out
 problems: native P(code) mean <= 2% and 90th percentile <= 5%; forced-code accuracy >= 0.8
 (over the families whose cells are right: not over one whose code is error-prone by design,
-`toy.code_error_prone`); asked P(code) mean >= 0.9. Prints a markdown table per run and the bars it misses; exits 1 if
-any run misses one, or with one line on bad input (a missing file, a run that is not a toy run).
+`toy.code_error_prone`); asked P(code) mean >= 0.9. Prints a markdown table per run and the
+bars it misses; exits 1 if any run misses one, or with one line on bad input (a missing file,
+a run that is not a toy run).
 """
 
 from __future__ import annotations
@@ -138,8 +139,8 @@ def judge(run: str, rates: CodeRates) -> tuple[list[str], list[str]]:
     keep = [f for f in dict.fromkeys(rates.families) if f not in prone]
     accs = [((by_family.get(f) or {}).get("selection") or {}).get("forced_code_accuracy")
             for f in keep]
-    forced = (None if any(a is None for a in accs) else
-              float(sum(a * (fams == f).sum() for a, f in zip(accs, keep)) / np.isin(fams, keep).sum()))
+    weighted = sum(a * (fams == f).sum() for a, f in zip(accs, keep)) if None not in accs else None
+    forced = None if weighted is None else float(weighted / np.isin(fams, keep).sum())
     lines.append(_row(f"all but {', '.join(prone)}", rates, np.isin(fams, keep), forced))
   misses = []
   if rates.native.mean() > NATIVE_MEAN:
