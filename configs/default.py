@@ -24,7 +24,8 @@ from aci_jax.configuration import defaults
 
 def get_config(variant: str = ""):
   """`configs/default.py` is the embedded default; `configs/default.py:rare_code` the rare-code
-  regime (issue 16, docs/em.md): see `_rare_code`."""
+  regime (issue 16, docs/em.md): see `_rare_code`; `:rare_code5` that regime's earlier five-family
+  form, for the numbers measured on it."""
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r} of configs/default.py; known: "
                      f"{', '.join(repr(v) for v in VARIANTS)}")
@@ -106,40 +107,60 @@ def get_config(variant: str = ""):
 
 
 def _rare_code(c):
-  """The paper's regime: a policy that *can* code but seldom chooses to.
+  """The paper's regime: a policy that *can* code but seldom chooses to, on six families where
+  the choice matters per query.
 
-  Every problem of the warm-up set gets two extra demos with its cell: one whose prompt asks for
-  code ("Use Python. " before the problem), and one with the un-asked prompt whose code prefix is
-  given as context (`task.forced_fraction`: loss mask 0, so the decision is never trained), the
-  way the E-step and the evaluation force code. Writing cells and copying their output is
-  trained on 17,152 examples; among the un-asked demos only `task.code_fraction` = epsilon choose
-  code (0.01 here; --config.task.code_fraction=0 is "RL from a model that never codes", 0.05 the
-  other end of the issue's range). Evaluation and E-step prompts never ask, so the native code
-  rate stays near epsilon. Without the forced demos the cells followed the trigger only: right
-  after the asked prompt, wrong after the forced prefix on most problems of some families, and on
-  all at epsilon = 0 (docs/em.md, "Forced-prefix demos"). `mul_small` asks the
-  same question as `mul` with a 1-digit operand, meant to be reasoned out so that whether to
-  code depends on the operands, not on the form; the 2,000-step warm-up does not teach its
-  multiplication-table facts (reasoning accuracy 0.01-0.10 on five seeds).
-  Held-out: 80 problems per family, 400 per evaluation point.
-  `mul_small` (2..9 times 10..99) holds 576 distinct training problems, so its count is capped
-  there (`task.train_caps`) while the other families keep 2,000: 8,576 problems, every one in
-  the warm-up. Measured warm-up in docs/em.md ("The rare-code regime").
+  Families: `compare` and `add` (2-digit) are reasoned out; `add_long` asks `add`'s question with
+  6-digit operands and `mul`, `powmod` are beyond the policy's head, so they need code, and
+  whether to code depends on the operands, not on the question's form (`add` against
+  `add_long`); `compare_len` (a 2-digit against a 3-digit number) is reasoned right every time
+  ("87 has 2 digits, 143 has 3.") while its demo cell carries a real bug (it compares strings)
+  and is wrong on 49.4% of the pairs: code is error-prone there, so "reason when you can" pays.
+
+  Every problem of the warm-up set has its un-asked demo, and one whose code prefix is given as
+  context (`task.forced_fraction`: loss mask 0, so the decision is never trained), the way the
+  E-step and the evaluation force code; a quarter also get a demo whose prompt asks for code
+  ("Use Python. " before the problem). Among the un-asked demos only `task.code_fraction` =
+  epsilon choose code (0.01 here; --config.task.code_fraction=0 is "RL from a model that never
+  codes", 0.05 the other end of the issue's range). Evaluation and E-step prompts never ask, so
+  the native code rate stays near epsilon. Without the forced demos the cells followed the
+  trigger only (docs/em.md, "Forced-prefix demos").
+
+  Counts: 2,000 training problems for each reasoned family (the derivations are what the
+  warm-up must teach: at 500 `compare_len` problems and half of them asked, its reasoning was
+  0.06, at 2,000 and a quarter asked 1.00), 1,000 for the coded ones (their cells are one line);
+  9,000 problems, 20,250 demos, 2,500 steps of 32 (3.95 passes). Held-out: 80 problems per
+  family, 480 per evaluation point. Measured warm-up, seed 3 (docs/em.md, "Six families, the
+  variant"): native P(code) 1.28% mean, forced-code accuracy 1.00 on every right-cell family,
+  greedy reasoning compare 0.86, add 0.89, compare_len 1.00; 54 minutes on a 2-core VM.
   """
-  families = ("compare", "add", "mul_small", "mul", "powmod")
-  c.task.update(families=families, train_caps=("mul_small:576",),
+  families = ("compare", "add", "compare_len", "add_long", "mul", "powmod")
+  c.task.update(families=families,
+                train_caps=("add_long:1000", "mul:1000", "powmod:1000"),
                 warmup_examples=0,  # every training problem
                 code_fraction=0.01,
-                triggered_fraction=1.0, triggered_families=(), triggered_length_balance=False,
+                triggered_fraction=0.25, triggered_families=(), triggered_length_balance=False,
                 # and a forced demo per problem: the cell after the un-asked prompt and the
                 # code prefix (context, not a target), where the E-step and evaluation force
                 # code; without it cells followed the trigger only (docs/em.md,
                 # "Forced-prefix demos")
                 forced_fraction=1.0,
                 eval_per_family=80)
-  # A triggered `mul` demo is 101 tokens with the chat template; rows are still packed to 192.
-  c.warmup.update(seq_len=112)
+  # An asked `add_long` demo is 113 tokens with the chat template; rows are still packed to 192.
+  c.warmup.update(seq_len=120, steps=2500)
   return c
 
 
-VARIANTS = {"": lambda c: c, "rare_code": _rare_code}
+def _rare_code5(c):
+  """`rare_code` as it was until 2026-12-05: five families (`mul_small`, 2..9 times 10..99, where
+  `compare_len` and `add_long` are now), 2,000 problems each (`mul_small` capped at its 576), an
+  asked demo for every problem, 2,000 warm-up steps. Kept so that the numbers docs/em.md
+  measured on it reproduce (its `mul_small` reasoning never formed: 0.01-0.10 on five seeds)."""
+  c = _rare_code(c)
+  c.task.update(families=("compare", "add", "mul_small", "mul", "powmod"),
+                train_caps=("mul_small:576",), triggered_fraction=1.0)
+  c.warmup.update(seq_len=112, steps=2000)
+  return c
+
+
+VARIANTS = {"": lambda c: c, "rare_code": _rare_code, "rare_code5": _rare_code5}

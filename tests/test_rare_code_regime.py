@@ -12,7 +12,7 @@ em.iterations = 0, so the run is warm-up + evaluation):
   held-out problems: >= 0.8;
 - and, as the control that the asked demos did their job, the same prompts *with* the trigger
   open a cell with probability >= 0.9.
-The measurements behind this scale, and the full five-family variant's status, are in docs/em.md
+The measurements behind this scale, and the full six-family variant's, are in docs/em.md
 ("The rare-code regime").
 """
 
@@ -37,9 +37,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # if the policy recomputed the sum instead of copying it. 1,500 steps did not help
 # (seed 1: 0.66 -> 0.68); 4,000 problems did (0.84-0.96) but pushed one seed's native P(code) to
 # 2.5%. docs/em.md, "The rare-code regime", has the table.
+# Every problem is also asked (triggered_fraction 1.0, the variant's share before it took six
+# families and 0.25): the scale measured here, pinned.
 FAMILIES = ("add",)
 SMALL = ["--config.em.iterations=0", "--config.progress=False",
          f"--config.task.families={FAMILIES!r}", "--config.task.train_per_family=2000",
+         "--config.task.triggered_fraction=1.0",
          "--config.task.warmup_examples=2000", "--config.task.eval_per_family=50",
          "--config.warmup.steps=1000", "--config.warmup.batch_size=32"]
 

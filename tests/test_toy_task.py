@@ -426,8 +426,9 @@ def test_mul_small_derivation_is_right_for_every_problem():
 
 def test_rare_code_config_warmup_data_asks_for_code_and_seldom_codes_unasked():
   """configs/default.py:rare_code: every problem has an un-asked demo (1% of them code, per
-  family), an extra demo asking for code and an extra forced demo (the un-asked prompt, the cell
-  with its code prefix as context); no E-step or evaluation problem asks."""
+  family) and an extra forced demo (the un-asked prompt, the cell with its code prefix as
+  context), a quarter of them an extra demo asking for code; no E-step or evaluation problem
+  asks."""
   import os
   import runpy
 
@@ -436,22 +437,22 @@ def test_rare_code_config_warmup_data_asks_for_code_and_seldom_codes_unasked():
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   c = runpy.run_path(os.path.join(root, "configs", "default.py"))["get_config"]("rare_code")
   with c.unlocked():
-    c.task.train_per_family, c.task.warmup_examples = 200, 1000  # 200 per family, all 5
+    c.task.train_per_family, c.task.train_caps = 200, ()  # 200 per family, all 6
   train, evals = modes._problems(c)
   demos = modes._warmup_demos(c, train)
-  assert len(demos) == 3000
+  assert len(demos) == 6 * (200 + 50 + 200)
   for fam in c.task.families:
     mine = [d for d in demos if d["family"] == fam]
     asked = [d for d in mine if d["prompt"].startswith(toy.TRIGGER)]
     forced = [d for d in mine if d.get("forced_prefix")]
     unasked = [d for d in mine if not d["prompt"].startswith(toy.TRIGGER)
                and not d.get("forced_prefix")]
-    assert len(asked) == len(unasked) == len(forced) == 200
+    assert len(unasked) == len(forced) == 200 and len(asked) == 50, fam
     assert all(d["mode"] == "code" for d in asked + forced)
     assert not any(d["prompt"].startswith(toy.TRIGGER) for d in forced)
     assert sum(d["mode"] == "code" for d in unasked) == 2  # 1% of 200
   assert not any("Python" in p["problem"] for p in train + evals["toy"])
-  assert len(evals["toy"]) == 400
+  assert len(evals["toy"]) == 480
 
 
 def test_per_family_triggered_fractions():
@@ -516,8 +517,9 @@ def test_family_caps_parse_and_reject_bad_entries():
 
 
 def test_the_rare_code_config_builds_its_full_problem_set():
-  """configs/default.py:rare_code at its own counts: 2,000 training problems per family but the
-  576 of mul_small, all of them warm-up demos, 80 held-out ones per family."""
+  """configs/default.py:rare_code at its own counts: 2,000 training problems for each reasoned
+  family, 1,000 for each coded one, all of them warm-up demos (20,250 with the asked and forced
+  ones), 80 held-out ones per family."""
   import os
   import runpy
 
@@ -527,14 +529,35 @@ def test_the_rare_code_config_builds_its_full_problem_set():
   c = runpy.run_path(os.path.join(root, "configs", "default.py"))["get_config"]("rare_code")
   train, evals = modes._problems(c)
   assert collections.Counter(p["family"] for p in train) == {
-      "compare": 2000, "add": 2000, "mul": 2000, "powmod": 2000, "mul_small": 576}
+      "compare": 2000, "add": 2000, "compare_len": 2000, "add_long": 1000, "mul": 1000,
+      "powmod": 1000}
   # every training problem is a warm-up demo (warmup_examples = 0 means all of them)
   demos = modes._warmup_demos(c, train)
   assert {d["prompt"] for d in demos if not d["triggered"]} == {p["problem"] for p in train}
+  assert len(demos) == 9000 + 2250 + 9000  # un-asked, asked (a quarter), forced
   assert collections.Counter(p["family"] for p in evals["toy"]) == {
       f: 80 for f in c.task.families}
-  # The variant on one family (tests/test_rare_code_regime.py): the mul_small cap is moot.
+  # The variant on one family (tests/test_rare_code_regime.py): the caps are moot.
   with c.unlocked():
     c.task.families = ("add",)
   train, _ = modes._problems(c)
   assert len(train) == 2000 and {p["family"] for p in train} == {"add"}
+
+
+def test_the_five_family_rare_code_variant_keeps_its_counts():
+  """configs/default.py:rare_code5, the variant the earlier measurements of docs/em.md ran on:
+  five families with mul_small capped at its 576 training problems, an asked and a forced demo
+  for every problem, 2,000 warm-up steps."""
+  import os
+  import runpy
+
+  from aci_jax.em import modes
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  c = runpy.run_path(os.path.join(root, "configs", "default.py"))["get_config"]("rare_code5")
+  train, evals = modes._problems(c)
+  assert collections.Counter(p["family"] for p in train) == {
+      "compare": 2000, "add": 2000, "mul": 2000, "powmod": 2000, "mul_small": 576}
+  demos = modes._warmup_demos(c, train)
+  assert len(demos) == 3 * 8576  # un-asked, asked, forced
+  assert (c.task.code_fraction, c.warmup.steps, len(evals["toy"])) == (0.01, 2000, 400)
