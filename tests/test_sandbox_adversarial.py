@@ -45,16 +45,20 @@ def alive(pid: int) -> bool:
     return f.read().split(")")[-1].split()[0] != "Z"
 
 
-@pytest.fixture(scope="module")
-def sb():
+def _module_sandbox(timeout_s: float):
   # spares=0: with no idle pre-forked processes, "no process of the pool's uids" is an exact
   # proof that nothing of a session survived (a spare, once taken, is killed the same way).
-  box = Sandbox(SandboxConfig(timeout_s=TIMEOUT, memory_mb=512, max_workers=2, spares=0))
+  box = Sandbox(SandboxConfig(timeout_s=timeout_s, memory_mb=512, max_workers=2, spares=0))
   yield box
   pids = box.process_ids()
   box.shutdown()
   assert not alive(pids["server"]) and not alive(pids["zygote"])
   assert procs_with_uid(*box.uid_range) == []
+
+
+@pytest.fixture(scope="module")
+def sb():
+  yield from _module_sandbox(TIMEOUT)
 
 
 def run_checked(sb: Sandbox, name: str, code: str, expected: Status):
@@ -108,10 +112,7 @@ BOMB_TIMEOUT = 30.0
 
 @pytest.fixture(scope="module")
 def bomb_sb():
-  box = Sandbox(SandboxConfig(timeout_s=BOMB_TIMEOUT, memory_mb=512, max_workers=2, spares=0))
-  yield box
-  box.shutdown()
-  assert procs_with_uid(*box.uid_range) == []
+  yield from _module_sandbox(BOMB_TIMEOUT)
 
 
 def test_memory_bomb_single_allocation(bomb_sb):

@@ -424,18 +424,22 @@ def test_mul_small_derivation_is_right_for_every_problem():
   assert not toy.FAMILIES["mul_small"].needs_code and toy.FAMILIES["mul"].needs_code
 
 
+def _default_config(variant: str):
+  """configs/default.py's get_config(variant), loaded the way --config loads it."""
+  import os
+  import runpy
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return runpy.run_path(os.path.join(root, "configs", "default.py"))["get_config"](variant)
+
+
 def test_rare_code_config_warmup_data_asks_for_code_and_seldom_codes_unasked():
   """configs/default.py:rare_code: every problem has an un-asked demo (1% of them code, per
   family) and an extra forced demo (the un-asked prompt, the cell with its code prefix as
   context), a quarter of them an extra demo asking for code; no E-step or evaluation problem
   asks."""
-  import os
-  import runpy
-
   from aci_jax.em import modes
 
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  c = runpy.run_path(os.path.join(root, "configs", "default.py"))["get_config"]("rare_code")
+  c = _default_config("rare_code")
   with c.unlocked():
     c.task.train_per_family, c.task.train_caps = 200, ()  # 200 per family, all 6
   train, evals = modes._problems(c)
@@ -520,13 +524,9 @@ def test_the_rare_code_config_builds_its_full_problem_set():
   """configs/default.py:rare_code at its own counts: 2,000 training problems for each reasoned
   family, 1,000 for each coded one, all of them warm-up demos (20,250 with the asked and forced
   ones), 80 held-out ones per family."""
-  import os
-  import runpy
-
   from aci_jax.em import modes
 
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  c = runpy.run_path(os.path.join(root, "configs", "default.py"))["get_config"]("rare_code")
+  c = _default_config("rare_code")
   train, evals = modes._problems(c)
   assert collections.Counter(p["family"] for p in train) == {
       "compare": 2000, "add": 2000, "compare_len": 2000, "add_long": 1000, "mul": 1000,
@@ -548,13 +548,9 @@ def test_the_five_family_rare_code_variant_keeps_its_counts():
   """configs/default.py:rare_code5, the variant the earlier measurements of docs/em.md ran on:
   five families with mul_small capped at its 576 training problems, an asked and a forced demo
   for every problem, 2,000 warm-up steps."""
-  import os
-  import runpy
-
   from aci_jax.em import modes
 
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  c = runpy.run_path(os.path.join(root, "configs", "default.py"))["get_config"]("rare_code5")
+  c = _default_config("rare_code5")
   train, evals = modes._problems(c)
   assert collections.Counter(p["family"] for p in train) == {
       "compare": 2000, "add": 2000, "mul": 2000, "powmod": 2000, "mul_small": 576}
