@@ -132,7 +132,10 @@ def _rare_code(c):
   9,000 problems, 20,250 demos, 2,500 steps of 32 (3.95 passes). Held-out: 80 problems per
   family, 480 per evaluation point. Measured warm-up, seed 3 (docs/em.md, "Six families, the
   variant"): native P(code) 1.28% mean, forced-code accuracy 1.00 on every right-cell family,
-  greedy reasoning compare 0.86, add 0.89, compare_len 1.00; 54 minutes on a 2-core VM.
+  greedy reasoning compare 0.86, add 0.89, compare_len 1.00; 54 minutes on a 2-core VM. Seed 1
+  misses the can-code bar (forced-code 0.61: `add_long` and `powmod` cells miscopy operands) and
+  its `add` / `compare_len` reasoning did not form ("Six families, seed 1"): the warm-up's skills
+  are seed-dependent here as in the embedded default.
   """
   families = ("compare", "add", "compare_len", "add_long", "mul", "powmod")
   c.task.update(families=families,
