@@ -1,6 +1,6 @@
-"""Blocked attention (aci_jax.model.attention) against a NumPy float64 reference, forward and
-backward, with padding holes, cache-style slots and packing segments; and against the dense
-path the decoder used before."""
+"""Blocked and dense attention (aci_jax.model.attention) against a NumPy float64 reference,
+forward and backward, with padding holes, cache-style slots and packing segments; and the
+blocked path against the dense one."""
 
 import jax
 import jax.numpy as jnp
@@ -67,8 +67,19 @@ def _reference(q, k, v, q_slot, key_valid, q_seg, k_seg, d_out):
   return out, (dq, dk, dv), live
 
 
+# The paths that compute attention from whole chunks: blocked, and dense in both of its layouts
+# (the CPU program's head-major one, which `dense_attention` runs on this host, and the einsum
+# layout the TPU and GPU programs take, called directly here since this host never selects it).
+PATHS = {
+    "blocked": lambda *a: A.blocked_attention(*a, q_block=16, kv_block=32),
+    "dense_cpu": A.dense_attention,
+    "dense_other": lambda *a: A._dense(*a, head_major=False),  # pylint: disable=protected-access
+}
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("cache,packed", [(False, False), (True, False), (False, True)])
-def test_blocked_matches_float64_reference(cache, packed):
+def test_matches_float64_reference(cache, packed, path):
   rng = np.random.default_rng(int(cache) * 2 + int(packed))
   args = _case(rng, cache=cache, packed=packed)
   q, k, v, q_slot, key_valid, q_seg, k_seg = args
@@ -77,10 +88,9 @@ def test_blocked_matches_float64_reference(cache, packed):
   d_out = d_out * live[:, :, None, None]  # padding queries' outputs are never read
 
   def f(q, k, v):
-    return A.blocked_attention(q, k, v, jnp.asarray(q_slot), jnp.asarray(key_valid),
-                               None if q_seg is None else jnp.asarray(q_seg),
-                               None if k_seg is None else jnp.asarray(k_seg),
-                               q_block=16, kv_block=32)
+    return PATHS[path](q, k, v, jnp.asarray(q_slot), jnp.asarray(key_valid),
+                       None if q_seg is None else jnp.asarray(q_seg),
+                       None if k_seg is None else jnp.asarray(k_seg))
 
   @jax.jit
   def run(q, k, v, d_out):

@@ -207,20 +207,21 @@ def test_dispatch_paths_and_knob():
   auto = _primitives(lambda *a: A.attention(*a, kv_block=32, q_block=16), *args)
   # No mesh named: the TPU branch is the blocked path too (a Pallas kernel cannot meet
   # sharded inputs outside a shard_map)...
-  assert "platform_index" in auto and "pallas_call" not in auto
+  assert "platform_index" in auto and "custom_vjp_call" in auto and "pallas_call" not in auto
   mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), AXES)
   with A.kernel_mesh(mesh):
     named = _primitives(lambda *a: A.attention(*a, kv_block=32, q_block=16), *args)
   assert "pallas_call" in named and "shard_map" in named  # ...with one, the kernel
   dense = _primitives(lambda *a: A.attention(*a, impl="dense"), *args)
-  assert "pallas_call" not in dense and "platform_index" not in dense
+  # Dense has no kernel and no fallback; its only platform switch is its CPU layout.
+  assert "pallas_call" not in dense and "custom_vjp_call" not in dense
   with A.attention_impl("blocked"):
     blocked = _primitives(lambda *a: A.attention(*a, kv_block=32, q_block=16), *args)
   assert "pallas_call" not in blocked and "custom_vjp_call" in blocked
   with pytest.raises(ValueError, match="impl"):
     A.attention(*args, impl="flash")
   small = _primitives(lambda *a: A.attention(*a), *args)  # S <= kv_block: dense, as before
-  assert "platform_index" not in small
+  assert "pallas_call" not in small and "custom_vjp_call" not in small
   # ...and on this CPU host the default branch (blocked) is what runs: equal to dense.
   live = _live(_case(np.random.default_rng(9), t=40, s=72, cache=True))
   got = jax.jit(lambda *a: A.attention(*a, kv_block=32, q_block=16))(*args)
