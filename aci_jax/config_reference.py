@@ -132,6 +132,15 @@ MEANINGS = {
     "warmup.clip_norm": "warm-up gradient clipping (0: none)",
     "warmup.pack_len": "pack each step's demonstrations into rows of this many tokens (0: one "
                        "padded row per demonstration; needs `loss.aggregation=token_mean`)",
+    "warmup.gate": "toy probes that start the warm-up's decay, `(\"family:code\", "
+                   "\"family:reason\", ...)`: the lr holds at its peak until each reaches "
+                   "`gate_min` (or `steps - gate_tail`), then `gate_tail` steps of cosine; "
+                   "`steps` is then the most the warm-up takes (`()`: the fixed cosine; "
+                   "aci_jax/eval/warmup_gate.py)",
+    "warmup.gate_every": "check the gate's probes every this many steps",
+    "warmup.gate_min": "a probe passes at this exact-match rate",
+    "warmup.gate_n": "held-out problems per gate probe",
+    "warmup.gate_tail": "cosine steps after the gate passes",
     "data.train_path": "sft mode: JSONL `{prompt, response}`; empty = toy demonstrations "
                        "(the autocode mode points it at the warm-up demonstrations)",
     "data.toy_examples": "sft mode: number of toy demonstrations when `train_path` is empty",
@@ -223,7 +232,8 @@ MEANINGS = {
     "loss.aggregation": "`token_mean` or `seq_mean`, for every term",
     "optim.lr": "peak learning rate",
     "optim.warmup_steps": "linear warm-up from 0",
-    "optim.decay_steps": "cosine decay ends here (steps, warm-up included)",
+    "optim.decay_steps": "cosine decay ends here (steps, warm-up and hold included)",
+    "optim.hold_steps": "steps at the peak lr after the warm-up, before the cosine starts",
     "optim.end_lr_ratio": "final learning rate = `lr` x this (1: constant after warm-up)",
     "optim.b1": "Adam beta1",
     "optim.b2": "Adam beta2",

@@ -16,6 +16,7 @@ the EM run from its latest checkpoint (iteration, data cursor, RNG and evaluatio
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import time
@@ -163,8 +164,13 @@ def _warmup(config, workdir, tok, train) -> str | None:
   if jax.process_index() == 0 and not fileio.exists(data_path):
     write_jsonl(data_path, _warmup_demos(config, train))
   _barrier("warmup demos")
-  run_sft(config, fileio.join(workdir, "warmup"), warmup_settings(config, data_path, out),
-          tokenizer=tok)
+  settings = warmup_settings(config, data_path, out)
+  from aci_jax.eval.warmup_gate import build_gate
+  from aci_jax.train.runner import model_config
+  gate = build_gate(config, tok, model_config(config)[0], train)
+  if gate:
+    settings = dataclasses.replace(settings, gate=gate)
+  run_sft(config, fileio.join(workdir, "warmup"), settings, tokenizer=tok)
   _barrier("warmup export")  # process 0 writes the export; every host then reads it
   return fileio.stage(out)  # the EM policy loads it with the mmap'd safetensors reader
 
@@ -222,6 +228,21 @@ def validate(config) -> None:
                       f"{config.grader.fallback!r}")
   if config.task.name not in ("toy", "jsonl"):
     raise ConfigError(f"config.task.name must be 'toy' or 'jsonl', got {config.task.name!r}")
+  if tuple(config.warmup.get("gate", ())):
+    from aci_jax.eval.warmup_gate import parse_entries
+    if config.task.name != "toy":
+      raise ConfigError("config.warmup.gate probes the toy task's demonstrations; it needs "
+                        f"task.name='toy', got {config.task.name!r}")
+    parse_entries(config.warmup.gate, tuple(config.task.families))
+    w = config.warmup
+    if int(w.gate_every) <= 0 or int(w.gate_tail) <= 0 or int(w.gate_n) <= 0:
+      raise ConfigError("config.warmup.gate_every, gate_tail and gate_n must be > 0, got "
+                        f"{w.gate_every}, {w.gate_tail}, {w.gate_n}")
+    if not 0.0 < float(w.gate_min) <= 1.0:
+      raise ConfigError(f"config.warmup.gate_min must be in (0, 1], got {w.gate_min}")
+    if int(w.steps) - int(w.gate_tail) < min(int(w.warmup_steps), int(w.steps)):
+      raise ConfigError(f"config.warmup.steps ({w.steps}) must leave the gate's tail "
+                        f"({w.gate_tail}) after the lr warm-up ({w.warmup_steps})")
   if config.task.name == "toy" and int(config.task.warmup_examples) < 0:
     # train[:n] with n < 0 would silently drop problems from the end of the set
     raise ConfigError("config.task.warmup_examples must be >= 0 (0 = every training problem), "

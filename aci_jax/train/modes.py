@@ -7,7 +7,7 @@ import copy
 import dataclasses
 import logging
 import math
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 
@@ -30,6 +30,25 @@ def _progress(total: int, initial: int, enabled: bool):
 
 
 @dataclasses.dataclass(frozen=True)
+class DecayGate:
+  """A warmup-stable-decay schedule whose decay a probe starts: after the linear warm-up the
+  learning rate holds at its peak; every `every` steps `check(params)` says whether the skills
+  it probes have formed, and the first time it does (or at `steps - tail`, whichever comes
+  first) the cosine decay to lr x end_lr_ratio starts, over `tail` steps. A seed whose skills
+  form late trains longer at the peak instead of decaying before they form (issue 16: the
+  warm-up's seed fragility). The gate step is kept in the checkpoint's metadata, so a resumed
+  run keeps its schedule; before the gate both schedules are the same constant."""
+
+  check: Callable[[Any], tuple[bool, dict[str, float]]]  # params -> (passed, {probe: value})
+  every: int
+  tail: int
+
+  def __post_init__(self):
+    if self.every <= 0 or self.tail <= 0:
+      raise ValueError(f"gate every and tail must be > 0, got {self.every}, {self.tail}")
+
+
+@dataclasses.dataclass(frozen=True)
 class SFTSettings:
   """What one SFT run trains on, and how: the `sft` mode reads them from its config
   (`sft_settings`), the EM warm-up from `config.warmup`. The model, mesh, micro-batches, seed,
@@ -48,6 +67,17 @@ class SFTSettings:
   export_every: int = 0  # 0 = no periodic export
   export_at_end: bool = True
   export_dir: str = ""  # "" = <workdir>/export/step_N
+  # None: optim's schedule over `steps`. Set: `steps` is the most the run takes (see DecayGate).
+  gate: DecayGate | None = None
+
+
+def _gated_optim(s: SFTSettings, gate_step: int | None) -> OptimConfig:
+  """The schedule of a gated run: hold at the peak until `gate_step` (None: not yet passed,
+  the latest the decay may start), then `tail` steps of cosine."""
+  o = s.optim
+  start = s.steps - s.gate.tail if gate_step is None else gate_step
+  return dataclasses.replace(o, hold_steps=start - o.warmup_steps,
+                             decay_steps=start + s.gate.tail)
 
 
 def sft_settings(config) -> SFTSettings:
@@ -91,6 +121,12 @@ def run_sft(config, workdir: str, s: SFTSettings, tokenizer=None) -> None:
   """Runs (or resumes) SFT with settings `s` in `workdir`. `config` gives the model, mesh,
   micro-batches, seed, checkpoint retention and export dtype; `tokenizer` defaults to
   config.tokenizer (or the model's)."""
+  gate = s.gate
+  if gate and s.steps - gate.tail < s.optim.warmup_steps:
+    raise ConfigError(f"a gated warm-up needs steps ({s.steps}) >= warmup_steps "
+                      f"({s.optim.warmup_steps}) + the gate's tail ({gate.tail})")
+  if gate:
+    s = dataclasses.replace(s, optim=_gated_optim(s, None))
   trainer = Trainer(_trainer_config(config, s), workdir, loss_cfg=s.loss)
   if tokenizer is None:
     tokenizer = load_tokenizer(config, trainer.hf_path)
@@ -114,8 +150,12 @@ def run_sft(config, workdir: str, s: SFTSettings, tokenizer=None) -> None:
   if resumed:
     log.info("resumed at step %d", trainer.step)
   cursor = int(trainer.meta.get("data_cursor", 0))
-  bar = _progress(s.steps, trainer.step, config.get("progress", True))
-  while trainer.step < s.steps:
+  end = s.steps
+  if gate and trainer.meta.get("gate_step") is not None:
+    trainer.set_optim(_gated_optim(s, trainer.meta["gate_step"]))
+    end = trainer.meta["gate_step"] + gate.tail
+  bar = _progress(end, trainer.step, config.get("progress", True))
+  while trainer.step < end:
     batch, cursor = data.batch(cursor, process_index=jax.process_index(),
                                process_count=jax.process_count())
     metrics = trainer.train_step(batch)
@@ -123,10 +163,23 @@ def run_sft(config, workdir: str, s: SFTSettings, tokenizer=None) -> None:
     trainer.meta["data_cursor"] = cursor
     trainer.meta["epoch"] = cursor / len(data)
     bar.update(1)
-    if step % s.log_every == 0 or step == s.steps:
+    if step % s.log_every == 0 or step == end:
       trainer.log(step, metrics)
       bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-    if step % s.checkpoint_every == 0 or step == s.steps:
+    gated = False
+    if (gate and trainer.meta.get("gate_step") is None and step >= s.optim.warmup_steps
+        and (step % gate.every == 0 or step == s.steps - gate.tail)):
+      passed, probes = gate.check(trainer.state.params)
+      trainer.log(step, {f"gate/{k}": v for k, v in probes.items()})
+      log.info("warm-up gate at step %d: %s %s", step, "passed" if passed else "not yet",
+               " ".join(f"{k}={v:.3f}" for k, v in probes.items()))
+      if passed or step >= s.steps - gate.tail:
+        trainer.meta["gate_step"], trainer.meta["gate_passed"] = step, bool(passed)
+        trainer.set_optim(_gated_optim(s, step))
+        end = step + gate.tail
+        bar.total = end
+        gated = True
+    if step % s.checkpoint_every == 0 or step == end or gated:
       trainer.save()
     if s.export_every and step % s.export_every == 0:
       trainer.export()

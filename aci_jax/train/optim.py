@@ -1,4 +1,5 @@
-"""Optimizer: AdamW with linear warm-up then cosine decay, and global-norm gradient clipping.
+"""Optimizer: AdamW with linear warm-up, an optional hold at the peak, then cosine decay; and
+global-norm gradient clipping.
 
 Weight decay applies to matrices only (kernels and the embedding), never to norm scales or
 biases, as is standard for transformer LMs. Moments are kept in the parameter dtype: with
@@ -16,13 +17,14 @@ import optax
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-  """lr: peak learning rate; warmup_steps of linear warm-up from 0; then cosine decay to
-  lr * end_lr_ratio at decay_steps (total steps including warm-up); clip_norm <= 0 disables
-  clipping."""
+  """lr: peak learning rate; warmup_steps of linear warm-up from 0; hold_steps at lr (a
+  warmup-stable-decay schedule; 0: none); then cosine decay to lr * end_lr_ratio at decay_steps
+  (total steps including warm-up and hold); clip_norm <= 0 disables clipping."""
 
   lr: float = 1e-6
   warmup_steps: int = 0
   decay_steps: int = 1000
+  hold_steps: int = 0
   end_lr_ratio: float = 0.1
   b1: float = 0.9
   b2: float = 0.95
@@ -31,22 +33,31 @@ class OptimConfig:
   clip_norm: float = 1.0
 
   def __post_init__(self):
-    if self.lr < 0 or self.warmup_steps < 0 or self.decay_steps <= 0:
-      raise ValueError(f"need lr >= 0, warmup_steps >= 0, decay_steps > 0; got {self}")
-    if self.warmup_steps > self.decay_steps:
-      raise ValueError(f"warmup_steps ({self.warmup_steps}) > decay_steps ({self.decay_steps})")
+    if self.lr < 0 or self.warmup_steps < 0 or self.decay_steps <= 0 or self.hold_steps < 0:
+      raise ValueError(f"need lr >= 0, warmup_steps >= 0, hold_steps >= 0, decay_steps > 0; "
+                       f"got {self}")
+    if self.warmup_steps + self.hold_steps > self.decay_steps:
+      raise ValueError(f"warmup_steps + hold_steps ({self.warmup_steps} + {self.hold_steps}) > "
+                       f"decay_steps ({self.decay_steps})")
     if not (0.0 <= self.b1 < 1.0 and 0.0 <= self.b2 < 1.0):
       raise ValueError(f"Adam betas must lie in [0, 1), got {self.b1}, {self.b2}")
 
 
 def make_schedule(cfg: OptimConfig) -> optax.Schedule:
-  if cfg.decay_steps == cfg.warmup_steps:  # nothing left to decay: warm up, then hold
+  flat = cfg.warmup_steps + cfg.hold_steps
+  if cfg.decay_steps == flat:  # nothing left to decay: warm up, then hold
     return optax.join_schedules(
         [optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1)),
          optax.constant_schedule(cfg.lr)], [cfg.warmup_steps])
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
-      decay_steps=cfg.decay_steps, end_value=cfg.lr * cfg.end_lr_ratio)
+  if not cfg.hold_steps:
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
+        decay_steps=cfg.decay_steps, end_value=cfg.lr * cfg.end_lr_ratio)
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1)),
+       optax.constant_schedule(cfg.lr),
+       optax.cosine_decay_schedule(cfg.lr, cfg.decay_steps - flat, alpha=cfg.end_lr_ratio)],
+      [cfg.warmup_steps, flat])
 
 
 def _decay_mask(params):

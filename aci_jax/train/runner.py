@@ -123,6 +123,16 @@ class Trainer:
     return jax.jit(init_params, static_argnums=0, out_shardings=self.shardings.params)(
         self.model_cfg, jax.random.key(self.config.seed))
 
+  def set_optim(self, cfg: OptimConfig) -> None:
+    """Continues with the learning-rate schedule of `cfg` (same optimizer otherwise, so the
+    state carries over): a warm-up whose decay starts when a probe passes (`run_sft`'s gate)."""
+    optimizer, schedule = make_optimizer(cfg)
+    if (jax.tree.structure(jax.eval_shape(optimizer.init, self.state.params))
+        != jax.tree.structure(self.state.opt_state)):
+      raise ValueError("set_optim: the new optimizer's state differs from the run's")
+    self.optim_cfg, self.optimizer, self.schedule = cfg, optimizer, schedule
+    self._step_fn = None  # recompiled with the new schedule at the next step
+
   @property
   def step(self) -> int:
     return int(jax.device_get(self.state.step))

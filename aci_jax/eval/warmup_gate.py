@@ -1,0 +1,157 @@
+"""The toy warm-up's decay gate: has the policy learned the demonstrations' skills yet?
+
+`config.warmup.gate` lists probes as "family:kind" entries; `build_gate` turns them into the
+`DecayGate` of `aci_jax.train.modes.run_sft` (the schedule holds the peak learning rate until the
+probes pass, then decays). Per entry, on `warmup.gate_n` problems of the family held out from the
+run's training problems (the training split less every problem the run trains on: the gate
+decides the schedule, so it must not read the evaluation set), each scored from one forward
+pass, no sampling:
+
+- `code`: the code demo after the forced code prefix (`toy.code_response`, encoded as the warm-up
+  encodes a forced demo: the un-asked prompt, the prefix as context): greedy decoding given the
+  true preceding tokens reproduces every token the model writes, i.e. the cell and, after the
+  printed output, the boxed copy of it and the end of turn. What the E-step's forced rollouts
+  need: writing the right cell, and copying its output into the answer.
+- `reason`: the reasoning demo (`toy.cot_response`) after the un-asked prompt, every token.
+
+A problem passes when every scored token is the argmax (exact match); an entry passes when at
+least `warmup.gate_min` of its problems do; the gate passes when every entry does. Only families
+whose reasoning demo derives the answer are worth a `reason` entry (a family whose demo states a
+guessed product, such as `mul`, can never pass one), and only families whose cell is right by
+design a `code` entry that expects it right; the configs name them.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aci_jax.configuration import ConfigError
+from aci_jax.data import toy
+from aci_jax.data.sft import encode_demonstration
+from aci_jax.model import Decoder, ModelConfig
+from aci_jax.train.modes import DecayGate
+from aci_jax import tool_format
+
+KINDS = ("code", "reason")
+
+
+def parse_entries(entries: Sequence[str], families: Sequence[str]) -> list[tuple[str, str]]:
+  """[(family, kind)] of "family:kind" entries; a malformed, unknown or repeated one is a
+  ConfigError."""
+  out = []
+  for e in entries:
+    fam, sep, kind = str(e).partition(":")
+    if not sep or kind not in KINDS:
+      raise ConfigError(f"config.warmup.gate entry {e!r} must be 'family:kind', kind one of "
+                        f"{KINDS}")
+    if fam not in families:
+      raise ConfigError(f"config.warmup.gate entry {e!r}: {fam!r} is not one of this run's "
+                        f"families {tuple(families)}")
+    if (fam, kind) in out:
+      raise ConfigError(f"config.warmup.gate entry {e!r} is repeated")
+    out.append((fam, kind))
+  return out
+
+
+def heldout_problems(family: str, n: int, exclude: set[str], seed: int) -> list[dict]:
+  """`n` training-split problems of `family` none of whose texts is in `exclude`."""
+  out = []
+  for want in (2 * n, 4 * n, 16 * n):
+    try:
+      cands = toy.family_problems(family, want, split="train", seed=seed)
+    except ValueError:  # the family holds fewer problems than that
+      break
+    out = [p for p in cands if p["problem"] not in exclude][:n]
+    if len(out) == n:
+      return out
+  raise ConfigError(f"config.warmup.gate: too few training problems of {family!r} outside the "
+                    f"run's own for gate_n = {n}")
+
+
+def gate_demos(family: str, kind: str, problems: Sequence[dict]) -> list[dict]:
+  """The probe's demonstration records (as the warm-up's SFT data holds them)."""
+  prefix = tool_format.get().code_prefix
+  if kind == "code":
+    return [{"prompt": p["problem"], "response": toy.code_response(p), "forced_prefix": prefix}
+            for p in problems]
+  return [{"prompt": p["problem"], "response": toy.cot_response(p)} for p in problems]
+
+
+def encode(tokenizer, demos: Sequence[dict], system: str | None):
+  """[(tokens, scored)] of `demos` as the warm-up encodes them: token ids, and per position i
+  whether it is scored, i.e. token i + 1 is one the model writes (its loss mask)."""
+  out = []
+  for d in demos:
+    e = encode_demonstration(tokenizer, d["prompt"], d["response"], max_len=1 << 30,
+                             system=system, forced_prefix=d.get("forced_prefix", ""))
+    out.append((np.asarray(e.tokens, np.int32), np.append(e.loss_mask[1:] > 0, False)))
+  return out
+
+
+def pad(rows, width: int, batch: int):
+  """(tokens, valid, scored) arrays [N', W] of `rows`, right-padded to `width` and to a
+  multiple of `batch` rows (padding rows: nothing valid, nothing scored)."""
+  n = -(-len(rows) // batch) * batch
+  tokens = np.zeros((n, width), np.int32)
+  valid = np.zeros((n, width), bool)
+  scored = np.zeros((n, width), bool)
+  for r, (t, sc) in enumerate(rows):
+    tokens[r, :len(t)], valid[r, :len(t)], scored[r, :len(t)] = t, True, sc
+  return tokens, valid, scored
+
+
+def exact_match_fn(cfg: ModelConfig):
+  """jit (params, tokens, valid, scored [B, W]) -> [B] bool: at every scored position the
+  argmax is the next token (rows right-padded)."""
+  model = Decoder(cfg)
+
+  @jax.jit
+  def exact(params, tokens, valid, scored):
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    logits, _ = model.apply({"params": params}, tokens, positions, valid=valid)
+    pred = jnp.argmax(logits, axis=-1)
+    nxt = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)
+    return jnp.all((pred == nxt) | ~scored, axis=1)
+
+  return exact
+
+
+def build_gate(config, tokenizer, model_cfg: ModelConfig, train: Sequence[dict]
+               ) -> DecayGate | None:
+  """The DecayGate of `config.warmup` (None when `warmup.gate` is empty)."""
+  w = config.warmup
+  entries = tuple(w.get("gate", ()))
+  if not entries:
+    return None
+  # The values were checked with the rest of the config (em.modes.validate).
+  n, bar = int(w.gate_n), float(w.gate_min)
+  parsed = parse_entries(entries, tuple(config.task.families))
+  exclude = {p["problem"] for p in train}
+  system = config.data.get("system") or None
+  rows = {}
+  for fam, kind in parsed:
+    demos = gate_demos(fam, kind, heldout_problems(fam, n, exclude, seed=int(config.seed) + 104729))
+    if config.task.get("instruction"):
+      from aci_jax.eval.harness import user_message
+      demos = [{**d, "prompt": user_message(d["prompt"], config.task.instruction)} for d in demos]
+    rows[f"{fam}:{kind}"] = encode(tokenizer, demos, system)
+  # One width and batch for every entry: the probe compiles once.
+  width = -(-max(len(t) for r in rows.values() for t, _ in r) // 16) * 16
+  batch = min(n, 64)
+  arrays = {k: pad(r, width, batch) for k, r in rows.items()}
+  exact = exact_match_fn(model_cfg)
+
+  def check(params):
+    rates = {}
+    for k, (tokens, valid, scored) in arrays.items():
+      hits = np.concatenate([np.asarray(exact(params, tokens[i:i + batch], valid[i:i + batch],
+                                              scored[i:i + batch]))
+                             for i in range(0, len(tokens), batch)])
+      rates[k] = float(np.mean(hits[:n]))
+    return all(v >= bar for v in rates.values()), rates
+
+  return DecayGate(check=check, every=int(w.gate_every), tail=int(w.gate_tail))

@@ -1,0 +1,238 @@
+"""The warm-up's decay gate: the warmup-stable-decay schedule against a float64 formula; run_sft
+holding the peak until the gate passes (or its last chance), then decaying, and resuming with
+the same schedule after a kill; the toy probes' encoding and exact match against a brute-force
+greedy continuation; the gate's config errors."""
+
+import json
+import math
+import os
+import runpy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aci_jax.configuration import ConfigError
+from aci_jax.data import toy
+from aci_jax.data.char_tokenizer import char_tokenizer
+from aci_jax.eval import warmup_gate as G
+from aci_jax.model import ModelConfig, init_params
+from aci_jax.train import modes
+from aci_jax.train.losses import LossConfig
+from aci_jax.train.optim import OptimConfig, make_schedule
+from aci_jax.train.runner import Trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _wsd(step, lr, warm, hold, total, end_ratio):
+  """float64 reference: linear to lr over `warm`, `hold` steps at lr, cosine to lr*end_ratio."""
+  if step < warm:
+    return lr * step / warm
+  if step < warm + hold:
+    return lr
+  frac = min(step - warm - hold, total - warm - hold) / (total - warm - hold)
+  return lr * (end_ratio + (1 - end_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def test_hold_schedule_matches_the_formula():
+  cfg = OptimConfig(lr=2.0, warmup_steps=4, hold_steps=6, decay_steps=20, end_lr_ratio=0.1)
+  sched = make_schedule(cfg)
+  for step in range(26):
+    assert float(sched(step)) == pytest.approx(_wsd(step, 2.0, 4, 6, 20, 0.1), abs=1e-6), step
+  # hold_steps 0 is the plain warm-up + cosine
+  plain = make_schedule(OptimConfig(lr=2.0, warmup_steps=4, decay_steps=20, end_lr_ratio=0.1))
+  for step in range(26):
+    assert float(plain(step)) == pytest.approx(_wsd(step, 2.0, 4, 0, 20, 0.1), abs=1e-6)
+  with pytest.raises(ValueError, match="hold_steps"):
+    OptimConfig(warmup_steps=4, hold_steps=17, decay_steps=20)
+
+
+def _sft_config():
+  c = runpy.run_path(os.path.join(ROOT, "configs", "sft_toy.py"))["get_config"]()
+  with c.unlocked():
+    c.progress = False
+    c.checkpoint.async_save = False
+  return c
+
+
+def _settings(check, *, steps=40, every=4, tail=6, checkpoint_every=100):
+  return modes.SFTSettings(
+      data=toy.sft_records(64, seed=0), steps=steps, batch_size=8, seq_len=128,
+      optim=OptimConfig(lr=3e-3, warmup_steps=2, decay_steps=steps, end_lr_ratio=0.1,
+                        clip_norm=0.0),
+      loss=LossConfig(policy="sft_nll", decision_coef=0.0), log_every=1,
+      checkpoint_every=checkpoint_every, export_at_end=False,
+      gate=check and modes.DecayGate(check=check, every=every, tail=tail))
+
+
+class _Gate:
+  """Passes from its `passes_at`-th call on; records every call's training step."""
+
+  def __init__(self, passes_at):
+    self.passes_at, self.calls = passes_at, []
+
+  def __call__(self, params):
+    self.calls.append(len(self.calls) + 1)
+    return len(self.calls) >= self.passes_at, {"probe": float(len(self.calls))}
+
+
+def _lrs(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    recs = [json.loads(line) for line in f]
+  return {r["step"]: r["lr"] for r in recs if "lr" in r}
+
+
+def _final(workdir):
+  c = modes._trainer_config(_sft_config(), _settings(None))  # pylint: disable=protected-access
+  t = Trainer(c, workdir)
+  t.restore_or_init()
+  out = t.step, dict(t.meta), jax.device_get(t.state.params)
+  t.close()
+  return out
+
+
+def test_gate_holds_the_peak_then_decays(tmp_path):
+  gate = _Gate(passes_at=3)  # checks at steps 4, 8, 12: passes at 12
+  run = str(tmp_path / "a")
+  modes.run_sft(_sft_config(), run, _settings(gate))
+  step, meta, _ = _final(run)
+  assert gate.calls == [1, 2, 3]
+  assert (step, meta["gate_step"], meta["gate_passed"]) == (18, 12, True)  # 12 + tail 6
+  lrs = _lrs(run)
+  # The step logged as s ran with the lr of step s - 1 (the metric is the schedule at the
+  # update's own step count).
+  for s_, lr in lrs.items():
+    assert lr == pytest.approx(_wsd(s_ - 1, 3e-3, 2, 10, 18, 0.1), rel=1e-5), s_
+
+
+def test_gate_that_never_passes_decays_at_its_last_chance(tmp_path):
+  gate = _Gate(passes_at=99)
+  run = str(tmp_path / "never")
+  modes.run_sft(_sft_config(), run, _settings(gate, steps=20, every=4, tail=6))
+  step, meta, _ = _final(run)
+  # checks at 4, 8, 12 and at 14 (= steps - tail), the last step the decay may start
+  assert len(gate.calls) == 4
+  assert (step, meta["gate_step"], meta["gate_passed"]) == (20, 14, False)
+  for s_, lr in _lrs(run).items():
+    assert lr == pytest.approx(_wsd(s_ - 1, 3e-3, 2, 12, 20, 0.1), rel=1e-5), s_
+
+
+def test_a_killed_gated_run_resumes_with_its_schedule(tmp_path, monkeypatch):
+  whole = str(tmp_path / "whole")
+  modes.run_sft(_sft_config(), whole, _settings(_Gate(3)))
+  cut = str(tmp_path / "cut")
+  original = Trainer.train_step
+
+  def dies_at_15(self, batch):
+    if self.step == 15:
+      raise KeyboardInterrupt("killed")
+    return original(self, batch)
+
+  monkeypatch.setattr(Trainer, "train_step", dies_at_15)
+  with pytest.raises(KeyboardInterrupt):
+    modes.run_sft(_sft_config(), cut, _settings(_Gate(3)))
+  monkeypatch.setattr(Trainer, "train_step", original)
+  again = _Gate(1)  # would pass at once: a resumed run must not ask it again
+  modes.run_sft(_sft_config(), cut, _settings(again))
+  assert again.calls == []
+  (s1, m1, p1), (s2, m2, p2) = _final(whole), _final(cut)
+  assert (s1, m1["gate_step"]) == (s2, m2["gate_step"]) == (18, 12)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+    np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------- the toy probes
+
+
+def test_encode_scores_exactly_what_the_model_writes():
+  tok = char_tokenizer()
+  p = toy.family_problems("mul", 1, split="train", seed=0)[0]
+  (code_ids, code_scored), = G.encode(tok, G.gate_demos("mul", "code", [p]), None)
+  (cot_ids, cot_scored), = G.encode(tok, G.gate_demos("mul", "reason", [p]), None)
+  eos = tok.eos_ids[0]
+  written = code_ids[1:][code_scored[:-1]]
+  assert written[-1] == eos
+  # the cell after the forced prefix, then (after the sandbox's output block) the boxed answer
+  assert tok.decode(list(written[:-1])) == toy.cell_text(p) + toy.boxed(p["answer"])
+  written = cot_ids[1:][cot_scored[:-1]]
+  assert tok.decode(list(written[:-1])) == toy.cot_response(p) and written[-1] == eos
+  assert not code_scored[-1] and not cot_scored[-1]
+
+
+def _tiny_model():
+  cfg = ModelConfig(arch="llama", vocab_size=259, hidden_size=32, intermediate_size=64,
+                    num_layers=2, num_heads=2, num_kv_heads=2, head_dim=16, qkv_bias=False,
+                    tie_word_embeddings=False, max_position_embeddings=256,
+                    eos_token_ids=(256,))
+  return cfg, init_params(cfg, jax.random.key(3))
+
+
+def test_exact_match_against_a_greedy_continuation():
+  """Rows the model itself continues greedily (a full forward per token, by hand) match
+  exactly; changing one scored token breaks the match, changing an unscored one does not."""
+  from aci_jax.model import Decoder
+
+  cfg, params = _tiny_model()
+  model = Decoder(cfg)
+  rng = np.random.default_rng(0)
+  width, prompt = 32, 8
+  tokens = np.zeros((4, width), np.int32)
+  tokens[:, :prompt] = rng.integers(0, 256, size=(4, prompt))
+  # One compiled full-width forward; causal attention keeps later (still zero) tokens out.
+  fwd = jax.jit(lambda p, x: model.apply(
+      {"params": p}, x, jnp.broadcast_to(jnp.arange(width), x.shape))[0])
+  for t in range(prompt, 24):
+    tokens[:, t] = np.asarray(jnp.argmax(fwd(params, jnp.asarray(tokens))[:, t - 1], axis=-1))
+  valid = np.zeros((4, width), bool)
+  valid[:, :24] = True
+  scored = np.zeros((4, width), bool)
+  scored[:, prompt - 1:23] = True  # positions predicting tokens 8..23
+  scored[:, 22] = False  # the last token unscored (as sandbox output is)
+  tokens[1, 20] = (tokens[1, 20] + 1) % 256  # a scored token changed
+  tokens[2, 23] = (tokens[2, 23] + 1) % 256  # the unscored one changed
+  tokens[3, 24] = 7  # a padding position (not valid, not scored) changed
+  got = np.asarray(G.exact_match_fn(cfg)(params, tokens, valid, scored))
+  assert got.tolist() == [True, False, True, True]
+
+
+def _toy_config(**warmup):
+  c = runpy.run_path(os.path.join(ROOT, "configs", "default.py"))["get_config"]()
+  with c.unlocked():
+    c.warmup.update(warmup)
+  return c
+
+
+def test_heldout_problems_avoid_the_run_s_training_problems():
+  train = toy.make_problems(200, split="train", seed=0)
+  exclude = {p["problem"] for p in train}
+  held = G.heldout_problems("compare", 50, exclude, seed=104729)
+  texts = [p["problem"] for p in held]
+  assert len(set(texts)) == 50 and not set(texts) & exclude
+  assert all(toy.split_of("compare", t) == "train" for t in texts)
+
+
+def test_build_gate_on_an_untrained_policy(tmp_path):
+  c = _toy_config(gate=("add:reason", "mul:code"), gate_n=8)
+  cfg, params = _tiny_model()
+  train = toy.make_problems(50, split="train", seed=0)
+  gate = G.build_gate(c, char_tokenizer(), cfg, train)
+  passed, rates = gate.check(params)
+  assert not passed and rates == {"add:reason": 0.0, "mul:code": 0.0}
+  assert (gate.every, gate.tail) == (c.warmup.gate_every, c.warmup.gate_tail)
+  assert G.build_gate(_toy_config(), char_tokenizer(), cfg, train) is None
+
+
+@pytest.mark.parametrize("warmup,needle", [
+    (dict(gate=("mul:cod",)), "family:kind"),
+    (dict(gate=("digitsum:code",)), "not one of this run's families"),
+    (dict(gate=("mul:code", "mul:code")), "repeated"),
+    (dict(gate=("mul:code",), gate_min=0.0), "gate_min"),
+    (dict(gate=("mul:code",), gate_tail=5000), "tail"),
+])
+def test_bad_gate_configs_are_config_errors(warmup, needle):
+  from aci_jax.em.modes import validate
+
+  with pytest.raises(ConfigError, match=needle):
+    validate(_toy_config(**warmup))
