@@ -236,3 +236,19 @@ def test_bad_gate_configs_are_config_errors(warmup, needle):
 
   with pytest.raises(ConfigError, match=needle):
     validate(_toy_config(**warmup))
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+  with pytest.raises(SystemExit, match="cannot read") as e:
+    G.main([str(tmp_path / "nowhere")])
+  assert "\n" not in str(e.value)
+  run = tmp_path / "run"
+  (run / "warmup" / "checkpoints" / "5").mkdir(parents=True)
+  (run / "warmup" / "checkpoints" / "5" / "_CHECKPOINT_METADATA").write_text("{}")
+  (run / "config.json").write_text(json.dumps(_toy_config().to_dict()))
+  with pytest.raises(SystemExit, match=r"no warm-up checkpoint \[7\]"):
+    G.main([str(run), "--steps", "7"])
+  with pytest.raises(SystemExit, match="name the probes with --gate"):
+    G.main([str(run)])
+  with pytest.raises(SystemExit, match="family:kind"):
+    G.main([str(run), "--gate", "mul"])

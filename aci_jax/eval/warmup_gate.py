@@ -19,10 +19,22 @@ least `warmup.gate_min` of its problems do; the gate passes when every entry doe
 whose reasoning demo derives the answer are worth a `reason` entry (a family whose demo states a
 guessed product, such as `mul`, can never pass one), and only families whose cell is right by
 design a `code` entry that expects it right; the configs name them.
+
+The probes of any run's warm-up checkpoints (a gated run or not; e.g. to choose the entries):
+
+    python -m aci_jax.eval.warmup_gate RUN [--steps 1875,2500] [--gate mul:code,add:reason]
+        [--n 64]
+
+RUN is a toy run's workdir (RUN/config.json, RUN/warmup/checkpoints); `--gate` defaults to
+the run's `warmup.gate`. Prints one markdown row per checkpoint step.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
 from typing import Sequence
 
 import jax
@@ -155,3 +167,63 @@ def build_gate(config, tokenizer, model_cfg: ModelConfig, train: Sequence[dict]
     return all(v >= bar for v in rates.values()), rates
 
   return DecayGate(check=check, every=int(w.gate_every), tail=int(w.gate_tail))
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description="the warm-up gate's probes on a run's checkpoints")
+  p.add_argument("run", help="a toy run's workdir (with config.json and warmup/checkpoints)")
+  p.add_argument("--steps", default="", help="comma-separated checkpoint steps (default: all)")
+  p.add_argument("--gate", default="", help="comma-separated family:kind entries (default: "
+                 "the run's warmup.gate)")
+  p.add_argument("--n", type=int, default=0, help="held-out problems per entry (default: the "
+                 "run's warmup.gate_n)")
+  a = p.parse_args(argv)
+  import ml_collections
+
+  from aci_jax.em import modes
+  from aci_jax.eval.warmup_probe import committed_steps, restore_params
+  from aci_jax.tokenizer import load_tokenizer
+
+  path = os.path.join(a.run, "config.json")
+  try:
+    with open(path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise SystemExit(f"warmup_gate: cannot read {path}: {e}".splitlines()[0]) from None
+  have = committed_steps(os.path.join(a.run, "warmup", "checkpoints"))
+  steps = [int(x) for x in a.steps.split(",") if x] or have
+  missing = sorted(set(steps) - set(have))
+  if not steps or missing:
+    raise SystemExit(f"warmup_gate: no warm-up checkpoint {missing or ''} under {a.run} "
+                     f"(it has {have})")
+  from aci_jax.configuration import PLAIN_DEFAULTS
+  with config.unlocked():
+    for k, v in PLAIN_DEFAULTS["warmup"].items():  # a run from before the gate existed
+      if k not in config.warmup:
+        config.warmup[k] = v
+    if a.gate:
+      config.warmup.gate = tuple(a.gate.split(","))
+    if a.n:
+      config.warmup.gate_n = a.n
+  if not tuple(config.warmup.get("gate", ())):
+    raise SystemExit("warmup_gate: the run has no warmup.gate; name the probes with --gate")
+  try:
+    modes.validate(config)
+    train, _ = modes._problems(config)  # pylint: disable=protected-access
+  except ConfigError as e:
+    raise SystemExit(f"warmup_gate: {e}") from None
+  tok = load_tokenizer(os.path.join(a.run, "tokenizer"))
+  gate = None
+  for step in steps:
+    cfg, params = restore_params(config, a.run, step)
+    gate = gate or build_gate(config, tok, cfg, train)
+    passed, rates = gate.check(params)
+    if step == steps[0]:
+      print("| step | " + " | ".join(rates) + " | gate |\n|---|" + "---|" * (len(rates) + 1))
+    print(f"| {step} | " + " | ".join(f"{v:.2f}" for v in rates.values())
+          + f" | {'passes' if passed else 'not yet'} |", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
