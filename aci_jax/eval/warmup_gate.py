@@ -139,6 +139,10 @@ def build_gate(config, tokenizer, model_cfg: ModelConfig, train: Sequence[dict]
   entries = tuple(w.get("gate", ()))
   if not entries:
     return None
+  if jax.process_count() > 1:
+    # Its probe reads the (possibly host-sharded) parameters into host arrays on one process.
+    raise ConfigError("config.warmup.gate runs on a single host for now; unset it for a "
+                      f"{jax.process_count()}-process run")
   # The values were checked with the rest of the config (em.modes.validate).
   n, bar = int(w.gate_n), float(w.gate_min)
   parsed = parse_entries(entries, tuple(config.task.families))
