@@ -132,15 +132,18 @@ MEANINGS = {
     "warmup.clip_norm": "warm-up gradient clipping (0: none)",
     "warmup.pack_len": "pack each step's demonstrations into rows of this many tokens (0: one "
                        "padded row per demonstration; needs `loss.aggregation=token_mean`)",
-    "warmup.gate": "toy probes that start the warm-up's decay, `(\"family:code\", "
-                   "\"family:reason\", ...)`: the lr holds at its peak until each reaches "
-                   "`gate_min` (or `steps - gate_tail`), then `gate_tail` steps of cosine; "
-                   "`steps` is then the most the warm-up takes (`()`: the fixed cosine; "
+    "warmup.gate": "toy probes the warm-up trains until, `(\"family:code\", "
+                   "\"family:reason\", ...)`, each to `gate_min` (`()`: none; "
                    "aci_jax/eval/warmup_gate.py)",
+    "warmup.gate_mode": "`extend`: the cosine over `steps`, then on at its final lr until the "
+                        "probes pass (at most `gate_tail` steps more); `hold`: the peak lr "
+                        "until they pass (at the latest `steps - gate_tail`), then `gate_tail` "
+                        "steps of cosine",
     "warmup.gate_every": "check the gate's probes every this many steps",
     "warmup.gate_min": "a probe passes at this exact-match rate",
     "warmup.gate_n": "held-out problems per gate probe",
-    "warmup.gate_tail": "cosine steps after the gate passes",
+    "warmup.gate_tail": "`extend`: the most steps after `steps`; `hold`: cosine steps after the "
+                        "gate",
     "data.train_path": "sft mode: JSONL `{prompt, response}`; empty = toy demonstrations "
                        "(the autocode mode points it at the warm-up demonstrations)",
     "data.toy_examples": "sft mode: number of toy demonstrations when `train_path` is empty",

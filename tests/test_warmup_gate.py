@@ -3,6 +3,7 @@ holding the peak until the gate passes (or its last chance), then decaying, and 
 the same schedule after a kill; the toy probes' encoding and exact match against a brute-force
 greedy continuation; the gate's config errors."""
 
+import dataclasses
 import json
 import math
 import os
@@ -57,14 +58,14 @@ def _sft_config():
   return c
 
 
-def _settings(check, *, steps=40, every=4, tail=6, checkpoint_every=100):
+def _settings(check, *, steps=40, every=4, tail=6, checkpoint_every=100, mode="hold"):
   return modes.SFTSettings(
       data=toy.sft_records(64, seed=0), steps=steps, batch_size=8, seq_len=128,
       optim=OptimConfig(lr=3e-3, warmup_steps=2, decay_steps=steps, end_lr_ratio=0.1,
                         clip_norm=0.0),
       loss=LossConfig(policy="sft_nll", decision_coef=0.0), log_every=1,
       checkpoint_every=checkpoint_every, export_at_end=False,
-      gate=check and modes.DecayGate(check=check, every=every, tail=tail))
+      gate=check and modes.DecayGate(check=check, every=every, tail=tail, mode=mode))
 
 
 class _Gate:
@@ -141,6 +142,32 @@ def test_a_killed_gated_run_resumes_with_its_schedule(tmp_path, monkeypatch):
   assert (s1, m1["gate_step"]) == (s2, m2["gate_step"]) == (18, 12)
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_extend_trains_on_at_the_final_lr_until_the_gate_passes(tmp_path):
+  gate = _Gate(passes_at=3)  # checks at 10, 14, 18 (steps 10, every 4): passes at 18
+  run = str(tmp_path / "extend")
+  settings = _settings(gate, steps=10, every=4, tail=12, mode="extend")
+  modes.run_sft(_sft_config(), run, settings)
+  step, meta, _ = _final(run)
+  assert gate.calls == [1, 2, 3]
+  assert (step, meta["gate_step"], meta["gate_passed"]) == (18, 18, True)
+  for s_, lr in _lrs(run).items():  # the plain cosine over 10 steps, then its final value
+    assert lr == pytest.approx(_wsd(s_ - 1, 3e-3, 2, 0, 10, 0.1), rel=1e-5), s_
+  # A finished run called again neither trains nor asks the gate.
+  again = _Gate(1)
+  modes.run_sft(_sft_config(), run, dataclasses.replace(
+      settings, gate=dataclasses.replace(settings.gate, check=again)))
+  assert again.calls == [] and _final(run)[0] == 18
+
+
+def test_extend_stops_at_its_cap_when_the_gate_never_passes(tmp_path):
+  gate = _Gate(passes_at=99)
+  run = str(tmp_path / "extend_never")
+  modes.run_sft(_sft_config(), run, _settings(gate, steps=10, every=4, tail=8, mode="extend"))
+  step, meta, _ = _final(run)
+  assert len(gate.calls) == 3  # 10, 14, 18 = steps + tail
+  assert (step, meta["gate_step"], meta["gate_passed"]) == (18, 18, False)
 
 
 # ---------------------------------------------------------------------------- the toy probes
@@ -229,7 +256,8 @@ def test_build_gate_on_an_untrained_policy(tmp_path):
     (dict(gate=("digitsum:code",)), "not one of this run's families"),
     (dict(gate=("mul:code", "mul:code")), "repeated"),
     (dict(gate=("mul:code",), gate_min=0.0), "gate_min"),
-    (dict(gate=("mul:code",), gate_tail=5000), "tail"),
+    (dict(gate=("mul:code",), gate_mode="hold", gate_tail=5000), "tail"),
+    (dict(gate=("mul:code",), gate_mode="wsd"), "gate_mode"),
 ])
 def test_bad_gate_configs_are_config_errors(warmup, needle):
   from aci_jax.em.modes import validate

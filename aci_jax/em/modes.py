@@ -240,7 +240,12 @@ def validate(config) -> None:
                         f"{w.gate_every}, {w.gate_tail}, {w.gate_n}")
     if not 0.0 < float(w.gate_min) <= 1.0:
       raise ConfigError(f"config.warmup.gate_min must be in (0, 1], got {w.gate_min}")
-    if int(w.steps) - int(w.gate_tail) < min(int(w.warmup_steps), int(w.steps)):
+    from aci_jax.train.modes import GATE_MODES
+    if w.gate_mode not in GATE_MODES:
+      raise ConfigError(f"config.warmup.gate_mode must be one of {GATE_MODES}, got "
+                        f"{w.gate_mode!r}")
+    if (w.gate_mode == "hold"
+        and int(w.steps) - int(w.gate_tail) < min(int(w.warmup_steps), int(w.steps))):
       raise ConfigError(f"config.warmup.steps ({w.steps}) must leave the gate's tail "
                         f"({w.gate_tail}) after the lr warm-up ({w.warmup_steps})")
   if config.task.name == "toy" and int(config.task.warmup_examples) < 0:

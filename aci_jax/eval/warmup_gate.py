@@ -1,8 +1,9 @@
 """The toy warm-up's decay gate: has the policy learned the demonstrations' skills yet?
 
 `config.warmup.gate` lists probes as "family:kind" entries; `build_gate` turns them into the
-`DecayGate` of `aci_jax.train.modes.run_sft` (the schedule holds the peak learning rate until the
-probes pass, then decays). Per entry, on `warmup.gate_n` problems of the family held out from the
+`DecayGate` of `aci_jax.train.modes.run_sft` (`warmup.gate_mode` "hold": the schedule holds the
+peak learning rate until the probes pass, then decays; "extend": the cosine as without a gate,
+then training goes on at its final learning rate until they pass). Per entry, on `warmup.gate_n` problems of the family held out from the
 run's training problems (the training split less every problem the run trains on: the gate
 decides the schedule, so it must not read the evaluation set), each scored from one forward
 pass, no sampling:
@@ -170,7 +171,8 @@ def build_gate(config, tokenizer, model_cfg: ModelConfig, train: Sequence[dict]
       rates[k] = float(np.mean(hits[:n]))
     return all(v >= bar for v in rates.values()), rates
 
-  return DecayGate(check=check, every=int(w.gate_every), tail=int(w.gate_tail))
+  return DecayGate(check=check, every=int(w.gate_every), tail=int(w.gate_tail),
+                   mode=str(w.gate_mode))
 
 
 def main(argv=None) -> int:

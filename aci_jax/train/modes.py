@@ -29,23 +29,46 @@ def _progress(total: int, initial: int, enabled: bool):
               disable=not enabled or jax.process_index() != 0)
 
 
+GATE_MODES = ("hold", "extend")
+
+
 @dataclasses.dataclass(frozen=True)
 class DecayGate:
-  """A warmup-stable-decay schedule whose decay a probe starts: after the linear warm-up the
-  learning rate holds at its peak; every `every` steps `check(params)` says whether the skills
-  it probes have formed, and the first time it does (or at `steps - tail`, whichever comes
-  first) the cosine decay to lr x end_lr_ratio starts, over `tail` steps. A seed whose skills
-  form late trains longer at the peak instead of decaying before they form (issue 16: the
-  warm-up's seed fragility). The gate step is kept in the checkpoint's metadata, so a resumed
-  run keeps its schedule; before the gate both schedules are the same constant."""
+  """A warm-up that trains until probes of its skills pass. Every `every` steps (on its grid)
+  `check(params)` says whether the skills it probes have formed; the gate step (the first pass,
+  or the last grid point) is kept in the checkpoint's metadata, so a resumed run keeps its
+  schedule and the checks are those an uninterrupted run makes. Two schedules:
+
+  - "hold" (warmup-stable-decay): after the linear warm-up the learning rate holds at its peak;
+    checks from the end of the warm-up on; at the gate step (at the latest `steps - tail`) the
+    cosine to lr x end_lr_ratio starts, over `tail` steps.
+  - "extend": the plain cosine over `steps`; checks from `steps` on, training on at the final
+    learning rate until they pass, at most `tail` more steps. A seed whose skills formed in
+    time trains exactly as without the gate.
+
+  Why (issue 16): the warm-up's skills form late on some seeds and the fixed schedule's decay
+  ends before they do."""
 
   check: Callable[[Any], tuple[bool, dict[str, float]]]  # params -> (passed, {probe: value})
   every: int
   tail: int
+  mode: str = "hold"
 
   def __post_init__(self):
     if self.every <= 0 or self.tail <= 0:
       raise ValueError(f"gate every and tail must be > 0, got {self.every}, {self.tail}")
+    if self.mode not in GATE_MODES:
+      raise ValueError(f"gate mode must be one of {GATE_MODES}, got {self.mode!r}")
+
+  def due(self, step: int, steps: int, warmup_steps: int) -> bool:
+    """Is `step` a check of a run of `steps` (see the class doc)?"""
+    if self.mode == "hold":
+      return step >= warmup_steps and (step % self.every == 0 or step == steps - self.tail)
+    return step >= steps and (step - steps) % self.every == 0
+
+  def last(self, steps: int) -> int:
+    """The last check: the gate closes there whether its probes pass or not."""
+    return steps - self.tail if self.mode == "hold" else steps + self.tail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +90,8 @@ class SFTSettings:
   export_every: int = 0  # 0 = no periodic export
   export_at_end: bool = True
   export_dir: str = ""  # "" = <workdir>/export/step_N
-  # None: optim's schedule over `steps`. Set: `steps` is the most the run takes (see DecayGate).
+  # None: optim's schedule over `steps`. Set: see DecayGate (`steps` is the most a "hold" run
+  # takes, where an "extend" run's cosine ends).
   gate: DecayGate | None = None
 
 
@@ -122,10 +146,11 @@ def run_sft(config, workdir: str, s: SFTSettings, tokenizer=None) -> None:
   micro-batches, seed, checkpoint retention and export dtype; `tokenizer` defaults to
   config.tokenizer (or the model's)."""
   gate = s.gate
-  if gate and s.steps - gate.tail < s.optim.warmup_steps:
+  hold = bool(gate) and gate.mode == "hold"
+  if hold and s.steps - gate.tail < s.optim.warmup_steps:
     raise ConfigError(f"a gated warm-up needs steps ({s.steps}) >= warmup_steps "
                       f"({s.optim.warmup_steps}) + the gate's tail ({gate.tail})")
-  if gate:
+  if hold:
     s = dataclasses.replace(s, optim=_gated_optim(s, None))
   trainer = Trainer(_trainer_config(config, s), workdir, loss_cfg=s.loss)
   if tokenizer is None:
@@ -152,8 +177,12 @@ def run_sft(config, workdir: str, s: SFTSettings, tokenizer=None) -> None:
   cursor = int(trainer.meta.get("data_cursor", 0))
   end = s.steps
   if gate and trainer.meta.get("gate_step") is not None:
-    trainer.set_optim(_gated_optim(s, trainer.meta["gate_step"]))
-    end = trainer.meta["gate_step"] + gate.tail
+    end = trainer.meta["gate_step"]
+    if hold:
+      trainer.set_optim(_gated_optim(s, end))
+      end += gate.tail
+  elif gate and not hold:
+    end = gate.last(s.steps)  # the cosine's end value holds past s.steps (optax clamps)
   bar = _progress(end, trainer.step, config.get("progress", True))
   while trainer.step < end:
     batch, cursor = data.batch(cursor, process_index=jax.process_index(),
@@ -167,16 +196,18 @@ def run_sft(config, workdir: str, s: SFTSettings, tokenizer=None) -> None:
       trainer.log(step, metrics)
       bar.set_postfix(loss=f"{metrics['loss']:.4f}")
     gated = False
-    if (gate and trainer.meta.get("gate_step") is None and step >= s.optim.warmup_steps
-        and (step % gate.every == 0 or step == s.steps - gate.tail)):
+    if (gate and trainer.meta.get("gate_step") is None
+        and gate.due(step, s.steps, s.optim.warmup_steps)):
       passed, probes = gate.check(trainer.state.params)
       trainer.log(step, {f"gate/{k}": v for k, v in probes.items()})
       log.info("warm-up gate at step %d: %s %s", step, "passed" if passed else "not yet",
                " ".join(f"{k}={v:.3f}" for k, v in probes.items()))
-      if passed or step >= s.steps - gate.tail:
+      if passed or step >= gate.last(s.steps):
         trainer.meta["gate_step"], trainer.meta["gate_passed"] = step, bool(passed)
-        trainer.set_optim(_gated_optim(s, step))
-        end = step + gate.tail
+        end = step
+        if hold:
+          trainer.set_optim(_gated_optim(s, step))
+          end += gate.tail
         bar.total = end
         gated = True
     if step % s.checkpoint_every == 0 or step == end or gated:
