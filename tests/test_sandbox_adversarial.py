@@ -12,7 +12,7 @@ import pytest
 
 from aci_jax.sandbox import Sandbox, SandboxConfig, Status
 from aci_jax.sandbox.pool import pids_with_uid
-from sandbox_helpers import host_listener
+from sandbox_helpers import host_listener, wait_until_gone
 
 
 def procs_with_uid(lo: int, hi: int) -> list[int]:
@@ -72,10 +72,8 @@ def run_checked(sb: Sandbox, name: str, code: str, expected: Status):
   latency = time.monotonic() - t0
   assert r.status == expected, (r.status, r.output, r.stderr_tail)
   assert latency <= sb.config.timeout_s + 1.0, latency
-  deadline = time.monotonic() + 3.0
-  while procs_with_uid(*sb.uid_range) and time.monotonic() < deadline:
-    time.sleep(0.02)
-  assert procs_with_uid(*sb.uid_range) == [], "a sandboxed process survived its session"
+  left = wait_until_gone(lambda: procs_with_uid(*sb.uid_range))
+  assert left == [], ("a sandboxed process survived its session", sb.isolation["tier"], left)
   assert alive(pids["server"]) and alive(pids["zygote"]), "the sandbox server was hurt"
   assert sb.process_ids() == pids, "the server was restarted"
   assert sb.run(name + "/after", "print(6*7)").output == "42"  # still serving

@@ -22,6 +22,7 @@ import time
 from aci_jax.sandbox import isolation, runner
 from aci_jax.sandbox.config import SandboxConfig
 from aci_jax.sandbox.files import remove_tree
+from aci_jax.sandbox.server_process import pids_with_uid
 from aci_jax.sandbox.tiers import Isolation
 
 SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # world-writable places a uid can leave files
@@ -166,23 +167,36 @@ class Zygote:
       self._killpg(pid, wait=False)
 
   @staticmethod
-  def _killpg(pgid: int, wait: bool) -> None:
+  def _killpg(pgid: int, wait: bool) -> bool:
     """setsid/setpgid are blocked by seccomp, so the group holds every descendant. With wait,
     repeat until the group is empty (a fork may race the signal), reaping the members that were
-    orphaned to us (we are their subreaper) so they do not linger as zombies."""
+    orphaned to us (we are their subreaper) so they do not linger as zombies. Returns whether
+    the group was seen empty (bounded: a slow machine may still be tearing members down)."""
     for _ in range(2000):
       try:
         os.killpg(pgid, signal.SIGKILL)
       except (ProcessLookupError, PermissionError):
-        return
+        return True
       if not wait:
-        return
+        return False
       try:
         while os.waitpid(-pgid, os.WNOHANG)[0] > 0:
           pass
       except ChildProcessError:
         pass
       time.sleep(0.0002)
+    return False
+
+  @staticmethod
+  def _kill_uid(uid: int) -> None:
+    """Second net of the fallback tier, for a group that outlived _killpg's bound: SIGKILL
+    every live process of the session's own uid (unique to the session until it is reaped
+    here, so nothing else can be hit). A uid handed to the next session must own nothing."""
+    for pid in pids_with_uid(uid, uid + 1):
+      try:
+        os.kill(pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
 
   def _sweep_shared_dirs(self, uid: int) -> None:
     """Seccomp tier only (no private mount namespace): remove what the session's uid left in
@@ -216,11 +230,12 @@ class Zygote:
     uid = self.uids.pop(pid, None)
     if sid is not None and self.by_sid.get(sid) == pid:
       del self.by_sid[sid]
-    if self.iso.tier != "namespaces":
-      self._killpg(pid, wait=True)
+    own_uid = uid is not None and self.iso.spec_base["drop_uid"]
+    if self.iso.tier != "namespaces" and not self._killpg(pid, wait=True) and own_uid:
+      self._kill_uid(uid)
     if workdir:
       self._remove(workdir)
-    if uid is not None and self.iso.tier != "namespaces" and self.iso.spec_base["drop_uid"]:
+    if own_uid and self.iso.tier != "namespaces":
       self._sweep_shared_dirs(uid)
     oom = False
     if pid in self.cg_of:
