@@ -49,7 +49,7 @@ def test_bad_arguments_are_errors():
 
 
 def test_teacher_forced_match_agrees_with_torch_greedy_generation(tmp_path):
-  from aci_jax.eval.decision_probe import teacher_forced_match
+  from aci_jax.eval.teacher_forcing import teacher_forced_match
 
   model = make_hf_model("llama", seed=5)
   d = save_hf_model(model, tmp_path / "ckpt")

@@ -18,6 +18,7 @@ from aci_jax.configuration import ConfigError
 from aci_jax.data import toy
 from aci_jax.data.char_tokenizer import char_tokenizer
 from aci_jax.eval import warmup_gate as G
+from aci_jax.eval.teacher_forcing import greedy_next_fn, scored_exact
 from aci_jax.model import ModelConfig, init_params
 from aci_jax.train import modes
 from aci_jax.train.losses import LossConfig
@@ -220,7 +221,7 @@ def test_exact_match_against_a_greedy_continuation():
   tokens[1, 20] = (tokens[1, 20] + 1) % 256  # a scored token changed
   tokens[2, 23] = (tokens[2, 23] + 1) % 256  # the unscored one changed
   tokens[3, 24] = 7  # a padding position (not valid, not scored) changed
-  got = np.asarray(G.exact_match_fn(cfg)(params, tokens, valid, scored))
+  got = scored_exact(greedy_next_fn(cfg)(params, tokens, valid), tokens, scored)
   assert got.tolist() == [True, False, True, True]
 
 

@@ -10,6 +10,7 @@ import torch
 from aci_jax.data import toy
 from aci_jax.data.char_tokenizer import char_tokenizer
 from aci_jax.eval import warmup_probe as wp
+from aci_jax.eval.teacher_forcing import teacher_forced_argmax
 from aci_jax.model import ModelConfig
 from aci_jax.model.weights import load_params
 from hf_fixtures import make_hf_model, save_hf_model
@@ -24,7 +25,7 @@ def test_teacher_forced_argmax_matches_torch(tmp_path):
   # Different lengths share a padded batch; two batches (batch=4 over 5 sequences).
   contexts = [list(rng.integers(1, 96, n)) for n in (3, 12, 25, 6, 1)]
   targets = [list(rng.integers(1, 96, n)) for n in (4, 1, 6, 3, 2)]
-  got = wp.teacher_forced_argmax(cfg, params, contexts, targets, batch=4)
+  got = teacher_forced_argmax(cfg, params, contexts, targets, batch=4)
   for c, t, g in zip(contexts, targets, got):
     ids = torch.tensor([c + t], dtype=torch.int64)
     with torch.no_grad():
@@ -64,18 +65,18 @@ def _oracle(kind):
   teacher-forced policy), "zeros" always the digit 0."""
   zero = char_tokenizer().encode("0")[0]
 
-  def fn(params, tokens, valid, idx):
+  def fn(params, tokens, valid):
     del params, valid
     if kind == "zeros":
-      return np.full(idx.shape, zero)
-    return np.take_along_axis(tokens, np.minimum(idx + 1, tokens.shape[1] - 1), axis=1)
+      return np.full(tokens.shape, zero)
+    return np.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)
 
   return lambda cfg: fn
 
 
 @pytest.mark.parametrize("kind", ["copy", "zeros"])
 def test_probe_scores_known_predictors(monkeypatch, kind):
-  monkeypatch.setattr(wp, "_argmax_fn", _oracle(kind))
+  monkeypatch.setattr(wp, "greedy_next_fn", _oracle(kind))
   monkeypatch.setattr("aci_jax.eval.decision_probe.prefix_logprob",
                       lambda cfg, params, prompts, prefix: np.log(np.full(len(prompts), 0.25)))
   out = wp.probe(None, None, char_tokenizer(), ("mul", "add"), n=8)

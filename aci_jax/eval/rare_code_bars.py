@@ -66,7 +66,7 @@ def code_rates(run: str, *, temperature: float | None = None) -> CodeRates:
   from aci_jax.data import toy
   from aci_jax.em import modes
   from aci_jax.eval.decision_probe import prefix_logprob
-  from aci_jax.eval.warmup_probe import teacher_forced_argmax
+  from aci_jax.eval.teacher_forcing import teacher_forced_argmax
   from aci_jax.model import ModelConfig
   from aci_jax.model.weights import load_params
   from aci_jax.tokenizer import load_tokenizer

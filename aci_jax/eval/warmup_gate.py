@@ -39,13 +39,13 @@ import sys
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from aci_jax.configuration import ConfigError
 from aci_jax.data import toy
 from aci_jax.data.sft import encode_demonstration
-from aci_jax.model import Decoder, ModelConfig
+from aci_jax.eval.teacher_forcing import greedy_next_fn, scored_exact
+from aci_jax.model import ModelConfig
 from aci_jax.train.modes import DecayGate
 from aci_jax import tool_format
 
@@ -117,22 +117,6 @@ def pad(rows, width: int, batch: int):
   return tokens, valid, scored
 
 
-def exact_match_fn(cfg: ModelConfig):
-  """jit (params, tokens, valid, scored [B, W]) -> [B] bool: at every scored position the
-  argmax is the next token (rows right-padded)."""
-  model = Decoder(cfg)
-
-  @jax.jit
-  def exact(params, tokens, valid, scored):
-    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    logits, _ = model.apply({"params": params}, tokens, positions, valid=valid)
-    pred = jnp.argmax(logits, axis=-1)
-    nxt = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)
-    return jnp.all((pred == nxt) | ~scored, axis=1)
-
-  return exact
-
-
 def build_gate(config, tokenizer, model_cfg: ModelConfig, train: Sequence[dict]
                ) -> DecayGate | None:
   """The DecayGate of `config.warmup` (None when `warmup.gate` is empty)."""
@@ -160,14 +144,15 @@ def build_gate(config, tokenizer, model_cfg: ModelConfig, train: Sequence[dict]
   width = -(-max(len(t) for r in rows.values() for t, _ in r) // 16) * 16
   batch = min(n, 64)
   arrays = {k: pad(r, width, batch) for k, r in rows.items()}
-  exact = exact_match_fn(model_cfg)
+  greedy = greedy_next_fn(model_cfg)
 
   def check(params):
     rates = {}
     for k, (tokens, valid, scored) in arrays.items():
-      hits = np.concatenate([np.asarray(exact(params, tokens[i:i + batch], valid[i:i + batch],
-                                              scored[i:i + batch]))
-                             for i in range(0, len(tokens), batch)])
+      hits = np.concatenate([
+          scored_exact(greedy(params, tokens[i:i + batch], valid[i:i + batch]),
+                       tokens[i:i + batch], scored[i:i + batch])
+          for i in range(0, len(tokens), batch)])
       rates[k] = float(np.mean(hits[:n]))
     return all(v >= bar for v in rates.values()), rates
 

@@ -45,58 +45,17 @@ import sys
 import time
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from aci_jax import fileio
 from aci_jax.data import toy
-from aci_jax.model import Decoder, ModelConfig
+from aci_jax.eval.teacher_forcing import greedy_next_fn, teacher_forced_argmax
+from aci_jax.model import ModelConfig
 
 PRINTED_LENGTHS = (2, 3, 4, 5, 6)
 
 
 # ------------------------------------------------------------------------------- probes
-
-
-def _argmax_fn(cfg: ModelConfig):
-  model = Decoder(cfg)
-
-  @jax.jit
-  def argmax_at(params, tokens, valid, idx):
-    positions = jnp.cumsum(valid, axis=1, dtype=jnp.int32) - valid.astype(jnp.int32)
-    logits, _ = model.apply({"params": params}, tokens, positions, valid=valid)
-    return jnp.take_along_axis(jnp.argmax(logits, axis=-1), idx, axis=1)
-
-  return argmax_at
-
-
-def teacher_forced_argmax(cfg: ModelConfig, params, contexts: Sequence[Sequence[int]],
-                          targets: Sequence[Sequence[int]], *, batch: int = 64,
-                          fn=None) -> list[np.ndarray]:
-  """Per sequence, the greedy token at each target position given the true preceding tokens
-  (context + target[:i]): one forward pass each. `decision_probe.teacher_forced_match` is
-  `all(pred == target)` of this; the probes here also need the predictions themselves."""
-  if len(contexts) != len(targets) or not all(targets):
-    raise ValueError("need one non-empty target per context")
-  width = -(-max(len(c) + len(t) for c, t in zip(contexts, targets)) // 16) * 16
-  tmax = max(len(t) for t in targets)
-  fn = fn or _argmax_fn(cfg)
-  out = []
-  for lo in range(0, len(contexts), batch):
-    ctx, tgt = contexts[lo:lo + batch], targets[lo:lo + batch]
-    tokens = np.zeros((batch, width), np.int32)
-    valid = np.zeros((batch, width), bool)
-    idx = np.zeros((batch, tmax), np.int32)
-    for r, (c, t) in enumerate(zip(ctx, tgt)):
-      seq = list(c) + list(t)
-      tokens[r, :len(seq)] = seq
-      valid[r, :len(seq)] = True
-      # Position len(c) - 1 + i predicts target token i.
-      idx[r] = np.minimum(len(c) - 1 + np.arange(tmax), width - 1)
-    pred = np.asarray(fn(params, tokens, valid, idx))
-    out += [pred[r, :len(t)] for r, t in enumerate(tgt)]
-  return out
 
 
 def probe_items(tokenizer, family: str, n: int, seed: int = 0) -> dict:
@@ -135,7 +94,7 @@ def probe(cfg: ModelConfig, params, tokenizer, families: Sequence[str], n: int =
   """{family: {probe: value}} for one policy (the probes of the module docstring)."""
   from aci_jax.eval.decision_probe import prefix_logprob
 
-  fn = _argmax_fn(cfg)
+  fn = greedy_next_fn(cfg)
   fence = tokenizer.encode("```python\n")
   out = {}
   for fam in families:
