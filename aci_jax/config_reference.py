@@ -46,6 +46,10 @@ SECTIONS = {
 MEANINGS = {
     "mode": "what runs: `autocode` (warm-up, EM, evaluation), `sft`, `export`",
     "seed": "seeds the data order, initialisation, sampling keys and curation",
+    "problem_seed": "the toy's problems and demonstrations, the warm-up gate's held-out "
+                    "problems (-1 = `seed`)",
+    "order_seed": "the SFT data's shuffle and packing (-1 = `seed`)",
+    "init_seed": "the initial weights of a `scratch` model (-1 = `seed`)",
     "progress": "tqdm progress bars (training steps, rollout rows) on process 0",
     "tokenizer": "`toy` (built-in character tokenizer, 259 ids), a HF tokenizer directory, or "
                  "`\"\"` = the tokenizer of `model.path`",

@@ -73,7 +73,9 @@ DATACLASS_KEYS = {
 # Keys no dataclass holds, by section ("" = top level). Values: mostly those of the paper-scale
 # preset (configs/paper.py), the toy task's for the toy's own keys.
 PLAIN_DEFAULTS = {
-    "": dict(mode="autocode", seed=0, progress=True,
+    # problem_seed / order_seed / init_seed: -1 = `seed` (see seed_for)
+    "": dict(mode="autocode", seed=0, problem_seed=-1, order_seed=-1, init_seed=-1,
+             progress=True,
              tokenizer=""),  # "" = the tokenizer of model.path
     "model": dict(init="scratch", path=""),
     "mesh": {},
@@ -105,6 +107,24 @@ PLAIN_DEFAULTS = {
     "dist": dict(multihost="auto", coordinator="", num_processes=1, process_id=0,
                  cpu_collectives="gloo"),
 }
+
+
+SEED_ROLES = ("problem", "order", "init")
+
+
+def seed_for(config, role: str) -> int:
+  """The seed of one of the run's random draws: `problem` (the toy's problems and
+  demonstrations, the warm-up gate's held-out problems), `order` (the SFT data's shuffle and
+  packing), `init` (the initial weights). Each is `config.seed` unless `<role>_seed` >= 0 sets it,
+  so one draw can vary with the others fixed (issue 16: what makes a warm-up seed late?).
+  Sampling keys and EM's query order always follow `config.seed`."""
+  if role not in SEED_ROLES:
+    raise ValueError(f"seed role must be one of {SEED_ROLES}, got {role!r}")
+  own = config.get(f"{role}_seed", -1)
+  if isinstance(own, bool) or not isinstance(own, int) or own < -1:
+    raise ConfigError(f"config.{role}_seed must be -1 (= config.seed) or an integer >= 0, "
+                      f"got {own!r}")
+  return own if own >= 0 else int(config.seed)
 
 
 def dataclass_class(path: str):

@@ -24,7 +24,7 @@ import time
 import jax
 
 from aci_jax import fileio
-from aci_jax.configuration import ConfigError, dataclass_from
+from aci_jax.configuration import ConfigError, dataclass_from, seed_for
 from aci_jax.em import algorithms
 from aci_jax.em.loop import EMConfig, EMLoop, Problem, restore_progress, save_progress
 from aci_jax.train.runner import Trainer
@@ -58,9 +58,10 @@ def _problems(config):
     fams = tuple(t.families)
     try:  # a count a family cannot supply, an unknown family: the user's config, one line
       train = toy.make_problems(t.train_per_family, split="train", families=fams,
-                                seed=config.seed,
+                                seed=seed_for(config, "problem"),
                                 caps=toy.family_caps(t.get("train_caps", ())))
-      test = toy.make_problems(t.eval_per_family, split="test", families=fams, seed=config.seed)
+      test = toy.make_problems(t.eval_per_family, split="test", families=fams,
+                               seed=seed_for(config, "problem"))
     except ValueError as e:
       raise ConfigError(f"config.task: {e}".splitlines()[0]) from None
     return train, {"toy": test}
@@ -111,7 +112,7 @@ def _warmup_demos(config, train):
                                     copy_drill=float(t.get("copy_drill", 0.0)),
                                     repeats=toy.demo_repeats(t.get("demo_repeats", ())),
                                     forced_fraction=float(t.get("forced_fraction", 0.0)),
-                                    seed=config.seed)
+                                    seed=seed_for(config, "problem"))
   else:
     from aci_jax.data.sft import load_demonstrations
     demos = load_demonstrations(config.warmup.data_path)

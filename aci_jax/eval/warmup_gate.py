@@ -41,7 +41,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from aci_jax.configuration import ConfigError
+from aci_jax.configuration import ConfigError, seed_for
 from aci_jax.data import toy
 from aci_jax.data.sft import encode_demonstration
 from aci_jax.eval.teacher_forcing import greedy_next_fn, scored_exact
@@ -135,7 +135,8 @@ def build_gate(config, tokenizer, model_cfg: ModelConfig, train: Sequence[dict]
   system = config.data.get("system") or None
   rows = {}
   for fam, kind in parsed:
-    demos = gate_demos(fam, kind, heldout_problems(fam, n, exclude, seed=int(config.seed) + 104729))
+    demos = gate_demos(fam, kind, heldout_problems(fam, n, exclude,
+                                                   seed=seed_for(config, "problem") + 104729))
     if config.task.get("instruction"):
       from aci_jax.eval.harness import user_message
       demos = [{**d, "prompt": user_message(d["prompt"], config.task.instruction)} for d in demos]

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import jax
 
 from aci_jax import fileio
-from aci_jax.configuration import ConfigError, dataclass_from
+from aci_jax.configuration import ConfigError, dataclass_from, seed_for
 from aci_jax.data.sft import build_sft_data, write_jsonl
 from aci_jax.data.toy import sft_records
 from aci_jax.parallel.rules import data_parallel_size
@@ -123,7 +123,8 @@ def sft(config, workdir: str) -> None:
   """Warm-up SFT on JSONL demonstrations (config.data.train_path; empty = the toy set)."""
   s = sft_settings(config)
   if not s.data:  # the built-in toy demonstrations (process 0 also writes them for inspection)
-    s = dataclasses.replace(s, data=sft_records(config.data.toy_examples, seed=config.seed))
+    s = dataclasses.replace(s, data=sft_records(config.data.toy_examples,
+                                                         seed=seed_for(config, "problem")))
     if jax.process_index() == 0:
       write_jsonl(fileio.join(workdir, "data", "toy_sft.jsonl"), s.data)
   run_sft(config, workdir, s)
@@ -166,7 +167,8 @@ def run_sft(config, workdir: str, s: SFTSettings, tokenizer=None) -> None:
   row_multiple = math.lcm(4, trainer.step_cfg.micro_batches * dp // jax.process_count())
   try:
     data, stats = build_sft_data(s.data, tokenizer, batch_size=s.batch_size, seq_len=s.seq_len,
-                                 seed=config.seed, system=s.system, pack_len=s.pack_len,
+                                 seed=seed_for(config, "order"), system=s.system,
+                                 pack_len=s.pack_len,
                                  row_multiple=row_multiple)
   except ValueError as e:
     raise ConfigError(str(e)) from None

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from aci_jax import fileio
-from aci_jax.configuration import MODEL_RUNTIME_KEYS, ConfigError, dataclass_from
+from aci_jax.configuration import MODEL_RUNTIME_KEYS, ConfigError, dataclass_from, seed_for
 from aci_jax.metrics import MetricsWriter
 from aci_jax.model import ModelConfig, init_params
 from aci_jax.parallel import MeshConfig, make_mesh
@@ -121,7 +121,7 @@ class Trainer:
       from aci_jax.model.weights import load_params
       return load_params(self.hf_path, self.model_cfg, shardings=self.shardings.params)
     return jax.jit(init_params, static_argnums=0, out_shardings=self.shardings.params)(
-        self.model_cfg, jax.random.key(self.config.seed))
+        self.model_cfg, jax.random.key(seed_for(self.config, "init")))
 
   def set_optim(self, cfg: OptimConfig) -> None:
     """Continues with the learning-rate schedule of `cfg` (same optimizer otherwise, so the
