@@ -34,6 +34,13 @@ def test_teacher_forced_argmax_matches_torch(tmp_path):
     assert g.tolist() == ref
 
 
+def test_teacher_forced_argmax_refuses_what_it_cannot_score():
+  with pytest.raises(ValueError, match="context needs"):
+    teacher_forced_argmax(None, None, [[1, 2], []], [[3], [4]])
+  with pytest.raises(ValueError, match="non-empty target"):
+    teacher_forced_argmax(None, None, [[1, 2]], [[]])
+
+
 def _text(tok, ids):
   return tok.decode(list(ids))
 

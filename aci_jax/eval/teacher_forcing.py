@@ -47,6 +47,8 @@ def teacher_forced_argmax(cfg: ModelConfig, params, contexts: Sequence[Sequence[
   (context + target[:i]). `fn` is a `greedy_next_fn` to reuse across calls (one compile)."""
   if len(contexts) != len(targets) or not all(targets):
     raise ValueError("need one non-empty target per context")
+  if not all(contexts):  # the first target token is predicted from the context's last one
+    raise ValueError("every context needs at least one token")
   width = -(-max(len(c) + len(t) for c, t in zip(contexts, targets)) // 16) * 16
   fn = fn or greedy_next_fn(cfg)
   out = []
