@@ -125,6 +125,7 @@ def test_a_toy_family_too_small_for_the_count_asked_is_one_line(tmp_path):
   # exist, and the run must say so in one line, not a traceback from the data code.
   res = run_main("--config", os.path.join(ROOT, "configs", "default.py"),
                  "--workdir", str(tmp_path / "w"), "--config.task.families=('mul_small',)",
+                 "--config.warmup.gate=()",  # the default's probes name its own families
                  "--config.task.train_per_family=2000", "--config.progress=False")
   lines = error_lines(res)
   assert res.returncode == 2, res.stderr[-2000:]
@@ -132,6 +133,20 @@ def test_a_toy_family_too_small_for_the_count_asked_is_one_line(tmp_path):
   assert lines[0].startswith("error: config.task: toy family 'mul_small' has fewer than 2000 "
                              "distinct 'train' problems"), lines[0]
   assert "Traceback" not in res.stderr
+
+
+def test_the_default_gate_with_other_families_is_one_line(tmp_path):
+  # configs/default.py's warm-up gate probes add, compare, mul and powmod: a run on other
+  # families must say how to turn it off, before any workdir is made.
+  res = run_main("--config", os.path.join(ROOT, "configs", "default.py"),
+                 "--workdir", str(tmp_path / "w"), "--config.task.families=('mul_small',)",
+                 "--config.progress=False")
+  lines = error_lines(res)
+  assert res.returncode == 2, res.stderr[-2000:]
+  assert len(lines) == 1 and lines[0].startswith(
+      "error: config.warmup.gate entry 'add:reason': 'add' is not one of this run's families"), lines
+  assert lines[0].endswith("--config.warmup.gate=())"), lines
+  assert not (tmp_path / "w").exists()
 
 
 def test_importing_main_loads_no_mode_and_no_jax():

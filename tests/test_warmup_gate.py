@@ -249,7 +249,7 @@ def test_build_gate_on_an_untrained_policy(tmp_path):
   passed, rates = gate.check(params)
   assert not passed and rates == {"add:reason": 0.0, "mul:code": 0.0}
   assert (gate.every, gate.tail) == (c.warmup.gate_every, c.warmup.gate_tail)
-  assert G.build_gate(_toy_config(), char_tokenizer(), cfg, train) is None
+  assert G.build_gate(_toy_config(gate=()), char_tokenizer(), cfg, train) is None
 
 
 @pytest.mark.parametrize("warmup,needle", [
@@ -274,7 +274,7 @@ def test_cli_bad_input_is_one_line(tmp_path):
   run = tmp_path / "run"
   (run / "warmup" / "checkpoints" / "5").mkdir(parents=True)
   (run / "warmup" / "checkpoints" / "5" / "_CHECKPOINT_METADATA").write_text("{}")
-  (run / "config.json").write_text(json.dumps(_toy_config().to_dict()))
+  (run / "config.json").write_text(json.dumps(_toy_config(gate=()).to_dict()))
   with pytest.raises(SystemExit, match=r"no warm-up checkpoint \[7\]"):
     G.main([str(run), "--steps", "7"])
   with pytest.raises(SystemExit, match="name the probes with --gate"):

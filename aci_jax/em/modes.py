@@ -229,7 +229,9 @@ def validate(config) -> None:
                       f"{config.grader.fallback!r}")
   if config.task.name not in ("toy", "jsonl"):
     raise ConfigError(f"config.task.name must be 'toy' or 'jsonl', got {config.task.name!r}")
-  if tuple(config.warmup.get("gate", ())):
+  # The gate belongs to a warm-up that runs (`warmup.steps` 0: none; configs/default.py's tail
+  # is then 0 too).
+  if tuple(config.warmup.get("gate", ())) and int(config.warmup.steps):
     from aci_jax.eval.warmup_gate import parse_entries
     if config.task.name != "toy":
       raise ConfigError("config.warmup.gate probes the toy task's demonstrations; it needs "

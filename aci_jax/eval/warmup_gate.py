@@ -63,7 +63,8 @@ def parse_entries(entries: Sequence[str], families: Sequence[str]) -> list[tuple
                         f"{KINDS}")
     if fam not in families:
       raise ConfigError(f"config.warmup.gate entry {e!r}: {fam!r} is not one of this run's "
-                        f"families {tuple(families)}")
+                        f"families {tuple(families)} (name only those, or turn the gate off: "
+                        "--config.warmup.gate=())")
     if (fam, kind) in out:
       raise ConfigError(f"config.warmup.gate entry {e!r} is repeated")
     out.append((fam, kind))
