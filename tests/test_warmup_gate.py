@@ -281,3 +281,18 @@ def test_cli_bad_input_is_one_line(tmp_path):
     G.main([str(run)])
   with pytest.raises(SystemExit, match="family:kind"):
     G.main([str(run), "--gate", "mul"])
+
+
+def test_the_default_gate_tail_follows_the_warmup_steps():
+  # configs/default.py caps the gate's extension at 3/4 of `warmup.steps` (rounded up), so a
+  # short smoke run (--config.warmup.steps=20) cannot train on for the full run's 1,500 steps;
+  # an explicit gate_tail still wins.
+  c = _toy_config()
+  assert (c.warmup.steps, c.warmup.gate_tail) == (2000, 1500)
+  c.warmup.steps = 20
+  assert c.warmup.gate_tail == 15
+  c.warmup.steps = 1
+  assert c.warmup.gate_tail == 1
+  c.warmup.gate_tail = 40
+  c.warmup.steps = 300
+  assert c.warmup.gate_tail == 40
