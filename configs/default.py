@@ -12,7 +12,8 @@ Measured (docs/em.md, "Item 1"): held-out accuracy 0.42-0.51 after the warm-up, 
 after the third EM iteration; every bar of issue 16's item 1 (`python -m
 aci_jax.eval.learning_bars WORKDIR`) met on seeds 1, 3, 4, 5 (2026-12-03, before the warm-up
 gate), 2 and 7 (with the gate, 2026-12-05/06); seed 6 (with the gate) misses one: its `add`
-reasoning wears from 1.00 to 0.92 over the three M-steps (< 0.95 x warm-up). A run is ~30-40
+reasoning wears from 1.00 to 0.92 over the three M-steps (< 0.95 x warm-up), and on 100
+problems per family seed 2's `mul` reads 0.78 (< 0.8). A run is ~30-40
 minutes on an idle 2-core VM (2,000-2,750 warm-up steps of 0.6-1.0 s, then ~5 minutes of EM),
 not the issue's 10.
 
