@@ -236,6 +236,9 @@ MEANINGS = {
     "loss.kl_coef": "KL to the reference policy, the run's starting parameters (0: off, as in "
                     "the paper; > 0 keeps a second copy of the parameters and runs one more "
                     "forward per step; never in the EM warm-up)",
+    "loss.kl_tokens": "tokens the KL covers: `all` model-written ones, or `after_decision` (not "
+                      "the first response token, so the anchor holds how the policy reasons and "
+                      "codes but not whether it codes)",
     "loss.aggregation": "`token_mean` or `seq_mean`, for every term",
     "optim.lr": "peak learning rate",
     "optim.warmup_steps": "linear warm-up from 0",

@@ -66,7 +66,7 @@ DATACLASS_KEYS = {
     "train": [("aci_jax.train.step:StepConfig", None)],
     "loss": [("aci_jax.train.losses:LossConfig",
               ("policy", "clip_eps_low", "clip_eps_high", "decision_coef", "kl_coef",
-               "aggregation"))],
+               "kl_tokens", "aggregation"))],
     "optim": [("aci_jax.train.optim:OptimConfig", None)],
 }
 

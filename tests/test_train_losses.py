@@ -83,7 +83,12 @@ def ref_objective(logits, batch, cfg: L.LossConfig):
   def term(name):
     v = np.zeros((B, S))
     g = np.zeros((B, S))  # d v / d logp
-    m = mask * dec[:, None] if name == "decision_ce" else mask
+    m = mask * dec[:, None] if name == "decision_ce" else mask.copy()
+    if name.startswith("kl_") and cfg.kl_tokens == "after_decision":
+      for b in range(B):  # drop each row's first covered token (the decision)
+        covered = np.flatnonzero(m[b])
+        if covered.size:
+          m[b, covered[0]] = 0.0
     for b, s in itertools.product(range(B), range(S)):
       lp, a = logp[b, s], adv[b, s]
       if name in ("ppo_clip", "grpo"):
@@ -159,6 +164,9 @@ CASES = [
     dict(policy="grpo", kl_coef=0.04, kl_estimator="k3", aggregation="seq_mean"),
     dict(policy="ppo_clip", kl_coef=0.1, kl_estimator="k1"),
     dict(policy="sft_nll", kl_coef=0.2, kl_estimator="k2", decision_coef=0.5),
+    dict(policy="ppo_clip", kl_coef=0.2, kl_tokens="after_decision"),
+    dict(policy="grpo", kl_coef=0.3, kl_estimator="k2", kl_tokens="after_decision",
+         aggregation="seq_mean"),
 ]
 
 
@@ -212,12 +220,40 @@ def test_masked_tokens_get_no_gradient_and_padding_is_never_trained():
   np.testing.assert_array_equal(a[1], b[1])
 
 
+def test_kl_after_decision_leaves_the_decision_token_to_the_policy_term():
+  """With kl_tokens="after_decision" and only the KL term active (sft_nll's advantages are none
+  of its business, so: a policy term on no tokens), the gradient at each row's first response
+  token is exactly 0 and elsewhere equals that of kl_tokens="all"."""
+  logits, batch = make_batch(4)
+  cfg_all = L.LossConfig(policy="ppo_clip", kl_coef=1.0)
+  cfg_after = L.LossConfig(policy="ppo_clip", kl_coef=1.0, kl_tokens="after_decision")
+  batch["advantages"][:] = 0.0  # the policy term contributes no gradient
+  target_mask = (batch["loss_mask"] * batch["valid"])[:, 1:]
+  first = np.zeros_like(target_mask, bool)
+  for b in range(B):
+    covered = np.flatnonzero(target_mask[b])
+    if covered.size:
+      first[b, covered[0]] = True
+  assert first.sum() == 4  # row 2 has no loss tokens
+  _, g_all, _ = jax_objective(logits, batch, cfg_all)
+  _, g_after, _ = jax_objective(logits, batch, cfg_after)
+  assert np.abs(g_all[:, :-1][first]).max() > 0
+  assert np.abs(g_after[:, :-1][first]).max() == 0.0
+  rest = (target_mask > 0) & ~first
+  # token_mean: the "after" weights are 1/(n - 4) instead of 1/n on the same tokens
+  n = target_mask.sum()
+  np.testing.assert_allclose(g_after[:, :-1][rest] * (n - 4), g_all[:, :-1][rest] * n,
+                             rtol=1e-5, atol=1e-7)
+
+
 def test_registry_and_config_errors():
   assert {"ppo_clip", "tis", "grpo", "sft_nll", "decision_ce", "kl_k3"} <= set(L.LOSSES)
   with pytest.raises(KeyError, match="unknown loss 'nope'"):
     L.LossConfig(policy="nope")
   with pytest.raises(ValueError, match="aggregation"):
     L.LossConfig(aggregation="mean")
+  with pytest.raises(ValueError, match="kl_tokens must be one of"):
+    L.LossConfig(kl_tokens="decision")
   with pytest.raises(ValueError, match="already registered"):
     L.register_loss("ppo_clip")(lambda ctx, cfg: (ctx.logp, {}))
   cfg = L.LossConfig(policy="ppo_clip", decision_coef=1.0)

@@ -5,8 +5,8 @@ token predicted from the prefix ending at t), so arrays have length S = T - 1. `
 does that shift once, for every key at the same time, so a term can never mix an unshifted mask
 with shifted log-probs.
 
-A term is `token_loss(ctx, cfg) -> (values [B, S], stats)`; which tokens it covers is its `mask`
-(from the batch only, never from the parameters). Aggregation turns a mask into *weights* over
+A term is `token_loss(ctx, cfg) -> (values [B, S], stats)`; which tokens it covers is its
+`mask(batch, cfg)` (from the batch and the static config, never from the parameters). Aggregation turns a mask into *weights* over
 the whole batch before any micro-batching:
 
   token_mean:  w[b, t] = m[b, t] / sum(m)                       (every token counts the same)
@@ -19,6 +19,8 @@ k accumulated micro-batches give the gradient of the whole batch. Terms and thei
   policy term (one of ppo_clip | tis | grpo | sft_nll)   x 1
   decision_ce                                            x loss.decision_coef   (lambda)
   kl_k3 / kl_k1 / kl_k2 to a reference policy            x loss.kl_coef         (0 = off)
+      on every model-written token, or (loss.kl_tokens = "after_decision") on all but the first
+      of each row: the decision token, where a response opens with the code fence or not
 
 Diagnostics (`stats`) are per-token arrays reduced with the term's weights ("mean"), or masked
 min / max; `advantage_stats` summarises advantages per sequence.
@@ -35,6 +37,7 @@ import jax.numpy as jnp
 Batch = Mapping[str, jax.Array]
 
 AGGREGATIONS = ("token_mean", "seq_mean")
+KL_TOKENS = ("all", "after_decision")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +59,7 @@ class LossTerm:
 
   token_loss: (ctx, cfg) -> (values [B, S], stats {name: (reduction, [B, S])}), reduction in
     {"mean", "min", "max"}; "mean" is weighted like the loss itself.
-  mask: (target-aligned batch) -> [B, S] float mask of the tokens the term covers.
+  mask: (target-aligned batch, LossConfig) -> [B, S] float mask of the tokens the term covers.
   needs: batch keys the term requires (checked before tracing, with a clear message).
   """
 
@@ -87,12 +90,25 @@ def get_loss(name: str) -> LossTerm:
   return LOSSES[name]
 
 
-def _loss_mask(b: Batch) -> jax.Array:
+def _loss_mask(b: Batch, cfg) -> jax.Array:
+  del cfg
   return b["loss_mask"]
 
 
-def _decision_rows_mask(b: Batch) -> jax.Array:
+def _decision_rows_mask(b: Batch, cfg) -> jax.Array:
+  del cfg
   return b["loss_mask"] * b["decision_mask"][:, None]
+
+
+def first_token_mask(mask: jax.Array) -> jax.Array:
+  """[B, S] 1 at the first covered position of each row (the first response token: the decision
+  between opening the code fence and reasoning), 0 elsewhere."""
+  return mask * (jnp.cumsum(mask, axis=1) == 1)
+
+
+def _kl_mask(b: Batch, cfg) -> jax.Array:
+  m = b["loss_mask"]
+  return m - first_token_mask(m) if cfg.kl_tokens == "after_decision" else m
 
 
 # ----------------------------------------------------------------------------- policy terms
@@ -189,7 +205,7 @@ def _kl_log_ratio(ctx):
   return ctx.ref_logp - ctx.logp
 
 
-@register_loss("kl_k3", needs=("ref_logp",))
+@register_loss("kl_k3", needs=("ref_logp",), mask=_kl_mask)
 def kl_k3(ctx: TokenContext, cfg):
   """KL(pi_theta || pi_ref) per token, Schulman's k3 estimator exp(r) - r - 1, r = log ref/pi
   (unbiased for samples from pi_theta, always >= 0, low variance; the GRPO paper's choice)."""
@@ -197,14 +213,14 @@ def kl_k3(ctx: TokenContext, cfg):
   return jnp.exp(r) - r - 1.0, {}
 
 
-@register_loss("kl_k1", needs=("ref_logp",))
+@register_loss("kl_k1", needs=("ref_logp",), mask=_kl_mask)
 def kl_k1(ctx: TokenContext, cfg):
   """KL estimator k1 = log pi - log ref (unbiased, high variance, can be negative)."""
   del cfg
   return -_kl_log_ratio(ctx), {}
 
 
-@register_loss("kl_k2", needs=("ref_logp",))
+@register_loss("kl_k2", needs=("ref_logp",), mask=_kl_mask)
 def kl_k2(ctx: TokenContext, cfg):
   """KL estimator k2 = (log pi - log ref)^2 / 2 (biased, low variance)."""
   del cfg
@@ -220,7 +236,10 @@ class LossConfig:
 
   policy: a registered policy term (ppo_clip, tis, grpo, sft_nll, or one of yours).
   decision_coef: lambda of decision_ce (0 = off). kl_coef with kl_estimator ("k3" | "k1" |
-  "k2"); 0 = off (default, as in the paper).
+  "k2"); 0 = off (default, as in the paper). kl_tokens: "all" (every model-written token) or
+  "after_decision" (not the first response token: the anchor then holds *how* the policy
+  reasons and codes, while the decision to code moves freely; a KL on the decision token pulls
+  the code rate back toward the reference's).
   aggregation: "token_mean" | "seq_mean", for every term.
   """
 
@@ -230,6 +249,7 @@ class LossConfig:
   decision_coef: float = 0.0
   kl_coef: float = 0.0
   kl_estimator: str = "k3"
+  kl_tokens: str = "all"
   aggregation: str = "token_mean"
   max_log_ratio: float = 20.0  # exp(20) ~ 5e8: bounded, never inf
 
@@ -239,6 +259,8 @@ class LossConfig:
       raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
     if self.kl_estimator not in ("k1", "k2", "k3"):
       raise ValueError(f"kl_estimator must be k1|k2|k3, got {self.kl_estimator!r}")
+    if self.kl_tokens not in KL_TOKENS:
+      raise ValueError(f"kl_tokens must be one of {KL_TOKENS}, got {self.kl_tokens!r}")
     if not (0.0 <= self.clip_eps_low < 1.0) or self.clip_eps_high < 0.0:
       raise ValueError(f"need 0 <= clip_eps_low < 1 and clip_eps_high >= 0, got "
                        f"{self.clip_eps_low}, {self.clip_eps_high}")
@@ -309,7 +331,7 @@ def aggregation_weights(mask: jax.Array, aggregation: str) -> jax.Array:
 
 def term_weights(targets: Batch, cfg: LossConfig) -> dict[str, jax.Array]:
   """{term name: [B, S] weights}, computed over the *whole* batch (before micro-batching)."""
-  return {name: aggregation_weights(get_loss(name).mask(targets), cfg.aggregation)
+  return {name: aggregation_weights(get_loss(name).mask(targets, cfg), cfg.aggregation)
           for name, _ in cfg.terms()}
 
 
