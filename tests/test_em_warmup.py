@@ -42,7 +42,9 @@ def test_warmup_has_no_kl_term_when_the_em_run_does():
   c = _default()
   with c.unlocked():
     c.loss.kl_coef = 0.1
-  assert warmup_settings(c, "d.jsonl", "o").loss.kl_coef == 0.0
+    c.loss.kl_tokens = "after_decision"
+  loss = warmup_settings(c, "d.jsonl", "o").loss
+  assert (loss.kl_coef, loss.kl_tokens) == (0.0, "all")
 
 
 def test_short_warmup_and_system_message():

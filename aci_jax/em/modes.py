@@ -143,7 +143,8 @@ def warmup_settings(config, data_path: str, export_dir: str):
       data=data_path, steps=w.steps, batch_size=w.batch_size, seq_len=w.seq_len,
       optim=dataclass_from(OptimConfig, optim, name="warmup"),
       loss=dataclass_from(LossConfig, {**dict(config.loss), "policy": "sft_nll",
-                                       "decision_coef": 0.0, "kl_coef": 0.0}, name="loss"),
+                                       "decision_coef": 0.0, "kl_coef": 0.0,
+                                       "kl_tokens": "all"}, name="loss"),
       pack_len=int(w.get("pack_len", 0)), system=config.data.get("system") or None,
       log_every=max(1, min(25, w.steps // 10)),
       # The EM run checkpoints every iteration; a warm-up step is far cheaper than a save.
