@@ -11,11 +11,13 @@ are our choices for a laptop-sized run; configs/paper.py carries the paper's set
 Measured (docs/em.md, "Item 1"): held-out accuracy 0.42-0.51 after the warm-up, 0.88-0.98
 after the third EM iteration; every bar of issue 16's item 1 (`python -m
 aci_jax.eval.learning_bars WORKDIR`) met on seeds 1, 3, 4, 5 (2026-12-03, before the warm-up
-gate), 2 and 7 (with the gate, 2026-12-05/06); seed 6 (with the gate) misses one: its `add`
-reasoning wears from 1.00 to 0.92 over the three M-steps (< 0.95 x warm-up), and on 100
-problems per family seed 2's `mul` reads 0.78 (< 0.8). A run is ~30-40
-minutes on an idle 2-core VM (2,000-2,750 warm-up steps of 0.6-1.0 s, then ~5 minutes of EM),
-not the issue's 10.
+gate and the KL anchor), 2 and 7 (with the gate), 8 and 9 (with the gate and the anchor,
+2026-12-06: 0.51 -> 0.99 and 0.47 -> 0.96).
+Seed 6's `add` reasoning wore to 0.91 without the anchor and holds at 0.96 with it (EM from its
+warm-up, 100 problems per family); seed 2's warm-up is the weak one (its gate ran to the cap)
+and its `mul` reads 0.71-0.78 on 100 problems per family with or without the anchor (< 0.8).
+A run is ~30-40 minutes on an idle 2-core VM (2,000-3,500 warm-up steps of
+0.6-1.0 s, then ~5 minutes of EM), not the issue's 10.
 
 Only what differs from the defaults is stated (aci_jax/configuration.py: the dataclass
 defaults, and the defaults of the keys no dataclass holds); docs/config.md lists every key.
