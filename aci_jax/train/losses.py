@@ -6,8 +6,8 @@ does that shift once, for every key at the same time, so a term can never mix an
 with shifted log-probs.
 
 A term is `token_loss(ctx, cfg) -> (values [B, S], stats)`; which tokens it covers is its
-`mask(batch, cfg)` (from the batch and the static config, never from the parameters). Aggregation turns a mask into *weights* over
-the whole batch before any micro-batching:
+`mask(batch, cfg)` (from the batch and the static config, never from the parameters).
+Aggregation turns a mask into *weights* over the whole batch before any micro-batching:
 
   token_mean:  w[b, t] = m[b, t] / sum(m)                       (every token counts the same)
   seq_mean:    w[b, t] = m[b, t] / (n_b * R)                     (every sequence counts the same;
