@@ -148,6 +148,9 @@ MEANINGS = {
     "warmup.gate_n": "held-out problems per gate probe",
     "warmup.gate_tail": "`extend`: the most steps after `steps`; `hold`: cosine steps after the "
                         "gate",
+    "warmup.gate_retries": "a gate that closes without passing: up to this many more "
+                           "warm-ups from other initial weights and data order "
+                           "(`warmup/retry_<k>/`; the passing one, else the best, is used)",
     "data.train_path": "sft mode: JSONL `{prompt, response}`; empty = toy demonstrations "
                        "(the autocode mode points it at the warm-up demonstrations)",
     "data.toy_examples": "sft mode: number of toy demonstrations when `train_path` is empty",

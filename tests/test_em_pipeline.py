@@ -51,6 +51,13 @@ def test_default_pipeline_tiny(tmp_path):
   assert bytes(i for i in rec["prompt_ids"] if i < 256).startswith(b"Be brief.")
   assert (tmp_path / "run" / "warmup" / "hf" / "config.json").exists()
   assert (tmp_path / "run" / "eval" / "warmup" / "toy.trajectories.jsonl").exists()
+  # 30 steps cannot pass the default's gate: it closes at its cap (30 + 23) and the one retry
+  # (warmup.gate_retries=1) trains a second warm-up from other seeds; the better one is used.
+  attempts = json.loads((tmp_path / "run" / "warmup" / "attempts.json").read_text())
+  assert [(a["attempt"], a["gate_step"], a["passed"]) for a in attempts["attempts"]] == [
+      (0, 53, False), (1, 53, False)]
+  assert attempts["chosen"] in (0, 1)
+  assert (tmp_path / "run" / "warmup" / "retry_1" / "export" / "config.json").exists()
   # Re-running the finished command resumes and does nothing new: same summary numbers.
   again = _main(tmp_path / "run", "--config.progress=False", "--config.data.system=Be brief.")
   assert again.returncode == 0, again.stderr[-3000:]

@@ -296,3 +296,92 @@ def test_the_default_gate_tail_follows_the_warmup_steps():
   c.warmup.gate_tail = 40
   c.warmup.steps = 300
   assert c.warmup.gate_tail == 40
+
+
+def test_extend_checks_at_its_cap_off_the_grid(tmp_path):
+  # steps 10, every 4, tail 6: grid checks at 10 and 14, and the cap (16) is a check too; before,
+  # the run ended at 16 unchecked, with no gate outcome in its metadata.
+  gate = _Gate(passes_at=99)
+  run = str(tmp_path / "off_grid")
+  out = modes.run_sft(_sft_config(), run,
+                      _settings(gate, steps=10, every=4, tail=6, mode="extend"))
+  step, meta, _ = _final(run)
+  assert len(gate.calls) == 3
+  assert (step, meta["gate_step"], meta["gate_passed"]) == (16, 16, False)
+  assert out == modes.GateOutcome(step=16, passed=False, probes={"probe": 3.0})
+
+
+class _Probe:
+  """Passes from its `passes_at`-th call on; its probe value is `values[call - 1]`."""
+
+  def __init__(self, passes_at, values):
+    self.passes_at, self.values, self.calls = passes_at, values, 0
+
+  def __call__(self, params):
+    self.calls += 1
+    return self.calls >= self.passes_at, {"probe": self.values[self.calls - 1]}
+
+
+def _retry_config(tmp_path):
+  c = _toy_config(steps=6, warmup_steps=2, batch_size=8, pack_len=0, seq_len=128,
+                  gate_retries=1)
+  with c.unlocked():
+    c.model.update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                   num_kv_heads=2, head_dim=16)
+    c.checkpoint.async_save = False
+    c.progress = False
+  data = str(tmp_path / "demos.jsonl")
+  from aci_jax.data.sft import write_jsonl
+  write_jsonl(data, toy.sft_records(32, seed=0))
+  return c, data
+
+
+def _weights(directory):
+  with open(os.path.join(directory, "model.safetensors"), "rb") as f:
+    return f.read()
+
+
+@pytest.mark.parametrize("passes_at,values,chosen", [
+    # attempt 0's checks (steps 6 and the cap 8) fail; attempt 1's first check passes
+    (3, [0.1, 0.2, 0.95, 0.0], 1),
+    # no attempt passes: the one whose weakest probe is highest (attempt 0, 0.5 > 0.25)
+    (99, [0.4, 0.5, 0.3, 0.25], 0),
+])
+def test_gate_retries_warm_up_again_from_other_seeds(tmp_path, passes_at, values, chosen):
+  from aci_jax.em import modes as em_modes
+
+  c, data = _retry_config(tmp_path)
+  work = str(tmp_path / "run")
+  out = os.path.join(work, "warmup", "hf")
+  check = _Probe(passes_at, values)
+  gate = modes.DecayGate(check=check, every=4, tail=2, mode="extend")
+  em_modes._gated_attempts(c, work, char_tokenizer(), data, gate, 1, out)  # pylint: disable=protected-access
+  with open(os.path.join(work, "warmup", "attempts.json")) as f:
+    record = json.load(f)
+  assert record["chosen"] == chosen
+  a0, a1 = record["attempts"]
+  # seed 0's roles, then each + 1,000: another init and order, the same problems
+  assert (a0["init_seed"], a0["order_seed"], a1["init_seed"], a1["order_seed"]) == (
+      0, 0, 1000, 1000)
+  assert (a0["passed"], a1["passed"]) == (False, passes_at == 3)
+  assert a0["probes"] == {"probe": values[1]}
+  assert check.calls == (3 if passes_at == 3 else 4)
+  e0 = _weights(os.path.join(work, "warmup", "export"))
+  e1 = _weights(os.path.join(work, "warmup", "retry_1", "export"))
+  assert e0 != e1  # other initial weights and order: another policy
+  assert _weights(out) == (e1 if chosen == 1 else e0)
+  assert os.path.exists(os.path.join(out, "config.json"))
+  # Re-run (a resumed job): every attempt restores finished; no probe is asked again.
+  again = _Probe(1, [1.0] * 4)
+  em_modes._gated_attempts(c, work, char_tokenizer(), data,  # pylint: disable=protected-access
+                           dataclasses.replace(gate, check=again), 1, out)
+  assert again.calls == 0
+  assert _weights(out) == (e1 if chosen == 1 else e0)
+
+
+def test_gate_retries_must_be_a_count():
+  from aci_jax.em.modes import validate
+
+  # (ml_collections itself refuses a float or a string for the int key)
+  with pytest.raises(ConfigError, match="gate_retries"):
+    validate(_toy_config(gate_retries=-1))

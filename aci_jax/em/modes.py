@@ -3,7 +3,10 @@
     python -m aci_jax.main --config configs/default.py [--workdir DIR]
 
 Workdir layout:
-  warmup/            the SFT run (its own checkpoints, metrics, and the exported HF policy)
+  warmup/            the SFT run (its own checkpoints, metrics, and the exported HF policy
+                     warmup/hf); with `warmup.gate_retries`, a retried warm-up's attempts in
+                     warmup/retry_<k>/, each attempt's export in <its dir>/export, and
+                     warmup/attempts.json (seeds, gate outcome, the attempt copied to hf)
   tokenizer/         the tokenizer the run uses (the toy's char tokenizer, or a copy)
   checkpoints/, metrics.jsonl, tb/   the EM run (its meta carries the evaluation history)
   eval/<point>/      trajectories + summaries of every evaluation point
@@ -166,15 +169,64 @@ def _warmup(config, workdir, tok, train) -> str | None:
   if jax.process_index() == 0 and not fileio.exists(data_path):
     write_jsonl(data_path, _warmup_demos(config, train))
   _barrier("warmup demos")
-  settings = warmup_settings(config, data_path, out)
   from aci_jax.eval.warmup_gate import build_gate
   from aci_jax.train.runner import model_config
   gate = build_gate(config, tok, model_config(config)[0], train)
-  if gate:
-    settings = dataclasses.replace(settings, gate=gate)
-  run_sft(config, fileio.join(workdir, "warmup"), settings, tokenizer=tok)
+  retries = int(w.get("gate_retries", 0)) if gate else 0
+  if not retries:
+    settings = warmup_settings(config, data_path, out)
+    if gate:
+      settings = dataclasses.replace(settings, gate=gate)
+    run_sft(config, fileio.join(workdir, "warmup"), settings, tokenizer=tok)
+  else:
+    _gated_attempts(config, workdir, tok, data_path, gate, retries, out)
   _barrier("warmup export")  # process 0 writes the export; every host then reads it
   return fileio.stage(out)  # the EM policy loads it with the mmap'd safetensors reader
+
+
+def reseeded(config, attempt: int):
+  """`config` for the warm-up's attempt `attempt` (0: itself): other initial weights and data
+  order (each role's seed + 1,000 x attempt), the same problems and demonstrations."""
+  if not attempt:
+    return config
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    for role in ("init", "order"):
+      c[f"{role}_seed"] = seed_for(config, role) + 1000 * attempt
+  return c
+
+
+def _gated_attempts(config, workdir, tok, data_path, gate, retries, out) -> None:
+  """A gated warm-up whose gate may close without passing (`gate_tail` spent): up to `retries`
+  more attempts from other initial weights and data order (`reseeded`), each a whole warm-up in
+  `warmup/retry_<k>/`, until one passes. Whether a seed's skills form is its optimisation
+  path's luck (docs/em.md, "What makes a seed late", "Seed 2's miscopies"), which neither more
+  steps nor a re-warm changed on the seed measured; another path did. The passing attempt, else
+  the one whose weakest probe is highest, is copied to `out`; `warmup/attempts.json` says which.
+  Resumable: a finished attempt re-runs as a restore and its re-export."""
+  from aci_jax.train.modes import run_sft
+
+  outcomes = []
+  for attempt in range(retries + 1):
+    adir = fileio.join(workdir, "warmup", *([f"retry_{attempt}"] if attempt else []))
+    cfg = reseeded(config, attempt)
+    settings = dataclasses.replace(
+        warmup_settings(cfg, data_path, fileio.join(adir, "export")), gate=gate)
+    o = run_sft(cfg, adir, settings, tokenizer=tok)
+    outcomes.append({"attempt": attempt, "dir": adir, "init_seed": seed_for(cfg, "init"),
+                     "order_seed": seed_for(cfg, "order"), "gate_step": o.step,
+                     "passed": o.passed, "probes": o.probes})
+    log.info("warm-up attempt %d: gate %s at step %d %s", attempt,
+             "passed" if o.passed else "closed without passing", o.step,
+             " ".join(f"{k}={v:.3f}" for k, v in o.probes.items()))
+    if o.passed:
+      break
+  best = max(outcomes, key=lambda r: (r["passed"], min(r["probes"].values(), default=0.0)))
+  if jax.process_index() == 0:
+    fileio.write_json(fileio.join(workdir, "warmup", "attempts.json"),
+                      {"chosen": best["attempt"], "attempts": outcomes})
+    fileio.upload_dir(fileio.stage(fileio.join(best["dir"], "export")), out,
+                      last=("config.json",))
 
 
 def _loss_for(config):
@@ -242,6 +294,11 @@ def validate(config) -> None:
     if int(w.gate_every) <= 0 or int(w.gate_tail) <= 0 or int(w.gate_n) <= 0:
       raise ConfigError("config.warmup.gate_every, gate_tail and gate_n must be > 0, got "
                         f"{w.gate_every}, {w.gate_tail}, {w.gate_n}")
+    retries = w.get("gate_retries", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+      raise ConfigError(f"config.warmup.gate_retries must be an integer >= 0, got {retries!r}")
+    if retries and jax.process_count() > 1:
+      raise ConfigError("config.warmup.gate_retries runs on a single host (as the gate does)")
     if not 0.0 < float(w.gate_min) <= 1.0:
       raise ConfigError(f"config.warmup.gate_min must be in (0, 1], got {w.gate_min}")
     from aci_jax.train.modes import GATE_MODES

@@ -64,7 +64,8 @@ class DecayGate:
     """Is `step` a check of a run of `steps` (see the class doc)?"""
     if self.mode == "hold":
       return step >= warmup_steps and (step % self.every == 0 or step == steps - self.tail)
-    return step >= steps and (step - steps) % self.every == 0
+    # The cap is always a check, on the grid or not (tail 1,875 with every 250 ends off it).
+    return step >= steps and ((step - steps) % self.every == 0 or step == steps + self.tail)
 
   def last(self, steps: int) -> int:
     """The last check: the gate closes there whether its probes pass or not."""
@@ -142,10 +143,18 @@ def _trainer_config(config, s: SFTSettings):
   return c
 
 
-def run_sft(config, workdir: str, s: SFTSettings, tokenizer=None) -> None:
+@dataclasses.dataclass(frozen=True)
+class GateOutcome:
+  """How a gated run's gate closed: the step, whether its probes passed, their values then."""
+  step: int
+  passed: bool
+  probes: dict[str, float]
+
+
+def run_sft(config, workdir: str, s: SFTSettings, tokenizer=None) -> GateOutcome | None:
   """Runs (or resumes) SFT with settings `s` in `workdir`. `config` gives the model, mesh,
   micro-batches, seed, checkpoint retention and export dtype; `tokenizer` defaults to
-  config.tokenizer (or the model's)."""
+  config.tokenizer (or the model's). Returns the gate's outcome (None without a gate)."""
   gate = s.gate
   hold = bool(gate) and gate.mode == "hold"
   if hold and s.steps - gate.tail < s.optim.warmup_steps:
@@ -206,6 +215,7 @@ def run_sft(config, workdir: str, s: SFTSettings, tokenizer=None) -> None:
                " ".join(f"{k}={v:.3f}" for k, v in probes.items()))
       if passed or step >= gate.last(s.steps):
         trainer.meta["gate_step"], trainer.meta["gate_passed"] = step, bool(passed)
+        trainer.meta["gate_probes"] = {k: float(v) for k, v in probes.items()}
         end = step
         if hold:
           trainer.set_optim(_gated_optim(s, step))
@@ -219,7 +229,13 @@ def run_sft(config, workdir: str, s: SFTSettings, tokenizer=None) -> None:
   bar.close()
   if s.export_at_end:
     trainer.export(s.export_dir or None)
+  outcome = None
+  if gate:
+    outcome = GateOutcome(step=int(trainer.meta.get("gate_step", trainer.step)),
+                          passed=bool(trainer.meta.get("gate_passed", False)),
+                          probes=dict(trainer.meta.get("gate_probes", {})))
   trainer.close()
+  return outcome
 
 
 def export(config, workdir: str) -> None:
