@@ -18,7 +18,8 @@ Seed 6's `add` reasoning wore to 0.91 without the anchor and holds at 0.96 with 
 warm-up, 100 problems per family); seed 2's warm-up is the weak one (its gate ran to the cap)
 and its `mul` reads 0.71-0.78 on 100 problems per family with or without the anchor (< 0.8).
 A warm-up whose gate closes without passing (seed 2's) is retried once from other initial
-weights and data order (`warmup.gate_retries`; not yet measured end to end).
+weights and data order (`warmup.gate_retries`); seed 2's second path was late too (its gate
+at the cap: weakest probe 0.77, as the first), so this does not rescue seed 2.
 A run is ~30-40 minutes on an idle 2-core VM (2,000-3,500 warm-up steps of
 0.6-1.0 s, then ~5 minutes of EM; twice the warm-up on a retried seed), not the issue's 10.
 
