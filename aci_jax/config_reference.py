@@ -151,6 +151,8 @@ MEANINGS = {
     "warmup.gate_retries": "a gate that closes without passing: up to this many more "
                            "warm-ups from other initial weights and data order "
                            "(`warmup/retry_<k>/`; the passing one, else the best, is used)",
+    "warmup.gate_retry_below": "retry only an attempt whose weakest probe is under this (1.0: "
+                               "every attempt that did not pass; a near miss is kept)",
     "data.train_path": "sft mode: JSONL `{prompt, response}`; empty = toy demonstrations "
                        "(the autocode mode points it at the warm-up demonstrations)",
     "data.toy_examples": "sft mode: number of toy demonstrations when `train_path` is empty",

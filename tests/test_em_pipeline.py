@@ -52,8 +52,10 @@ def test_default_pipeline_tiny(tmp_path):
   assert (tmp_path / "run" / "warmup" / "hf" / "config.json").exists()
   assert (tmp_path / "run" / "eval" / "warmup" / "toy.trajectories.jsonl").exists()
   # 30 steps cannot pass the default's gate: it closes at its cap (30 + 23) and the one retry
-  # (warmup.gate_retries=1) trains a second warm-up from other seeds; the better one is used.
+  # (warmup.gate_retries=1: its probes are far under gate_retry_below 0.8) trains a second
+  # warm-up from other seeds; the better one is used.
   attempts = json.loads((tmp_path / "run" / "warmup" / "attempts.json").read_text())
+  assert attempts["retry_below"] == 0.8
   assert [(a["attempt"], a["gate_step"], a["passed"]) for a in attempts["attempts"]] == [
       (0, 53, False), (1, 53, False)]
   assert attempts["chosen"] in (0, 1)

@@ -379,9 +379,35 @@ def test_gate_retries_warm_up_again_from_other_seeds(tmp_path, passes_at, values
   assert _weights(out) == (e1 if chosen == 1 else e0)
 
 
+@pytest.mark.parametrize("weakest,retried", [(0.85, False), (0.8, False), (0.79, True)])
+def test_a_near_miss_is_kept_and_a_clear_miss_retried(tmp_path, weakest, retried):
+  # gate_retry_below 0.8: attempt 0 closes at its cap without passing; a weakest probe of 0.85
+  # or exactly 0.8 keeps it (no second warm-up), 0.79 trains attempt 1.
+  from aci_jax.em import modes as em_modes
+
+  c, data = _retry_config(tmp_path)
+  work = str(tmp_path / "run")
+  out = os.path.join(work, "warmup", "hf")
+  check = _Probe(99, [0.5, weakest, 0.1, 0.2])
+  gate = modes.DecayGate(check=check, every=4, tail=2, mode="extend")
+  em_modes._gated_attempts(c, work, char_tokenizer(), data, gate, 1, out,  # pylint: disable=protected-access
+                           retry_below=0.8)
+  with open(os.path.join(work, "warmup", "attempts.json")) as f:
+    record = json.load(f)
+  assert record["retry_below"] == 0.8
+  assert [a["attempt"] for a in record["attempts"]] == ([0, 1] if retried else [0])
+  assert record["chosen"] == 0  # 0.79 > 0.2: the retry's weakest probe is lower
+  assert os.path.exists(os.path.join(work, "warmup", "retry_1")) == retried
+  assert check.calls == (4 if retried else 2)
+  assert _weights(out) == _weights(os.path.join(work, "warmup", "export"))
+
+
 def test_gate_retries_must_be_a_count():
   from aci_jax.em.modes import validate
 
   # (ml_collections itself refuses a float or a string for the int key)
   with pytest.raises(ConfigError, match="gate_retries"):
     validate(_toy_config(gate_retries=-1))
+  for bad in (0.0, 1.5):
+    with pytest.raises(ConfigError, match="gate_retry_below must be in"):
+      validate(_toy_config(gate_retry_below=bad))
