@@ -203,9 +203,10 @@ def _gated_attempts(config, workdir, tok, data_path, gate, retries, out,
   more attempts from other initial weights and data order (`reseeded`), each a whole warm-up in
   `warmup/retry_<k>/`, until one passes or misses by little: an attempt whose weakest probe is
   at least `retry_below` is kept (a probe of 64 problems at 0.89 against a bar of 0.9 is one
-  problem, within its noise, and a retry costs a whole warm-up). Whether a seed's skills form is its optimisation
-  path's luck (docs/em.md, "What makes a seed late", "Seed 2's miscopies"), which neither more
-  steps nor a re-warm changed on the seed measured; another path did. The passing attempt, else
+  problem, within its noise, and a retry costs a whole warm-up). Whether a seed's skills form
+  is its optimisation path's luck (docs/em.md, "What makes a seed late", "Seed 2's
+  miscopies"), which neither more steps nor a re-warm changed on the seed measured; another
+  path did. The passing attempt, else
   the one whose weakest probe is highest, is copied to `out`; `warmup/attempts.json` says which.
   Resumable: a finished attempt re-runs as a restore and its re-export."""
   from aci_jax.train.modes import run_sft
@@ -223,15 +224,19 @@ def _gated_attempts(config, workdir, tok, data_path, gate, retries, out,
     log.info("warm-up attempt %d: gate %s at step %d %s", attempt,
              "passed" if o.passed else "closed without passing", o.step,
              " ".join(f"{k}={v:.3f}" for k, v in o.probes.items()))
-    if o.passed or min(o.probes.values(), default=0.0) >= retry_below:
+    if o.passed or _weakest(o.probes) >= retry_below:
       break
-  best = max(outcomes, key=lambda r: (r["passed"], min(r["probes"].values(), default=0.0)))
+  best = max(outcomes, key=lambda r: (r["passed"], _weakest(r["probes"])))
   if jax.process_index() == 0:
     fileio.write_json(fileio.join(workdir, "warmup", "attempts.json"),
                       {"chosen": best["attempt"], "retry_below": retry_below,
                        "attempts": outcomes})
     fileio.upload_dir(fileio.stage(fileio.join(best["dir"], "export")), out,
                       last=("config.json",))
+
+
+def _weakest(probes: dict) -> float:
+  return min(probes.values(), default=0.0)
 
 
 def _loss_for(config):
