@@ -61,19 +61,21 @@ def test_ten_thousand_mixed_cells_leave_nothing_behind():
   pending = collections.deque()
   cells = list(plan())
 
-  def settle(f, status, out, session, last, code):
+  def settle(f, status, out, session, last, code, step):
     r = f.result(timeout=120)
     counts[r.status] += 1
     if r.status != status or (out is not None and r.output != out):
-      # the cell's code too: which kind went wrong is the first thing to know
-      mismatches[(code.splitlines()[0], status, r.status, r.output[:60])] += 1
+      # which kind went wrong, whether it was the session's first cell (its process is forked
+      # inside the cell's clock) and how long it ran are the first things to know
+      mismatches[(code.splitlines()[0], status, r.status, r.output[:60], f"step {step}",
+                  f"{r.seconds:.2f} s", r.stderr_tail[-200:])] += 1
     if last:
       sb.close_session(session)
 
   for i, (code, status, out) in enumerate(cells):
     session, step = i // CELLS_PER_SESSION, i % CELLS_PER_SESSION
     pending.append((sb.submit(session, code), status, out, session,
-                    step == CELLS_PER_SESSION - 1, code))  # backpressure: blocks at max_pending
+                    step == CELLS_PER_SESSION - 1, code, step))  # backpressure: blocks at max_pending
     while len(pending) > 900 or (pending and pending[0][0].done()):
       settle(*pending.popleft())
     if i in (2000, 9999):

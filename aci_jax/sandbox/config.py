@@ -24,7 +24,11 @@ MODES = ("persistent", "replay", "isolated")
 class SandboxConfig:
   """All limits and display options. Units: seconds, MiB, bytes, characters."""
   mode: str = "persistent"          # persistent | replay | isolated
-  timeout_s: float = 5.0            # wall clock per cell, enforced by the server
+  timeout_s: float = 5.0            # wall clock per cell, enforced by the server; counted from
+                                    # when the cell's process is ready, so a slow fork or setup
+                                    # of a new session is never charged to the cell
+  start_timeout_s: float = 60.0     # a new session's process must report ready within this, or
+                                    # its cell ends as sandbox_failure (our fault, not the cell's)
   memory_mb: int = 4096             # per session: memory cgroup limit of all its processes
                                     # (where available) and RLIMIT_AS of each of them
   max_output_bytes: int = 16 << 20  # stdout+stderr bytes per cell before output_limit
@@ -61,8 +65,10 @@ class SandboxConfig:
       raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
     if self.isolation not in ("auto", "namespaces", "seccomp"):
       raise ValueError(f"isolation must be auto|namespaces|seccomp, got {self.isolation!r}")
-    if not self.timeout_s > 0 or self.memory_mb < 64 or self.max_chars < 2:
-      raise ValueError("timeout_s must be > 0, memory_mb >= 64, max_chars >= 2")
+    if not (self.timeout_s > 0 and self.start_timeout_s > 0) or self.memory_mb < 64 or \
+        self.max_chars < 2:
+      raise ValueError("timeout_s and start_timeout_s must be > 0, memory_mb >= 64, "
+                       "max_chars >= 2")
     if not 1 <= self.stack_mb < self.memory_mb:
       raise ValueError(f"stack_mb must be >= 1 and below memory_mb, got {self.stack_mb}")
     workers = self.max_workers or os.cpu_count() or 1

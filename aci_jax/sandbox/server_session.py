@@ -22,7 +22,7 @@ class Cell:
   """One cell at the server: what the host sent, its deadline and its captured output."""
 
   __slots__ = ("cid", "sid", "code", "prelude", "oneshot", "new", "t0", "deadline", "out",
-               "err", "grace")
+               "err", "grace", "started")
 
   def __init__(self, msg: dict, keep: int):
     self.cid = msg["cid"]
@@ -33,6 +33,10 @@ class Cell:
     self.new = bool(msg.get("new"))  # the first cell of a new session id
     self.t0 = 0.0
     self.deadline = 0.0
+    # False while the cell waits for its session's process to come up (fork, isolation set-up):
+    # t0 and deadline then bound the start (start_timeout_s); at "ready" they restart from zero
+    # with timeout_s, so the cell's clock holds its own execution only.
+    self.started = False
     self.grace = 0.0  # when set: time at which we stop waiting for the exit status
     self.out = display.Capture(keep)
     self.err = display.Capture(2048)
