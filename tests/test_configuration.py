@@ -82,7 +82,7 @@ NOT_KEYS = {
                 "max_code_bytes", "spares", "nproc", "nofile", "stack_mb", "file_mb", "cpu_s",
                 "session_cpu_s", "uid_base", "isolation", "preload", "warmup",
                 "display_last_expr", "stdout_on_error", "strip", "empty_text", "timeout_text",
-                "persistent_recovery"},
+                "persistent_recovery", "start_timeout_s"},
     "loss": {"kl_estimator", "max_log_ratio"},
 }
 
