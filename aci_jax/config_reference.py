@@ -153,6 +153,9 @@ MEANINGS = {
                            "(`warmup/retry_<k>/`; the passing one, else the best, is used)",
     "warmup.gate_retry_below": "retry only an attempt whose weakest probe is under this (1.0: "
                                "every attempt that did not pass; a near miss is kept)",
+    "warmup.average_decay": "gate mode `extend`: the gate probes, and the warm-up exports, an "
+                            "exponential moving average of the parameters over the tail after "
+                            "`steps`, with this decay (0: the parameters themselves)",
     "data.train_path": "sft mode: JSONL `{prompt, response}`; empty = toy demonstrations "
                        "(the autocode mode points it at the warm-up demonstrations)",
     "data.toy_examples": "sft mode: number of toy demonstrations when `train_path` is empty",
@@ -255,6 +258,11 @@ MEANINGS = {
     "optim.eps": "Adam epsilon",
     "optim.weight_decay": "AdamW decay on matrices (never norms or biases)",
     "optim.clip_norm": "global gradient-norm clip (0: none)",
+    "optim.average_decay": "sft mode: also keep an exponential moving average of the "
+                           "parameters with this decay, and export it (0: none; the EM loop "
+                           "refuses it: its rollouts sample the parameters; the warm-up's is "
+                           "`warmup.average_decay`)",
+    "optim.average_start": "the average equals the parameters up to this step, then departs",
     "checkpoint.every": "sft mode: save every N steps (the EM loop saves every iteration)",
     "checkpoint.max_to_keep": "checkpoints kept",
     "checkpoint.async_save": "write checkpoints while training continues",

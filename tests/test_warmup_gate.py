@@ -259,12 +259,27 @@ def test_build_gate_on_an_untrained_policy(tmp_path):
     (dict(gate=("mul:code",), gate_min=0.0), "gate_min"),
     (dict(gate=("mul:code",), gate_mode="hold", gate_tail=5000), "tail"),
     (dict(gate=("mul:code",), gate_mode="wsd"), "gate_mode"),
+    (dict(gate=("mul:code",), average_decay=1.0), "average_decay must be in"),
+    (dict(gate=("mul:code",), average_decay=True), "average_decay must be in"),
+    (dict(gate=(), average_decay=0.99), "averages the tail a gate"),
+    (dict(gate=("mul:code",), gate_mode="hold", average_decay=0.99), "averages the tail"),
 ])
 def test_bad_gate_configs_are_config_errors(warmup, needle):
   from aci_jax.em.modes import validate
 
   with pytest.raises(ConfigError, match=needle):
     validate(_toy_config(**warmup))
+
+
+def test_an_average_in_the_em_loop_s_optimizer_is_refused():
+  from aci_jax.em.modes import validate
+
+  c = _toy_config()
+  validate(_toy_config(average_decay=0.995))  # the warm-up's: fine with the default's gate
+  with c.unlocked():
+    c.optim.average_decay = 0.99
+  with pytest.raises(ConfigError, match="optim.average_decay is for the sft mode"):
+    validate(c)
 
 
 def test_cli_bad_input_is_one_line(tmp_path):
@@ -411,3 +426,82 @@ def test_gate_retries_must_be_a_count():
   for bad in (0.0, 1.5):
     with pytest.raises(ConfigError, match="gate_retry_below must be in"):
       validate(_toy_config(gate_retry_below=bad))
+
+
+# ------------------------------------------------------------- the tail's moving average
+
+
+class _Recording(_Gate):
+  """A _Gate that keeps a copy of every parameter tree it is shown."""
+
+  def __init__(self, passes_at):
+    super().__init__(passes_at)
+    self.seen = []
+
+  def __call__(self, params):
+    self.seen.append(jax.tree.map(np.array, jax.device_get(params)))
+    return super().__call__(params)
+
+
+def _averaging(gate, steps=10, export_dir=""):
+  s = _settings(gate, steps=steps, every=4, tail=8, mode="extend")
+  return dataclasses.replace(
+      s, optim=dataclasses.replace(s.optim, average_decay=0.9, average_start=steps),
+      export_at_end=bool(export_dir), export_dir=export_dir)
+
+
+def _final_state(workdir):
+  c = modes._trainer_config(_sft_config(), _averaging(None))  # pylint: disable=protected-access
+  t = Trainer(c, workdir)
+  t.restore_or_init()
+  out = t.step, jax.device_get(t.state.params), jax.device_get(t.state.opt_state.average)
+  t.close()
+  return out
+
+
+def _same(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_the_gate_probes_and_the_warm_up_exports_the_tail_s_average(tmp_path):
+  from aci_jax.model.weights import load_params
+  gate = _Recording(passes_at=99)  # checks at 10, 14, 18 (the cap)
+  run, out = str(tmp_path / "avg"), str(tmp_path / "export")
+  modes.run_sft(_sft_config(), run, _averaging(gate, export_dir=out))
+  step, params, average = _final_state(run)
+  # Each check probes the average, then (logged beside) the parameters themselves.
+  assert step == 18 and len(gate.seen) == 6
+  policy, own = gate.seen[0::2], gate.seen[1::2]
+  # At step 10 (= average_start) the average is still the parameters; the last check (18) saw
+  # the average, which by then differs from the parameters.
+  assert _same(policy[0], own[0])
+  assert _same(policy[-1], average) and _same(own[-1], params) and not _same(average, params)
+  exported = load_params(out, Trainer(modes._trainer_config(  # pylint: disable=protected-access
+      _sft_config(), _averaging(None)), str(tmp_path / "cfg")).model_cfg)
+  for e, a in zip(jax.tree.leaves(exported), jax.tree.leaves(average)):
+    np.testing.assert_array_equal(np.asarray(e), np.asarray(a, np.asarray(e).dtype))
+  with open(os.path.join(run, "metrics.jsonl")) as f:
+    logged = [json.loads(line) for line in f]
+  raw = [r for r in logged if "gate_raw/probe" in r]
+  assert [r["step"] for r in raw] == [10, 14, 18]  # the parameters' own probes, beside
+
+
+def test_a_killed_averaging_run_resumes_to_the_same_average(tmp_path, monkeypatch):
+  whole = str(tmp_path / "whole")
+  modes.run_sft(_sft_config(), whole, _averaging(_Gate(99)))
+  cut = str(tmp_path / "cut")
+  original = Trainer.train_step
+
+  def dies_at_15(self, batch):
+    if self.step == 15:
+      raise KeyboardInterrupt("killed")
+    return original(self, batch)
+
+  monkeypatch.setattr(Trainer, "train_step", dies_at_15)
+  with pytest.raises(KeyboardInterrupt):
+    modes.run_sft(_sft_config(), cut, dataclasses.replace(_averaging(_Gate(99)),
+                                                           checkpoint_every=2))
+  monkeypatch.setattr(Trainer, "train_step", original)
+  modes.run_sft(_sft_config(), cut, _averaging(_Gate(99)))
+  (s1, p1, a1), (s2, p2, a2) = _final_state(whole), _final_state(cut)
+  assert s1 == s2 == 18 and _same(p1, p2) and _same(a1, a2)

@@ -141,7 +141,9 @@ def warmup_settings(config, data_path: str, export_dir: str):
   optim = {**dict(config.optim), "lr": w.lr, "decay_steps": w.steps,
            # a short warm-up run (tests) still works
            "warmup_steps": min(w.warmup_steps, w.steps),
-           **{k: w[k] for k in ("end_lr_ratio", "weight_decay", "b2", "clip_norm") if k in w}}
+           **{k: w[k] for k in ("end_lr_ratio", "weight_decay", "b2", "clip_norm") if k in w},
+           # the moving average departs from the parameters where the gate's tail begins
+           "average_decay": float(w.get("average_decay", 0.0)), "average_start": int(w.steps)}
   return SFTSettings(
       data=data_path, steps=w.steps, batch_size=w.batch_size, seq_len=w.seq_len,
       optim=dataclass_from(OptimConfig, optim, name="warmup"),
@@ -322,6 +324,19 @@ def validate(config) -> None:
         and int(w.steps) - int(w.gate_tail) < min(int(w.warmup_steps), int(w.steps))):
       raise ConfigError(f"config.warmup.steps ({w.steps}) must leave the gate's tail "
                         f"({w.gate_tail}) after the lr warm-up ({w.warmup_steps})")
+  if float(config.optim.get("average_decay", 0.0)):
+    raise ConfigError("config.optim.average_decay is for the sft mode: the EM loop's rollouts "
+                      "sample its parameters, not an average (the warm-up's average is "
+                      "config.warmup.average_decay)")
+  average = config.warmup.get("average_decay", 0.0)
+  if isinstance(average, bool) or not isinstance(average, (int, float)) or \
+      not 0.0 <= average < 1.0:
+    raise ConfigError(f"config.warmup.average_decay must be in [0, 1), got {average!r}")
+  if average and not (tuple(config.warmup.get("gate", ())) and config.warmup.gate_mode ==
+                      "extend" and int(config.warmup.steps)):
+    raise ConfigError("config.warmup.average_decay averages the tail a gate in mode 'extend' "
+                      "trains after warmup.steps; set warmup.gate (and gate_mode='extend') or "
+                      "average_decay=0")
   if config.task.name == "toy" and int(config.task.warmup_examples) < 0:
     # train[:n] with n < 0 would silently drop problems from the end of the set
     raise ConfigError("config.task.warmup_examples must be >= 0 (0 = every training problem), "

@@ -140,12 +140,13 @@ def committed_steps(ckpt_dir: str) -> list[int]:
 
 
 def restore_params(config, workdir: str, step: int):
-  """The policy parameters of warm-up checkpoint `step` of `workdir`."""
+  """The policy parameters of warm-up checkpoint `step` of `workdir` (the moving average, for
+  a warm-up that keeps one)."""
   import orbax.checkpoint as ocp
 
   from aci_jax.configuration import dataclass_from
   from aci_jax.parallel.mesh import MeshConfig, make_mesh
-  from aci_jax.train.optim import make_optimizer
+  from aci_jax.train.optim import make_optimizer, policy_params
   from aci_jax.train.runner import model_config
   from aci_jax.train.step import abstract_train_state
 
@@ -156,7 +157,7 @@ def restore_params(config, workdir: str, step: int):
   abstract, _ = abstract_train_state(model_cfg, optimizer, mesh)
   path = os.path.join(os.path.abspath(workdir), "warmup", "checkpoints", str(step), "state")
   state = ocp.StandardCheckpointer().restore(path, abstract)
-  return model_cfg, state.params
+  return model_cfg, policy_params(state)
 
 
 def probe_checkpoints(config, workdir: str, *, n: int = 100) -> dict:

@@ -17,7 +17,7 @@ from aci_jax.data.sft import build_sft_data, write_jsonl
 from aci_jax.data.toy import sft_records
 from aci_jax.parallel.rules import data_parallel_size
 from aci_jax.train.losses import LossConfig
-from aci_jax.train.optim import OptimConfig
+from aci_jax.train.optim import OptimConfig, policy_params
 from aci_jax.train.runner import Trainer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -209,8 +209,12 @@ def run_sft(config, workdir: str, s: SFTSettings, tokenizer=None) -> GateOutcome
     gated = False
     if (gate and trainer.meta.get("gate_step") is None
         and gate.due(step, s.steps, s.optim.warmup_steps)):
-      passed, probes = gate.check(trainer.state.params)
+      policy = policy_params(trainer.state)
+      passed, probes = gate.check(policy)
       trainer.log(step, {f"gate/{k}": v for k, v in probes.items()})
+      if policy is not trainer.state.params:  # averaging: the parameters' own probes, to compare
+        trainer.log(step, {f"gate_raw/{k}": v
+                           for k, v in gate.check(trainer.state.params)[1].items()})
       log.info("warm-up gate at step %d: %s %s", step, "passed" if passed else "not yet",
                " ".join(f"{k}={v:.3f}" for k, v in probes.items()))
       if passed or step >= gate.last(s.steps):

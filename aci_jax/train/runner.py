@@ -25,7 +25,7 @@ from aci_jax.parallel import MeshConfig, make_mesh
 from aci_jax.parallel.rules import data_parallel_size
 from aci_jax.train.checkpoint import Checkpointer
 from aci_jax.train.losses import LossConfig
-from aci_jax.train.optim import OptimConfig, make_optimizer
+from aci_jax.train.optim import OptimConfig, make_optimizer, policy_params
 from aci_jax.train.step import (StepConfig, TrainState, abstract_train_state, init_train_state,
                                 make_logprobs_fn, make_train_step, shard_batch)
 
@@ -188,7 +188,7 @@ class Trainer:
     e = self.config.export
     directory = directory or export_path(self.workdir, self.step)
     tok_dir = self.hf_path if self.hf_path and os.path.isdir(self.hf_path) else None
-    export_params(self.state.params, self.model_cfg, directory, dtype=e.dtype or None,
+    export_params(policy_params(self.state), self.model_cfg, directory, dtype=e.dtype or None,
                   tokenizer_dir=tok_dir)
     log.info("exported the policy at step %d to %s", self.step, directory)
     return directory
