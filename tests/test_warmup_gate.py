@@ -505,3 +505,42 @@ def test_a_killed_averaging_run_resumes_to_the_same_average(tmp_path, monkeypatc
   modes.run_sft(_sft_config(), cut, _averaging(_Gate(99)))
   (s1, p1, a1), (s2, p2, a2) = _final_state(whole), _final_state(cut)
   assert s1 == s2 == 18 and _same(p1, p2) and _same(a1, a2)
+
+
+def test_tail_average_tool_resumes_a_copy_and_probes_each_average(tmp_path, capsys):
+  from aci_jax.data.sft import write_jsonl
+  from aci_jax.em import modes as em_modes
+  from aci_jax.eval import tail_average
+
+  c, _ = _retry_config(tmp_path)
+  with c.unlocked():
+    c.warmup.update(gate=("add:reason", "mul:code"), gate_retries=0, gate_n=4, gate_every=2,
+                    gate_tail=2)
+  run = tmp_path / "run"
+  tok, _ = em_modes._tokenizer(c, str(run))  # pylint: disable=protected-access
+  train, _ = em_modes._problems(c)  # pylint: disable=protected-access
+  write_jsonl(str(run / "warmup" / "demos.jsonl"), em_modes._warmup_demos(c, train))  # pylint: disable=protected-access
+  settings = dataclasses.replace(
+      em_modes.warmup_settings(c, str(run / "warmup" / "demos.jsonl"), str(run / "hf")),
+      gate=G.build_gate(c, tok, Trainer(c, str(tmp_path / "x")).model_cfg, train))
+  modes.run_sft(c, str(run / "warmup"), settings, tokenizer=tok)  # checks at 6 and 8 (cap)
+  (run / "config.json").write_text(json.dumps(c.to_dict()))
+  before = sorted(os.listdir(run / "warmup" / "checkpoints"))
+  assert "8" in before
+  assert tail_average.main([str(run), "--start", "8", "--steps", "3", "--every", "2",
+                            "--decays", "0.9,0.5", "--n", "4"]) == 0
+  rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| 1") or
+          l.startswith("| 8")]
+  names = [r.split(" | ")[1] for r in rows]
+  # the start, then at steps 10 and 11 (the last): parameters, two EMAs, the uniform average
+  assert names == ["parameters"] + ["parameters", "EMA 0.9", "EMA 0.5", "uniform from 8"] * 2
+  assert [r.split(" | ")[0] for r in rows] == ["| 8"] + ["| 10"] * 4 + ["| 11"] * 4
+  # the start's row is what the gate's own CLI reads from the same checkpoint
+  G.main([str(run), "--steps", "8", "--n", "4"])
+  gate_row = capsys.readouterr().out.splitlines()[-1].split(" | ")
+  assert [float(x) for x in rows[0].split(" | ")[2:4]] == [float(x) for x in gate_row[1:3]]
+  assert sorted(os.listdir(run / "warmup" / "checkpoints")) == before  # RUN only read
+  for bad, needle in ((["--decays", "1.5"], "decay"), (["--start", "7"], "no warm-up checkpoint")):
+    with pytest.raises(SystemExit) as e:
+      tail_average.main([str(run), "--start", "8", "--steps", "2", *bad])
+    assert needle in str(e.value) or e.value.code == 2
