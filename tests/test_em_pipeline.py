@@ -59,6 +59,14 @@ def test_default_pipeline_tiny(tmp_path):
   assert [(a["attempt"], a["gate_step"], a["passed"]) for a in attempts["attempts"]] == [
       (0, 53, False), (1, 53, False)]
   assert attempts["chosen"] in (0, 1)
+  # The default averages the tail: past step 30 the gate probes the average and logs the
+  # parameters' own probes beside (gate_raw/*); at step 30 the two are the same parameters.
+  with open(tmp_path / "run" / "warmup" / "metrics.jsonl") as f:
+    gated = [json.loads(line) for line in f if '"gate' in line]
+  raw = {r["step"]: r for r in gated if "gate_raw/mul:code" in r}
+  avg = {r["step"]: r for r in gated if "gate/mul:code" in r}
+  assert sorted(raw) == sorted(avg) and 30 in raw and 53 in raw
+  assert all(raw[30][f"gate_raw/{k}"] == avg[30][f"gate/{k}"] for k in ("mul:code", "add:reason"))
   assert (tmp_path / "run" / "warmup" / "retry_1" / "export" / "config.json").exists()
   # Re-running the finished command resumes and does nothing new: same summary numbers.
   again = _main(tmp_path / "run", "--config.progress=False", "--config.data.system=Be brief.")
