@@ -155,7 +155,8 @@ MEANINGS = {
                                "every attempt that did not pass; a near miss is kept)",
     "warmup.average_decay": "gate mode `extend`: the gate probes, and the warm-up exports, an "
                             "exponential moving average of the parameters over the tail after "
-                            "`steps`, with this decay (0: the parameters themselves)",
+                            "`steps`, with this decay (0: the parameters themselves; inert "
+                            "without such a tail, where the average is the parameters)",
     "data.train_path": "sft mode: JSONL `{prompt, response}`; empty = toy demonstrations "
                        "(the autocode mode points it at the warm-up demonstrations)",
     "data.toy_examples": "sft mode: number of toy demonstrations when `train_path` is empty",

@@ -149,3 +149,19 @@ def test_configuration_imports_nothing_heavy():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": ROOT})
   assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+def test_every_autocode_config_and_variant_validates():
+  # A key one config sets must not make another, or a variant that inherits it, invalid (the
+  # default's warmup.average_decay once did for its gate-less :rare_code variants).
+  from aci_jax.em.modes import validate
+  default = runpy.run_path(os.path.join(ROOT, "configs", "default.py"))
+  paper = runpy.run_path(os.path.join(ROOT, "configs", "paper.py"))
+  configs = {f"default.py:{v}": default["get_config"](v) for v in default["VARIANTS"]}
+  configs.update({f"paper.py:{m}": paper["get_config"](m) for m in paper["MODELS"]})
+  gateless = default["get_config"]()
+  gateless.warmup.gate = ()  # the documented way to turn the default's gate off
+  configs["default.py --config.warmup.gate=()"] = gateless
+  for name, c in configs.items():
+    if c.get("mode", "autocode") == "autocode":
+      validate(c)  # raises ConfigError with the key's name

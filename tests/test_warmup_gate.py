@@ -261,8 +261,6 @@ def test_build_gate_on_an_untrained_policy(tmp_path):
     (dict(gate=("mul:code",), gate_mode="wsd"), "gate_mode"),
     (dict(gate=("mul:code",), average_decay=1.0), "average_decay must be in"),
     (dict(gate=("mul:code",), average_decay=True), "average_decay must be in"),
-    (dict(gate=(), average_decay=0.99), "averages the tail a gate"),
-    (dict(gate=("mul:code",), gate_mode="hold", average_decay=0.99), "averages the tail"),
 ])
 def test_bad_gate_configs_are_config_errors(warmup, needle):
   from aci_jax.em.modes import validate
@@ -544,3 +542,12 @@ def test_tail_average_tool_resumes_a_copy_and_probes_each_average(tmp_path, caps
     with pytest.raises(SystemExit) as e:
       tail_average.main([str(run), "--start", "8", "--steps", "2", *bad])
     assert needle in str(e.value) or e.value.code == 2
+
+
+def test_a_warm_up_without_a_tail_keeps_no_average():
+  from aci_jax.em.modes import warmup_settings
+  on = warmup_settings(_toy_config(average_decay=0.995), "d.jsonl", "")
+  assert (on.optim.average_decay, on.optim.average_start) == (0.995, 2000)
+  for off in (dict(gate=()), dict(gate_mode="hold")):
+    s = warmup_settings(_toy_config(average_decay=0.995, **off), "d.jsonl", "")
+    assert s.optim.average_decay == 0.0, off
