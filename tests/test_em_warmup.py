@@ -24,9 +24,10 @@ def test_default_warmup_settings():
   s = warmup_settings(_default(), "demos.jsonl", "out/hf")
   # warmup: 2,000 steps of 32 demos of <= 112 tokens packed into 192-token rows, lr 3e-3 after
   # 100 warm-up steps, cosine to lr/10, weight decay 0.01, b2 0.98, no clipping; b1 and eps are
-  # the EM optimizer's.
+  # the EM optimizer's. The gate's tail past step 2,000 is averaged (decay 0.995).
   assert s.optim == OptimConfig(lr=3e-3, warmup_steps=100, decay_steps=2000, end_lr_ratio=0.1,
-                                b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01, clip_norm=0.0)
+                                b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01, clip_norm=0.0,
+                                average_decay=0.995, average_start=2000)
   # Plain SFT with the EM loss's aggregation and clip settings; no KL even when the EM run
   # has one (its reference would be the random init).
   assert s.loss == LossConfig(policy="sft_nll", decision_coef=0.0, aggregation="token_mean",

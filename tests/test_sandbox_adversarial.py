@@ -71,7 +71,11 @@ def run_checked(sb: Sandbox, name: str, code: str, expected: Status):
     sb.close_session(name)
   latency = time.monotonic() - t0
   assert r.status == expected, (r.status, r.output, r.stderr_tail)
-  assert latency <= sb.config.timeout_s + 1.0, latency
+  # The wall clock the server enforces runs from when the session's process is ready (its fork
+  # and set-up are not the cell's); the host's latency adds that start, which a loaded machine
+  # stretches, so it gets a looser bound.
+  assert r.seconds <= sb.config.timeout_s + 1.0, r.seconds
+  assert latency <= sb.config.timeout_s + 10.0, latency
   left = wait_until_gone(lambda: procs_with_uid(*sb.uid_range))
   assert left == [], ("a sandboxed process survived its session", sb.isolation["tier"], left)
   assert alive(pids["server"]) and alive(pids["zygote"]), "the sandbox server was hurt"

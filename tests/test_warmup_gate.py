@@ -336,8 +336,10 @@ class _Probe:
 
 
 def _retry_config(tmp_path):
+  # the retry logic alone: no tail average (its own tests below), whose beside-probe of the
+  # parameters would also consume these scripted probes
   c = _toy_config(steps=6, warmup_steps=2, batch_size=8, pack_len=0, seq_len=128,
-                  gate_retries=1)
+                  gate_retries=1, average_decay=0.0)
   with c.unlocked():
     c.model.update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                    num_kv_heads=2, head_dim=16)

@@ -13,7 +13,8 @@ their uniform average. Every `--every` steps it probes the parameters and each a
 the warm-up gate's teacher-forced probes (aci_jax/eval/warmup_gate.py) on `--n` held-out
 problems per probe (default: the run's `warmup.gate`) and prints a markdown row of each probe's
 exact-match rate and the weakest. `warmup.average_decay` keeps the same kind of average inside a
-run (aci_jax/train/optim.py); this tool answers the question for runs made without it.
+run (aci_jax/train/optim.py); this tool answers the question for runs made without it (on a
+run that kept one, its averages are the tool's own, from `--start`, beside the run's).
 """
 
 from __future__ import annotations
@@ -85,7 +86,6 @@ def main(argv=None) -> int:
     if a.gate:
       config.warmup.gate = tuple(a.gate.split(","))
     config.warmup.gate_n = a.n
-    config.warmup.average_decay = 0.0  # the checkpoint's optimizer state has no average
     config.progress = False
   if not tuple(config.warmup.get("gate", ())):
     raise SystemExit("tail_average: the run has no warmup.gate; name the probes with --gate")
