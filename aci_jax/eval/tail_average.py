@@ -20,7 +20,6 @@ run that kept one, its averages are the tool's own, from `--start`, beside the r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -57,44 +56,24 @@ def _row(step, name, rates):
 def main(argv=None) -> int:
   a = _parse(argv)
   import jax
-  import ml_collections
   import numpy as np
 
-  from aci_jax.configuration import PLAIN_DEFAULTS, ConfigError, seed_for
+  from aci_jax.configuration import seed_for
   from aci_jax.data.sft import build_sft_data
   from aci_jax.em import modes
-  from aci_jax.eval.warmup_gate import build_gate
+  from aci_jax.eval.warmup_gate import build_gate, probe_setup, read_run_config
   from aci_jax.eval.warmup_probe import committed_steps
-  from aci_jax.tokenizer import load_tokenizer
   from aci_jax.train.modes import _trainer_config  # pylint: disable=protected-access
   from aci_jax.train.runner import Trainer
 
-  path = os.path.join(a.run, "config.json")
-  try:
-    with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-  except (OSError, ValueError) as e:
-    raise SystemExit(f"tail_average: cannot read {path}: {e}".splitlines()[0]) from None
+  config = read_run_config(a.run, "tail_average")
   ckpts = os.path.join(a.run, "warmup", "checkpoints")
   if a.start not in committed_steps(ckpts):
     raise SystemExit(f"tail_average: no warm-up checkpoint {a.start} under {a.run} (it has "
                      f"{committed_steps(ckpts)})")
   with config.unlocked():
-    for k, v in PLAIN_DEFAULTS["warmup"].items():  # a run from before a key existed
-      if k not in config.warmup:
-        config.warmup[k] = v
-    if a.gate:
-      config.warmup.gate = tuple(a.gate.split(","))
-    config.warmup.gate_n = a.n
     config.progress = False
-  if not tuple(config.warmup.get("gate", ())):
-    raise SystemExit("tail_average: the run has no warmup.gate; name the probes with --gate")
-  try:
-    modes.validate(config)
-    train, _ = modes._problems(config)  # pylint: disable=protected-access
-  except ConfigError as e:
-    raise SystemExit(f"tail_average: {e}") from None
-  tok = load_tokenizer(os.path.join(a.run, "tokenizer"))
+  train, tok = probe_setup(config, a.run, a.gate, a.n, "tail_average")
   s = modes.warmup_settings(config, os.path.join(a.run, "warmup", "demos.jsonl"), "")
   scratch = tempfile.mkdtemp(prefix="aci_tail_average_")
   try:

@@ -162,6 +162,47 @@ def build_gate(config, tokenizer, model_cfg: ModelConfig, train: Sequence[dict]
                    mode=str(w.gate_mode))
 
 
+def read_run_config(run: str, tool: str):
+  """RUN/config.json of a toy run, with the warm-up keys a later version added at their plain
+  defaults (a run from before they existed). Unreadable: SystemExit naming `tool`."""
+  import ml_collections
+
+  from aci_jax.configuration import PLAIN_DEFAULTS
+  path = os.path.join(run, "config.json")
+  try:
+    with open(path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise SystemExit(f"{tool}: cannot read {path}: {e}".splitlines()[0]) from None
+  with config.unlocked():
+    for k, v in PLAIN_DEFAULTS["warmup"].items():
+      if k not in config.warmup:
+        config.warmup[k] = v
+  return config
+
+
+def probe_setup(config, run: str, gate: str, n: int, tool: str):
+  """(training problems, tokenizer) for probing `run`'s warm-up; `gate` (comma-separated
+  family:kind entries) and `n` (0: the run's) override its probes in `config`. Bad input:
+  SystemExit naming `tool`."""
+  from aci_jax.em import modes
+  from aci_jax.tokenizer import load_tokenizer
+
+  with config.unlocked():
+    if gate:
+      config.warmup.gate = tuple(gate.split(","))
+    if n:
+      config.warmup.gate_n = n
+  if not tuple(config.warmup.get("gate", ())):
+    raise SystemExit(f"{tool}: the run has no warmup.gate; name the probes with --gate")
+  try:
+    modes.validate(config)
+    train, _ = modes._problems(config)  # pylint: disable=protected-access
+  except ConfigError as e:
+    raise SystemExit(f"{tool}: {e}") from None
+  return train, load_tokenizer(os.path.join(run, "tokenizer"))
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description="the warm-up gate's probes on a run's checkpoints")
   p.add_argument("run", help="a toy run's workdir (with config.json and warmup/checkpoints)")
@@ -171,41 +212,16 @@ def main(argv=None) -> int:
   p.add_argument("--n", type=int, default=0, help="held-out problems per entry (default: the "
                  "run's warmup.gate_n)")
   a = p.parse_args(argv)
-  import ml_collections
-
-  from aci_jax.em import modes
   from aci_jax.eval.warmup_probe import committed_steps, restore_params
-  from aci_jax.tokenizer import load_tokenizer
 
-  path = os.path.join(a.run, "config.json")
-  try:
-    with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-  except (OSError, ValueError) as e:
-    raise SystemExit(f"warmup_gate: cannot read {path}: {e}".splitlines()[0]) from None
+  config = read_run_config(a.run, "warmup_gate")
   have = committed_steps(os.path.join(a.run, "warmup", "checkpoints"))
   steps = [int(x) for x in a.steps.split(",") if x] or have
   missing = sorted(set(steps) - set(have))
   if not steps or missing:
     raise SystemExit(f"warmup_gate: no warm-up checkpoint {missing or ''} under {a.run} "
                      f"(it has {have})")
-  from aci_jax.configuration import PLAIN_DEFAULTS
-  with config.unlocked():
-    for k, v in PLAIN_DEFAULTS["warmup"].items():  # a run from before the gate existed
-      if k not in config.warmup:
-        config.warmup[k] = v
-    if a.gate:
-      config.warmup.gate = tuple(a.gate.split(","))
-    if a.n:
-      config.warmup.gate_n = a.n
-  if not tuple(config.warmup.get("gate", ())):
-    raise SystemExit("warmup_gate: the run has no warmup.gate; name the probes with --gate")
-  try:
-    modes.validate(config)
-    train, _ = modes._problems(config)  # pylint: disable=protected-access
-  except ConfigError as e:
-    raise SystemExit(f"warmup_gate: {e}") from None
-  tok = load_tokenizer(os.path.join(a.run, "tokenizer"))
+  train, tok = probe_setup(config, a.run, a.gate, a.n, "warmup_gate")
   gate = None
   for step in steps:
     cfg, params = restore_params(config, a.run, step)
