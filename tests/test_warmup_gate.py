@@ -121,10 +121,8 @@ def test_gate_that_never_passes_decays_at_its_last_chance(tmp_path):
     assert lr == pytest.approx(_wsd(s_ - 1, 3e-3, 2, 12, 20, 0.1), rel=1e-5), s_
 
 
-def test_a_killed_gated_run_resumes_with_its_schedule(tmp_path, monkeypatch):
-  whole = str(tmp_path / "whole")
-  modes.run_sft(_sft_config(), whole, _settings(_Gate(3)))
-  cut = str(tmp_path / "cut")
+def _killed_at_15(monkeypatch, workdir, settings):
+  """Runs run_sft in `workdir` until a KeyboardInterrupt at step 15 (a kill mid-run)."""
   original = Trainer.train_step
 
   def dies_at_15(self, batch):
@@ -134,8 +132,15 @@ def test_a_killed_gated_run_resumes_with_its_schedule(tmp_path, monkeypatch):
 
   monkeypatch.setattr(Trainer, "train_step", dies_at_15)
   with pytest.raises(KeyboardInterrupt):
-    modes.run_sft(_sft_config(), cut, _settings(_Gate(3)))
+    modes.run_sft(_sft_config(), workdir, settings)
   monkeypatch.setattr(Trainer, "train_step", original)
+
+
+def test_a_killed_gated_run_resumes_with_its_schedule(tmp_path, monkeypatch):
+  whole = str(tmp_path / "whole")
+  modes.run_sft(_sft_config(), whole, _settings(_Gate(3)))
+  cut = str(tmp_path / "cut")
+  _killed_at_15(monkeypatch, cut, _settings(_Gate(3)))
   again = _Gate(1)  # would pass at once: a resumed run must not ask it again
   modes.run_sft(_sft_config(), cut, _settings(again))
   assert again.calls == []
@@ -490,18 +495,7 @@ def test_a_killed_averaging_run_resumes_to_the_same_average(tmp_path, monkeypatc
   whole = str(tmp_path / "whole")
   modes.run_sft(_sft_config(), whole, _averaging(_Gate(99)))
   cut = str(tmp_path / "cut")
-  original = Trainer.train_step
-
-  def dies_at_15(self, batch):
-    if self.step == 15:
-      raise KeyboardInterrupt("killed")
-    return original(self, batch)
-
-  monkeypatch.setattr(Trainer, "train_step", dies_at_15)
-  with pytest.raises(KeyboardInterrupt):
-    modes.run_sft(_sft_config(), cut, dataclasses.replace(_averaging(_Gate(99)),
-                                                           checkpoint_every=2))
-  monkeypatch.setattr(Trainer, "train_step", original)
+  _killed_at_15(monkeypatch, cut, dataclasses.replace(_averaging(_Gate(99)), checkpoint_every=2))
   modes.run_sft(_sft_config(), cut, _averaging(_Gate(99)))
   (s1, p1, a1), (s2, p2, a2) = _final_state(whole), _final_state(cut)
   assert s1 == s2 == 18 and _same(p1, p2) and _same(a1, a2)
