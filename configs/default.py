@@ -15,7 +15,8 @@ gate and the KL anchor), 2 and 7 (with the gate), 8 and 9 (with the gate and the
 2026-12-06: 0.51 -> 0.99 and 0.47 -> 0.96); on 100 problems per family with this default,
 seeds 1, 3, 6, 7, 8, 9, 10 (seeds 1, 3 and the held-out 10 end to end: 0.465 -> 0.925,
 0.4725 -> 0.955, 0.485 -> 0.95), and seed 2 end to end with the tail's average (2026-12-06:
-0.48 -> 0.94, gate passed at 2,250 steps).
+0.48 -> 0.94, gate passed at 2,250 steps), and the held-out seed 11 (a late one, its gate
+closed at its cap on the average: 0.4875 -> 0.9275).
 Seed 6's `add` reasoning wore to 0.91 without the anchor and holds at 0.96 with it (EM from its
 warm-up, 100 problems per family). Seed 2 missed until then: on the code of 2026-12-05 its
 warm-up path was late (gate at its cap, `mul` 0.71-0.78 after EM); today's code puts it on
