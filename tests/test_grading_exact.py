@@ -2,7 +2,8 @@
 
 The numeric comparisons of two exact sides (no decimal written on either) accepted differences
 under 1e-25 relative (no free symbols) or 1e-9 relative at the probe points (with free symbols),
-so 10^100 + 1 graded equal to 10^100, and 2^100 x + 1 to 2^100 x: a wrong answer scored as right.
+so 10^100 + 1 graded equal to 10^100, 2^100 x + 1 to 2^100 x and the equation x = 10^30 to
+x = 10^30 + 1: a wrong answer scored as right.
 The expected verdicts of the integer cases come from Python's own big-integer arithmetic; the
 others are written by hand. Decimals keep their stated tolerance (docs/grading.md).
 """
@@ -53,6 +54,14 @@ def test_power_plus_offset(base, exp, offset):
     (r"(x+\sqrt{2})^2", r"x^2+2\sqrt{2}x+2", True),
     (r"e^{\ln x}", "x", True),
     (r"\tan x", r"\frac{\sin x}{\cos x}", True),
+    # equations: proportional (la - ra) and (lb - rb), exactly
+    (r"x=10^{30}", r"x=10^{30}+1", False),
+    (r"y=2^{100}x", r"y=2^{100}x+1", False),
+    (r"x^2+y^2=10^{20}", r"x^2+y^2=10^{20}+1", False),
+    (r"y=\sqrt{2}x+10^{30}", r"y=\sqrt{2}x+10^{30}+1", False),
+    (r"x^2+y^2=10^{20}", r"2x^2+2y^2=2\cdot 10^{20}", True),
+    (r"y=\sqrt{2}x", r"\sqrt{2}y=2x", True),
+    (r"y=2x+3", r"4x-2y+6=0", True),
     # decimals keep the relative tolerance they were written to
     (r"\frac{1}{3}", "0.333333", True),
     (r"\frac{1}{3}", "0.33", False),

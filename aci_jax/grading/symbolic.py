@@ -380,4 +380,22 @@ def relation_equal(la: str, ra: str, lb: str, rb: str, rel_tol: float) -> bool:
         elif not close(r, ratio, 1e-9):
             return False
         seen += 1
-    return seen >= 3
+    if seen < 3:
+        return False
+    return _has_float(da, sympy) or _has_float(db, sympy) or not _exactly_not_proportional(da, db, free, sympy)
+
+
+def _exactly_not_proportional(da, db, free, sympy) -> bool:
+    """Proof that exact sides are not proportional: at two rational points the cross product
+    da(p) db(q) - da(q) db(p) is nonzero (exact, or by sympy's strict evaluation). The ratio test
+    above works to 1e-9 relative, under which x = 10^30 and x = 10^30 + 1 are the same line."""
+    with sympy.evaluate(False):
+        at = [(da.xreplace(pt), db.xreplace(pt))
+              for pt in ({k: sympy.Rational(v.numerator, v.denominator) for k, v in point.items()}
+                         for point in _exact_points(free))]
+    for (a1, b1), (a2, b2) in zip(at, at[1:]):
+        with sympy.evaluate(False):
+            cross = sympy.Add(sympy.Mul(a1, b2), sympy.Mul(-1, a2, b1))
+        if _provably_nonzero(cross, sympy):
+            return True
+    return False
