@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import random
 import re
-from fractions import Fraction
 
 from .limits import LIMITS, WORK, Refused
 from .normalize import brace_stats
@@ -213,63 +212,37 @@ def _has_float(e, sympy) -> bool:
     return any(isinstance(a, sympy.Float) for a in sympy.preorder_traversal(e))
 
 
-# Bits a rational value may reach in `_rational_at` (10^100 is 333 bits; an expression that
-# would exceed this is left to the numeric comparison).
-_EXACT_BITS = 1 << 16
-
-
-def _rational_at(e, point: dict, sympy):
-    """`e`'s exact value at a rational point when `e` is a rational function with rational
-    coefficients (numbers, the point's symbols, +, *, integer powers), else None (also where a
-    denominator vanishes or a value would exceed `_EXACT_BITS`). Plain Fraction arithmetic: no
-    sympy evaluation, so no integral or sum is ever worked out here."""
-    if e.is_Rational:
-        return Fraction(int(e.p), int(e.q))
-    if e.is_Symbol:
-        return point.get(e)
-    if e.is_Add or e.is_Mul:
-        acc = Fraction(0 if e.is_Add else 1)
-        for arg in e.args:
-            v = _rational_at(arg, point, sympy)
-            if v is None:
-                return None
-            acc = acc + v if e.is_Add else acc * v
-            if acc.numerator.bit_length() + acc.denominator.bit_length() > _EXACT_BITS:
-                return None
-        return acc
-    if e.is_Pow and e.args[1].is_Integer:
-        base, n = _rational_at(e.args[0], point, sympy), int(e.args[1])
-        if base is None or (base == 0 and n < 0):
-            return None
-        bits = abs(n) * (base.numerator.bit_length() + base.denominator.bit_length())
-        return None if bits > _EXACT_BITS else base ** n
-    return None
-
-
-def _exact_points(free, n: int = 3):
+def _exact_points(free, sympy, n: int = 3) -> list[dict]:
+    """Rational points for the exact checks ([{}] without free symbols)."""
+    if not free:
+        return [{}]
     rng = random.Random(4321)
     names = sorted(free, key=lambda x: x.name)
-    return [{x: Fraction(rng.choice([1, -1]) * rng.randint(3, 97), rng.randint(2, 31)) for x in names}
+    return [{x: sympy.Rational(rng.choice([1, -1]) * rng.randint(3, 97), rng.randint(2, 31)) for x in names}
             for _ in range(n)]
 
 
-def _exactly_differ(ea, eb, free, sympy) -> bool:
-    """Proof that two exact sides differ: both rational functions with different exact values at
-    a rational point where both are defined. The numeric comparisons below decide at a relative
-    tolerance, which cannot see 10^100 + 1 against 10^100 or 2^100 x + 1 against 2^100 x; this
-    veto can (it never makes two sides equal)."""
-    for point in (_exact_points(free) if free else [{}]):
-        va, vb = _rational_at(ea, point, sympy), _rational_at(eb, point, sympy)
-        if va is not None and vb is not None and va != vb:
+def _differ_exactly(ea, eb, free, sympy) -> bool:
+    """Proof that two exact sides differ: at a rational point sympy's strict evaluation gives a
+    nonzero real difference. The numeric tests decide at a relative tolerance (1e-25 without free
+    symbols, 1e-9 at the probe points), which cannot see 10^100 + 1 against 10^100, or 2^100 x + 1
+    against 2^100 x; this can, and it never makes two sides equal."""
+    for pt in _exact_points(free, sympy):
+        with sympy.evaluate(False):
+            diff = sympy.Add(ea.xreplace(pt), sympy.Mul(-1, eb.xreplace(pt)))
+        if _provably_nonzero(diff, sympy):
             return True
     return False
 
 
 def _provably_nonzero(d, sympy) -> bool:
     """sympy's strict evaluation reached 50 correct digits of a nonzero real `d` (it raises
-    PrecisionExhausted on an exact zero it cannot resolve, such as log_2 8 - 3)."""
+    PrecisionExhausted on an exact zero it cannot resolve, such as log_2 8 - 3). Its working
+    precision may grow to `d`'s magnitude in digits and 100 more (at most 20,000): resolving
+    2^1000 + 1 - 2^1000 takes 302 digits."""
     try:
-        v = d.evalf(50, strict=True)
+        maxn = int(min(log10_bound(d, sympy) + 100, 20000))
+        v = d.evalf(50, strict=True, maxn=maxn)
     except (sympy.core.evalf.PrecisionExhausted, ArithmeticError, ValueError, TypeError):
         return False
     return bool(v.is_Number and v.is_real and v != 0)
@@ -290,30 +263,31 @@ def expr_equal(a: str, b: str, rel_tol: float) -> bool:
         return True
     approx = _has_float(ea, sympy) or _has_float(eb, sympy)
     free = ea.free_symbols | eb.free_symbols
-    if not approx and _exactly_differ(ea, eb, free, sympy):
-        return False
     # exact sides: equal at 40 digits means equal; decimals: no looser than they were written
     tol = min(rel_tol, decimal_rel(a), decimal_rel(b)) if approx else 1e-25
     try:
-        if not free:
-            if any(x.has(sympy.oo, -sympy.oo, sympy.zoo) for x in (ea, eb)):
-                return ea == eb
-            va, vb = evalf(ea, sympy), evalf(eb, sympy)
-            if va is None or vb is None:
-                return False
-            if not approx:  # exact values: sympy evaluates the difference itself (adaptive, 50 digits)
-                diff = sympy.Add(ea, sympy.Mul(-1, eb, evaluate=False), evaluate=False)
-                if _provably_nonzero(diff, sympy):
-                    return False  # sqrt(2) 10^30 + 1 against sqrt(2) 10^30: under 1e-25 relative
-                hi = evalf(diff, sympy, 50)
-                if hi is None:
-                    return False
-                scale = max(abs(va), abs(vb))
-                return bool(abs(hi) <= 1e-25 * scale) if scale else bool(abs(hi) == 0)
-            return close(va, vb, tol)
-        return _probe_equal(ea, eb, free, tol, sympy, exact=not approx)
+        if not _numerically_equal(ea, eb, free, approx, tol, sympy):
+            return False
+        return approx or not _differ_exactly(ea, eb, free, sympy)
     except (Refused, ArithmeticError, ValueError, TypeError, AttributeError, RecursionError):
         return False
+
+
+def _numerically_equal(ea, eb, free, approx: bool, tol: float, sympy) -> bool:
+    if not free:
+        if any(x.has(sympy.oo, -sympy.oo, sympy.zoo) for x in (ea, eb)):
+            return ea == eb
+        va, vb = evalf(ea, sympy), evalf(eb, sympy)
+        if va is None or vb is None:
+            return False
+        if not approx:  # exact values: sympy evaluates the difference itself (adaptive, 50 digits)
+            hi = evalf(sympy.Add(ea, sympy.Mul(-1, eb, evaluate=False), evaluate=False), sympy, 50)
+            if hi is None:
+                return False
+            scale = max(abs(va), abs(vb))
+            return bool(abs(hi) <= 1e-25 * scale) if scale else bool(abs(hi) == 0)
+        return close(va, vb, tol)
+    return _probe_equal(ea, eb, free, tol, sympy)
 
 
 def _probes(free, n: int = 5):
@@ -328,10 +302,8 @@ def _value_at(e, point, sympy):
     return evalf(v, sympy, 30)
 
 
-def _probe_equal(ea, eb, free, tol, sympy, exact: bool = False) -> bool:
-    """Identity test: equal values at 5 random real points (points where either side is undefined
-    skipped). With `exact` sides a point where sympy proves the difference nonzero also says no:
-    2^100 sqrt(2) x + 1 and 2^100 sqrt(2) x agree there to 1e-30 relative."""
+def _probe_equal(ea, eb, free, tol, sympy) -> bool:
+    """Identity test: equal values at 5 random real points (points where either side is undefined skipped)."""
     seen = 0
     for pt in _probes(free, 8):
         va, vb = _value_at(ea, pt, sympy), _value_at(eb, pt, sympy)
@@ -340,13 +312,6 @@ def _probe_equal(ea, eb, free, tol, sympy, exact: bool = False) -> bool:
         seen += 1
         if not close(va, vb, max(tol, 1e-9)):
             return False
-        if exact:
-            with sympy.evaluate(False):
-                # exact rational points: a Float carries its 30 digits into exp(log(x)) - x
-                at = {k: sympy.Rational(round(val * 1000), 1000) for k, val in pt.items()}
-                diff = sympy.Add(ea.xreplace(at), sympy.Mul(-1, eb.xreplace(at)))
-            if _provably_nonzero(diff, sympy):
-                return False
         if seen >= 5:
             break
     return seen >= 3
@@ -390,9 +355,7 @@ def _exactly_not_proportional(da, db, free, sympy) -> bool:
     da(p) db(q) - da(q) db(p) is nonzero (exact, or by sympy's strict evaluation). The ratio test
     above works to 1e-9 relative, under which x = 10^30 and x = 10^30 + 1 are the same line."""
     with sympy.evaluate(False):
-        at = [(da.xreplace(pt), db.xreplace(pt))
-              for pt in ({k: sympy.Rational(v.numerator, v.denominator) for k, v in point.items()}
-                         for point in _exact_points(free))]
+        at = [(da.xreplace(pt), db.xreplace(pt)) for pt in _exact_points(free, sympy)]
     for (a1, b1), (a2, b2) in zip(at, at[1:]):
         with sympy.evaluate(False):
             cross = sympy.Add(sympy.Mul(a1, b2), sympy.Mul(-1, a2, b1))
