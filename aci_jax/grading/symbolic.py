@@ -352,7 +352,7 @@ def relation_equal(la: str, ra: str, lb: str, rb: str, rel_tol: float) -> bool:
 
 def _exactly_not_proportional(da, db, free, sympy) -> bool:
     """Proof that exact sides are not proportional: at two rational points the cross product
-    da(p) db(q) - da(q) db(p) is nonzero (exact, or by sympy's strict evaluation). The ratio test
+    da(p) db(q) - da(q) db(p) is nonzero by sympy's strict evaluation. The ratio test
     above works to 1e-9 relative, under which x = 10^30 and x = 10^30 + 1 are the same line."""
     with sympy.evaluate(False):
         at = [(da.xreplace(pt), db.xreplace(pt)) for pt in _exact_points(free, sympy)]
