@@ -153,6 +153,9 @@ MEANINGS = {
                            "(`warmup/retry_<k>/`; the passing one, else the best, is used)",
     "warmup.gate_retry_below": "retry only an attempt whose weakest probe is under this (1.0: "
                                "every attempt that did not pass; a near miss is kept)",
+    "warmup.gate_retry_kinds": "probe kinds (e.g. `copy`) whose miss of `gate_min` at the cap "
+                               "is retried whatever `gate_retry_below` says: a skill more "
+                               "steps do not repair",
     "warmup.average_decay": "gate mode `extend`: the gate probes, and the warm-up exports, an "
                             "exponential moving average of the parameters over the tail after "
                             "`steps`, with this decay (0: the parameters themselves; inert "

@@ -194,6 +194,63 @@ def test_encode_scores_exactly_what_the_model_writes():
   assert not code_scored[-1] and not cot_scored[-1]
 
 
+def _copy_rows(problems):
+  tok = char_tokenizer()
+  rows = G.encode(tok, G.gate_demos("mul", "copy", problems), None)
+  return tok, [G.box_only(tok, r, toy.boxed(toy.printed_value(p))) for r, p in zip(rows, problems)]
+
+
+def test_copy_probe_scores_the_boxed_copy_alone():
+  problems = G.probe_problems("mul", "copy", 20, set(), seed=5)
+  # only products that hold some digit twice (checked by counting, not by the helper)
+  assert all(any(str(p["answer"]).count(d) > 1 for d in "0123456789") for p in problems)
+  tok, rows = _copy_rows(problems)
+  for (ids, scored), p in zip(rows, problems):
+    assert tok.decode(list(ids[1:][scored[:-1]])) == str(p["answer"]) + "}"
+
+
+def test_copy_probe_fails_a_miscopied_box_and_not_a_wrong_cell():
+  """Predictions that reproduce the demo but for one token: a box digit swapped fails the copy
+  probe (and the code probe); a cell digit changed fails only the code probe."""
+  problems = G.probe_problems("mul", "copy", 3, set(), seed=5)
+  tok, rows = _copy_rows(problems)
+  code_rows = G.encode(tok, G.gate_demos("mul", "code", problems), None)
+  width = max(len(t) for t, _ in rows) + 1
+  tokens, _, copy_scored = G.pad(rows, width, 3)
+  _, _, code_scored = G.pad(code_rows, width, 3)
+  pred = np.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1).copy()  # a perfect policy
+  # (a character tokenizer: one token per character of the written text)
+  box = np.flatnonzero(copy_scored[1])[1]  # the position predicting the box's second digit
+  assert chr(tokens[1, box + 1]).isdigit() and chr(tokens[1, box - 7]) == "\\"
+  pred[1, box] = (pred[1, box] - ord("0") + 1) % 10 + ord("0")
+  cell = np.flatnonzero(code_scored[2])[0] + len("print(")  # predicts the first operand digit
+  assert tok.decode(list(tokens[2, cell - 5:cell + 1])) == "print("
+  pred[2, cell] = (pred[2, cell] - ord("0") + 1) % 10 + ord("0")
+  assert scored_exact(pred, tokens, copy_scored).tolist() == [True, False, True]
+  assert scored_exact(pred, tokens, code_scored).tolist() == [True, False, False]
+
+
+def test_box_only_with_a_tokenizer_that_merges_characters():
+  """A token that overlaps the copy is scored, one wholly outside it is not."""
+
+  class Pairs:  # ids are the text's 2-character pieces
+    def __init__(self, pieces):
+      self.pieces = pieces
+
+    def decode(self, ids):
+      return "".join(self.pieces[i] for i in ids)
+
+  text = "ab\\boxed{4854}x"
+  pieces = [text[i:i + 2] for i in range(0, len(text), 2)]  # "ab", "\\b", "ox", "ed", "{4", ...
+  tok = Pairs(pieces)
+  ids = np.arange(len(pieces), dtype=np.int32)
+  _, scored = G.box_only(tok, (ids, np.ones(len(ids), bool)), "\\boxed{4854}")
+  # position i scores token i + 1: "ed" (before the copy) and "x" (after it) are not; "{4"
+  # (the opening brace and the first copied digit), "85" and "4}" are
+  judged = [pieces[i + 1] for i in np.flatnonzero(scored)]
+  assert judged == ["{4", "85", "4}"]
+
+
 def _tiny_model():
   cfg = ModelConfig(arch="llama", vocab_size=259, hidden_size=32, intermediate_size=64,
                     num_layers=2, num_heads=2, num_kv_heads=2, head_dim=16, qkv_bias=False,
@@ -247,12 +304,12 @@ def test_heldout_problems_avoid_the_run_s_training_problems():
 
 
 def test_build_gate_on_an_untrained_policy(tmp_path):
-  c = _toy_config(gate=("add:reason", "mul:code"), gate_n=8)
+  c = _toy_config(gate=("add:reason", "mul:code", "mul:copy"), gate_n=8)
   cfg, params = _tiny_model()
   train = toy.make_problems(50, split="train", seed=0)
   gate = G.build_gate(c, char_tokenizer(), cfg, train)
   passed, rates = gate.check(params)
-  assert not passed and rates == {"add:reason": 0.0, "mul:code": 0.0}
+  assert not passed and rates == {"add:reason": 0.0, "mul:code": 0.0, "mul:copy": 0.0}
   assert (gate.every, gate.tail) == (c.warmup.gate_every, c.warmup.gate_tail)
   assert G.build_gate(_toy_config(gate=()), char_tokenizer(), cfg, train) is None
 
@@ -422,6 +479,64 @@ def test_a_near_miss_is_kept_and_a_clear_miss_retried(tmp_path, weakest, retried
   assert _weights(out) == _weights(os.path.join(work, "warmup", "export"))
 
 
+class _Named:
+  """Never passes; probes `values` by name."""
+
+  def __init__(self, values):
+    self.values, self.calls = values, 0
+
+  def __call__(self, params):
+    self.calls += 1
+    return False, dict(self.values)
+
+
+@pytest.mark.parametrize("copy,kinds,retried", [
+    (0.85, ("copy",), True),  # over retry_below, but a copy probe under the bar
+    (0.85, (), False),  # without the kind: a near miss, kept
+    (0.95, ("copy",), False),  # the copy probe passes; the rest is a near miss
+])
+def test_a_copy_probe_under_the_bar_is_retried(tmp_path, copy, kinds, retried):
+  from aci_jax.em import modes as em_modes
+
+  c, data = _retry_config(tmp_path)
+  work = str(tmp_path / "run")
+  out = os.path.join(work, "warmup", "hf")
+  check = _Named({"mul:code": 0.88, "mul:copy": copy, "add:reason": 0.86})
+  gate = modes.DecayGate(check=check, every=4, tail=2, mode="extend")
+  em_modes._gated_attempts(c, work, char_tokenizer(), data, gate, 1, out,  # pylint: disable=protected-access
+                           retry_below=0.8, retry_kinds=kinds, bar=0.9)
+  with open(os.path.join(work, "warmup", "attempts.json")) as f:
+    record = json.load(f)
+  assert [a["attempt"] for a in record["attempts"]] == ([0, 1] if retried else [0])
+  assert record["retry_kinds"] == list(kinds)
+
+
+def test_the_attempt_without_a_copy_miss_is_chosen(tmp_path):
+  # attempt 0: the copy under the bar (weakest 0.85); attempt 1: copy passes, another probe at
+  # 0.82: lower weakest, but no copy miss: chosen
+  from aci_jax.em import modes as em_modes
+
+  c, data = _retry_config(tmp_path)
+  work = str(tmp_path / "run")
+  out = os.path.join(work, "warmup", "hf")
+  values = [{"mul:copy": 0.85, "add:reason": 0.95}] * 2 + [{"mul:copy": 0.97,
+                                                            "add:reason": 0.82}] * 2
+
+  class Scripted:
+    calls = 0
+
+    def __call__(self, params):
+      self.calls += 1
+      return False, values[self.calls - 1]
+
+  gate = modes.DecayGate(check=Scripted(), every=4, tail=2, mode="extend")
+  em_modes._gated_attempts(c, work, char_tokenizer(), data, gate, 1, out,  # pylint: disable=protected-access
+                           retry_below=0.8, retry_kinds=("copy",), bar=0.9)
+  with open(os.path.join(work, "warmup", "attempts.json")) as f:
+    assert json.load(f)["chosen"] == 1
+  assert _weights(out) == _weights(os.path.join(work, "warmup", "retry_1", "export"))
+
+
 def test_gate_retries_must_be_a_count():
   from aci_jax.em.modes import validate
 
@@ -431,6 +546,9 @@ def test_gate_retries_must_be_a_count():
   for bad in (0.0, 1.5):
     with pytest.raises(ConfigError, match="gate_retry_below must be in"):
       validate(_toy_config(gate_retry_below=bad))
+  # (a string for the tuple key ml_collections refuses itself)
+  with pytest.raises(ConfigError, match="gate_retry_kinds must be a tuple of probe kinds"):
+    validate(_toy_config(gate_retry_kinds=("cody",)))
 
 
 # ------------------------------------------------------------- the tail's moving average

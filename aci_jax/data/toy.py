@@ -341,13 +341,15 @@ def code_response(problem: dict, fmt: tool_format.ToolFormat | None = None,
   copy-drill demo passes another `printed` value, and the box copies that (`copy_drill_value`).
   """
   fam, ops = _family(problem["family"]), operands(problem)
-  if printed is not None:
-    shown = printed
-  elif fam.cell_output is not None:
-    shown = fam.cell_output(ops)
-  else:
-    shown = str(fam.answer(ops))
+  shown = printed if printed is not None else printed_value(problem)
   return (fmt or tool_format.get()).render_call(fam.code(ops), shown) + boxed(shown)
+
+
+def printed_value(problem: dict) -> str:
+  """What the sandbox prints for the family's cell on `problem` (the text a code demo boxes):
+  the family's `cell_output` where it has one, else `str(answer)`."""
+  fam, ops = _family(problem["family"]), operands(problem)
+  return fam.cell_output(ops) if fam.cell_output is not None else str(fam.answer(ops))
 
 
 def cell_text(problem: dict, fmt: tool_format.ToolFormat | None = None) -> str:

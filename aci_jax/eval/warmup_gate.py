@@ -14,6 +14,12 @@ pass, no sampling:
   printed output, the boxed copy of it and the end of turn. What the E-step's forced rollouts
   need: writing the right cell, and copying its output into the answer.
 - `reason`: the reasoning demo (`toy.cot_response`) after the un-asked prompt, every token.
+- `copy`: the code demo as for `code`, scored on the boxed answer only (its characters and the
+  closing brace), on problems whose printed output holds some digit twice. The box copy alone,
+  where it can fail by value: a copy that looks up "the digit after the one just written"
+  instead of going by position miscopies exactly those outputs (`485449` boxed `485499`;
+  seeds 2 and 12, docs/em.md "Seed 12, held out"), which the `code` probe averages with the
+  outputs it cannot miscopy and with the cell.
 
 A problem passes when every scored token is the argmax (exact match); an entry passes when at
 least `warmup.gate_min` of its problems do; the gate passes when every entry does. Only families
@@ -49,7 +55,7 @@ from aci_jax.model import ModelConfig
 from aci_jax.train.modes import DecayGate
 from aci_jax import tool_format
 
-KINDS = ("code", "reason")
+KINDS = ("code", "reason", "copy")
 
 
 def parse_entries(entries: Sequence[str], families: Sequence[str]) -> list[tuple[str, str]]:
@@ -71,25 +77,42 @@ def parse_entries(entries: Sequence[str], families: Sequence[str]) -> list[tuple
   return out
 
 
-def heldout_problems(family: str, n: int, exclude: set[str], seed: int) -> list[dict]:
-  """`n` training-split problems of `family` none of whose texts is in `exclude`."""
+def heldout_problems(family: str, n: int, exclude: set[str], seed: int,
+                     keep=lambda p: True, what: str = "") -> list[dict]:
+  """`n` training-split problems of `family` none of whose texts is in `exclude`, those for
+  which `keep(problem)` holds (`what` names them in the error)."""
   out = []
-  for want in (2 * n, 4 * n, 16 * n):
+  for want in (2 * n, 4 * n, 16 * n, 64 * n):
     try:
       cands = toy.family_problems(family, want, split="train", seed=seed)
     except ValueError:  # the family holds fewer problems than that
       break
-    out = [p for p in cands if p["problem"] not in exclude][:n]
+    out = [p for p in cands if p["problem"] not in exclude and keep(p)][:n]
     if len(out) == n:
       return out
-  raise ConfigError(f"config.warmup.gate: too few training problems of {family!r} outside the "
-                    f"run's own for gate_n = {n}")
+  raise ConfigError(f"config.warmup.gate: too few training problems of {family!r}{what} outside "
+                    f"the run's own for gate_n = {n}")
+
+
+def repeats_a_digit(text: str) -> bool:
+  """Whether some digit occurs twice in `text`."""
+  digits = [c for c in text if c.isdigit()]
+  return len(set(digits)) < len(digits)
+
+
+def probe_problems(family: str, kind: str, n: int, exclude: set[str], seed: int) -> list[dict]:
+  """The held-out problems of one probe (a `copy` probe's print a repeated digit)."""
+  if kind == "copy":
+    return heldout_problems(family, n, exclude, seed,
+                            keep=lambda p: repeats_a_digit(toy.printed_value(p)),
+                            what=" printing a repeated digit")
+  return heldout_problems(family, n, exclude, seed)
 
 
 def gate_demos(family: str, kind: str, problems: Sequence[dict]) -> list[dict]:
   """The probe's demonstration records (as the warm-up's SFT data holds them)."""
   prefix = tool_format.get().code_prefix
-  if kind == "code":
+  if kind in ("code", "copy"):
     return [{"prompt": p["problem"], "response": toy.code_response(p), "forced_prefix": prefix}
             for p in problems]
   return [{"prompt": p["problem"], "response": toy.cot_response(p)} for p in problems]
@@ -104,6 +127,24 @@ def encode(tokenizer, demos: Sequence[dict], system: str | None):
                              system=system, forced_prefix=d.get("forced_prefix", ""))
     out.append((np.asarray(e.tokens, np.int32), np.append(e.loss_mask[1:] > 0, False)))
   return out
+
+
+def box_only(tokenizer, row, boxed_text: str):
+  """`row` (tokens, scored) of a code demo scored only where the next token is part of the
+  last `boxed_text` (e.g. `\\boxed{485449}`) past its opening `\\boxed{`: the copied
+  characters and the closing brace. Token spans come from decoding growing prefixes, so a
+  tokenizer that merges characters scores each token that overlaps the copy."""
+  tokens, scored = row
+  ends = np.array([len(tokenizer.decode([int(t) for t in tokens[:k]]))
+                   for k in range(1, len(tokens) + 1)])
+  text = tokenizer.decode([int(t) for t in tokens])
+  start = text.rfind(boxed_text)
+  if start < 0:
+    raise ValueError(f"{boxed_text!r} is not in the encoded demo")
+  lo, hi = start + len("\\boxed{"), start + len(boxed_text)
+  begins = np.concatenate([[0], ends[:-1]])
+  in_copy = (ends > lo) & (begins < hi)  # token t overlaps the copied characters
+  return tokens, scored & np.append(in_copy[1:], False)
 
 
 def pad(rows, width: int, batch: int):
@@ -136,12 +177,15 @@ def build_gate(config, tokenizer, model_cfg: ModelConfig, train: Sequence[dict]
   system = config.data.get("system") or None
   rows = {}
   for fam, kind in parsed:
-    demos = gate_demos(fam, kind, heldout_problems(fam, n, exclude,
-                                                   seed=seed_for(config, "problem") + 104729))
+    problems = probe_problems(fam, kind, n, exclude, seed=seed_for(config, "problem") + 104729)
+    demos = gate_demos(fam, kind, problems)
     if config.task.get("instruction"):
       from aci_jax.eval.harness import user_message
       demos = [{**d, "prompt": user_message(d["prompt"], config.task.instruction)} for d in demos]
     rows[f"{fam}:{kind}"] = encode(tokenizer, demos, system)
+    if kind == "copy":
+      rows[f"{fam}:{kind}"] = [box_only(tokenizer, r, toy.boxed(toy.printed_value(p)))
+                               for r, p in zip(rows[f"{fam}:{kind}"], problems)]
   # One width and batch for every entry: the probe compiles once.
   width = -(-max(len(t) for r in rows.values() for t, _ in r) // 16) * 16
   batch = min(n, 64)
