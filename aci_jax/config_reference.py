@@ -137,8 +137,8 @@ MEANINGS = {
     "warmup.pack_len": "pack each step's demonstrations into rows of this many tokens (0: one "
                        "padded row per demonstration; needs `loss.aggregation=token_mean`)",
     "warmup.gate": "toy probes the warm-up trains until, `(\"family:code\", "
-                   "\"family:reason\", ...)`, each to `gate_min` (`()`: none; "
-                   "aci_jax/eval/warmup_gate.py)",
+                   "\"family:reason\", \"family:copy\", ...)`, each to `gate_min` (`()`: "
+                   "none; aci_jax/eval/warmup_gate.py)",
     "warmup.gate_mode": "`extend`: the cosine over `steps`, then on at its final lr until the "
                         "probes pass (at most `gate_tail` steps more); `hold`: the peak lr "
                         "until they pass (at the latest `steps - gate_tail`), then `gate_tail` "
@@ -153,9 +153,6 @@ MEANINGS = {
                            "(`warmup/retry_<k>/`; the passing one, else the best, is used)",
     "warmup.gate_retry_below": "retry only an attempt whose weakest probe is under this (1.0: "
                                "every attempt that did not pass; a near miss is kept)",
-    "warmup.gate_retry_kinds": "probe kinds (e.g. `copy`) whose miss of `gate_min` at the cap "
-                               "is retried whatever `gate_retry_below` says: a skill more "
-                               "steps do not repair",
     "warmup.average_decay": "gate mode `extend`: the gate probes, and the warm-up exports, an "
                             "exponential moving average of the parameters over the tail after "
                             "`steps`, with this decay (0: the parameters themselves; inert "

@@ -93,7 +93,6 @@ PLAIN_DEFAULTS = {
                    data_path="", end_lr_ratio=1.0, weight_decay=0.0, b2=0.95, clip_norm=1.0,
                    pack_len=0, gate=(), gate_mode="extend", gate_every=250, gate_min=0.9,
                    gate_n=64, gate_tail=500, gate_retries=0, gate_retry_below=1.0,
-                   gate_retry_kinds=(),
                    average_decay=0.0),
     "data": dict(train_path="", toy_examples=0, seq_len=2048, system=""),
     "em": {},

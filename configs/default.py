@@ -92,15 +92,15 @@ def get_config(variant: str = ""):
   # (seed 10: powmod 0.875 -> 0.773 -> 0.887 on 256 problems), the average's do not and score
   # at or above them on every probe (0.926 at both checks; docs/em.md "Weight averaging").
   # Up to step 2,000 the average is the parameters: an on-time seed is unchanged.
-  # `mul:copy` probes the box copy alone on products that repeat a digit: seeds 2 and 12 settled
-  # on a copy that looks the next digit up by value and miscopies a quarter of them (`485449`
-  # boxed `485499`), which the `mul:code` probe averaged away (seed 12: 0.875, the evaluation's
-  # forced `mul` 0.78) and no number of steps repaired. Its `copy` probe read 0.83 at the cap
-  # where seeds 2, 10 and 11 read 0.97-1.00, so a `copy` probe under the bar is retried
-  # whatever its margin (`gate_retry_kinds`; docs/em.md "The copy probe").
-  c.warmup.update(gate=("add:reason", "compare:reason", "mul:code", "mul:copy", "powmod:code"),
+  # A `mul:copy` probe (the box copy alone, on products that repeat a digit) separates seed
+  # 12's by-value copy (0.77 on 128 problems at the cap) from seeds 2, 10, 11 (0.95-1.00), but
+  # retrying on it did not help: seed 12's second path copied right (0.92) and was late
+  # elsewhere, and EM from it missed four bars where the first missed one (docs/em.md, "The
+  # copy probe"). So it is a diagnostic (`python -m aci_jax.eval.warmup_gate W --gate
+  # mul:copy`), not in the gate.
+  c.warmup.update(gate=("add:reason", "compare:reason", "mul:code", "powmod:code"),
                   gate_mode="extend", gate_retries=1, gate_retry_below=0.8,
-                  gate_retry_kinds=("copy",), average_decay=0.995)
+                  average_decay=0.995)
   c.warmup.gate_tail = (c.warmup.get_ref("steps") * 3 + 3) // 4
   c.data.update(seq_len=96)
 

@@ -479,64 +479,6 @@ def test_a_near_miss_is_kept_and_a_clear_miss_retried(tmp_path, weakest, retried
   assert _weights(out) == _weights(os.path.join(work, "warmup", "export"))
 
 
-class _Named:
-  """Never passes; probes `values` by name."""
-
-  def __init__(self, values):
-    self.values, self.calls = values, 0
-
-  def __call__(self, params):
-    self.calls += 1
-    return False, dict(self.values)
-
-
-@pytest.mark.parametrize("copy,kinds,retried", [
-    (0.85, ("copy",), True),  # over retry_below, but a copy probe under the bar
-    (0.85, (), False),  # without the kind: a near miss, kept
-    (0.95, ("copy",), False),  # the copy probe passes; the rest is a near miss
-])
-def test_a_copy_probe_under_the_bar_is_retried(tmp_path, copy, kinds, retried):
-  from aci_jax.em import modes as em_modes
-
-  c, data = _retry_config(tmp_path)
-  work = str(tmp_path / "run")
-  out = os.path.join(work, "warmup", "hf")
-  check = _Named({"mul:code": 0.88, "mul:copy": copy, "add:reason": 0.86})
-  gate = modes.DecayGate(check=check, every=4, tail=2, mode="extend")
-  em_modes._gated_attempts(c, work, char_tokenizer(), data, gate, 1, out,  # pylint: disable=protected-access
-                           retry_below=0.8, retry_kinds=kinds, bar=0.9)
-  with open(os.path.join(work, "warmup", "attempts.json")) as f:
-    record = json.load(f)
-  assert [a["attempt"] for a in record["attempts"]] == ([0, 1] if retried else [0])
-  assert record["retry_kinds"] == list(kinds)
-
-
-def test_the_attempt_without_a_copy_miss_is_chosen(tmp_path):
-  # attempt 0: the copy under the bar (weakest 0.85); attempt 1: copy passes, another probe at
-  # 0.82: lower weakest, but no copy miss: chosen
-  from aci_jax.em import modes as em_modes
-
-  c, data = _retry_config(tmp_path)
-  work = str(tmp_path / "run")
-  out = os.path.join(work, "warmup", "hf")
-  values = [{"mul:copy": 0.85, "add:reason": 0.95}] * 2 + [{"mul:copy": 0.97,
-                                                            "add:reason": 0.82}] * 2
-
-  class Scripted:
-    calls = 0
-
-    def __call__(self, params):
-      self.calls += 1
-      return False, values[self.calls - 1]
-
-  gate = modes.DecayGate(check=Scripted(), every=4, tail=2, mode="extend")
-  em_modes._gated_attempts(c, work, char_tokenizer(), data, gate, 1, out,  # pylint: disable=protected-access
-                           retry_below=0.8, retry_kinds=("copy",), bar=0.9)
-  with open(os.path.join(work, "warmup", "attempts.json")) as f:
-    assert json.load(f)["chosen"] == 1
-  assert _weights(out) == _weights(os.path.join(work, "warmup", "retry_1", "export"))
-
-
 def test_gate_retries_must_be_a_count():
   from aci_jax.em.modes import validate
 
@@ -546,9 +488,6 @@ def test_gate_retries_must_be_a_count():
   for bad in (0.0, 1.5):
     with pytest.raises(ConfigError, match="gate_retry_below must be in"):
       validate(_toy_config(gate_retry_below=bad))
-  # (a string for the tuple key ml_collections refuses itself)
-  with pytest.raises(ConfigError, match="gate_retry_kinds must be a tuple of probe kinds"):
-    validate(_toy_config(gate_retry_kinds=("cody",)))
 
 
 # ------------------------------------------------------------- the tail's moving average

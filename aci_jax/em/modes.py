@@ -189,8 +189,7 @@ def _warmup(config, workdir, tok, train) -> str | None:
     run_sft(config, fileio.join(workdir, "warmup"), settings, tokenizer=tok)
   else:
     _gated_attempts(config, workdir, tok, data_path, gate, retries, out,
-                    retry_below=float(w.get("gate_retry_below", 1.0)),
-                    retry_kinds=tuple(w.get("gate_retry_kinds", ())), bar=float(w.gate_min))
+                    retry_below=float(w.get("gate_retry_below", 1.0)))
   _barrier("warmup export")  # process 0 writes the export; every host then reads it
   return fileio.stage(out)  # the EM policy loads it with the mmap'd safetensors reader
 
@@ -208,19 +207,16 @@ def reseeded(config, attempt: int):
 
 
 def _gated_attempts(config, workdir, tok, data_path, gate, retries, out,
-                    retry_below: float = 1.0, retry_kinds: tuple = (),
-                    bar: float = 0.9) -> None:
+                    retry_below: float = 1.0) -> None:
   """A gated warm-up whose gate may close without passing (`gate_tail` spent): up to `retries`
   more attempts from other initial weights and data order (`reseeded`), each a whole warm-up in
   `warmup/retry_<k>/`, until one passes or misses by little: an attempt whose weakest probe is
   at least `retry_below` is kept (a probe of 64 problems at 0.89 against a bar of 0.9 is one
-  problem, within its noise, and a retry costs a whole warm-up), unless a probe of a kind in
-  `retry_kinds` is under the gate's `bar`: a skill no more training repairs (the `copy` probe:
-  a box copy by value, docs/em.md "Seed 12, held out"). Whether a seed's skills form
+  problem, within its noise, and a retry costs a whole warm-up). Whether a seed's skills form
   is its optimisation path's luck (docs/em.md, "What makes a seed late", "Seed 2's
   miscopies"), which neither more steps nor a re-warm changed on the seed measured; another
-  path did. The passing attempt, else the one without such a miss, then whose weakest probe is
-  highest, is copied to `out`; `warmup/attempts.json` says which.
+  path did. The passing attempt, else
+  the one whose weakest probe is highest, is copied to `out`; `warmup/attempts.json` says which.
   Resumable: a finished attempt re-runs as a restore and its re-export."""
   from aci_jax.train.modes import run_sft
 
@@ -237,27 +233,19 @@ def _gated_attempts(config, workdir, tok, data_path, gate, retries, out,
     log.info("warm-up attempt %d: gate %s at step %d %s", attempt,
              "passed" if o.passed else "closed without passing", o.step,
              " ".join(f"{k}={v:.3f}" for k, v in o.probes.items()))
-    if o.passed or (_weakest(o.probes) >= retry_below
-                    and not _kind_missed(o.probes, retry_kinds, bar)):
+    if o.passed or _weakest(o.probes) >= retry_below:
       break
-  best = max(outcomes, key=lambda r: (r["passed"], not _kind_missed(r["probes"], retry_kinds,
-                                                                    bar),
-                                      _weakest(r["probes"])))
+  best = max(outcomes, key=lambda r: (r["passed"], _weakest(r["probes"])))
   if jax.process_index() == 0:
     fileio.write_json(fileio.join(workdir, "warmup", "attempts.json"),
                       {"chosen": best["attempt"], "retry_below": retry_below,
-                       "retry_kinds": list(retry_kinds), "attempts": outcomes})
+                       "attempts": outcomes})
     fileio.upload_dir(fileio.stage(fileio.join(best["dir"], "export")), out,
                       last=("config.json",))
 
 
 def _weakest(probes: dict) -> float:
   return min(probes.values(), default=0.0)
-
-
-def _kind_missed(probes: dict, kinds: tuple, bar: float) -> bool:
-  """Whether a probe ("family:kind") of one of `kinds` is under `bar`."""
-  return any(v < bar for k, v in probes.items() if k.rpartition(":")[2] in kinds)
 
 
 def _loss_for(config):
@@ -331,11 +319,6 @@ def validate(config) -> None:
     below = w.get("gate_retry_below", 1.0)
     if isinstance(below, bool) or not isinstance(below, (int, float)) or not 0.0 < below <= 1.0:
       raise ConfigError(f"config.warmup.gate_retry_below must be in (0, 1], got {below!r}")
-    from aci_jax.eval.warmup_gate import KINDS
-    kinds = w.get("gate_retry_kinds", ())
-    if isinstance(kinds, str) or not all(k in KINDS for k in kinds):
-      raise ConfigError(f"config.warmup.gate_retry_kinds must be a tuple of probe kinds "
-                        f"{KINDS}, got {kinds!r}")
     if retries and jax.process_count() > 1:
       raise ConfigError("config.warmup.gate_retries runs on a single host (as the gate does)")
     if not 0.0 < float(w.gate_min) <= 1.0:
