@@ -18,7 +18,8 @@ seeds 1, 3, 6, 7, 8, 9, 10 (seeds 1, 3 and the held-out 10 end to end: 0.465 -> 
 0.48 -> 0.94, gate passed at 2,250 steps), and the held-out seed 11 (a late one, its gate
 closed at its cap on the average: 0.4875 -> 0.9275). The held-out seed 12 misses by one
 problem (`mul` 0.79 at 100% code, 0.485 -> 0.8925): its box copy miscopies products with a
-repeated digit, as seed 2's first warm-up did (docs/em.md, "Seed 12, held out").
+repeated digit, as seed 2's first warm-up did (docs/em.md, "Seed 12, held out"). The
+held-out seed 13 passes (0.4875 -> 0.98).
 Seed 6's `add` reasoning wore to 0.91 without the anchor and holds at 0.96 with it (EM from its
 warm-up, 100 problems per family). Seed 2 missed until then: on the code of 2026-12-05 its
 warm-up path was late (gate at its cap, `mul` 0.71-0.78 after EM); today's code puts it on
