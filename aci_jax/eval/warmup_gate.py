@@ -19,7 +19,8 @@ pass, no sampling:
   where it can fail by value: a copy that looks up "the digit after the one just written"
   instead of going by position miscopies exactly those outputs (`485449` boxed `485499`;
   seeds 2 and 12, docs/em.md "Seed 12, held out"), which the `code` probe averages with the
-  outputs it cannot miscopy and with the cell.
+  outputs it cannot miscopy and with the cell. A diagnostic so far: retrying a warm-up on it
+  did not give a better policy (docs/em.md, "The copy probe").
 
 A problem passes when every scored token is the argmax (exact match); an entry passes when at
 least `warmup.gate_min` of its problems do; the gate passes when every entry does. Only families
@@ -101,7 +102,7 @@ def repeats_a_digit(text: str) -> bool:
 
 
 def probe_problems(family: str, kind: str, n: int, exclude: set[str], seed: int) -> list[dict]:
-  """The held-out problems of one probe (a `copy` probe's print a repeated digit)."""
+  """The held-out problems of one probe (a `copy` probe's all print a repeated digit)."""
   if kind == "copy":
     return heldout_problems(family, n, exclude, seed,
                             keep=lambda p: repeats_a_digit(toy.printed_value(p)),
