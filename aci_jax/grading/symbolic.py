@@ -274,6 +274,8 @@ def expr_equal(a: str, b: str, rel_tol: float) -> bool:
 
 
 def _numerically_equal(ea, eb, free, approx: bool, tol: float, sympy) -> bool:
+    """Equal to `tol` relative (exact sides without free symbols: their difference at 50 digits
+    within 1e-25 of the larger); with free symbols, at random real points (`_probe_equal`)."""
     if not free:
         if any(x.has(sympy.oo, -sympy.oo, sympy.zoo) for x in (ea, eb)):
             return ea == eb
@@ -303,7 +305,8 @@ def _value_at(e, point, sympy):
 
 
 def _probe_equal(ea, eb, free, tol, sympy) -> bool:
-    """Identity test: equal values at 5 random real points (points where either side is undefined skipped)."""
+    """Identity test: equal values at 5 random real points (points where either side is
+    undefined skipped)."""
     seen = 0
     for pt in _probes(free, 8):
         va, vb = _value_at(ea, pt, sympy), _value_at(eb, pt, sympy)
