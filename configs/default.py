@@ -18,7 +18,7 @@ seeds 1, 3, 6, 7, 8, 9, 10 (seeds 1, 3 and the held-out 10 end to end: 0.465 -> 
 0.48 -> 0.94, gate passed at 2,250 steps), and the held-out seed 11 (a late one, its gate
 closed at its cap on the average: 0.4875 -> 0.9275). The held-out seed 12 misses by one
 problem (`mul` 0.79 at 100% code, 0.485 -> 0.8925): its box copy miscopies products with a
-repeated digit, as seed 2's first warm-up did (docs/em.md, "Seed 12, held out"). The
+repeated digit, as seed 2's first warm-up did (docs/em_log.md, "Seed 12, held out"). The
 held-out seed 13 passes (0.4875 -> 0.98).
 Seed 6's `add` reasoning wore to 0.91 without the anchor and holds at 0.96 with it (EM from its
 warm-up, 100 problems per family). Seed 2 missed until then: on the code of 2026-12-05 its
@@ -51,7 +51,7 @@ def get_config(variant: str = ""):
       # the policy must copy 2-3-digit operands from the prompt into a cell and a printed value
       # into \boxed{}, across 20-60 positions; the 4-layer model learned those copies on some
       # seeds only (seed 3: forced-code accuracy mul 0.28, powmod 0.00 after 2,500 steps), this
-      # one on every seed tried (docs/em.md). A warm-up step costs ~1.5x more.
+      # one on every seed tried (docs/em_log.md). A warm-up step costs ~1.5x more.
       arch="llama", vocab_size=259, hidden_size=128, intermediate_size=384, num_layers=6,
       num_heads=4, num_kv_heads=4, head_dim=32, qkv_bias=False, tie_word_embeddings=False,
       max_position_embeddings=512, rope_theta=10000.0, eos_token_ids=(256,))
@@ -71,32 +71,32 @@ def get_config(variant: str = ""):
       steps=2000, batch_size=32, lr=3e-3, warmup_steps=100, seq_len=112,
       end_lr_ratio=0.1, weight_decay=0.01, b2=0.98, clip_norm=0.0,  # cosine to lr/10
       # Each step's 32 demos (~61 of 96 tokens on average) packed into rows of 192 tokens
-      # (12 rows instead of 32, the same trained tokens): steps 1.2-1.4x faster (docs/em.md).
+      # (12 rows instead of 32, the same trained tokens): steps 1.2-1.4x faster (docs/em_log.md).
       pack_len=192)
   # The warm-up gate (aci_jax/eval/warmup_gate.py): after the cosine's 2,000 steps, teacher-
   # forced probes on 64 held-out training problems per skill (reasoning on add/compare, the
   # forced cell and its boxed copy on mul/powmod); while any is under 0.9 the warm-up goes on at
   # lr/10, checked every 250 steps, for at most 3/4 of `steps` more (1,500 here; a short run's
   # tail shrinks with it). Whether a skill has formed by step 2,000 is the optimisation path's
-  # luck (docs/em.md, "What makes a seed late"): seed 7's powmod cells were at 0.09 there. Off
+  # luck (docs/em_log.md, "What makes a seed late"): seed 7's powmod cells were at 0.09 there. Off
   # for other families: --config.warmup.gate=().
   # A gate that closes at its cap without passing (seed 2: its `mul` box copy looks the digits
   # up by value and miscopies every product with a repeated digit; 1,500 more steps or a
-  # re-warm did not change that, docs/em.md "Seed 2's miscopies") starts one more warm-up from
+  # re-warm did not change that, docs/em_log.md "Seed 2's miscopies") starts one more warm-up from
   # other initial weights and data order (warmup/retry_1/); the passing one, else the one with
   # the higher weakest probe, is the EM policy (warmup/attempts.json). Only a clear miss is
   # retried (weakest probe < 0.8; seed 2: 0.77): seed 10's gate closed at its cap with powmod at
   # 0.89 (57 of 64, one problem short) and EM from that warm-up met every bar of item 1 (0.485
-  # -> 0.95, docs/em.md "Seed 10"), where a retry would have cost a second 35-minute warm-up.
+  # -> 0.95, docs/em_log.md "Seed 10"), where a retry would have cost a second 35-minute warm-up.
   # In the tail the gate probes (and the warm-up exports) an exponential moving average of the
   # parameters, not the parameters: at lr/10 their probes swing by 0.1-0.2 from check to check
   # (seed 10: powmod 0.875 -> 0.773 -> 0.887 on 256 problems), the average's do not and score
-  # at or above them on every probe (0.926 at both checks; docs/em.md "Weight averaging").
+  # at or above them on every probe (0.926 at both checks; docs/em_log.md "Weight averaging").
   # Up to step 2,000 the average is the parameters: an on-time seed is unchanged.
   # A `mul:copy` probe (the box copy alone, on products that repeat a digit) separates seed
   # 12's by-value copy (0.77 on 128 problems at the cap) from seeds 2, 10, 11 (0.95-1.00), but
   # retrying on it did not help: seed 12's second path copied right (0.92) and was late
-  # elsewhere, and EM from it missed four bars where the first missed one (docs/em.md, "The
+  # elsewhere, and EM from it missed four bars where the first missed one (docs/em_log.md, "The
   # copy probe"). So it is a diagnostic (`python -m aci_jax.eval.warmup_gate W --gate
   # mul:copy`), not in the gate.
   c.warmup.update(gate=("add:reason", "compare:reason", "mul:code", "powmod:code"),
@@ -111,7 +111,7 @@ def get_config(variant: str = ""):
   # pseudo-count per decision lets Q decide there. Warm-up: 2,000 steps over 8,000 demos
   # (2,000 problems per family): the policy must learn to copy a cell's printed output into
   # \boxed{}; at 1,200 steps this run's warm-up had not (forced-code accuracy 0% on mul), at
-  # 2,000 it had (docs/em.md). With only 500 problems per family it never did.
+  # 2,000 it had (docs/em_log.md). With only 500 problems per family it never did.
   # adv_whiten stays "kept" (advantages whitened over the kept rollouts, ours); "forced" (over
   # all 2K forced rollouts) measured in docs/em.md: a policy-term signal, no accuracy gain.
   # score="q", code_cost=0.5: the chosen decision is argmax Q_hat with code needing to win by
@@ -120,7 +120,7 @@ def get_config(variant: str = ""):
   # right (docs/toy.md run J: `add` at iteration 5); configs/paper.py keeps pi * Q. At 0.25
   # (one in four) the T = 1 noise of `add`'s carry chains let code win on some `add` queries
   # and 3 of 5 seeds coded 1-2 held-out `add` problems; at 0.5 seeds 4 and 5 pass item 1
-  # (docs/em.md, "Five seeds").
+  # (docs/em_log.md, "Five seeds").
   # Three iterations: the code families reach their plateau by the third (1.00 / 0.84-1.00
   # on the seeds measured); later ones only add M-step updates that wear away the reasoning
   # families' digit facts (add 1.00 -> 0.92 by iteration 6 on seeds 1 and 3).
@@ -145,7 +145,7 @@ def get_config(variant: str = ""):
   # code fence). Without it `add`'s digit facts wear under the code families' updates (seed 6:
   # 1.00 -> 0.91 on 100 problems by iteration 3); a KL on every token held them (0.96 at 0.2) but
   # also pulled the code rate back toward the warm-up's ~0 (seed 2: mul code rate 0.99 -> 0.83).
-  # Leaving the decision token out: seed 6 add 0.96, seeds 6 and 7 pass every bar (docs/em.md,
+  # Leaving the decision token out: seed 6 add 0.96, seeds 6 and 7 pass every bar (docs/em_log.md,
   # "A KL anchor that leaves the decision free").
   c.loss.update(decision_coef=1.0, kl_coef=0.2, kl_tokens="after_decision")
   # lr 6e-5: the M-step's updates for the code families wear away the reasoning ones' digit
@@ -175,13 +175,13 @@ def _rare_code(c):
   epsilon choose code (0.01 here; --config.task.code_fraction=0 is "RL from a model that never
   codes", 0.05 the other end of the issue's range). Evaluation and E-step prompts never ask, so
   the native code rate stays near epsilon. Without the forced demos the cells followed the
-  trigger only (docs/em.md, "Forced-prefix demos").
+  trigger only (docs/em_log.md, "Forced-prefix demos").
 
   Counts: 2,000 training problems for each reasoned family (the derivations are what the
   warm-up must teach: at 500 `compare_len` problems and half of them asked, its reasoning was
   0.06, at 2,000 and a quarter asked 1.00), 1,000 for the coded ones (their cells are one line);
   9,000 problems, 20,250 demos, 2,500 steps of 32 (3.95 passes). Held-out: 80 problems per
-  family, 480 per evaluation point. Measured warm-up, seed 3 (docs/em.md, "Six families, the
+  family, 480 per evaluation point. Measured warm-up, seed 3 (docs/em_log.md, "Six families, the
   variant"): native P(code) 1.28% mean, forced-code accuracy 1.00 on every right-cell family,
   greedy reasoning compare 0.86, add 0.89, compare_len 1.00; 54 minutes on a 2-core VM. Seed 1
   misses the can-code bar (forced-code 0.61: `add_long` and `powmod` cells miscopy operands) and
@@ -196,12 +196,12 @@ def _rare_code(c):
                 triggered_fraction=0.25, triggered_families=(), triggered_length_balance=False,
                 # and a forced demo per problem: the cell after the un-asked prompt and the
                 # code prefix (context, not a target), where the E-step and evaluation force
-                # code; without it cells followed the trigger only (docs/em.md,
+                # code; without it cells followed the trigger only (docs/em_log.md,
                 # "Forced-prefix demos")
                 forced_fraction=1.0,
                 eval_per_family=80)
   # An asked `add_long` demo is 113 tokens with the chat template; rows are still packed to 192.
-  # No warm-up gate: the measurements of this variant (docs/em.md) ran without one; training on
+  # No warm-up gate: the measurements of this variant (docs/em_log.md) ran without one; training on
   # at lr/10 formed seed 1's late skills ("A gate on the warm-up's skills") but is not measured
   # end to end here. To try it: --config.warmup.gate=('compare:reason', 'add:reason',
   # 'compare_len:reason', 'add_long:code', 'mul:code', 'powmod:code').
@@ -215,7 +215,7 @@ def _rare_code(c):
 def _rare_code5(c):
   """`rare_code` as it was until 2026-12-05: five families (`mul_small`, 2..9 times 10..99, where
   `compare_len` and `add_long` are now), 2,000 problems each (`mul_small` capped at its 576), an
-  asked demo for every problem, 2,000 warm-up steps. Kept so that the numbers docs/em.md
+  asked demo for every problem, 2,000 warm-up steps. Kept so that the numbers docs/em_log.md
   measured on it reproduce (its `mul_small` reasoning never formed: 0.01-0.10 on five seeds)."""
   c = _rare_code(c)
   c.task.update(families=("compare", "add", "mul_small", "mul", "powmod"),

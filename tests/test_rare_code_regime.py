@@ -12,7 +12,7 @@ em.iterations = 0, so the run is warm-up + evaluation):
   held-out problems: >= 0.8;
 - and, as the control that the asked demos did their job, the same prompts *with* the trigger
   open a cell with probability >= 0.9.
-The measurements behind this scale, and the full six-family variant's, are in docs/em.md
+The measurements behind this scale, and the full six-family variant's, are in docs/em_log.md
 ("The rare-code regime").
 """
 
@@ -62,7 +62,7 @@ def test_rare_code_warmup_can_code_but_seldom_chooses_to(tmp_path):
   assert config["task"]["code_fraction"] == 0.01  # the variant's epsilon reached the run
   # P(code) at the sampling temperature on the 50 held-out problems, un-asked and asked, and
   # the evaluation's forced code-mode accuracy: every bar of rare_code_bars (the module the
-  # five-family measurement in docs/em.md uses).
+  # five-family measurement in docs/em_log.md uses).
   rates = rare_code_bars.code_rates(str(work))
   assert len(rates.native) == 50 and set(rates.families) == set(FAMILIES)
   lines, misses = rare_code_bars.judge(str(work), rates)

@@ -368,7 +368,7 @@ def copy_drill_value(answer, rng: random.Random) -> str:
   copies it is trained. On drill demos the box cannot be predicted from the operands, only read
   from the output, so the policy cannot fit the box by recomputing the answer from the problem:
   the shortcut behind the toy's miscopied boxes (`611 * 172` printed `105092`, boxed `105022`,
-  docs/em.md "The five-family warm-up")."""
+  docs/em_log.md "The five-family warm-up")."""
   text = str(answer)
   sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
   if not digits.isdigit():
@@ -482,7 +482,7 @@ def make_demonstrations(problems: Sequence[dict], *, code_fraction: float = 0.1,
   (context, loss mask 0; `aci_jax.data.sft`), exactly what the E-step's forced code rollouts and
   the evaluation's forced code pass see. Asked demos alone taught cells that follow the trigger:
   a rare-code warm-up wrote the right cell after the asked prompt on 100% of held-out `add`
-  problems and after the un-asked prompt + forced prefix on 5% (docs/em.md). The forced demo
+  problems and after the un-asked prompt + forced prefix on 5% (docs/em_log.md). The forced demo
   never trains the first response token (the decision), so the native code rate stays
   `code_fraction`'s.
   Returns [{"prompt", "response", "family", "answer", "mode": "cot" | "code", "triggered",

@@ -213,7 +213,7 @@ def _gated_attempts(config, workdir, tok, data_path, gate, retries, out,
   `warmup/retry_<k>/`, until one passes or misses by little: an attempt whose weakest probe is
   at least `retry_below` is kept (a probe of 64 problems at 0.89 against a bar of 0.9 is one
   problem, within its noise, and a retry costs a whole warm-up). Whether a seed's skills form
-  is its optimisation path's luck (docs/em.md, "What makes a seed late", "Seed 2's
+  is its optimisation path's luck (docs/em_log.md, "What makes a seed late", "Seed 2's
   miscopies"), which neither more steps nor a re-warm changed on the seed measured; another
   path did. The passing attempt, else
   the one whose weakest probe is highest, is copied to `out`; `warmup/attempts.json` says which.

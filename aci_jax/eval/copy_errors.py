@@ -4,7 +4,7 @@
 
 On the toy a coded answer needs two copies the policy must make itself: the problem's operands
 into the cell, and the cell's printed output into `\\boxed{}`. Issue 16's weak warm-ups fail at
-those copies, not at choosing or writing the cell (docs/em.md, "Seed 2's miscopies"). For every
+those copies, not at choosing or writing the cell (docs/em_log.md, "Seed 2's miscopies"). For every
 evaluated response that ran a cell (RUN/eval/POINT/toy.trajectories.jsonl; POINT defaults to
 the last iteration evaluated), per pass and family:
 

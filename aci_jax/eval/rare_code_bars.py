@@ -18,7 +18,7 @@ RUN is a toy run's workdir after its warm-up and the warm-up evaluation (e.g.
   decoding (teacher-forced, one forward pass) reproduce the problem's cell up to its stop marker,
   with the asking prompt and with the un-asked one (the context of the E-step's forced rollouts
   and of the forced pass above)? Where can-code fails it separates a skill tied to the trigger
-  (asked right, forced wrong) from a missing one (docs/em.md, "Forced-prefix demos").
+  (asked right, forced wrong) from a missing one (docs/em_log.md, "Forced-prefix demos").
 
 The bars (issue 16 item 2, docs/em.md "The rare-code regime"), checked over all the held-out
 problems: native P(code) mean <= 2% and 90th percentile <= 5%; forced-code accuracy >= 0.8

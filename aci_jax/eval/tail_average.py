@@ -1,5 +1,5 @@
 """Would an average of the warm-up's tail probe better than its parameters? Measured on a run
-that did not keep one (docs/em.md, "Weight averaging of the gate's tail").
+that did not keep one (docs/em_log.md, "Weight averaging of the gate's tail").
 
     python -m aci_jax.eval.tail_average RUN --start 3000 --steps 500 [--every 250]
         [--decays 0.99,0.995,0.998] [--n 256] [--gate add:reason,mul:code]

@@ -18,9 +18,9 @@ pass, no sampling:
   closing brace), on problems whose printed output holds some digit twice. The box copy alone,
   where it can fail by value: a copy that looks up "the digit after the one just written"
   instead of going by position miscopies exactly those outputs (`485449` boxed `485499`;
-  seeds 2 and 12, docs/em.md "Seed 12, held out"), which the `code` probe averages with the
+  seeds 2 and 12, docs/em_log.md "Seed 12, held out"), which the `code` probe averages with the
   outputs it cannot miscopy and with the cell. A diagnostic so far: retrying a warm-up on it
-  did not give a better policy (docs/em.md, "The copy probe").
+  did not give a better policy (docs/em_log.md, "The copy probe").
 
 A problem passes when every scored token is the argmax (exact match); an entry passes when at
 least `warmup.gate_min` of its problems do; the gate passes when every entry does. Only families

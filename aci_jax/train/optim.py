@@ -89,7 +89,7 @@ def with_param_average(inner: optax.GradientTransformation, decay: float,
   """`inner`, plus an exponential moving average of the parameters each update produces:
   after update n, average = params_n for n <= start, else decay * average + (1 - decay) *
   params_n. Why: in the warm-up's tail at lr/10 the probes of a skill swing by 0.1-0.2 from one
-  check to the next (docs/em.md, "Weight averaging"), and the average of that tail scores above
+  check to the next (docs/em_log.md, "Weight averaging"), and the average of that tail scores above
   every point in it; training itself still follows the parameters."""
 
   def init(params):
