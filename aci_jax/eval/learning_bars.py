@@ -4,7 +4,7 @@
 
 Reads RUN/eval/warmup/toy.summary.json (the warm-up policy) and RUN/eval/iteration_N/
 toy.summary.json (N: the last iteration evaluated, unless given) and checks the bars of issue 16's
-item 1 (docs/em_log.md, "Measured: the embedded default"):
+item 1 (docs/em.md, "Item 1"):
 
 - every code family (`toy.Family.needs_code`): greedy accuracy >= 0.8 at code rate >= 0.9;
 - every reasoning family: accuracy >= 0.95 x its warm-up accuracy, at code rate 0;
