@@ -46,8 +46,10 @@ SECTIONS = {
 MEANINGS = {
     "mode": "what runs: `autocode` (warm-up, EM, evaluation), `sft`, `export`",
     "seed": "seeds the data order, initialisation, sampling keys and curation",
-    "problem_seed": "the toy's problems and demonstrations, the warm-up gate's held-out "
+    "problem_seed": "the toy's held-out evaluation problems and the warm-up gate's held-out "
                     "problems (-1 = `seed`)",
+    "train_seed": "the toy's training problems and warm-up demonstrations (-1 = the problem "
+                  "seed; a warm-up retry moves it)",
     "order_seed": "the SFT data's shuffle and packing (-1 = `seed`)",
     "init_seed": "the initial weights of a `scratch` model (-1 = `seed`)",
     "progress": "tqdm progress bars (training steps, rollout rows) on process 0",
@@ -149,7 +151,8 @@ MEANINGS = {
     "warmup.gate_tail": "`extend`: the most steps after `steps`; `hold`: cosine steps after the "
                         "gate",
     "warmup.gate_retries": "a gate that closes without passing: up to this many more "
-                           "warm-ups from other initial weights and data order "
+                           "warm-ups from other training problems, initial weights and data "
+                           "order, on the same held-out problems "
                            "(`warmup/retry_<k>/`; the passing one, else the best, is used)",
     "warmup.gate_retry_below": "retry only an attempt whose weakest probe is under this (1.0: "
                                "every attempt that did not pass; a near miss is kept)",

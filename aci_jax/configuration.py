@@ -73,8 +73,10 @@ DATACLASS_KEYS = {
 # Keys no dataclass holds, by section ("" = top level). Values: mostly those of the paper-scale
 # preset (configs/paper.py), the toy task's for the toy's own keys.
 PLAIN_DEFAULTS = {
-    # problem_seed / order_seed / init_seed: -1 = `seed` (see seed_for)
-    "": dict(mode="autocode", seed=0, problem_seed=-1, order_seed=-1, init_seed=-1,
+    # problem_seed / order_seed / init_seed: -1 = `seed`; train_seed: -1 = the problem seed
+    # (see seed_for)
+    "": dict(mode="autocode", seed=0, problem_seed=-1, train_seed=-1, order_seed=-1,
+             init_seed=-1,
              progress=True,
              tokenizer=""),  # "" = the tokenizer of model.path
     "model": dict(init="scratch", path=""),
@@ -110,22 +112,29 @@ PLAIN_DEFAULTS = {
 }
 
 
-SEED_ROLES = ("problem", "order", "init")
+SEED_ROLES = ("problem", "train", "order", "init")
 
 
 def seed_for(config, role: str) -> int:
-  """The seed of one of the run's random draws: `problem` (the toy's problems and
-  demonstrations, the warm-up gate's held-out problems), `order` (the SFT data's shuffle and
-  packing), `init` (the initial weights). Each is `config.seed` unless `<role>_seed` >= 0 sets it,
-  so one draw can vary with the others fixed (issue 16: what makes a warm-up seed late?).
-  Sampling keys and EM's query order always follow `config.seed`."""
+  """The seed of one of the run's random draws: `problem` (the toy's held-out evaluation
+  problems, the warm-up gate's held-out problems), `train` (the toy's training problems and
+  warm-up demonstrations), `order` (the SFT data's shuffle and packing), `init` (the initial
+  weights). Each is `config.seed` unless `<role>_seed` >= 0 sets it, except `train`, which
+  follows the problem seed (so `problem_seed` alone moves every problem the run sees), so one
+  draw can vary with the others fixed (issue 16: what makes a warm-up seed late?). A warm-up
+  retry (`warmup.gate_retries`) moves `train`, `order` and `init` and keeps `problem`: another
+  warm-up, judged on the same held-out problems. Sampling keys and EM's query order always
+  follow `config.seed`."""
   if role not in SEED_ROLES:
     raise ValueError(f"seed role must be one of {SEED_ROLES}, got {role!r}")
   own = config.get(f"{role}_seed", -1)
   if isinstance(own, bool) or not isinstance(own, int) or own < -1:
-    raise ConfigError(f"config.{role}_seed must be -1 (= config.seed) or an integer >= 0, "
+    fallback = "the problem seed" if role == "train" else "config.seed"
+    raise ConfigError(f"config.{role}_seed must be -1 (= {fallback}) or an integer >= 0, "
                       f"got {own!r}")
-  return own if own >= 0 else int(config.seed)
+  if own >= 0:
+    return own
+  return seed_for(config, "problem") if role == "train" else int(config.seed)
 
 
 def dataclass_class(path: str):

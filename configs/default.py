@@ -25,7 +25,7 @@ warm-up, 100 problems per family). Seed 2 missed until then: on the code of 2026
 warm-up path was late (gate at its cap, `mul` 0.71-0.78 after EM); today's code puts it on
 another path (every probe >= 0.875 at step 2,000) and the tail's average passed its gate.
 A warm-up whose gate closes well short (weakest probe under 0.8) is retried once from other
-initial weights and data order (`warmup.gate_retries`, `gate_retry_below`).
+training problems, initial weights and data order (`warmup.gate_retries`, `gate_retry_below`).
 A run is ~30-40 minutes on an idle 2-core VM (2,000-3,500 warm-up steps of
 0.6-1.0 s, then ~5 minutes of EM; twice the warm-up on a retried seed), not the issue's 10.
 
@@ -83,7 +83,9 @@ def get_config(variant: str = ""):
   # A gate that closes at its cap without passing (seed 2: its `mul` box copy looks the digits
   # up by value and miscopies every product with a repeated digit; 1,500 more steps or a
   # re-warm did not change that, docs/em_log.md "Seed 2's miscopies") starts one more warm-up from
-  # other initial weights and data order (warmup/retry_1/); the passing one, else the one with
+  # other training problems and demos, initial weights and data order (warmup/retry_1/; the
+  # held-out problems stay: seeds 2's and 12's second paths on their own problems were late too,
+  # docs/em_log.md "The copy probe, and a retry"); the passing one, else the one with
   # the higher weakest probe, is the EM policy (warmup/attempts.json). Only a clear miss is
   # retried (weakest probe < 0.8; seed 2: 0.77): seed 10's gate closed at its cap with powmod at
   # 0.89 (57 of 64, one problem short) and EM from that warm-up met every bar of item 1 (0.485

@@ -1,5 +1,6 @@
-"""config.problem_seed / order_seed / init_seed (configuration.seed_for): each of the run's three
-random draws can vary with the other two fixed, and -1 leaves it on config.seed."""
+"""config.problem_seed / train_seed / order_seed / init_seed (configuration.seed_for): each of the
+run's random draws can vary with the others fixed, and -1 leaves it on config.seed (train_seed:
+on the problem seed)."""
 
 import json
 import os
@@ -28,13 +29,18 @@ def _config(**top):
 
 
 def test_each_role_follows_its_own_key_or_the_seed():
+  roles = ("problem", "train", "order", "init")
   c = _config(seed=5)
-  assert [seed_for(c, r) for r in ("problem", "order", "init")] == [5, 5, 5]
-  c = _config(seed=5, problem_seed=0, init_seed=9)
-  assert [seed_for(c, r) for r in ("problem", "order", "init")] == [0, 5, 9]
+  assert [seed_for(c, r) for r in roles] == [5, 5, 5, 5]
+  c = _config(seed=5, problem_seed=0, init_seed=9)  # train follows the problem seed
+  assert [seed_for(c, r) for r in roles] == [0, 0, 5, 9]
+  c = _config(seed=5, problem_seed=0, train_seed=3)
+  assert [seed_for(c, r) for r in roles] == [0, 3, 5, 5]
   for bad in (-2, 1.5, True, "3"):  # a fresh ConfigDict takes any type
     with pytest.raises(ConfigError, match="problem_seed"):
       seed_for(ml_collections.ConfigDict({"seed": 0, "problem_seed": bad}), "problem")
+    with pytest.raises(ConfigError, match="train_seed"):
+      seed_for(ml_collections.ConfigDict({"seed": 0, "train_seed": bad}), "train")
   with pytest.raises(ValueError, match="seed role"):
     seed_for(c, "sampling")
 
@@ -52,6 +58,20 @@ def test_problems_and_demos_follow_problem_seed_only():
   # Reference: the toy's own draw with seed 1.
   assert train == toy.make_problems(30, split="train", families=tuple(base.task.families),
                                     seed=1, caps=toy.family_caps(()))
+
+
+def test_train_seed_draws_other_training_problems_and_keeps_the_held_out_ones():
+  base = _config(seed=1)
+  train, test = em_modes._problems(base)
+  moved = _config(seed=1, train_seed=7)
+  train7, test7 = em_modes._problems(moved)
+  assert test7 == test  # the evaluation set is the problem seed's
+  assert train7 == toy.make_problems(30, split="train", families=tuple(base.task.families),
+                                     seed=7, caps=toy.family_caps(()))
+  assert train7 != train
+  assert em_modes._warmup_demos(moved, train7) != em_modes._warmup_demos(base, train)
+  # Neither pool holds a held-out problem (the split is by problem text, not by seed).
+  assert not {p["problem"] for p in train7} & {p["problem"] for p in test7["toy"]}
 
 
 def _first_step(tmp_path, name, **top):

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aci_jax.configuration import ConfigError
+from aci_jax.configuration import ConfigError, seed_for
 from aci_jax.data import toy
 from aci_jax.data.char_tokenizer import char_tokenizer
 from aci_jax.eval import warmup_gate as G
@@ -407,6 +407,7 @@ def _retry_config(tmp_path):
                    num_kv_heads=2, head_dim=16)
     c.checkpoint.async_save = False
     c.progress = False
+    c.task.update(train_per_family=24, warmup_examples=0)  # a retry writes demos of its own
   data = str(tmp_path / "demos.jsonl")
   from aci_jax.data.sft import write_jsonl
   write_jsonl(data, toy.sft_records(32, seed=0))
@@ -432,14 +433,38 @@ def test_gate_retries_warm_up_again_from_other_seeds(tmp_path, passes_at, values
   out = os.path.join(work, "warmup", "hf")
   check = _Probe(passes_at, values)
   gate = modes.DecayGate(check=check, every=4, tail=2, mode="extend")
-  em_modes._gated_attempts(c, work, char_tokenizer(), data, gate, 1, out)  # pylint: disable=protected-access
+  train = em_modes._problems(c)[0]  # pylint: disable=protected-access
+  excluded = []  # the pool each attempt's gate was asked to hold its probes out of
+
+  def gate_for(pool):
+    excluded.append({p["problem"] for p in pool})
+    return gate
+
+  em_modes._gated_attempts(c, work, char_tokenizer(), data, gate_for, 1, out,  # pylint: disable=protected-access
+                           train=train)
   with open(os.path.join(work, "warmup", "attempts.json")) as f:
     record = json.load(f)
   assert record["chosen"] == chosen
   a0, a1 = record["attempts"]
-  # seed 0's roles, then each + 1,000: another init and order, the same problems
-  assert (a0["init_seed"], a0["order_seed"], a1["init_seed"], a1["order_seed"]) == (
-      0, 0, 1000, 1000)
+  # seed 0's roles, then each + 1,000: other problems, init and order; the held-out problems
+  # (the `problem` seed) stay
+  assert [a0[f"{r}_seed"] for r in ("train", "order", "init")] == [0, 0, 0]
+  assert [a1[f"{r}_seed"] for r in ("train", "order", "init")] == [1000, 1000, 1000]
+  assert seed_for(em_modes.reseeded(c, 1), "problem") == 0
+  # Attempt 0 trains on the run's demonstrations; the retry on its own, drawn from other
+  # training problems (train_seed 1000: the toy's own draw, independent of this code).
+  assert a0["demos"] == data and a1["demos"] == os.path.join(work, "warmup", "retry_1",
+                                                             "demos.jsonl")
+  own = toy.make_problems(24, split="train", families=tuple(c.task.families), seed=1000)
+  with open(a1["demos"]) as f:
+    retry_prompts = [json.loads(line)["prompt"] for line in f]
+  in_demos = lambda texts: {t for t in texts if any(t in q for q in retry_prompts)}
+  own_texts, run_texts = {p["problem"] for p in own}, {p["problem"] for p in train}
+  assert in_demos(own_texts) == own_texts and run_texts - own_texts
+  assert not in_demos(run_texts - own_texts)
+  # Its gate's probes avoid both pools; attempt 0's the run's alone, as without retries.
+  assert excluded == [{p["problem"] for p in train},
+                      {p["problem"] for p in train} | own_texts]
   assert (a0["passed"], a1["passed"]) == (False, passes_at == 3)
   assert a0["probes"] == {"probe": values[1]}
   assert check.calls == (3 if passes_at == 3 else 4)
@@ -451,7 +476,8 @@ def test_gate_retries_warm_up_again_from_other_seeds(tmp_path, passes_at, values
   # Re-run (a resumed job): every attempt restores finished; no probe is asked again.
   again = _Probe(1, [1.0] * 4)
   em_modes._gated_attempts(c, work, char_tokenizer(), data,  # pylint: disable=protected-access
-                           dataclasses.replace(gate, check=again), 1, out)
+                           lambda pool: dataclasses.replace(gate, check=again), 1, out,
+                           train=train)
   assert again.calls == 0
   assert _weights(out) == (e1 if chosen == 1 else e0)
 
@@ -467,8 +493,8 @@ def test_a_near_miss_is_kept_and_a_clear_miss_retried(tmp_path, weakest, retried
   out = os.path.join(work, "warmup", "hf")
   check = _Probe(99, [0.5, weakest, 0.1, 0.2])
   gate = modes.DecayGate(check=check, every=4, tail=2, mode="extend")
-  em_modes._gated_attempts(c, work, char_tokenizer(), data, gate, 1, out,  # pylint: disable=protected-access
-                           retry_below=0.8)
+  em_modes._gated_attempts(c, work, char_tokenizer(), data, lambda pool: gate, 1, out,  # pylint: disable=protected-access
+                           train=em_modes._problems(c)[0], retry_below=0.8)  # pylint: disable=protected-access
   with open(os.path.join(work, "warmup", "attempts.json")) as f:
     record = json.load(f)
   assert record["retry_below"] == 0.8

@@ -6,7 +6,8 @@ Workdir layout:
   warmup/            the SFT run (its own checkpoints, metrics, and the exported HF policy
                      warmup/hf); with `warmup.gate_retries`, a retried warm-up's attempts in
                      warmup/retry_<k>/, each attempt's export in <its dir>/export, and
-                     warmup/attempts.json (seeds, gate outcome, the attempt copied to hf)
+                     warmup/attempts.json (seeds, gate outcome, the attempt copied to hf);
+                     a retry of the toy task its own demonstrations, retry_<k>/demos.jsonl
   tokenizer/         the tokenizer the run uses (the toy's char tokenizer, or a copy)
   checkpoints/, metrics.jsonl, tb/   the EM run (its meta carries the evaluation history)
   eval/<point>/      trajectories + summaries of every evaluation point
@@ -61,7 +62,7 @@ def _problems(config):
     fams = tuple(t.families)
     try:  # a count a family cannot supply, an unknown family: the user's config, one line
       train = toy.make_problems(t.train_per_family, split="train", families=fams,
-                                seed=seed_for(config, "problem"),
+                                seed=seed_for(config, "train"),
                                 caps=toy.family_caps(t.get("train_caps", ())))
       test = toy.make_problems(t.eval_per_family, split="test", families=fams,
                                seed=seed_for(config, "problem"))
@@ -115,7 +116,7 @@ def _warmup_demos(config, train):
                                     copy_drill=float(t.get("copy_drill", 0.0)),
                                     repeats=toy.demo_repeats(t.get("demo_repeats", ())),
                                     forced_fraction=float(t.get("forced_fraction", 0.0)),
-                                    seed=seed_for(config, "problem"))
+                                    seed=seed_for(config, "train"))
   else:
     from aci_jax.data.sft import load_demonstrations
     demos = load_demonstrations(config.warmup.data_path)
@@ -180,56 +181,86 @@ def _warmup(config, workdir, tok, train) -> str | None:
   _barrier("warmup demos")
   from aci_jax.eval.warmup_gate import build_gate
   from aci_jax.train.runner import model_config
-  gate = build_gate(config, tok, model_config(config)[0], train)
-  retries = int(w.get("gate_retries", 0)) if gate else 0
+  mcfg = model_config(config)[0]
+  gate_for = lambda pool: build_gate(config, tok, mcfg, pool)  # None without warmup.gate
+  retries = int(w.get("gate_retries", 0)) if tuple(w.get("gate", ())) else 0
   if not retries:
     settings = warmup_settings(config, data_path, out)
+    gate = gate_for(train)
     if gate:
       settings = dataclasses.replace(settings, gate=gate)
     run_sft(config, fileio.join(workdir, "warmup"), settings, tokenizer=tok)
   else:
-    _gated_attempts(config, workdir, tok, data_path, gate, retries, out,
+    _gated_attempts(config, workdir, tok, data_path, gate_for, retries, out, train=train,
                     retry_below=float(w.get("gate_retry_below", 1.0)))
   _barrier("warmup export")  # process 0 writes the export; every host then reads it
   return fileio.stage(out)  # the EM policy loads it with the mmap'd safetensors reader
 
 
+RETRY_ROLES = ("train", "order", "init")  # what a warm-up retry draws again (not `problem`)
+
+
 def reseeded(config, attempt: int):
-  """`config` for the warm-up's attempt `attempt` (0: itself): other initial weights and data
-  order (each role's seed + 1,000 x attempt), the same problems and demonstrations."""
+  """`config` for the warm-up's attempt `attempt` (0: itself): other training problems and
+  demonstrations, data order and initial weights (each role's seed + 1,000 x attempt), the same
+  held-out problems (evaluation and gate probes: the `problem` seed)."""
   if not attempt:
     return config
   c = copy.deepcopy(config)
   with c.unlocked():
-    for role in ("init", "order"):
+    for role in RETRY_ROLES:
       c[f"{role}_seed"] = seed_for(config, role) + 1000 * attempt
   return c
 
 
-def _gated_attempts(config, workdir, tok, data_path, gate, retries, out,
+def _attempt_data(cfg, adir: str, data_path: str, attempt: int):
+  """(demonstrations path, its own training pool or None) of one warm-up attempt: attempt 0
+  trains on the run's (None); a retry of the toy task on problems and demonstrations of its own
+  (`reseeded`'s `train` seed), written once to its directory. A task whose demonstrations are a
+  file (`warmup.data_path`) has nothing to draw again: its retries differ in order and weights."""
+  if not attempt or cfg.task.name != "toy":
+    return data_path, None
+  from aci_jax.data.sft import write_jsonl
+
+  pool = _problems(cfg)[0]
+  path = fileio.join(adir, "demos.jsonl")
+  if not fileio.exists(path):
+    write_jsonl(path, _warmup_demos(cfg, pool))
+  return path, pool
+
+
+def _gated_attempts(config, workdir, tok, data_path, gate_for, retries, out, *, train=(),
                     retry_below: float = 1.0) -> None:
   """A gated warm-up whose gate may close without passing (`gate_tail` spent): up to `retries`
-  more attempts from other initial weights and data order (`reseeded`), each a whole warm-up in
-  `warmup/retry_<k>/`, until one passes or misses by little: an attempt whose weakest probe is
-  at least `retry_below` is kept (a probe of 64 problems at 0.89 against a bar of 0.9 is one
-  problem, within its noise, and a retry costs a whole warm-up). Whether a seed's skills form
-  is its optimisation path's luck (docs/em_log.md, "What makes a seed late", "Seed 2's
-  miscopies"), which neither more steps nor a re-warm changed on the seed measured; another
-  path did. The passing attempt, else
-  the one whose weakest probe is highest, is copied to `out`; `warmup/attempts.json` says which.
-  Resumable: a finished attempt re-runs as a restore and its re-export."""
+  more attempts, each a whole warm-up in `warmup/retry_<k>/` from other training problems and
+  demonstrations, data order and initial weights (`reseeded`), until one passes or misses by
+  little: an attempt whose weakest probe is at least `retry_below` is kept (a probe of 64
+  problems at 0.89 against a bar of 0.9 is one problem, within its noise, and a retry costs a
+  whole warm-up). Whether a seed's skills form is its optimisation path's luck (docs/em_log.md,
+  "What makes a seed late", "Seed 2's miscopies"), which neither more steps nor a re-warm
+  changed on the seed measured; another path did on one seed, and on the two seeds whose first
+  path failed, a second path on the same problems was late too ("The copy probe, and a retry on
+  it that did not help"), hence a retry draws the problems again. `gate_for(pool)` builds an
+  attempt's gate, whose held-out probes avoid `pool`: attempt 0's the run's training problems
+  `train`, a retry's those and its own (mostly the same probes, drawn by the `problem` seed).
+  The passing attempt, else the one whose weakest probe is highest, is copied to `out`;
+  `warmup/attempts.json` says which. The EM run draws its queries from the run's pool whichever
+  attempt is chosen (problems of the training split either way). Resumable: a finished attempt
+  re-runs as a restore and its re-export."""
   from aci_jax.train.modes import run_sft
 
   outcomes = []
   for attempt in range(retries + 1):
     adir = fileio.join(workdir, "warmup", *([f"retry_{attempt}"] if attempt else []))
     cfg = reseeded(config, attempt)
+    demos, pool = _attempt_data(cfg, adir, data_path, attempt)
+    exclude = list(train) + (pool or [])
     settings = dataclasses.replace(
-        warmup_settings(cfg, data_path, fileio.join(adir, "export")), gate=gate)
+        warmup_settings(cfg, demos, fileio.join(adir, "export")), gate=gate_for(exclude))
     o = run_sft(cfg, adir, settings, tokenizer=tok)
-    outcomes.append({"attempt": attempt, "dir": adir, "init_seed": seed_for(cfg, "init"),
-                     "order_seed": seed_for(cfg, "order"), "gate_step": o.step,
-                     "passed": o.passed, "probes": o.probes})
+    outcomes.append({"attempt": attempt, "dir": adir, "demos": demos,
+                     **{f"{r}_seed": seed_for(cfg, r) for r in RETRY_ROLES},
+                     "gate_step": o.step, "passed": o.passed, "probes": o.probes})
     log.info("warm-up attempt %d: gate %s at step %d %s", attempt,
              "passed" if o.passed else "closed without passing", o.step,
              " ".join(f"{k}={v:.3f}" for k, v in o.probes.items()))

@@ -124,7 +124,7 @@ def sft(config, workdir: str) -> None:
   """Warm-up SFT on JSONL demonstrations (config.data.train_path; empty = the toy set)."""
   s = sft_settings(config)
   if not s.data:  # the built-in toy demonstrations (process 0 also writes them for inspection)
-    records = sft_records(config.data.toy_examples, seed=seed_for(config, "problem"))
+    records = sft_records(config.data.toy_examples, seed=seed_for(config, "train"))
     s = dataclasses.replace(s, data=records)
     if jax.process_index() == 0:
       write_jsonl(fileio.join(workdir, "data", "toy_sft.jsonl"), s.data)
