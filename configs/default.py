@@ -38,8 +38,9 @@ from aci_jax.configuration import defaults
 
 def get_config(variant: str = ""):
   """`configs/default.py` is the embedded default; `configs/default.py:rare_code` the rare-code
-  regime (issue 16, docs/em.md): see `_rare_code`; `:rare_code5` that regime's earlier five-family
-  form, for the numbers measured on it."""
+  regime (issue 16, docs/em.md): see `_rare_code`; `:rare_code_ungated` the same without its
+  warm-up gate, which every number measured on the regime before 2026-12-07 ran with;
+  `:rare_code5` that regime's earlier five-family form, for the numbers measured on it."""
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r} of configs/default.py; known: "
                      f"{', '.join(repr(v) for v in VARIANTS)}")
@@ -159,7 +160,7 @@ def get_config(variant: str = ""):
   return VARIANTS[variant](c)
 
 
-def _rare_code(c):
+def _rare_code_ungated(c):
   """The paper's regime: a policy that *can* code but seldom chooses to, on six families where
   the choice matters per query.
 
@@ -206,14 +207,8 @@ def _rare_code(c):
                 forced_fraction=1.0,
                 eval_per_family=80)
   # An asked `add_long` demo is 113 tokens with the chat template; rows are still packed to 192.
-  # No warm-up gate: the measurements of this variant (docs/em.md, docs/em_log.md) ran without
-  # one, and switching it on here would change what their commands reproduce. It is a documented
-  # override: --config.warmup.gate=('compare:reason', 'add:reason', 'compare_len:reason',
-  # 'add_long:code', 'mul:code', 'powmod:code') --config.warmup.gate_retries=0. Measured once
-  # (epsilon 0, seed 4, docs/em.md "The warm-up gate on the six families"): its tail at lr/10
-  # took a warm-up that missed the can-code bar (forced-code 0.78, box copies) to 0.93 at 0.00%
-  # native code; training on at lr/10 also formed seed 1's late skills ("A gate on the warm-up's
-  # skills").
+  # No warm-up gate here: `_rare_code` adds it; this is the form every number measured on the
+  # regime before 2026-12-07 ran with.
   c.warmup.update(seq_len=120, steps=2500, gate=())
   # No KL anchor either (the embedded default's `kl_coef=0.2`): every EM number of this variant
   # was measured without one.
@@ -226,11 +221,28 @@ def _rare_code5(c):
   `compare_len` and `add_long` are now), 2,000 problems each (`mul_small` capped at its 576), an
   asked demo for every problem, 2,000 warm-up steps. Kept so that the numbers docs/em_log.md
   measured on it reproduce (its `mul_small` reasoning never formed: 0.01-0.10 on five seeds)."""
-  c = _rare_code(c)
+  c = _rare_code_ungated(c)
   c.task.update(families=("compare", "add", "mul_small", "mul", "powmod"),
                 train_caps=("mul_small:576",), triggered_fraction=1.0)
   c.warmup.update(seq_len=112, steps=2000)
   return c
 
 
-VARIANTS = {"": lambda c: c, "rare_code": _rare_code, "rare_code5": _rare_code5}
+def _rare_code(c):
+  """`_rare_code_ungated` with the warm-up gate of the embedded default on its six families:
+  after the cosine's 2,500 steps the warm-up trains on at lr/10 (up to 1,875 steps more, the
+  tail's moving average probed and exported) until each reasoned family's derivation and each
+  coded family's cell and box copy are teacher-forced right on >= 0.9 of 64 held-out problems.
+  Why: ungated, 3 of 6 six-family warm-ups at epsilon <= 0.01 missed the can-code bar (forced-
+  code accuracy 0.61-0.78), each on a copy; on seed 4's (epsilon 0) the tail took it to 0.93 at
+  0.00% native code, and EM from it to 0.627 against 0.475 (docs/em.md, "The warm-up gate on the
+  six families", which lists every seed measured with it). No retry: the tail alone met the bar
+  there, and a retry doubles the warm-up."""
+  c = _rare_code_ungated(c)
+  c.warmup.update(gate=("compare:reason", "add:reason", "compare_len:reason", "add_long:code",
+                        "mul:code", "powmod:code"), gate_retries=0)
+  return c
+
+
+VARIANTS = {"": lambda c: c, "rare_code": _rare_code, "rare_code_ungated": _rare_code_ungated,
+            "rare_code5": _rare_code5}

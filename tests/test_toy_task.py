@@ -544,6 +544,24 @@ def test_the_rare_code_config_builds_its_full_problem_set():
   assert len(train) == 2000 and {p["family"] for p in train} == {"add"}
 
 
+def test_the_rare_code_gate_probes_each_family_by_its_need_and_is_all_that_differs():
+  """`:rare_code` is `:rare_code_ungated` (the form every earlier number ran with) plus the
+  warm-up gate: a reasoning probe on each family reasoned out, a code probe on each that needs
+  code, every family of the variant probed, and nothing else changed."""
+  from aci_jax.data import toy
+
+  gated, ungated = _default_config("rare_code"), _default_config("rare_code_ungated")
+  probes = dict(p.split(":") for p in gated.warmup.gate)
+  assert set(probes) == set(gated.task.families)
+  assert set(toy.reasoning_families(gated.task.families)) == {
+      f for f, kind in probes.items() if kind == "reason"}
+  assert ungated.warmup.gate == () and gated.warmup.gate_retries == 0
+  g, u = gated.to_dict(), ungated.to_dict()
+  for d in (g, u):
+    del d["warmup"]["gate"], d["warmup"]["gate_retries"]
+  assert g == u
+
+
 def test_the_five_family_rare_code_variant_keeps_its_counts():
   """configs/default.py:rare_code5, the variant the earlier measurements of docs/em.md ran on:
   five families with mul_small capped at its 576 training problems, an asked and a forced demo
