@@ -372,7 +372,7 @@ def validate(config) -> None:
     raise ConfigError(f"config.warmup.average_decay must be in [0, 1), got {average!r}")
   # Without a gate in mode 'extend' nothing trains past warmup.steps, where the average
   # departs from the parameters: the setting is then inert (configs/default.py keeps it on for
-  # --config.warmup.gate=() and its :rare_code variant alike), not an error.
+  # --config.warmup.gate=() and its :rare_code_ungated variant alike), not an error.
   if config.task.name == "toy" and int(config.task.warmup_examples) < 0:
     # train[:n] with n < 0 would silently drop problems from the end of the set
     raise ConfigError("config.task.warmup_examples must be >= 0 (0 = every training problem), "
