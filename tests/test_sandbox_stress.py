@@ -74,9 +74,9 @@ def test_ten_thousand_mixed_cells_leave_nothing_behind():
 
   for i, (code, status, out) in enumerate(cells):
     session, step = i // CELLS_PER_SESSION, i % CELLS_PER_SESSION
-    # Only the spinning cells need the short limit; the others get the sandbox's default 5 s,
+    # Only the spinning cells need the short limit; the others get the sandbox's default,
     # since a cold `import sympy` took 1.2 s once in 10,000 on the 2-core CI VM under load.
-    limit = cfg.timeout_s if status is Status.TIMEOUT else 5.0
+    limit = cfg.timeout_s if status is Status.TIMEOUT else SandboxConfig().timeout_s
     pending.append((sb.submit(session, code, timeout=limit), status, out, session,
                     step == CELLS_PER_SESSION - 1, code, step))  # backpressure: blocks at max_pending
     while len(pending) > 900 or (pending and pending[0][0].done()):
